@@ -1,0 +1,12 @@
+"""Model families (one file each) and their loading and export.
+
+    model = adapt.models.from_pretrained("bundled:smollm2-135m", task="causal_lm")
+    tokenizer = adapt.models.load_tokenizer("bundled:smollm2-135m")
+    adapt.models.save_pretrained(model, "out/smollm2")
+"""
+
+from adapt.models.export import save_pretrained
+from adapt.models.loading import from_pretrained, load_tokenizer
+from adapt.models.registry import TASKS, supported_model_types
+
+__all__ = ["TASKS", "from_pretrained", "load_tokenizer", "save_pretrained", "supported_model_types"]

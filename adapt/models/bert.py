@@ -1,0 +1,1 @@
+"""BERT and RoBERTa encoders (in progress)."""

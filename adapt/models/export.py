@@ -1,0 +1,77 @@
+"""``save_pretrained``: an NNX model -> an HF folder (``config.json`` + safetensors) that
+``transformers.AutoModel*.from_pretrained`` loads with the same logits."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from transformers.models.auto import modeling_auto
+
+from adapt.models.checkpoint_io import save_safetensors
+from adapt.models.registry import family_for, hf_key, param_paths, to_hf
+
+_AUTO_NAMES = {
+    "base": modeling_auto.MODEL_MAPPING_NAMES,
+    "causal_lm": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    "masked_lm": modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    "sequence_classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    "token_classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+}
+
+
+def model_task(model: nnx.Module) -> str:
+    family = family_for(model.cfg.hf.model_type)
+    return next(task for task, cls in family.models.items() if type(model) is cls)
+
+
+def hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """The model's parameters as host arrays under their HF names and layouts."""
+    family = family_for(model.cfg.hf.model_type)
+    tensors = {}
+    for path, var in param_paths(nnx.state(model, nnx.Param)):
+        value = var.get_value()
+        if not value.is_fully_addressable:
+            value = multihost_utils.process_allgather(value, tiled=True)
+        key, transpose = hf_key(family, path)
+        tensors[key] = np.ascontiguousarray(to_hf(np.asarray(jax.device_get(value)), transpose))
+    return tensors
+
+
+def save_pretrained(model: nnx.Module, folder: str, *, tokenizer=None, max_shard_bytes: int = 5 * 2**30) -> str:
+    """Write ``model`` (and ``tokenizer``) to ``folder`` in HF layout; returns the folder.
+
+    The files are written to a temporary folder beside it that replaces ``folder`` only when complete,
+    so an interrupted export leaves any earlier export intact. In a multi-process run every process
+    must call this (the gather is collective); process 0 writes.
+    """
+    hf = copy.deepcopy(model.cfg.hf)
+    hf.architectures = [_AUTO_NAMES[model_task(model)][hf.model_type]]
+    tensors = hf_state_dict(model)
+    if jax.process_index() != 0:
+        return folder
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=os.path.dirname(folder))
+    try:
+        hf.save_pretrained(tmp)
+        save_safetensors(tensors, tmp, max_shard_bytes)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        old = None
+        if os.path.exists(folder):
+            old = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".old-", dir=os.path.dirname(folder))
+            os.replace(folder, os.path.join(old, "x"))
+        os.replace(tmp, folder)
+        if old:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

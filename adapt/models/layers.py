@@ -1,0 +1,140 @@
+"""Building blocks shared by the model families: layers that carry logical axis names, attention masks,
+rotary embeddings and the attention kernel.
+
+Shapes: B batch, T query length, S key length, D model width, N query heads, K key/value heads,
+H head width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adapt.sharding import shard
+
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def activation(name: str):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def linear(d_in: int, d_out: int, axes: tuple[str, str], *, bias: bool, std: float, dtype, rngs: nnx.Rngs):
+    """A dense layer (kernel ``[d_in, d_out]``) whose parameters carry logical ``axes``."""
+    return nnx.Linear(
+        d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.normal(std), kernel_metadata={"logical_axes": axes},
+        bias_metadata={"logical_axes": axes[1:]}, rngs=rngs)
+
+
+def embed(num: int, features: int, axes: tuple[str, str], *, std: float, dtype, rngs: nnx.Rngs):
+    return nnx.Embed(num, features, dtype=dtype, param_dtype=jnp.float32,
+                     embedding_init=nnx.initializers.normal(std),
+                     embedding_metadata={"logical_axes": axes}, rngs=rngs)
+
+
+def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs):
+    # use_fast_variance=False: E[(x-mean)^2], as PyTorch computes it, keeps float32 parity at 1e-6.
+    return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, use_fast_variance=False,
+                         scale_metadata={"logical_axes": ("norm",)},
+                         bias_metadata={"logical_axes": ("norm",)}, rngs=rngs)
+
+
+def rms_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs):
+    return nnx.RMSNorm(features, epsilon=eps, dtype=dtype, use_fast_variance=False,
+                       scale_metadata={"logical_axes": ("norm",)}, rngs=rngs)
+
+
+def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
+    """Inverted dropout; the identity when ``rngs`` is None (evaluation) or the rate is 0."""
+    if rngs is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None = None) -> jax.Array:
+    """``[B, T]`` segment ids (0 = padding, equal ids = same document) -> ``[B, T, T]`` boolean mask.
+
+    A 0/1 padding mask is the one-document case, so the HF ``attention_mask`` is accepted as is; packed
+    rows number their documents 1, 2, ... so documents never attend to each other.
+    """
+    seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
+    mask = (seg_q == seg_k) & (seg_k != 0)
+    t = segment_ids.shape[1]
+    q_idx, k_idx = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
+    if causal:
+        mask &= (k_idx <= q_idx)[None]
+    if window is not None:
+        mask &= (q_idx - k_idx < window)[None]
+    return mask
+
+
+def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, rngs: nnx.Rngs | None):
+    """q ``[B, T, N, H]``, k/v ``[B, S, K, H]`` (N a multiple of K: grouped-query attention), mask
+    ``[B, T, S]`` -> ``[B, T, N, H]``. Softmax in float32."""
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]
+    logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)  # [B, K, G, T, S]
+    probs = dropout(probs, dropout_rate, rngs).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return shard(out.reshape(b, t, n, h), ("batch", "length", "heads", "head_dim"))
+
+
+def rope_inverse_frequencies(head_dim: int, rope: dict) -> np.ndarray:
+    """Inverse frequencies ``[H/2]`` for the HF ``rope_parameters`` dict (default, linear, llama3)."""
+    base = rope["rope_theta"]
+    inv = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return inv.astype(np.float32)
+    if kind == "linear":
+        return (inv / rope["factor"]).astype(np.float32)
+    if kind == "llama3":
+        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old_len = rope["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"unsupported rope_type {kind!r}; supported: default, linear, llama3")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate ``x [B, T, N, H]`` by ``positions [B, T]`` in HF's rotate-half layout."""
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, H/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+
+
+def default_positions(segment_ids: jax.Array) -> jax.Array:
+    """``[B, T]`` positions that restart at 0 at each new document of a packed row."""
+    t = segment_ids.shape[1]
+    idx = jnp.broadcast_to(jnp.arange(t), segment_ids.shape)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - start_idx

@@ -1,0 +1,174 @@
+"""The Llama family of decoders: Llama 2/3.x (llama3 RoPE scaling), Mistral (sliding window), Qwen2/2.5
+(QKV bias), Qwen3 (q/k RMSNorm), SmolLM; grouped-query attention; tied or untied embeddings.
+
+Submodules carry the HF names (``model.layers.N.self_attn.q_proj``), so loading needs no renames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adapt.models import layers as L
+from adapt.models.registry import Family, register
+from adapt.sharding import shard
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_eps: float
+    rope: tuple  # the HF rope_parameters dict as sorted items (hashable)
+    tie_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    windows: tuple  # per layer: sliding-window length or None
+    act: str
+    init_std: float
+    hidden_dropout: float
+    attention_dropout: float
+    dtype: str = "float32"
+    hf: object = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+
+
+def config_from_hf(hf, dtype: str = "float32") -> LlamaConfig:
+    kind = hf.model_type
+    heads = hf.num_attention_heads
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
+    bias = getattr(hf, "attention_bias", False)
+    layer_types = getattr(hf, "layer_types", None)
+    window = getattr(hf, "sliding_window", None)
+    if layer_types:
+        windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
+    else:  # Mistral: every layer slides when a window is set
+        windows = (window if kind == "mistral" else None,) * hf.num_hidden_layers
+    rope = dict(hf.rope_parameters)
+    return LlamaConfig(
+        vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
+        num_layers=hf.num_hidden_layers, num_heads=heads,
+        num_kv_heads=getattr(hf, "num_key_value_heads", None) or heads, head_dim=head_dim,
+        rms_eps=hf.rms_norm_eps, rope=tuple(sorted(rope.items())),
+        tie_embeddings=bool(hf.tie_word_embeddings),
+        qkv_bias=True if kind == "qwen2" else bias, o_bias=False if kind == "qwen2" else bias,
+        mlp_bias=getattr(hf, "mlp_bias", False), qk_norm=kind == "qwen3", windows=windows,
+        act=hf.hidden_act, init_std=getattr(hf, "initializer_range", 0.02),
+        hidden_dropout=getattr(hf, "hidden_dropout", 0.0), attention_dropout=hf.attention_dropout,
+        dtype=dtype, hf=hf)
+
+
+class LlamaAttention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        d, n, k, h, dt = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.dtype
+        self.cfg = cfg
+        self.q_proj = L.linear(d, n * h, ("embed", "heads"), bias=cfg.qkv_bias, std=cfg.init_std, dtype=dt, rngs=rngs)
+        self.k_proj = L.linear(d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, std=cfg.init_std, dtype=dt, rngs=rngs)
+        self.v_proj = L.linear(d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, std=cfg.init_std, dtype=dt, rngs=rngs)
+        self.o_proj = L.linear(n * h, d, ("heads", "embed"), bias=cfg.o_bias, std=cfg.init_std, dtype=dt, rngs=rngs)
+        if cfg.qk_norm:
+            self.q_norm = L.rms_norm(h, cfg.rms_eps, dtype=dt, rngs=rngs)
+            self.k_norm = L.rms_norm(h, cfg.rms_eps, dtype=dt, rngs=rngs)
+
+    def __call__(self, x, mask, positions, inv_freq, rngs):  # x [B, T, D]
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = shard(L.apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
+        k = shard(L.apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+        out = L.dot_product_attention(q, k, v, mask, scale=cfg.head_dim ** -0.5,
+                                      dropout_rate=cfg.attention_dropout, rngs=rngs)
+        return self.o_proj(out.reshape(b, t, -1))
+
+
+class LlamaMLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        d, f, dt, std = cfg.hidden_size, cfg.intermediate_size, cfg.dtype, cfg.init_std
+        self.gate_proj = L.linear(d, f, ("embed", "mlp"), bias=cfg.mlp_bias, std=std, dtype=dt, rngs=rngs)
+        self.up_proj = L.linear(d, f, ("embed", "mlp"), bias=cfg.mlp_bias, std=std, dtype=dt, rngs=rngs)
+        self.down_proj = L.linear(f, d, ("mlp", "embed"), bias=cfg.mlp_bias, std=std, dtype=dt, rngs=rngs)
+        self.act = L.activation(cfg.act)
+
+    def __call__(self, x):  # [B, T, D]
+        h = shard(self.act(self.gate_proj(x)) * self.up_proj(x), ("batch", "length", "mlp"))
+        return self.down_proj(h)
+
+
+class LlamaDecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.input_layernorm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
+        self.self_attn = LlamaAttention(cfg, rngs=rngs)
+        self.post_attention_layernorm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
+        self.mlp = LlamaMLP(cfg, rngs=rngs)
+
+    def __call__(self, x, mask, positions, inv_freq, rngs):
+        p = self.cfg.hidden_dropout
+        x = x + L.dropout(self.self_attn(self.input_layernorm(x), mask, positions, inv_freq, rngs), p, rngs)
+        x = x + L.dropout(self.mlp(self.post_attention_layernorm(x)), p, rngs)
+        return shard(x, ("batch", "length", "embed"))
+
+
+class LlamaModel(nnx.Module):
+    """The decoder stack: ``input_ids [B, T]`` -> final hidden states ``[B, T, D]``."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = L.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), std=cfg.init_std,
+                                    dtype=cfg.dtype, rngs=rngs)
+        self.layers = nnx.List([LlamaDecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None):
+        """``attention_mask [B, T]``: 0 for padding, else a document id (a packed row numbers its
+        documents 1, 2, ...); ``positions [B, T]`` default to restarting at 0 per document."""
+        segments = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
+        if positions is None:
+            positions = L.default_positions(segments)
+        inv_freq = L.rope_inverse_frequencies(self.cfg.head_dim, dict(self.cfg.rope))
+        masks = {w: L.attention_mask(segments, causal=True, window=w) for w in set(self.cfg.windows)}
+        x = shard(self.embed_tokens(input_ids), ("batch", "length", "embed"))
+        for layer, window in zip(self.layers, self.cfg.windows):
+            x = layer(x, masks[window], positions, inv_freq, rngs)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nnx.Module):
+    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32)."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.model = LlamaModel(cfg, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = L.linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=False,
+                                    std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None):
+        x = self.model(input_ids, attention_mask, positions, rngs=rngs)
+        logits = self.model.embed_tokens.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
+        return shard(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+FAMILY = register(Family(
+    name="llama",
+    model_types=("llama", "mistral", "qwen2", "qwen3"),
+    config_from_hf=config_from_hf,
+    models={"base": LlamaModel, "causal_lm": LlamaForCausalLM},
+    architectures={"base": "LlamaModel", "causal_lm": "LlamaForCausalLM"},
+    base_prefix="model",
+    dropout_keys={"hidden": ("hidden_dropout",), "attention": ("attention_dropout",)},
+    ignore=(r"(^|\.)rotary_emb\.inv_freq$", r"^lm_head\.weight$"),  # the latter only reached when tied
+))

@@ -1,0 +1,233 @@
+"""``from_pretrained``: an HF checkpoint (local folder, Hub id, GGUF file or bundled name) -> an NNX model
+whose parameters sit on their target shardings.
+
+The model is first built as an ``nnx.eval_shape`` skeleton (no memory); each parameter's HF tensor is
+found through the family's name mapping, its shape checked, and it is placed straight onto its
+sharding with ``jax.make_array_from_callback`` (each device reads only its slice of the memory-mapped
+file). Every missing, unexpected and mis-shaped tensor is reported together, before anything is
+built. Task heads the checkpoint lacks are initialised fresh, inside one jit whose outputs are just
+those heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import warnings
+
+import jax
+import numpy as np
+from flax import nnx
+
+from adapt.errors import CheckpointError
+from adapt.models import bundled
+from adapt.models.checkpoint_io import weight_refs
+from adapt.models.gguf_io import gguf_config, gguf_refs
+from adapt.models.registry import TASKS, Family, family_for, hf_key, param_paths
+from adapt.sharding import Rules, variable_sharding
+
+log = logging.getLogger(__name__)
+
+_TASK_SUFFIX = {"ForCausalLM": "causal_lm", "LMHeadModel": "causal_lm", "ForMaskedLM": "masked_lm",
+                "ForSequenceClassification": "sequence_classification",
+                "ForTokenClassification": "token_classification"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str  # what the user asked for
+    folder: str  # where config/tokenizer files live
+    gguf_file: str | None = None  # for GGUF checkpoints: the file, inside ``folder``
+
+
+def resolve(name_or_path: str, *, revision: str | None = None, allow_pickle: bool = False) -> Source:
+    """Find the files of a bundled name, local folder, local ``.gguf`` file or Hub id."""
+    name = str(name_or_path)
+    path = bundled.bundled_path(name) if bundled.is_bundled(name) else os.path.expanduser(name)
+    if os.path.isdir(path):
+        return Source(name, path)
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        return Source(name, os.path.dirname(path), os.path.basename(path))
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.path.exists(path)
+    if looks_local or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
+        raise CheckpointError(f"{name}: no such model folder (expected a folder with config.json and weights, "
+                              f"a .gguf file, a Hub id or one of {', '.join(bundled.PREFIX + k for k in bundled.BUNDLED)})")
+    from huggingface_hub import snapshot_download
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"] + (["*.bin"] if allow_pickle else [])
+    try:
+        return Source(name, snapshot_download(name, revision=revision, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated repo...: all mean "not here"
+        raise CheckpointError(f"{name}: cannot fetch this Hub id ({type(e).__name__}); with no network, download "
+                              f"it elsewhere and pass its local folder instead") from None
+
+
+def read_config(source: Source):
+    """The checkpoint's HF config (``config.json``, or the GGUF metadata)."""
+    from transformers import AutoConfig
+
+    if source.gguf_file:
+        return gguf_config(os.path.join(source.folder, source.gguf_file))
+    path = os.path.join(source.folder, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: missing (every HF checkpoint folder has a config.json)")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if "model_type" not in raw:
+        raise CheckpointError(f"{path}: no 'model_type' key")
+    family_for(raw["model_type"], where=f"{path}: ")
+    raw.pop("auto_map", None)  # never execute remote code
+    return AutoConfig.for_model(**raw)
+
+
+def task_of(hf_config) -> str:
+    for arch in hf_config.architectures or ():
+        for suffix, task in _TASK_SUFFIX.items():
+            if arch.endswith(suffix):
+                return task
+    return "base"
+
+
+def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: int | None = None,
+                    labels: list[str] | None = None, mesh: jax.sharding.Mesh | None = None,
+                    rules: Rules | None = None, dtype: str = "float32", hidden_dropout: float | None = None,
+                    attention_dropout: float | None = None, allow_pickle: bool = False, seed: int = 0,
+                    revision: str | None = None) -> nnx.Module:
+    """Load a pretrained model as an NNX module.
+
+    ``task``: one of :data:`~adapt.models.registry.TASKS`; by default the checkpoint's own
+    (``config.architectures``). Classification heads take ``num_labels`` (or ``labels``, their names).
+    ``mesh``/``rules``: place parameters sharded (by default on the first device). ``dtype``: the
+    compute dtype (parameters stay float32). The dropout rates override the checkpoint's config.
+    """
+    source = resolve(name_or_path, revision=revision, allow_pickle=allow_pickle)
+    hf = read_config(source)
+    family = family_for(hf.model_type)
+    task = task or task_of(hf)
+    if task not in family.models:
+        raise CheckpointError(f"{source.name}: task {task!r} is not available for {hf.model_type}; "
+                              f"available: {', '.join(t for t in TASKS if t in family.models)}")
+    if labels is not None:
+        hf.id2label = dict(enumerate(labels))
+        hf.label2id = {v: k for k, v in hf.id2label.items()}
+    elif num_labels is not None:
+        hf.num_labels = num_labels
+    for kind, rate in (("hidden", hidden_dropout), ("attention", attention_dropout)):
+        for key in family.dropout_keys[kind] if rate is not None else ():
+            setattr(hf, key, rate)
+    hf.architectures = None
+    cfg = family.config_from_hf(hf, dtype)
+    if source.gguf_file:
+        refs = gguf_refs(os.path.join(source.folder, source.gguf_file), hf)
+    else:
+        refs = weight_refs(source.folder, allow_pickle=allow_pickle)
+    return build(family, family.models[task], cfg, task, refs, source.name, mesh=mesh, rules=rules, seed=seed)
+
+
+def build(family: Family, cls, cfg, task: str, refs: dict, where: str, *, mesh=None, rules=None, seed: int = 0):
+    """Fill the skeleton of ``cls(cfg)`` from ``refs`` (HF name -> TensorRef); see the module doc."""
+    skeleton = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(seed)))
+    graphdef, state = nnx.split(skeleton)
+    leaves = param_paths(state)
+    prefix = family.base_prefix + "."
+
+    def canon(key):
+        return key[len(prefix):] if key.startswith(prefix) else key
+
+    available = {}
+    for key, ref in refs.items():
+        available.setdefault(canon(key), (key, ref))
+    fresh_ok = family.head_paths.get(task, ()) + family.warn_if_fresh
+    roots = {canon(hf_key(family, p)[0]).split(".")[0] for p, _ in leaves}
+    missing, misshaped, fresh, found = [], [], [], {}
+    for path, var in leaves:
+        key, transpose = hf_key(family, path)
+        if canon(key) not in available:
+            dotted = ".".join(map(str, path))
+            if any(dotted.startswith(h) for h in fresh_ok):
+                fresh.append(path)
+            else:
+                missing.append(f"{key} {list(var.shape)}")
+            continue
+        name, ref = available.pop(canon(key))
+        shape = ref.shape[::-1] if transpose else ref.shape
+        if tuple(shape) != tuple(var.shape):
+            want = var.shape[::-1] if transpose else var.shape
+            misshaped.append(f"{name} {list(ref.shape)} (expected {list(want)})")
+        found[path] = (ref, transpose)
+    unexpected = [key for c, (key, _) in sorted(available.items())
+                  if c.split(".")[0] in roots and not any(re.search(p, key) for p in family.ignore)]
+    unused = [key for c, (key, _) in available.items() if c.split(".")[0] not in roots]
+    problems = [f"{len(items)} {what}: {_short(items)}" for what, items in
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
+    if problems:
+        files = sorted({ref.file for ref, _ in found.values()} | {r.file for r in refs.values()})
+        raise CheckpointError(f"{where}: checkpoint ({_short(files, 2)}) does not match {cls.__name__}: "
+                              + "; ".join(problems))
+    if unused:
+        log.info("%s: tensors not used by %s: %s", where, cls.__name__, _short(unused))
+    arrays = {path: _place(ref, transpose, var, mesh, rules) for (path, var), (ref, transpose)
+              in ((pv, found[pv[0]]) for pv in leaves if pv[0] in found)}
+    if fresh:
+        heads = sorted({".".join(map(str, p[:2 if str(p[0]) == family.base_prefix else 1])) for p in fresh})
+        for head in heads:
+            if any(head.startswith(h) for h in family.warn_if_fresh):
+                warnings.warn(f"{where}: the checkpoint has no weights for {head}; they were initialised fresh",
+                              stacklevel=3)
+            else:
+                log.info("%s: %s initialised fresh for task %s", where, head, task)
+        arrays.update(_init_fresh(cls, cfg, seed, fresh, dict(leaves), mesh, rules))
+    for path, var in leaves:
+        var.set_value(arrays[path])
+    return nnx.merge(graphdef, state)
+
+
+def _place(ref, transpose: bool, var, mesh, rules) -> jax.Array:
+    host = []
+
+    def read(index):
+        if not host:
+            array = ref.read()
+            host.append(array.T if transpose else array)
+        return np.asarray(host[0][index], dtype=var.dtype)
+
+    return jax.make_array_from_callback(tuple(var.shape), variable_sharding(var, mesh, rules), read)
+
+
+def _init_fresh(cls, cfg, seed, paths, variables, mesh, rules) -> dict:
+    """Initialise only ``paths`` of ``cls(cfg)``: one jit over the whole constructor, whose outputs are
+    just those parameters, so XLA drops the rest of the initialisation."""
+    shardings = [variable_sharding(variables[p], mesh, rules) for p in paths]
+
+    def init():
+        flat = dict(param_paths(nnx.state(cls(cfg, rngs=nnx.Rngs(seed)))))
+        return [flat[p].get_value() for p in paths]
+
+    init = jax.jit(init, out_shardings=shardings)
+    return dict(zip(paths, init()))
+
+
+def _short(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f", ... and {len(items) - n} more" if len(items) > n else "")
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None):
+    """The tokenizer stored with a checkpoint (for GGUF files, the one embedded in the file)."""
+    from transformers import AutoTokenizer
+
+    source = resolve(name_or_path, revision=revision)
+    try:
+        if source.gguf_file:
+            tok = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
+        else:
+            tok = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{source.folder}: cannot load a tokenizer ({e})".splitlines()[0]) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
