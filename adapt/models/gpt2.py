@@ -1,1 +1,138 @@
-"""GPT-2 (in progress)."""
+"""GPT-2 (Radford et al., 2019): learned positions, pre-LayerNorm blocks, fused QKV, tied LM head.
+
+HF stores GPT-2's projections as ``Conv1D`` with ``[in, out]`` weights, which is already our kernel
+layout: this family is the one that does not transpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from flax import nnx
+
+from adapt.models import layers as L
+from adapt.models.registry import Family, register
+from adapt.sharding import shard
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_inner: int
+    eps: float
+    act: str
+    scale_attn_weights: bool
+    scale_by_layer: bool  # scale_attn_by_inverse_layer_idx
+    init_std: float
+    embd_dropout: float
+    resid_dropout: float
+    attention_dropout: float
+    dtype: str = "float32"
+    hf: object = dataclasses.field(default=None, compare=False, hash=False, repr=False)
+
+
+def config_from_hf(hf, dtype: str = "float32") -> GPT2Config:
+    return GPT2Config(
+        vocab_size=hf.vocab_size, n_positions=hf.n_positions, n_embd=hf.n_embd, n_layer=hf.n_layer,
+        n_head=hf.n_head, n_inner=hf.n_inner or 4 * hf.n_embd, eps=hf.layer_norm_epsilon,
+        act=hf.activation_function, scale_attn_weights=hf.scale_attn_weights,
+        scale_by_layer=hf.scale_attn_by_inverse_layer_idx, init_std=hf.initializer_range,
+        embd_dropout=hf.embd_pdrop, resid_dropout=hf.resid_pdrop, attention_dropout=hf.attn_pdrop,
+        dtype=dtype, hf=hf)
+
+
+class GPT2Attention(nnx.Module):
+    def __init__(self, cfg: GPT2Config, layer_idx: int, *, rngs: nnx.Rngs):
+        d = cfg.n_embd
+        self.cfg, self.layer_idx = cfg, layer_idx
+        self.c_attn = L.linear(d, 3 * d, ("embed", "heads"), bias=True, std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
+        self.c_proj = L.linear(d, d, ("heads", "embed"), bias=True, std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
+
+    def __call__(self, x, mask, rngs):  # x [B, T, D]
+        cfg = self.cfg
+        b, t, d = x.shape
+        h = d // cfg.n_head
+        q, k, v = (y.reshape(b, t, cfg.n_head, h) for y in jnp.split(self.c_attn(x), 3, axis=-1))
+        scale = (h ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer_idx + 1 if cfg.scale_by_layer else 1)
+        out = L.dot_product_attention(q, k, v, mask, scale=scale, dropout_rate=cfg.attention_dropout, rngs=rngs)
+        return self.c_proj(out.reshape(b, t, d))
+
+
+class GPT2MLP(nnx.Module):
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+        self.c_fc = L.linear(cfg.n_embd, cfg.n_inner, ("embed", "mlp"), bias=True, std=cfg.init_std,
+                             dtype=cfg.dtype, rngs=rngs)
+        self.c_proj = L.linear(cfg.n_inner, cfg.n_embd, ("mlp", "embed"), bias=True, std=cfg.init_std,
+                               dtype=cfg.dtype, rngs=rngs)
+        self.act = L.activation(cfg.act)
+
+    def __call__(self, x):  # [B, T, D]
+        return self.c_proj(shard(self.act(self.c_fc(x)), ("batch", "length", "mlp")))
+
+
+class GPT2Block(nnx.Module):
+    def __init__(self, cfg: GPT2Config, layer_idx: int, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.ln_1 = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
+        self.attn = GPT2Attention(cfg, layer_idx, rngs=rngs)
+        self.ln_2 = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
+        self.mlp = GPT2MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, mask, rngs):
+        p = self.cfg.resid_dropout
+        x = x + L.dropout(self.attn(self.ln_1(x), mask, rngs), p, rngs)
+        x = x + L.dropout(self.mlp(self.ln_2(x)), p, rngs)
+        return shard(x, ("batch", "length", "embed"))
+
+
+class GPT2Model(nnx.Module):
+    """``input_ids [B, T]`` -> final hidden states ``[B, T, D]``; masks as in ``LlamaModel``."""
+
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.wte = L.embed(cfg.vocab_size, cfg.n_embd, ("vocab", "embed"), std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
+        self.wpe = L.embed(cfg.n_positions, cfg.n_embd, ("position", "embed"), std=cfg.init_std,
+                           dtype=cfg.dtype, rngs=rngs)
+        self.h = nnx.List([GPT2Block(cfg, i, rngs=rngs) for i in range(cfg.n_layer)])
+        self.ln_f = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None):
+        segments = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
+        if positions is None:
+            positions = L.default_positions(segments)
+        mask = L.attention_mask(segments, causal=True)
+        x = L.dropout(self.wte(input_ids) + self.wpe(positions), self.cfg.embd_dropout, rngs)
+        x = shard(x, ("batch", "length", "embed"))
+        for block in self.h:
+            x = block(x, mask, rngs)
+        return self.ln_f(x)
+
+
+class GPT2LMHeadModel(nnx.Module):
+    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32), head tied to ``wte``."""
+
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.transformer = GPT2Model(cfg, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None):
+        x = self.transformer(input_ids, attention_mask, positions, rngs=rngs)
+        return shard(self.transformer.wte.attend(x).astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+FAMILY = register(Family(
+    name="gpt2",
+    model_types=("gpt2",),
+    config_from_hf=config_from_hf,
+    models={"base": GPT2Model, "causal_lm": GPT2LMHeadModel},
+    base_prefix="transformer",
+    dropout_keys={"hidden": ("embd_pdrop", "resid_pdrop"), "attention": ("attn_pdrop",)},
+    transpose_kernels=False,
+    # Causal-mask buffers of old checkpoints, and the tied head.
+    ignore=(r"\.attn\.(masked_)?bias$", r"^lm_head\.weight$"),
+))

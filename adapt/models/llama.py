@@ -167,7 +167,6 @@ FAMILY = register(Family(
     model_types=("llama", "mistral", "qwen2", "qwen3"),
     config_from_hf=config_from_hf,
     models={"base": LlamaModel, "causal_lm": LlamaForCausalLM},
-    architectures={"base": "LlamaModel", "causal_lm": "LlamaForCausalLM"},
     base_prefix="model",
     dropout_keys={"hidden": ("hidden_dropout",), "attention": ("attention_dropout",)},
     ignore=(r"(^|\.)rotary_emb\.inv_freq$", r"^lm_head\.weight$"),  # the latter only reached when tied

@@ -25,7 +25,6 @@ class Family:
     model_types: tuple[str, ...]
     config_from_hf: Callable  # (hf_config, dtype) -> the family's frozen config dataclass
     models: dict[str, Callable]  # task -> class(config, *, rngs)
-    architectures: dict[str, str]  # task -> HF class name written to config.json on export
     base_prefix: str  # HF prefix of the backbone ("model", "transformer", "bert", ...)
     # HF config keys the generic dropout overrides set: {"hidden": (...), "attention": (...)}.
     dropout_keys: dict[str, tuple[str, ...]]
