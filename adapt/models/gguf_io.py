@@ -3,7 +3,7 @@ float32 with the ``gguf`` package, and llama.cpp's Q/K row permutation undone.
 
 llama.cpp's converter reorders the rows of ``q_proj``/``k_proj`` of Llama-architecture models so that
 its RoPE pairs adjacent dimensions; HF pairs dimension i with i + H/2 (rotate-half). Undoing it:
-rows ``[heads, 2, H/2]`` -> ``[heads, H/2, 2]``... in reverse, see :func:`_unpermute`.
+see :func:`_unpermute`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def gguf_config(path: str):
     vocab = _field(r, f"{arch}.vocab_size") or len(_field(r, "tokenizer.ggml.tokens"))
     rope = {"rope_type": "default", "rope_theta": float(_field(r, f"{arch}.rope.freq_base", 10000.0))}
     return AutoConfig.for_model(
-        arch, vocab_size=vocab, hidden_size=width,
+        arch, architectures=["ForCausalLM"], vocab_size=vocab, hidden_size=width,
         intermediate_size=_field(r, f"{arch}.feed_forward_length"),
         num_hidden_layers=_field(r, f"{arch}.block_count"), num_attention_heads=heads,
         num_key_value_heads=_field(r, f"{arch}.attention.head_count_kv", heads),
