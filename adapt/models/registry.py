@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from flax import nnx
 
+from adapt.errors import CheckpointError
+
 TASKS = ("base", "causal_lm", "masked_lm", "sequence_classification", "token_classification")
 
 
@@ -55,13 +57,13 @@ def supported_model_types() -> list[str]:
 def family_for(model_type: str, where: str = "") -> Family:
     _import_families()
     if model_type not in _FAMILIES:
-        raise ValueError(f"{where}unsupported architecture model_type={model_type!r}; "
+        raise CheckpointError(f"{where}unsupported architecture model_type={model_type!r}; "
                          f"supported: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[model_type]
 
 
 def _import_families():
-    from adapt.models import bert, gpt2, llama  # noqa: F401  (each registers itself)
+    from adapt.models import bert, gpt2, llama, roberta  # noqa: F401  (each registers itself)
 
 
 _LEAF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
