@@ -9,8 +9,7 @@ from flax import nnx
 
 from adapt.models import from_pretrained, save_pretrained
 
-TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64)
+from conftest import TINY_LLAMA as TINY
 
 VARIANTS = {
     "llama": lambda: transformers.LlamaConfig(**TINY),

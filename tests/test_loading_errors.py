@@ -8,25 +8,14 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
-import transformers
 
 from adapt.errors import CheckpointError
 from adapt.models import from_pretrained
 
 
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("good")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture
-def copy(good, tmp_path):
-    shutil.copytree(good, tmp_path / "ckpt")
+def copy(tiny_llama, tmp_path):
+    shutil.copytree(tiny_llama, tmp_path / "ckpt")
     return tmp_path / "ckpt"
 
 
@@ -68,17 +57,17 @@ def test_missing_and_malformed_config(copy):
 def test_every_mismatch_is_reported_at_once(copy):
     tensors = safetensors.numpy.load_file(copy / "model.safetensors")
     tensors["model.layers.1.mlp.upp.weight"] = tensors.pop("model.layers.1.mlp.up_proj.weight")
-    tensors["model.layers.0.self_attn.q_proj.weight"] = np.zeros((32, 31), np.float32)
+    tensors["model.layers.0.self_attn.q_proj.weight"] = np.zeros((64, 63), np.float32)
     safetensors.numpy.save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
     message = _fails(copy, "does not match LlamaForCausalLM")
-    assert "1 missing: model.layers.1.mlp.up_proj.weight [32, 48]" in message
+    assert "1 missing: model.layers.1.mlp.up_proj.weight [64, 96]" in message
     assert "1 unexpected: model.layers.1.mlp.upp.weight" in message
-    assert "1 mis-shaped: model.layers.0.self_attn.q_proj.weight [32, 31] (expected [32, 32])" in message
+    assert "1 mis-shaped: model.layers.0.self_attn.q_proj.weight [64, 63] (expected [64, 64])" in message
 
 
 def test_config_that_does_not_match_the_weights(copy):
     config = json.loads((copy / "config.json").read_text())
-    (copy / "config.json").write_text(json.dumps({**config, "intermediate_size": 40}))
+    (copy / "config.json").write_text(json.dumps({**config, "intermediate_size": 80}))
     assert "6 mis-shaped" in _fails(copy, "mlp.gate_proj.weight")
 
 
@@ -95,15 +84,15 @@ def test_truncated_and_corrupt_weights(copy):
     _fails(copy, "no weights found")
 
 
-def test_pickle_weights_need_an_explicit_opt_in(copy, good):
+def test_pickle_weights_need_an_explicit_opt_in(copy, tiny_llama):
     state = {k: torch.from_numpy(v.copy()) for k, v in safetensors.numpy.load_file(copy / "model.safetensors").items()}
     os.remove(copy / "model.safetensors")
     torch.save(state, copy / "pytorch_model.bin")
     _fails(copy, "pytorch_model.bin: PyTorch pickle weights can execute code.*allow_pickle=True")
     ids = np.arange(10)[None]
     np.testing.assert_array_equal(np.asarray(from_pretrained(str(copy), allow_pickle=True)(ids)),
-                                  np.asarray(from_pretrained(str(good))(ids)))
+                                  np.asarray(from_pretrained(tiny_llama)(ids)))
 
 
-def test_unknown_task(good):
-    _fails(good, "task 'masked_lm' is not available for llama; available: base, causal_lm", task="masked_lm")
+def test_unknown_task(tiny_llama):
+    _fails(tiny_llama, "task 'masked_lm' is not available for llama; available: base, causal_lm", task="masked_lm")

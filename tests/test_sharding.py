@@ -3,8 +3,6 @@
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -30,16 +28,6 @@ def test_logical_to_spec_uses_each_mesh_axis_once_and_only_when_it_divides():
     assert logical_to_spec(("norm",), (16,), mesh) == P(None)
     with axis_rules((("embed", None), ("mlp", ("fsdp", "tensor")))):
         assert logical_to_spec(("embed", "mlp"), (16, 32), mesh) == P(None, ("fsdp", "tensor"))
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)])

@@ -166,7 +166,7 @@ def build(family: Family, cls, cfg, task: str, refs: dict, where: str, *, mesh=N
     problems = [f"{len(items)} {what}: {_short(items)}" for what, items in
                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if items]
     if problems:
-        files = sorted({ref.file for ref, _ in found.values()} | {r.file for r in refs.values()})
+        files = sorted({r.file for r in refs.values()})
         raise CheckpointError(f"{where}: checkpoint ({_short(files, 2)}) does not match {cls.__name__}: "
                               + "; ".join(problems))
     if unused:
