@@ -27,6 +27,22 @@ def test_llama_cpp_permutation_is_undone():
     np.testing.assert_array_equal(_unpermute(llama_cpp_permute(w, 3), 3), w)
 
 
+def test_gguf_tokenizer_matches_transformers_reader():
+    """Our GGUF tokenizer (built without PyTorch) equals transformers' own GGUF path (which needs it)."""
+    from transformers import AutoTokenizer
+
+    from adapt.models.loading import resolve
+
+    source = resolve("bundled:smollm2-135m")
+    ours = load_tokenizer("bundled:smollm2-135m")
+    ref = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
+    text = "Domain adaptation: Ünïcödé, tabs\t and 123456 tokens. <|im_end|>"
+    assert ours(text).input_ids == ref(text).input_ids
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    assert ours.apply_chat_template(chat, tokenize=False) == ref.apply_chat_template(chat, tokenize=False)
+    assert ours.special_tokens_map == ref.special_tokens_map
+
+
 @pytest.mark.slow
 def test_smollm2_config_and_perplexity(smollm2):
     model, tok = smollm2

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import shutil
 import tempfile
@@ -12,18 +13,21 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from transformers.models.auto import modeling_auto
 
 from adapt.models.checkpoint_io import save_safetensors
 from adapt.models.registry import family_for, hf_key, param_paths, to_hf
 
-_AUTO_NAMES = {
-    "base": modeling_auto.MODEL_MAPPING_NAMES,
-    "causal_lm": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    "masked_lm": modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    "sequence_classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-    "token_classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
-}
+_AUTO_NAMES = {"base": "MODEL_MAPPING_NAMES", "causal_lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+               "masked_lm": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+               "sequence_classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+               "token_classification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"}
+
+
+def architecture_name(model_type: str, task: str) -> str:
+    """transformers' class name for ``model_type`` and ``task`` (``LlamaForCausalLM``). The name tables are
+    read from the module itself: the ``transformers.models.auto`` package refuses them without PyTorch."""
+    names = importlib.import_module("transformers.models.auto.modeling_auto")
+    return getattr(names, _AUTO_NAMES[task])[model_type]
 
 
 def model_task(model: nnx.Module) -> str:
@@ -52,7 +56,7 @@ def save_pretrained(model: nnx.Module, folder: str, *, tokenizer=None, max_shard
     must call this (the gather is collective); process 0 writes.
     """
     hf = copy.deepcopy(model.cfg.hf)
-    hf.architectures = [_AUTO_NAMES[model_task(model)][hf.model_type]]
+    hf.architectures = [architecture_name(hf.model_type, model_task(model))]
     tensors = hf_state_dict(model)
     if jax.process_index() != 0:
         return folder

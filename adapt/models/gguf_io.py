@@ -101,3 +101,23 @@ def gguf_refs(path: str, config) -> dict[str, TensorRef]:
         shape = tuple(int(s) for s in reversed(t.shape.tolist()))
         refs[name] = TensorRef(path, shape, np.dtype(np.float32), read)
     return refs
+
+
+def gguf_tokenizer(path: str):
+    """The tokenizer embedded in a GGUF file, built as transformers' GGUF loader builds it, but from
+    metadata read here: transformers' own GGUF reader needs PyTorch, which adapt's runtime lacks."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf import gguf_tokenizer_mapping as tm
+
+    r = _reader(path)
+    grouped = {group: {name: _field(r, f"tokenizer.{key}") for key, name in renames.items()
+                       if f"tokenizer.{key}" in r.fields}
+               for group, renames in tm.GGUF_TOKENIZER_MAPPING.items()}
+    tokens, config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if tokens.get("tokenizer_type") == "llama":
+        config.setdefault("add_bos_token", True)
+    for name, key in tm._SPECIAL_TOKENS.items():
+        token_id = _field(r, f"tokenizer.ggml.{key}")
+        config[name] = tokens["tokens"][token_id] if token_id is not None else None
+    backend, extra = tm.convert_gguf_tokenizer(_field(r, "general.architecture"), tokens)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)

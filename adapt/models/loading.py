@@ -25,7 +25,7 @@ from flax import nnx
 from adapt.errors import CheckpointError
 from adapt.models import bundled
 from adapt.models.checkpoint_io import weight_refs
-from adapt.models.gguf_io import gguf_config, gguf_refs
+from adapt.models.gguf_io import gguf_config, gguf_refs, gguf_tokenizer
 from adapt.models.registry import TASKS, Family, family_for, hf_key, param_paths
 from adapt.sharding import Rules, variable_sharding
 
@@ -223,7 +223,7 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     source = resolve(name_or_path, revision=revision)
     try:
         if source.gguf_file:
-            tok = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
+            tok = gguf_tokenizer(os.path.join(source.folder, source.gguf_file))
         else:
             tok = AutoTokenizer.from_pretrained(source.folder, trust_remote_code=False)
     except (OSError, ValueError) as e:
