@@ -19,3 +19,7 @@ class ConfigError(AdaptError):
 
 class DataError(AdaptError):
     """A malformed or inconsistent data file."""
+
+
+class TrainingError(AdaptError):
+    """A run that cannot go on (a non-finite loss): the message names the step and the last good checkpoint."""

@@ -155,7 +155,7 @@ class BertEncoder(nnx.Module):
 
     def __call__(self, x, mask, rngs):  # [B, T, D]
         for layer in self.layer:
-            x = layer(x, mask, rngs)
+            x = L.run_layer(layer, x, mask, rngs)
         return x
 
 

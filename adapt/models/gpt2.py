@@ -109,7 +109,7 @@ class GPT2Model(nnx.Module):
         x = L.dropout(self.wte(input_ids) + self.wpe(positions), self.cfg.embd_dropout, rngs)
         x = shard(x, ("batch", "length", "embed"))
         for block in self.h:
-            x = block(x, mask, rngs)
+            x = L.run_layer(block, x, mask, rngs)
         return self.ln_f(x)
 
 

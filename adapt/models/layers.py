@@ -7,6 +7,8 @@ H head width, V vocabulary.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -25,6 +27,35 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
 }
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs, redo the rest
+}
+_REMAT: contextvars.ContextVar[str] = contextvars.ContextVar("adapt_remat", default="none")
+
+
+@contextlib.contextmanager
+def remat(policy: str):
+    """Rematerialise every transformer layer called inside the block (in the backward pass, recompute
+    what ``policy`` does not save instead of keeping it in memory)."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {policy!r}; expected one of {', '.join(REMAT_POLICIES)}")
+    token = _REMAT.set(policy)
+    try:
+        yield
+    finally:
+        _REMAT.reset(token)
+
+
+def run_layer(layer: nnx.Module, *args):
+    """``layer(*args)``, rematerialised when a :func:`remat` policy is active."""
+    policy = _REMAT.get()
+    if policy == "none":
+        return layer(*args)
+    return nnx.remat(lambda module, *a: module(*a), policy=REMAT_POLICIES[policy])(layer, *args)
 
 
 def activation(name: str):

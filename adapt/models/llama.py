@@ -142,7 +142,7 @@ class LlamaModel(nnx.Module):
         masks = {w: L.attention_mask(segments, causal=True, window=w) for w in set(self.cfg.windows)}
         x = shard(self.embed_tokens(input_ids), ("batch", "length", "embed"))
         for layer, window in zip(self.layers, self.cfg.windows):
-            x = layer(x, masks[window], positions, inv_freq, rngs)
+            x = L.run_layer(layer, x, masks[window], positions, inv_freq, rngs)
         return self.norm(x)
 
 

@@ -1,0 +1,291 @@
+"""The training loop: steps or epochs, evaluation every N steps, early stopping on a dev metric with the
+best checkpoint kept, checkpoints that resume exactly, metrics as JSONL and TensorBoard events, and a
+progress bar with loss and tokens/s.
+
+A run's folder (``workdir``) holds ``checkpoints/`` (the latest K), ``best/``, ``metrics.jsonl`` and
+``tb/``. Starting a run in a folder that has checkpoints resumes from the latest one.
+
+Non-finite losses: each step's metrics are read back one step late (so the host never stalls the
+device), and always before a checkpoint is written; a non-finite loss or gradient ends the run with a
+:class:`~adapt.errors.TrainingError` naming the step, and no checkpoint after the last good step exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from adapt.errors import ConfigError, TrainingError
+from adapt.sharding import make_mesh
+from adapt.training import optim
+from adapt.training.checkpoints import Checkpointer
+from adapt.training.state import TrainState, batch_sharding, create_state, global_batch, merge_model
+from adapt.training.steps import Steps
+
+
+class EarlyStopping:
+    """Tracks the best value of ``metric``; ``should_stop`` after ``patience`` evaluations without
+    improvement (never with patience 0)."""
+
+    def __init__(self, metric: str, mode: str = "max", patience: int = 0):
+        if mode not in ("max", "min"):
+            raise ConfigError(f"train.early_stopping.mode={mode!r}; expected 'max' or 'min'")
+        self.metric, self.mode, self.patience = metric, mode, patience
+        self.best, self.best_step, self.bad = None, None, 0
+
+    def update(self, step: int, metrics: dict) -> bool:
+        """Record an evaluation; True when it is the best so far."""
+        if self.metric not in metrics:
+            raise ConfigError(f"train.early_stopping.metric={self.metric!r} is not an evaluation metric; "
+                              f"available: {', '.join(sorted(metrics))}")
+        value = metrics[self.metric]
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best, self.best_step, self.bad = value, step, 0
+        else:
+            self.bad += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
+
+    def restore(self, state: dict) -> None:
+        self.best, self.best_step, self.bad = state["best"], state["best_step"], state["bad"]
+
+
+class MetricsWriter:
+    """``metrics.jsonl`` (one record per log/eval: ``{"step": ..., "train/loss": ...}``) and TensorBoard
+    events under ``tb/``; only process 0 writes."""
+
+    def __init__(self, workdir: str, resume_step: int | None):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        if os.path.exists(self.path):  # drop what a killed run logged after the checkpoint it resumes
+            with open(self.path) as f:
+                keep = [line for line in f if resume_step is not None and json.loads(line)["step"] <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(keep)
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-process, batch-sharded) array as one numpy array on every process."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+@dataclasses.dataclass
+class FitResult:
+    state: TrainState
+    steps: int  # optimizer steps done
+    stopped_early: bool
+    best: dict | None  # {"step": ..., "metrics": {...}} of the best evaluation
+
+
+class Trainer:
+    """Trains ``model`` with ``objective`` under ``cfg`` (the ``mesh``, ``optimizer`` and ``train``
+    sections, see :mod:`adapt.training.config`).
+
+    ``train_data``: ``next_batch()`` -> this process's rows of the next global batch (numpy), ``state()``
+    / ``restore(state)`` for its position, ``steps_per_epoch``. ``eval_data``: split name -> a callable
+    returning an iterable of batches (see :func:`adapt.data.batches.eval_batches`). ``trainable``: the NNX
+    filter of the parameters the optimizer updates (all by default; adaptation methods narrow it).
+    """
+
+    def __init__(self, model: nnx.Module, objective, cfg, workdir: str, *, trainable=nnx.Param, mesh=None):
+        self.objective, self.cfg, self.workdir = objective, cfg, workdir
+        t = cfg.train
+        self.mesh = mesh or make_mesh(cfg.mesh.shape)
+        self.rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.mesh.rules)
+        if t.batch_size % t.grad_accum:
+            raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
+        self.batch_sharding = batch_sharding(self.mesh, self.rules, t.batch_size)
+        self.model, self.trainable = model, trainable
+
+    def total_steps(self, train_data) -> int:
+        t = self.cfg.train
+        return int(t.steps or math.ceil(t.epochs * train_data.steps_per_epoch))
+
+    def fit(self, train_data, eval_data: dict | None = None) -> FitResult:
+        t, eval_data = self.cfg.train, eval_data or {}
+        total = self.total_steps(train_data)
+        kinds = optim.param_kinds(nnx.state(self.model, self.trainable))
+        tx, schedule = optim.make_optimizer(self.cfg.optimizer, total, kinds)
+        static, state, shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules, seed=t.seed,
+                                                trainable=self.trainable)
+        self.static, self.shardings = static, shardings
+        steps = Steps(static, self.objective, tx, schedule, shardings, self.batch_sharding, rules=self.rules,
+                      accum=t.grad_accum, remat=t.remat)
+        stopper = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)
+        ckpt = Checkpointer(self.workdir, keep=t.keep_checkpoints)
+        start = ckpt.latest_step()
+        if start is not None:
+            state, extra = ckpt.restore(state, shardings, start)
+            train_data.restore(extra["data"])
+            stopper.restore(extra["early_stopping"])
+        writer = MetricsWriter(self.workdir, start)
+        eval_every = t.eval_every or train_data.steps_per_epoch
+        run = _Run(self, steps, ckpt, writer, stopper, train_data, eval_data, total)
+        try:
+            state = run.loop(state, start or 0, eval_every)
+        finally:
+            ckpt.wait()
+            ckpt.close()
+            writer.close()
+        self.state = state
+        best = {"step": stopper.best_step, "value": stopper.best} if stopper.best_step is not None else None
+        return FitResult(state, int(state.step), stopper.should_stop, best)
+
+    def evaluate(self, state: TrainState, steps: Steps, batches) -> dict:
+        """The objective's metrics over one pass of ``batches``."""
+        sums, predictions = None, []
+        for i, local in enumerate(batches):
+            batch = global_batch(local, self.batch_sharding)
+            out, pred = steps.eval(state, batch, i)
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+            if pred is not None:
+                predictions.append((to_host(pred), to_host(batch["labels"])))
+        if sums is None:
+            raise ConfigError("an evaluation split has no batches")
+        return self.objective.summarize(jax.device_get(sums), predictions or None)
+
+    def best_model(self) -> nnx.Module:
+        """The model with the parameters of the best evaluation (the last ones with no early-stopping
+        metric)."""
+        state = self.state
+        ckpt = Checkpointer(self.workdir, keep=self.cfg.train.keep_checkpoints)
+        try:
+            if ckpt.best_step() is not None:
+                state, _ = ckpt.restore_best(state, self.shardings)
+        finally:
+            ckpt.close()
+        return merge_model(self.static, state.params, state.frozen)
+
+
+class _Run:
+    """One call of :meth:`Trainer.fit`: the loop and its host-side bookkeeping."""
+
+    def __init__(self, trainer, steps, ckpt, writer, stopper, train_data, eval_data, total):
+        self.trainer, self.steps, self.ckpt, self.writer, self.stopper = trainer, steps, ckpt, writer, stopper
+        self.train_data, self.eval_data, self.total = train_data, eval_data, total
+        self.pending, self.window, self.since = None, None, None
+        self.last_saved = ckpt.latest_step()
+
+    def check(self) -> None:
+        """Read back the pending step's metrics; stop on a non-finite loss."""
+        if self.pending is None:
+            return
+        step, metrics = self.pending
+        self.pending = None
+        host = jax.device_get(metrics)
+        loss = float(host["loss_sum"]) / max(float(host["weight"]), 1.0)
+        if not (math.isfinite(loss) and math.isfinite(float(host["grad_norm"]))):
+            where = (f"the last good checkpoint is step {self.last_saved} in {self.ckpt.latest.directory}"
+                     if self.last_saved is not None else "no checkpoint was written")
+            raise TrainingError(f"non-finite loss ({loss}) or gradient norm ({float(host['grad_norm'])}) at step "
+                                f"{step}; the run stopped and {where}")
+        if self.since is None:  # the run's first step (it compiled the step): not timed
+            self.since = time.time()
+            return
+        w = self.window or {"sums": None, "grad_norm": 0.0, "steps": 0, "tokens": 0}
+        sums = {k: host[k] for k in host if k not in ("grad_norm", "learning_rate", "tokens")}
+        w["sums"] = sums if w["sums"] is None else jax.tree.map(np.add, w["sums"], sums)
+        w["grad_norm"] += float(host["grad_norm"])
+        w["steps"] += 1
+        w["tokens"] += int(host["tokens"])
+        w["learning_rate"] = float(host["learning_rate"])
+        self.window = w
+
+    def log(self, step: int, bar) -> None:
+        w, self.window = self.window, None
+        if w is None:
+            return
+        now = time.time()
+        elapsed, self.since = max(now - self.since, 1e-9), now
+        metrics = {f"train/{k}": v for k, v in self.trainer.objective.summarize(w["sums"]).items()}
+        metrics.update({"train/grad_norm": w["grad_norm"] / w["steps"], "train/learning_rate": w["learning_rate"],
+                        "train/tokens_per_second": w["tokens"] / elapsed,
+                        "train/steps_per_second": w["steps"] / elapsed})
+        self.writer.write(step, metrics)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_second']:.0f}")
+
+    def extra(self) -> dict:
+        return {"data": self.train_data.state(), "early_stopping": self.stopper.state()}
+
+    def save(self, state) -> None:
+        self.check()
+        self.ckpt.save(state, self.extra())
+        self.last_saved = int(state.step)
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Leave evaluation and checkpoint time out of the throughput of a window that starts now."""
+        if self.since is not None and self.window is None:
+            self.since = time.time()
+
+    def evaluate(self, state, step: int) -> None:
+        self.check()
+        metrics = {}
+        for name, batches in self.eval_data.items():
+            result = self.trainer.evaluate(state, self.steps, batches())
+            metrics.update({f"{name}/{k}": v for k, v in result.items()})
+        self.writer.write(step, metrics)
+        if self.stopper.metric and self.stopper.update(step, metrics):
+            self.ckpt.save_best(state, {"step": step, "metrics": metrics})
+        self.restart_clock()
+
+    def loop(self, state, start: int, eval_every: int):
+        from tqdm.auto import tqdm
+
+        t = self.trainer.cfg.train
+        bar = tqdm(total=self.total, initial=start, disable=jax.process_index() != 0, unit="step", dynamic_ncols=True)
+        step = start
+        with bar:
+            while step < self.total and not self.stopper.should_stop:
+                batch = global_batch(self.train_data.next_batch(), self.trainer.batch_sharding)
+                state, metrics = self.steps.train(state, batch)
+                self.check()  # the previous step's, while this one runs
+                step += 1
+                self.pending = (step, metrics)
+                bar.update(1)
+                last = step == self.total
+                if step % t.log_every == 0 or last:
+                    self.check()
+                    self.log(step, bar)
+                if self.eval_data and (step % eval_every == 0 or last):
+                    self.evaluate(state, step)
+                if (t.checkpoint_every and step % t.checkpoint_every == 0) or last or self.stopper.should_stop:
+                    self.save(state)
+        self.check()
+        return state

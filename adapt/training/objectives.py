@@ -1,0 +1,199 @@
+"""Training objectives: each turns model outputs and a batch into summable statistics, and summarises
+accumulated statistics into metrics, so train logs, gradient accumulation and evaluation over a whole
+split share one code path.
+
+``loss(outputs, batch) -> (sums, predictions)``: ``sums`` is a dict of arrays that add up across
+micro-batches, batches and devices; ``sums["loss_sum"] / sums["weight"]`` is the mean loss (so the
+accumulated gradient of ``loss_sum`` divided by the total ``weight`` equals the big-batch gradient).
+``predictions`` is None, or per-example predictions the host needs (token classification spans).
+``summarize(sums, predictions)`` gives the metrics (loss, accuracy, perplexity, F1...).
+
+Batch keys: ``input_ids [B, T]``; ``attention_mask [B, T]`` (0 padding, else the document id);
+``loss_mask [B, T]`` (causal LM: 1 where the token is a target, so SFT masks the prompt); ``labels``
+(``[B]`` for sequence classification, ``[B, T]`` for token classification and masked LM; -100 = ignore).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+IGNORE = -100
+
+
+def _token_sums(logits, targets, valid):
+    """logits ``[..., V]``, targets/valid ``[...]`` -> summed cross-entropy, count and correct count."""
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, targets, 0))
+    valid = valid.astype(jnp.float32)
+    return {"loss_sum": jnp.sum(nll * valid), "weight": jnp.sum(valid),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * valid)}
+
+
+def _confusion(logits, labels, num_labels):  # -> [C, C] counts, rows gold, columns predicted
+    valid = (labels != IGNORE).astype(jnp.float32).reshape(-1)
+    pred = jnp.argmax(logits, -1).reshape(-1)
+    gold = jnp.where(labels == IGNORE, 0, labels).reshape(-1)
+    return jnp.zeros((num_labels, num_labels), jnp.float32).at[gold, pred].add(valid)
+
+
+def _mean_metrics(sums) -> dict:
+    weight = max(float(sums["weight"]), 1.0)
+    return {"loss": float(sums["loss_sum"]) / weight, "accuracy": float(sums["correct"]) / weight,
+            "count": float(sums["weight"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+    """Next-token cross-entropy; a target counts when it is in the same document as its context and
+    ``loss_mask`` (default all ones) marks it."""
+    task = "causal_lm"
+
+    def prepare(self, batch, rng):
+        return batch
+
+    def loss(self, logits, batch):  # logits [B, T, V]
+        ids = batch["input_ids"]
+        seg = batch.get("attention_mask", jnp.ones_like(ids))
+        valid = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+        if "loss_mask" in batch:
+            valid &= batch["loss_mask"][:, 1:] != 0
+        return _token_sums(logits[:, :-1], ids[:, 1:], valid), None
+
+    def summarize(self, sums, predictions=None) -> dict:
+        out = _mean_metrics(sums)
+        out["perplexity"] = float(np.exp(min(out["loss"], 80.0)))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLM:
+    """BERT's masked LM: ``probability`` of the non-special tokens are targets, of which 80% become
+    ``mask_token_id``, 10% a random token and 10% stay; drawn in the step from the step's RNG, so the
+    masking is new every step and reproducible. A batch that already has ``labels`` is used as is."""
+    mask_token_id: int
+    vocab_size: int
+    special_ids: tuple[int, ...] = ()
+    probability: float = 0.15
+    task = "masked_lm"
+
+    def prepare(self, batch, rng):
+        if "labels" in batch:
+            return batch
+        ids = batch["input_ids"]
+        eligible = batch.get("attention_mask", jnp.ones_like(ids)) != 0
+        if self.special_ids:
+            eligible &= ~jnp.isin(ids, jnp.asarray(self.special_ids))
+        if "special_tokens_mask" in batch:
+            eligible &= batch["special_tokens_mask"] == 0
+        k_select, k_kind, k_random = jax.random.split(rng, 3)
+        selected = eligible & jax.random.bernoulli(k_select, self.probability, ids.shape)
+        u = jax.random.uniform(k_kind, ids.shape)
+        random_ids = jax.random.randint(k_random, ids.shape, 0, self.vocab_size, ids.dtype)
+        masked = jnp.where(selected & (u < 0.8), self.mask_token_id, ids)
+        masked = jnp.where(selected & (u >= 0.8) & (u < 0.9), random_ids, masked)
+        return {**batch, "input_ids": masked, "labels": jnp.where(selected, ids, IGNORE)}
+
+    def loss(self, logits, batch):  # logits [B, T, V], labels [B, T]
+        labels = batch["labels"]
+        return _token_sums(logits, labels, labels != IGNORE), None
+
+    def summarize(self, sums, predictions=None) -> dict:
+        return CausalLM.summarize(self, sums)
+
+
+def _f1_from_confusion(conf: np.ndarray, label_ids=None) -> tuple[float, float]:
+    """Micro- and macro-F1 over ``label_ids`` (default all labels seen in gold or predictions)."""
+    tp = np.diag(conf)
+    gold, pred = conf.sum(1), conf.sum(0)
+    ids = np.asarray(label_ids if label_ids is not None else np.flatnonzero((gold + pred) > 0))
+    if ids.size == 0:
+        return 0.0, 0.0
+    f1 = np.where(gold[ids] + pred[ids] > 0, 2 * tp[ids] / np.maximum(gold[ids] + pred[ids], 1), 0.0)
+    micro = 2 * tp[ids].sum() / max(gold[ids].sum() + pred[ids].sum(), 1)
+    return float(micro), float(f1.mean())
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceClassification:
+    """Cross-entropy over ``num_labels`` classes; labels ``[B]``, -100 for padding rows. Reports accuracy,
+    micro-F1 and macro-F1 (over the classes present in gold or predictions, as scikit-learn does);
+    ``f1_ignore`` names label ids left out of the F1 averages (a "no relation" class, for instance)."""
+    num_labels: int
+    f1_ignore: tuple[int, ...] = ()
+    task = "sequence_classification"
+
+    def prepare(self, batch, rng):
+        return batch
+
+    def loss(self, logits, batch):  # logits [B, C], labels [B]
+        labels = batch["labels"]
+        sums = _token_sums(logits, labels, labels != IGNORE)
+        sums["confusion"] = _confusion(logits, labels, self.num_labels)
+        return sums, None
+
+    def summarize(self, sums, predictions=None) -> dict:
+        out = _mean_metrics(sums)
+        conf = np.asarray(sums["confusion"])
+        seen = np.flatnonzero(conf.sum(0) + conf.sum(1) > 0)
+        out["micro_f1"], out["macro_f1"] = _f1_from_confusion(conf, [i for i in seen if i not in self.f1_ignore])
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenClassification:
+    """Per-token cross-entropy (labels ``[B, T]``, -100 on sub-word continuations, special tokens and
+    padding). Evaluation adds entity-level precision/recall/F1 over BIO/IOBES spans, as conlleval and
+    seqeval count them, from ``label_names`` (``B-Chemical``, ``I-Chemical``, ``O``, ...)."""
+    label_names: tuple[str, ...]
+    task = "token_classification"
+
+    def prepare(self, batch, rng):
+        return batch
+
+    def loss(self, logits, batch):  # logits [B, T, C]
+        labels = batch["labels"]
+        sums = _token_sums(logits, labels, labels != IGNORE)
+        return sums, jnp.argmax(logits, -1)
+
+    def summarize(self, sums, predictions=None) -> dict:
+        out = _mean_metrics(sums)
+        if predictions is not None:
+            out.update(span_f1(predictions, self.label_names))
+        return out
+
+
+def spans(tags: list[str]) -> set[tuple[int, int, str]]:
+    """Entity spans ``(start, end, type)`` of a BIO/IOBES tag sequence, conlleval's way: an ``I-`` that
+    does not continue a span of its type starts one."""
+    found, start, kind, prev = set(), None, None, "O"
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, typ = tag.partition("-") if tag != "O" else ("O", "", "")
+        ends = start is not None and (prefix in ("O", "B", "S") or typ != kind or prev in ("E", "S"))
+        if ends:
+            found.add((start, i - 1, kind))
+            start = None
+        if prefix in ("B", "S") or (prefix in ("I", "E") and start is None):
+            start, kind = i, typ
+        prev = prefix
+    return found
+
+
+def span_f1(predictions: list[tuple[np.ndarray, np.ndarray]], label_names) -> dict:
+    """``predictions``: ``(pred [B, T], labels [B, T])`` pairs; positions labelled -100 are skipped."""
+    correct = n_pred = n_gold = 0
+    for pred, gold in predictions:
+        for p_row, g_row in zip(np.asarray(pred), np.asarray(gold)):
+            keep = g_row != IGNORE
+            p = spans([label_names[i] for i in p_row[keep]])
+            g = spans([label_names[i] for i in g_row[keep]])
+            correct, n_pred, n_gold = correct + len(p & g), n_pred + len(p), n_gold + len(g)
+    precision, recall = correct / max(n_pred, 1), correct / max(n_gold, 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"span_precision": precision, "span_recall": recall, "span_f1": f1}
+
+
+OBJECTIVES = {cls.task: cls for cls in (CausalLM, MaskedLM, SequenceClassification, TokenClassification)}

@@ -1,0 +1,110 @@
+"""The train state and where each part of it lives on the mesh.
+
+The model is split into its trainable parameters (``params``, what the optimizer sees) and the rest
+(``frozen``: the base weights under LoRA and the like, empty for full fine-tuning); both are pure dicts
+shaped like the model's ``nnx.State``, so optax, orbax and ``jax.jit`` see plain pytrees and the NNX
+module is rebuilt inside the step from a static ``graphdef``. Optimizer state is created already sharded:
+its shapes are evaluated first, each leaf that mirrors a parameter gets that parameter's sharding (others,
+like Adafactor's factored moments and step counts, are replicated), and one jitted ``init`` writes it there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from adapt.errors import ConfigError
+from adapt.sharding import Rules, logical_to_spec, state_shardings
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "token_type_ids")
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 [], optimizer updates done
+    params: dict  # trainable parameters
+    frozen: dict  # the model's other parameters
+    opt_state: optax.OptState
+    rng: jax.Array  # uint32 [2]; the step's key is fold_in(rng, step)
+
+
+@struct.dataclass
+class Model:
+    """What the steps need to rebuild and call the NNX module (static: hashed by jit)."""
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+
+    def __call__(self, params: dict, frozen: dict, batch: dict, rngs: nnx.Rngs | None):
+        module = merge_model(self, params, frozen)
+        return module(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, rngs=rngs)
+
+
+def split_model(model: nnx.Module, trainable=nnx.Param) -> tuple[Model, nnx.State, nnx.State]:
+    """``model`` -> (static model, trainable ``nnx.State``, the rest). ``trainable`` is an NNX filter."""
+    graphdef, params, frozen = nnx.split(model, trainable, ...)
+    return Model(graphdef), params, frozen
+
+
+def merge_model(model: Model, params: dict, frozen: dict) -> nnx.Module:
+    return nnx.merge(model.graphdef, nnx.State(params), nnx.State(frozen))
+
+
+def _pure_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> dict:
+    return nnx.to_pure_dict(state_shardings(state, mesh, rules))
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, params: dict, param_sh: dict, mesh: Mesh):
+    """Each optimizer-state leaf whose key path ends with a parameter's path and has its shape takes that
+    parameter's sharding; every other leaf is replicated."""
+    abstract = jax.eval_shape(tx.init, params)
+    by_path = {tuple(path): (leaf.shape, sh) for (path, leaf), sh in
+               zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_sh))}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        for i in range(len(path)):
+            shape, sh = by_path.get(tuple(path[i:]), (None, None))
+            if shape is not None and shape == leaf.shape:
+                return sh
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract)
+
+
+def create_state(model: nnx.Module, tx: optax.GradientTransformation, *, mesh: Mesh, rules: Rules, seed: int,
+                 trainable=nnx.Param) -> tuple[Model, TrainState, TrainState]:
+    """Split ``model``, place its parameters on their shardings, create the optimizer state sharded.
+    Returns (static model, state, the state's shardings)."""
+    static, params_state, frozen_state = split_model(model, trainable)
+    p_sh = _pure_shardings(params_state, mesh, rules)
+    f_sh = _pure_shardings(frozen_state, mesh, rules)
+    params = jax.device_put(nnx.to_pure_dict(params_state), p_sh)
+    frozen = jax.device_put(nnx.to_pure_dict(frozen_state), f_sh)
+    o_sh = opt_state_shardings(tx, params, p_sh, mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = TrainState(step=replicated, params=p_sh, frozen=f_sh, opt_state=o_sh, rng=replicated)
+    state = TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params, frozen=frozen,
+        opt_state=jax.jit(tx.init, out_shardings=o_sh)(params),
+        rng=jax.device_put(jax.random.PRNGKey(seed), replicated))
+    return static, state, shardings
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, global_batch: int) -> NamedSharding:
+    """Batches are split along their first dimension by the ``batch`` rule (``data`` x ``fsdp``)."""
+    spec = logical_to_spec(("batch",), None, mesh, rules)
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
+    ways = math.prod(mesh.shape[a] for a in axes)
+    if global_batch % ways:
+        raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {ways} batch shards of the "
+                          f"mesh {dict(mesh.shape)} (rule batch -> {spec[0]})")
+    return NamedSharding(mesh, spec)
+
+
+def global_batch(local: dict, sharding: NamedSharding) -> dict:
+    """This process's rows of a batch (numpy) -> global arrays on ``sharding``."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

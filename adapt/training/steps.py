@@ -1,0 +1,101 @@
+"""The train and eval steps: pure functions of (state, batch), jitted once with explicit shardings.
+
+The train step draws its key as ``fold_in(state.rng, state.step)`` (then one key per micro-batch), runs
+the objective's ``prepare`` (masked-LM masking) and loss per micro-batch, adds up gradients and
+statistics over ``accum`` micro-batches with ``lax.scan``, divides by the total weight (so accumulation
+equals one big batch), and applies one optimizer update. Micro-batch i takes rows i, i+A, i+2A, ... so
+every device holds its share of every micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from adapt.models import layers
+from adapt.sharding import Rules, axis_rules
+from adapt.training.state import Model, TrainState
+
+
+def _micro_batches(batch: dict, accum: int) -> dict:  # [B, ...] -> [A, B/A, ...]
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def make_train_step(model: Model, objective, tx: optax.GradientTransformation, schedule, accum: int = 1):
+    def micro_loss(params, frozen, batch, key):
+        batch = objective.prepare(batch, jax.random.fold_in(key, 1))
+        outputs = model(params, frozen, batch, nnx.Rngs(dropout=key))
+        sums, _ = objective.loss(outputs, batch)
+        return sums["loss_sum"], sums
+
+    grad_fn = jax.grad(micro_loss, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(state.rng, state.step)
+        if accum == 1:
+            grads, sums = grad_fn(state.params, state.frozen, batch, key)
+        else:
+            micro = _micro_batches(batch, accum)
+
+            def body(carry, xs):
+                i, mb = xs
+                out = grad_fn(state.params, state.frozen, mb, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, carry, out), None
+
+            first = jax.tree.map(lambda x: x[0], micro)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                 jax.eval_shape(grad_fn, state.params, state.frozen, first, key))
+            (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+        grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**sums, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step),
+                   "tokens": jnp.sum(batch.get("attention_mask", batch["input_ids"]) != 0)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: Model, objective):
+    def eval_step(state: TrainState, batch: dict, index: jax.Array):
+        batch = objective.prepare(batch, jax.random.fold_in(jax.random.PRNGKey(0), index))
+        return objective.loss(model(state.params, state.frozen, batch, None), batch)
+
+    return eval_step
+
+
+class Steps:
+    """The jitted train and eval steps for one model, objective, optimizer and mesh.
+
+    Tracing happens under the mesh, the sharding rules and the remat policy, so activation constraints
+    and rematerialisation are baked into the compiled steps.
+    """
+
+    def __init__(self, model: Model, objective, tx, schedule, shardings: TrainState, batch_sharding: NamedSharding,
+                 *, rules: Rules, accum: int = 1, remat: str = "none"):
+        self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._train = jax.jit(make_train_step(model, objective, tx, schedule, accum),
+                              in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
+                              donate_argnums=0)
+        self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
+
+    def _context(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(axis_rules(self.rules))
+        stack.enter_context(layers.remat(self.remat))
+        return stack
+
+    def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        with self._context():
+            return self._train(state, batch)
+
+    def eval(self, state: TrainState, batch: dict, index: int):
+        with self._context():
+            return self._eval(state, batch, jnp.asarray(index, jnp.int32))
