@@ -54,7 +54,7 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, s
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**sums, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step),
+        metrics = {**sums, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
                    "tokens": jnp.sum(batch.get("attention_mask", batch["input_ids"]) != 0)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
