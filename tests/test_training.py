@@ -146,3 +146,12 @@ def test_bad_batch_and_accumulation_settings_are_config_errors(tiny_llama, tmp_p
         Trainer(model, CausalLM(), _cfg((8, 1, 1), batch_size=6), str(tmp_path))
     with pytest.raises(ConfigError, match="not divisible by train.grad_accum=3"):
         Trainer(model, CausalLM(), _cfg(grad_accum=3), str(tmp_path))
+
+
+def test_fit_trains_the_model_in_place(tiny_llama, tmp_path):
+    model = from_pretrained(tiny_llama, task="causal_lm")
+    before = np.asarray(model.lm_head.kernel[...]).copy()
+    result = Trainer(model, CausalLM(), _cfg(steps=2), str(tmp_path)).fit(ArrayBatches(_data(), 8, seed=0))
+    after = np.asarray(model.lm_head.kernel[...])  # usable after fit, though the steps donated its buffers
+    np.testing.assert_array_equal(after, np.asarray(result.state.params["lm_head"]["kernel"]))
+    assert not np.array_equal(after, before)

@@ -114,7 +114,7 @@ class FitResult:
 
 
 class Trainer:
-    """Trains ``model`` with ``objective`` under ``cfg`` (the ``mesh``, ``optimizer`` and ``train``
+    """Trains ``model`` (in place) with ``objective`` under ``cfg`` (the ``mesh``, ``optimizer`` and ``train``
     sections, see :mod:`adapt.training.config`).
 
     ``train_data``: ``next_batch()`` -> this process's rows of the next global batch (numpy), ``state()``
@@ -164,6 +164,8 @@ class Trainer:
             ckpt.close()
             writer.close()
         self.state = state
+        # The step donated the model's own buffers: hand the trained ones back, so ``model`` is trained in place.
+        nnx.update(self.model, nnx.State(state.params), nnx.State(state.frozen))
         best = {"step": stopper.best_step, "value": stopper.best} if stopper.best_step is not None else None
         return FitResult(state, int(state.step), stopper.should_stop, best)
 

@@ -1,0 +1,177 @@
+"""Training throughput of adapt's jitted train step against plain PyTorch + transformers, side by side.
+
+    .venv/bin/python benchmarks/train_throughput.py [--case minilm|smollm2|all] [--steps N] [--dtype bfloat16]
+
+Cases (from the issue): (a) the bundled MiniLM as a 5-class sequence classifier, batch 32, length 128,
+float32; (b) the bundled SmolLM2-135M as a causal LM, batch 8, length 256. Both sides train the same
+weights (SmolLM2 is exported to an HF folder for PyTorch), with the same batch, AdamW and number of
+timed steps, on the same CPU threads, after untimed warm-up steps. Reports tokens/s, time per step, peak
+memory (JAX: the device's peak bytes where the backend reports them; PyTorch: the process's peak RSS
+growth) and model-FLOPs utilisation against this machine's measured float32 (or bf16) matmul peak.
+Needs the test extra (PyTorch). On a GPU, pass ``--no-torch`` to measure our side only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adapt.models import from_pretrained, save_pretrained
+from adapt.sharding import DEFAULT_RULES, make_mesh
+from adapt.training import CausalLM, SequenceClassification, defaults, optim
+from adapt.training.state import batch_sharding, create_state, global_batch
+from adapt.training.steps import Steps
+
+CASES = {
+    "minilm": dict(name="bundled:minilm-l6", task="sequence_classification", batch=32, length=128, labels=5),
+    "smollm2": dict(name="bundled:smollm2-135m", task="causal_lm", batch=8, length=256),
+}
+
+
+def matmul_peak(dtype) -> float:
+    """FLOP/s of the best of a few large square matmuls in JAX."""
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(10):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def train_flops_per_token(matmul_params: int, layers: int, width: int, length: int) -> float:
+    """6N for the N parameters that multiply activations (kernels and an LM head, not embedding lookups) plus 12 L T D for the attention scores and values (a dense
+    kernel computes the causal mask's zeros too: we count what is computed, as PaLM's MFU does not)."""
+    return 6 * matmul_params + 12 * layers * length * width
+
+
+def batch_for(case, vocab: int, rng):
+    ids = rng.randint(5, vocab, (case["batch"], case["length"])).astype(np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    if case["task"] == "sequence_classification":
+        batch["labels"] = rng.randint(0, case["labels"], case["batch"]).astype(np.int32)
+    return batch
+
+
+def ours(model, mesh, case, batch, steps: int, warmup: int):
+    objective = (SequenceClassification(case["labels"]) if case["task"] == "sequence_classification"
+                 else CausalLM())
+    cfg = defaults()
+    cfg.optimizer.update(learning_rate=1e-5, schedule="constant")
+    tx, schedule = optim.make_optimizer(cfg.optimizer, 1000, optim.param_kinds(nnx.state(model, nnx.Param)))
+    static, state, shardings = create_state(model, tx, mesh=mesh, rules=DEFAULT_RULES, seed=0)
+    flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    matmul_params = sum(x.size for path, x in flat if path[-1].key == "kernel")
+    if case["task"] == "causal_lm" and "lm_head" not in state.params:  # tied: the embedding is the head
+        matmul_params += model.cfg.vocab_size * model.cfg.hidden_size
+    bsh = batch_sharding(mesh, DEFAULT_RULES, case["batch"])
+    run = Steps(static, objective, tx, schedule, shardings, bsh, rules=DEFAULT_RULES)
+    device_batch = global_batch(batch, bsh)
+    for _ in range(warmup):
+        state, metrics = run.train(state, device_batch)
+    jax.block_until_ready(metrics)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = run.train(state, device_batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - t) / steps
+    stats = jax.devices()[0].memory_stats() or {}
+    return seconds, stats.get("peak_bytes_in_use"), matmul_params
+
+
+def pytorch(case, batch, steps: int, warmup: int, folder: str):
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count())
+    cls = (transformers.AutoModelForSequenceClassification if case["task"] == "sequence_classification"
+           else transformers.AutoModelForCausalLM)
+    kwargs = {"num_labels": case["labels"]} if "labels" in case else {}
+    model = cls.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+    inputs = {k: torch.from_numpy(v).long() for k, v in batch.items()}
+    if case["task"] == "causal_lm":
+        inputs["labels"] = inputs["input_ids"]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def step():
+        loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - t) / steps
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+    return seconds, peak
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", choices=[*CASES, "all"], default="all")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", default="float32", help="our compute dtype (parameters stay float32)")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    peak = matmul_peak(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
+    print(f"{jax.default_backend()} x{jax.device_count()}, {os.cpu_count()} CPU threads; measured {args.dtype} "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+    rows = []
+    for key in CASES if args.case == "all" else [args.case]:
+        case = CASES[key]
+        batch = batch_for(case, 1000, np.random.RandomState(0))
+        mesh = make_mesh((1, -1, 1))
+        model = from_pretrained(case["name"], task=case["task"], num_labels=case.get("labels"), mesh=mesh,
+                                dtype=args.dtype)
+        hf = model.cfg.hf
+        with tempfile.TemporaryDirectory() as folder:
+            if not args.no_torch:
+                save_pretrained(model, folder)  # the same starting weights for PyTorch
+            seconds, mem, matmul_params = ours(model, mesh, case, batch, args.steps, args.warmup)
+            del model
+            tokens = case["batch"] * case["length"]
+            flops = train_flops_per_token(matmul_params, hf.num_hidden_layers, hf.hidden_size, case["length"]) * tokens
+            row = {"case": key, "tokens_per_step": tokens, "matmul_params": matmul_params, "ours_s_per_step": seconds,
+                   "ours_tokens_per_s": tokens / seconds, "ours_mfu": flops / seconds / peak, "ours_peak_bytes": mem}
+            if not args.no_torch:
+                t_seconds, t_mem = pytorch(case, batch, args.steps, args.warmup, folder)
+                row.update({"torch_s_per_step": t_seconds, "torch_tokens_per_s": tokens / t_seconds,
+                            "torch_mfu": flops / t_seconds / peak, "torch_peak_rss_growth_bytes": t_mem,
+                            "ratio": t_seconds / seconds})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| case | ours tok/s | ours s/step | ours MFU | PyTorch tok/s | PyTorch s/step | PyTorch MFU | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['ours_tokens_per_s']:.0f} | {r['ours_s_per_step']:.3f} | {r['ours_mfu']:.1%} | "
+              + (f"{r['torch_tokens_per_s']:.0f} | {r['torch_s_per_step']:.3f} | {r['torch_mfu']:.1%} | "
+                 f"{r['ratio']:.2f}x |" if "ratio" in r else "- | - | - | - |"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"matmul_peak_flops": peak, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
