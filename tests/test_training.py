@@ -38,6 +38,7 @@ def _losses(workdir):
         return [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
 
 
+@pytest.mark.slow
 def test_same_losses_on_every_mesh_and_shardings_follow_the_rules(tiny_llama, tmp_path):
     runs = {}
     for shape in [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]:

@@ -1,9 +1,15 @@
-"""Batches over examples already tokenised into equal-length numpy rows.
+"""Batches for the train and eval steps.
 
-``ArrayBatches`` is the training stream: endless, reshuffled each epoch from the seed, and resumable
-(its position is two integers saved with each checkpoint). In a multi-process run every process gets
-the same global batch order and takes only its own contiguous slice of rows. ``eval_batches`` walks a
-split once in order, padding the last batch with rows that count for nothing (label -100, no tokens).
+Examples are columns of equal-length rows (``np.ndarray [N, T]``, e.g. packed LM rows) or ragged lists of
+1-D arrays (classification and tagging examples), which each batch pads to the smallest of ``buckets``
+that fits its longest example (so the jitted step compiles once per bucket, not per length).
+
+Training reads a :class:`Mixture` of endless, per-epoch reshuffled :class:`RowStream` s: each row of a
+global batch comes from a source drawn with the configured weights from ``(seed, step)``, so the stream
+is deterministic, and its position (the step and each source's row count) is saved with each checkpoint
+and restored exactly. Every process draws the same choices and reads only its own slice of rows.
+``eval_batches`` walks a split once in order; the last batch is padded with rows that count for nothing
+(labels -100, no tokens).
 """
 
 from __future__ import annotations
@@ -16,18 +22,20 @@ import numpy as np
 from adapt.errors import DataError
 from adapt.training.objectives import IGNORE
 
+DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
-def _check(arrays: dict[str, np.ndarray], where: str) -> int:
+
+def _size(arrays: dict, where: str) -> int:
     sizes = {k: len(v) for k, v in arrays.items()}
     if len(set(sizes.values())) != 1:
         raise DataError(f"{where}: columns have different numbers of rows: {sizes}")
-    n = next(iter(sizes.values()))
+    n = next(iter(sizes.values()), 0)
     if n == 0:
-        raise DataError(f"{where}: no examples")
+        raise DataError(f"{where}: empty split (no examples)")
     return n
 
 
-def _local_rows(batch_size: int, process_index: int | None, process_count: int | None) -> slice:
+def _local_rows(batch_size: int, process_index: int | None = None, process_count: int | None = None) -> slice:
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     if batch_size % count:
@@ -36,54 +44,125 @@ def _local_rows(batch_size: int, process_index: int | None, process_count: int |
     return slice(index * per, (index + 1) * per)
 
 
-class ArrayBatches:
-    """Endless shuffled batches of ``batch_size`` rows of ``arrays`` (the remainder of each epoch is
-    dropped, so every step sees a full batch)."""
+def _ragged(arrays: dict) -> list[str]:
+    return [k for k, v in arrays.items() if isinstance(v, list)]
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, seed: int, shuffle: bool = True,
-                 name: str = "train", process_index: int | None = None, process_count: int | None = None):
-        self.arrays, self.batch_size, self.seed, self.shuffle = arrays, batch_size, seed, shuffle
-        self.num_examples = _check(arrays, name)
-        self.steps_per_epoch = self.num_examples // batch_size
-        if self.steps_per_epoch == 0:
-            raise DataError(f"{name}: {self.num_examples} examples are fewer than one batch of {batch_size}")
+
+def bucket_width(lengths, buckets=DEFAULT_BUCKETS) -> int:
+    longest = max(lengths, default=1)
+    return next((b for b in buckets if b >= longest), longest)
+
+
+def collate(arrays: dict, rows: np.ndarray, width: int | None = None) -> dict[str, np.ndarray]:
+    """Rows ``rows`` of ``arrays`` as one batch; ragged columns padded to ``width`` (0, or -100 for
+    labels), with an ``attention_mask`` of ones over the real tokens when the examples have none."""
+    batch, ragged = {}, _ragged(arrays)
+    for k, v in arrays.items():
+        if k in ragged:
+            out = np.full((len(rows), width), IGNORE if k == "labels" else 0, np.int32)
+            for j, i in enumerate(rows):
+                out[j, :len(v[i])] = v[i]
+            batch[k] = out
+        else:
+            batch[k] = v[rows]
+    if ragged and "attention_mask" not in arrays:
+        lengths = np.asarray([len(arrays[ragged[0]][i]) for i in rows], np.int64)
+        batch["attention_mask"] = (np.arange(width)[None] < lengths[:, None]).astype(np.int32)
+    return batch
+
+
+class RowStream:
+    """The rows of one source without end, in a fresh seeded order each epoch."""
+
+    def __init__(self, arrays: dict, *, seed: int, shuffle: bool = True, name: str = "train"):
+        self.arrays, self.seed, self.shuffle, self.name = arrays, seed, shuffle, name
+        self.num_examples = _size(arrays, name)
+        self.position = 0
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: (np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+                                    if self.shuffle else np.arange(self.num_examples))}
+        return self._orders[epoch]
+
+    def take(self, n: int) -> np.ndarray:
+        """The indices of the next ``n`` rows."""
+        positions = np.arange(self.position, self.position + n)
+        self.position += n
+        epochs, offsets = np.divmod(positions, self.num_examples)
+        return np.asarray([self._order(e)[o] for e, o in zip(epochs, offsets)], np.int64)
+
+
+class Mixture:
+    """Global batches of ``batch_size`` rows drawn from ``streams`` with ``weights`` (normalised)."""
+
+    def __init__(self, streams: dict[str, RowStream], weights: dict[str, float], batch_size: int, *, seed: int,
+                 buckets=DEFAULT_BUCKETS, process_index: int | None = None, process_count: int | None = None):
+        if set(weights) != set(streams) or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise DataError(f"mixture weights {weights} must be non-negative, not all 0, one per source "
+                            f"({', '.join(streams)})")
+        self.streams, self.batch_size, self.seed, self.buckets = streams, batch_size, seed, buckets
+        self.names = list(streams)
+        total = sum(weights.values())
+        self.probs = np.asarray([weights[n] / total for n in self.names])
         self.local = _local_rows(batch_size, process_index, process_count)
-        self.epoch, self.index = 0, 0
-        self._order = None
-
-    def _epoch_order(self) -> np.ndarray:
-        if self._order is None or self._order[0] != self.epoch:
-            order = np.arange(self.num_examples)
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
-            self._order = (self.epoch, order)
-        return self._order[1]
+        self.step = 0
+        first = self.names[int(np.argmax(self.probs))]
+        # An epoch: one pass over the most-weighted source.
+        self.steps_per_epoch = max(1, int(streams[first].num_examples / (batch_size * self.probs.max())))
 
     def next_batch(self) -> dict[str, np.ndarray]:
-        if self.index == self.steps_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        rows = self._epoch_order()[self.index * self.batch_size:(self.index + 1) * self.batch_size][self.local]
-        self.index += 1
-        return {k: v[rows] for k, v in self.arrays.items()}
+        rng = np.random.default_rng([self.seed, self.step, 7])
+        choice = rng.choice(len(self.names), size=self.batch_size, p=self.probs) if len(self.names) > 1 \
+            else np.zeros(self.batch_size, np.int64)
+        self.step += 1
+        picked = []
+        for s, name in enumerate(self.names):
+            where = np.flatnonzero(choice == s)
+            picked.append((where, name, self.streams[name].take(len(where))))  # all processes advance alike
+        lengths = [len(self.streams[n].arrays[k][i]) for _, n, rows in picked
+                   for k in _ragged(self.streams[n].arrays)[:1] for i in rows]
+        width = bucket_width(lengths, self.buckets) if lengths else None  # over the global batch
+        parts = []
+        for where, name, rows in picked:
+            mine = (where >= self.local.start) & (where < self.local.stop)
+            if mine.any():
+                parts.append((where[mine], collate(self.streams[name].arrays, rows[mine], width)))
+        order = np.argsort(np.concatenate([w for w, _ in parts]))
+        return {k: np.concatenate([b[k] for _, b in parts])[order] for k in parts[0][1]}
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
+        return {"step": self.step, "positions": {n: s.position for n, s in self.streams.items()}}
 
     def restore(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self.step = int(state["step"])
+        for n, p in state["positions"].items():
+            if n not in self.streams:
+                raise DataError(f"the checkpoint's data position names source {n!r}; this run's sources: "
+                                f"{', '.join(self.streams)}")
+            self.streams[n].position = int(p)
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, *, name: str = "eval",
+def ArrayBatches(arrays: dict, batch_size: int, *, seed: int, shuffle: bool = True, name: str = "train",
+                 buckets=DEFAULT_BUCKETS, **process) -> Mixture:
+    """Endless shuffled batches of one source."""
+    return Mixture({name: RowStream(arrays, seed=seed, shuffle=shuffle, name=name)}, {name: 1.0}, batch_size,
+                   seed=seed, buckets=buckets, **process)
+
+
+def eval_batches(arrays: dict, batch_size: int, *, name: str = "eval", buckets=DEFAULT_BUCKETS,
                  process_index: int | None = None, process_count: int | None = None) -> Iterator[dict]:
     """Every row of ``arrays`` once, in order, in batches of ``batch_size``; the last is padded."""
-    n = _check(arrays, name)
+    n = _size(arrays, name)
     local = _local_rows(batch_size, process_index, process_count)
     for start in range(0, n, batch_size):
-        batch = {}
-        for k, v in arrays.items():
-            rows = v[start:start + batch_size]
-            if len(rows) < batch_size:
-                fill = IGNORE if k == "labels" else 0
-                rows = np.concatenate([rows, np.full((batch_size - len(rows), *v.shape[1:]), fill, v.dtype)])
-            batch[k] = rows[local]
-        yield batch
+        rows = np.arange(start, min(start + batch_size, n))
+        ragged = _ragged(arrays)
+        width = bucket_width([len(arrays[ragged[0]][i]) for i in rows], buckets) if ragged else None
+        batch = collate(arrays, rows, width)
+        short = batch_size - len(rows)
+        if short:
+            batch = {k: np.concatenate([v, np.full((short, *v.shape[1:]), IGNORE if k == "labels" else 0, v.dtype)])
+                     for k, v in batch.items()}
+        yield {k: v[local] for k, v in batch.items()}

