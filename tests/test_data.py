@@ -232,3 +232,48 @@ def test_cache_hit_and_invalidation(tmp_path, bert_tok):
     other = load_tokenizer("bundled:minilm-l6")
     other.add_tokens(["aspirin"])  # the tokenizer changed
     assert prepare(cfg, other)[1] is False
+
+
+def _cfg(tmp_path, **kw):
+    cfg = data_defaults()
+    cfg.update(cache_dir=str(tmp_path / "cache"), **kw)
+    return cfg
+
+
+def test_prepare_every_format(tmp_path, bert_tok, smol_tok):
+    text = _write(tmp_path / "bio.txt", "The enzyme binds the receptor.\nAspirin inhibits COX-2 in cells.\n" * 20)
+    lm, _ = prepare(_cfg(tmp_path, format="lm", files={"train": text}, max_length=32), smol_tok)
+    ids, seg = lm["train"]["input_ids"], lm["train"]["attention_mask"]
+    assert ids.shape[1] == 32 and (ids[seg != 0] == smol_tok.eos_token_id).sum() == 40  # one EOS per document
+    mlm, _ = prepare(_cfg(tmp_path, format="lm", files={"train": text}, max_length=32, causal=False), bert_tok)
+    assert (mlm["train"]["input_ids"] == bert_tok.cls_token_id).sum() == 40
+    ner = _write(tmp_path / "ner.txt", "-DOCSTART- (1)\n\nAspirin\tNN\tO\tB-Chem\nworks\tVB\tO\tO\n\n")
+    tagged, _ = prepare(_cfg(tmp_path, format="conll", files={"train": ner, "dev": ner}), bert_tok)
+    assert tagged["labels"] == ["B-Chem", "O"] and len(tagged["dev"]["input_ids"]) == 1
+    pairs = _write(tmp_path / "sft.jsonl", json.dumps({"prompt": "Name a COX inhibitor.", "response": "Aspirin."}))
+    sft, _ = prepare(_cfg(tmp_path, format="sft", files={"train": pairs}, max_length=64, pack=False), smol_tok)
+    mask = sft["train"]["loss_mask"][0]
+    assert smol_tok.decode(sft["train"]["input_ids"][0][mask == 1]).startswith("Aspirin.")
+    carved, _ = prepare(_cfg(tmp_path, source=_write(tmp_path / "all.jsonl", "\n".join(
+        json.dumps({"text": f"doc {i}", "label": "AB"[i % 2]}) for i in range(20))),
+        split_ratios={"train": 0.5, "dev": 0.25, "test": 0.25}), bert_tok)
+    assert [len(carved[s]["labels"]) for s in ("train", "dev", "test")] == [10, 5, 5]
+
+
+def test_mixture_from_config(tmp_path, smol_tok):
+    from adapt.data.pipeline import train_stream
+
+    bio = _write(tmp_path / "bio.txt", "enzyme receptor binding assay\n" * 50)
+    news = _write(tmp_path / "news.txt", "the market fell sharply today\n" * 50)
+    cfg = _cfg(tmp_path, format="lm", max_length=8,
+               mixture={"domain": {"weight": 0.75, "files": {"train": bio}},
+                        "general": {"weight": 0.25, "files": {"train": news}}})
+    stream = train_stream(cfg, smol_tok, 16, seed=0)
+    enzyme = smol_tok("enzyme", add_special_tokens=False).input_ids[0]
+    rows = np.concatenate([stream.next_batch()["input_ids"] for _ in range(100)])
+    from_domain = (rows == enzyme).any(1).mean()
+    assert 0.65 < from_domain < 0.85
+    cfg.mixture = {"domain": {"weight": 1.0, "file": bio}}
+    from adapt.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"data.mixture.domain has unknown key\(s\) \['file'\]"):
+        train_stream(cfg, smol_tok, 16, seed=0)

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from adapt.data import formats, sources
+from adapt.data.batches import ArrayBatches, Mixture, RowStream
 from adapt.data.cache import DEFAULT_DIR, cache_key, cached
 from adapt.data.packing import pack
 from adapt.errors import ConfigError
@@ -41,6 +42,10 @@ def data_defaults() -> ml_collections.ConfigDict:
         pack=True,  # lm/sft: pack into rows of max_length
         conll_token_column=0, conll_tag_column=-1,
         cache_dir=DEFAULT_DIR,  # "" disables the cache
+        # Training mixture: name -> {"weight": w, plus any keys above for that source}; e.g.
+        # {"domain": {"weight": 0.75, "files": {"train": "bio.txt"}}, "general": {"weight": 0.25, ...}}.
+        # Empty: train on this section's own train split.
+        mixture={},
     ))
 
 
@@ -133,3 +138,38 @@ def save_labels(workdir: str, labels: list[str]) -> None:
     with open(os.path.join(workdir, "labels.json"), "w") as f:
         json.dump(labels, f, indent=1)
 
+
+
+def component(cfg, name: str) -> ml_collections.ConfigDict:
+    """The ``data`` section for mixture source ``name``: this section with the source's own keys."""
+    spec = dict(cfg.mixture[name])
+    spec.pop("weight", None)
+    sub = ml_collections.ConfigDict(cfg.to_dict())
+    sub.mixture = {}
+    unknown = set(spec) - set(sub)
+    if unknown:
+        raise ConfigError(f"data.mixture.{name} has unknown key(s) {sorted(unknown)}; expected weight or any of "
+                          f"{', '.join(sorted(sub))}")
+    if "source" in spec:
+        sub.files = {}
+    if "files" in spec:
+        sub.source = ""
+    sub.update(spec)
+    return sub
+
+
+def train_stream(cfg, tokenizer, batch_size: int, seed: int, train: dict | None = None):
+    """The training batches: the weighted mixture of ``cfg.mixture``'s sources (each one's train split),
+    or ``train`` (this section's prepared train split)."""
+    if not cfg.mixture:
+        return ArrayBatches(train, batch_size, seed=seed)
+    streams, weights = {}, {}
+    for i, name in enumerate(cfg.mixture):
+        if "weight" not in cfg.mixture[name]:
+            raise ConfigError(f"data.mixture.{name} has no weight")
+        splits, _ = prepare(component(cfg, name), tokenizer)
+        if "train" not in splits:
+            raise ConfigError(f"data.mixture.{name} has no train split")
+        streams[name] = RowStream(splits["train"], seed=seed + 1000 * i, name=name)
+        weights[name] = float(cfg.mixture[name]["weight"])
+    return Mixture(streams, weights, batch_size, seed=seed)
