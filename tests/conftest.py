@@ -17,13 +17,19 @@ TINY_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidd
                   num_key_value_heads=2, max_position_embeddings=64)
 
 
+def random_hf_model(folder, model_cls, config_cls, **config) -> str:
+    """A random-init transformers model (seed 0) saved to ``folder``; returns the folder."""
+    import torch
+
+    torch.manual_seed(0)
+    model_cls(config_cls(**config)).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """A random-init HF Llama causal LM (GQA, untied) saved by transformers; returns its folder."""
-    import torch
     import transformers
 
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LLAMA)).save_pretrained(folder)
-    return str(folder)
+    return random_hf_model(tmp_path_factory.mktemp("tiny_llama"), transformers.LlamaForCausalLM,
+                           transformers.LlamaConfig, **TINY_LLAMA)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import random_hf_model
 
 from adapt.errors import CheckpointError
 from adapt.models import export, from_pretrained, save_pretrained
@@ -19,10 +20,8 @@ GPT2 = dict(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4)
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gpt2")
-    torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)).save_pretrained(folder)
-    return str(folder)
+    return random_hf_model(tmp_path_factory.mktemp("gpt2"), transformers.GPT2LMHeadModel, transformers.GPT2Config,
+                           **GPT2)
 
 
 def test_sharded_export_loads_in_transformers_and_back(gpt2, tmp_path):

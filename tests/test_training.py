@@ -156,3 +156,25 @@ def test_fit_trains_the_model_in_place(tiny_llama, tmp_path):
     after = np.asarray(model.lm_head.kernel[...])  # usable after fit, though the steps donated its buffers
     np.testing.assert_array_equal(after, np.asarray(result.state.params["lm_head"]["kernel"]))
     assert not np.array_equal(after, before)
+
+
+def test_rematerialised_layers_give_the_same_step(tiny_llama, tmp_path):
+    params = []
+    for remat in ("none", "full", "dots"):
+        model = from_pretrained(tiny_llama, task="causal_lm", hidden_dropout=0.1, attention_dropout=0.1)
+        trainer = Trainer(model, CausalLM(), _cfg(steps=2, remat=remat), str(tmp_path / remat))
+        params.append(trainer.fit(ArrayBatches(_data(), 8, seed=0)).state.params)
+    for other in params[1:]:  # same dropout masks (the step key), same numbers
+        for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(other)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_cluster_environments_start_the_distributed_runtime():
+    from adapt.distributed import cluster_size, initialize
+
+    assert cluster_size({}) == 1
+    assert cluster_size({"SLURM_NTASKS": "4"}) == 4
+    assert cluster_size({"OMPI_COMM_WORLD_SIZE": "2"}) == 2
+    assert cluster_size({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == 4
+    initialize({})  # one process: nothing to start
+    assert jax.process_count() == 1
