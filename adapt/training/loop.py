@@ -217,16 +217,17 @@ class _Run:
                      if self.last_saved is not None else "no checkpoint was written")
             raise TrainingError(f"non-finite loss ({loss}) or gradient norm ({float(host['grad_norm'])}) at step "
                                 f"{step}; the run stopped and {where}")
-        if self.since is None:  # the run's first step (it compiled the step): not timed
-            self.since = time.time()
-            return
-        w = self.window or {"sums": None, "grad_norm": 0.0, "steps": 0, "tokens": 0}
+        w = self.window or {"sums": None, "grad_norm": 0.0, "steps": 0, "timed_steps": 0, "tokens": 0}
         sums = {k: host[k] for k in host if k not in ("grad_norm", "learning_rate", "tokens")}
         w["sums"] = sums if w["sums"] is None else jax.tree.map(np.add, w["sums"], sums)
         w["grad_norm"] += float(host["grad_norm"])
         w["steps"] += 1
-        w["tokens"] += int(host["tokens"])
         w["learning_rate"] = float(host["learning_rate"])
+        if self.since is None:  # the run's first step compiled the step: its time does not count
+            self.since = time.time()
+        else:
+            w["timed_steps"] += 1
+            w["tokens"] += int(host["tokens"])
         self.window = w
 
     def log(self, step: int, bar) -> None:
@@ -238,7 +239,7 @@ class _Run:
         metrics = {f"train/{k}": v for k, v in self.trainer.objective.summarize(w["sums"]).items()}
         metrics.update({"train/grad_norm": w["grad_norm"] / w["steps"], "train/learning_rate": w["learning_rate"],
                         "train/tokens_per_second": w["tokens"] / elapsed,
-                        "train/steps_per_second": w["steps"] / elapsed})
+                        "train/steps_per_second": w["timed_steps"] / elapsed})
         self.writer.write(step, metrics)
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_second']:.0f}")
 
@@ -247,17 +248,19 @@ class _Run:
 
     def save(self, state) -> None:
         self.check()
+        started = time.time()
         self.ckpt.save(state, self.extra())
         self.last_saved = int(state.step)
-        self.restart_clock()
+        self.pause(started)
 
-    def restart_clock(self) -> None:
-        """Leave evaluation and checkpoint time out of the throughput of a window that starts now."""
-        if self.since is not None and self.window is None:
-            self.since = time.time()
+    def pause(self, started: float) -> None:
+        """Leave the time since ``started`` (evaluation, checkpointing) out of the training throughput."""
+        if self.since is not None:
+            self.since += time.time() - started
 
     def evaluate(self, state, step: int) -> None:
         self.check()
+        started = time.time()
         metrics = {}
         for name, batches in self.eval_data.items():
             result = self.trainer.evaluate(state, self.steps, batches())
@@ -265,7 +268,7 @@ class _Run:
         self.writer.write(step, metrics)
         if self.stopper.metric and self.stopper.update(step, metrics):
             self.ckpt.save_best(state, {"step": step, "metrics": metrics})
-        self.restart_clock()
+        self.pause(started)
 
     def loop(self, state, start: int, eval_every: int):
         from tqdm.auto import tqdm
