@@ -34,10 +34,18 @@ class Poisoned(CausalLM):
         return {**sums, "loss_sum": jnp.where(bad, jnp.nan, sums["loss_sum"])}, pred
 
 
-class Slow(ArrayBatches):
+class Slow:
+    """A batch source that takes its time, so the test can kill the run between steps."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
     def next_batch(self):
         time.sleep(0.3)
-        return super().next_batch()
+        return self.inner.next_batch()
 
 
 def data(poison_step=None):
@@ -59,7 +67,8 @@ def main():
     cfg.train.update(batch_size=8, steps=16, checkpoint_every=2, log_every=2, seed=3)
     cfg.optimizer.update(learning_rate=1e-3, warmup_steps=2)
     model = from_pretrained(checkpoint, task="causal_lm", hidden_dropout=0.1, attention_dropout=0.1)
-    source = (Slow if "--slow" in sys.argv else ArrayBatches)(data(poison), 8, seed=0)
+    source = ArrayBatches(data(poison), 8, seed=0)
+    source = Slow(source) if "--slow" in sys.argv else source
     trainer = Trainer(model, Poisoned() if poison else CausalLM(), cfg, workdir)
     result = trainer.fit(source)
     flat = jax.tree_util.tree_flatten_with_path(result.state.params)[0]
