@@ -14,6 +14,8 @@ import os
 
 import jax
 
+from adapt.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 _CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
@@ -35,6 +37,10 @@ def initialize(environ=os.environ) -> None:
         return
     kwargs = {}
     if "JAX_COORDINATOR_ADDRESS" in environ:
+        missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not environ.get(v, "").isdigit()]
+        if missing:
+            raise ConfigError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} is not (expected integers: "
+                              f"the number of processes and this one's index)")
         kwargs = dict(coordinator_address=environ["JAX_COORDINATOR_ADDRESS"], num_processes=n,
                       process_id=int(environ["JAX_PROCESS_ID"]))
     jax.distributed.initialize(**kwargs)

@@ -63,10 +63,15 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), axes: Sequence[str] = MESH_AXES
     return Mesh(grid, tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 
 
+def normalize_rules(rules) -> Rules:
+    """``rules`` as a hashable tuple (a config may hold lists where the table has tuples)."""
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
+
+
 @contextlib.contextmanager
 def axis_rules(rules: Rules):
     """Use ``rules`` for :func:`shard` and :func:`logical_to_spec` inside the block."""
-    token = _RULES.set(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules))
+    token = _RULES.set(normalize_rules(rules))
     try:
         yield
     finally:

@@ -178,3 +178,5 @@ def test_cluster_environments_start_the_distributed_runtime():
     assert cluster_size({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == 4
     initialize({})  # one process: nothing to start
     assert jax.process_count() == 1
+    with pytest.raises(ConfigError, match="JAX_COORDINATOR_ADDRESS is set but JAX_PROCESS_ID is not"):
+        initialize({"JAX_COORDINATOR_ADDRESS": "host0:1234", "JAX_NUM_PROCESSES": "2"})

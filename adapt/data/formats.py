@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from adapt.data.sources import require_columns
+from adapt.data.sources import read_file_text, require_columns
 from adapt.errors import DataError
 from adapt.training.objectives import IGNORE
 
@@ -51,10 +51,9 @@ class Encoder:
         self.backend.no_truncation()
         a, b = (self.backend.encode(s, add_special_tokens=False) for s in ("a", "b"))
         single = self.backend.post_process(a, None, True).ids
-        pair = self.backend.post_process(self.backend.encode("a", add_special_tokens=False),
-                                         self.backend.encode("b", add_special_tokens=False), True).ids
-        ia, ib = pair.index(a.ids[0]), pair.index(b.ids[0])
-        self.single = Template(single[:single.index(a.ids[0])], [], single[single.index(a.ids[0]) + 1:])
+        pair = self.backend.post_process(a, b, True).ids
+        i, ia, ib = single.index(a.ids[0]), pair.index(a.ids[0]), pair.index(b.ids[0])
+        self.single = Template(single[:i], [], single[i + 1:])
         self.pair = Template(pair[:ia], pair[ia + 1:ib], pair[ib + 1:])
 
     def encode(self, texts: list[str]) -> list[list[int]]:
@@ -122,8 +121,13 @@ def encode_classification(records: list[dict], encoder: Encoder, *, text: str, l
         seconds = encoder.encode([str(r[pair]) for r in records])
         budget = max_length - len(t.prefix) - len(t.middle) - len(t.suffix)
         for a, b in zip(firsts, seconds):
-            while len(a) + len(b) > budget:  # longest first, as HF's default pair truncation
-                a, b = (truncate(a, len(a) - 1, truncation), b) if len(a) >= len(b) else (a, truncate(b, len(b) - 1, truncation))
+            keep_a, keep_b = len(a), len(b)
+            while keep_a + keep_b > budget:  # longest first, as HF's default pair truncation
+                if keep_a >= keep_b:
+                    keep_a -= 1
+                else:
+                    keep_b -= 1
+            a, b = truncate(a, keep_a, truncation), truncate(b, keep_b, truncation)
             first = t.prefix + a + t.middle
             ids_out.append(np.asarray(first + b + t.suffix, np.int32))
             types_out.append(np.asarray([0] * len(first) + [1] * (len(b) + len(t.suffix)), np.int32))
@@ -139,10 +143,8 @@ def encode_classification(records: list[dict], encoder: Encoder, *, text: str, l
 def read_conll(path: str, *, token_column: int = 0, tag_column: int = -1) -> list[tuple[list[str], list[str]]]:
     """Sentences of a CoNLL-style file: one ``token ... tag`` line per token (tab or space separated), a
     blank line between sentences, ``-DOCSTART-`` lines skipped. Every line has the same column count."""
-    from adapt.data.sources import _read_text
-
     sentences, tokens, tags, width = [], [], [], None
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
+    for n, line in enumerate(read_file_text(path).splitlines(), 1):
         if not line.strip():
             if tokens:
                 sentences.append((tokens, tags))

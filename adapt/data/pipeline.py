@@ -50,8 +50,6 @@ def data_defaults() -> ml_collections.ConfigDict:
 
 
 def _records(cfg) -> dict[str, list[dict]]:
-    if cfg.format == "conll":
-        raise AssertionError("conll splits are read by read_conll")
     if cfg.source:
         return sources.carve_splits(sources.read_source(cfg.source, sample_by=cfg.sample_by, encoding=cfg.encoding,
                                                         text_column=cfg.text_column, label_column=cfg.label_column),

@@ -24,16 +24,8 @@ from adapt.errors import DataError
 TEXT_SUFFIXES = (".txt",)
 
 
-def _decode_error(path: str, e: UnicodeDecodeError, data: bytes | None = None, encoding: str = "utf-8") -> DataError:
-    if data is None:
-        with open(path, "rb") as f:
-            data = f.read()
-    line = data[:e.start].count(b"\n") + 1
-    return DataError(f"{path}: line {line}: undecodable bytes ({e.reason} at byte {e.start}); expected {encoding} "
-                     f"text (set the source's encoding, e.g. latin-1, if the file has another)")
-
-
-def _read_text(path: str, encoding: str = "utf-8") -> str:
+def read_file_text(path: str, encoding: str = "utf-8") -> str:
+    """The whole file decoded; undecodable bytes are a DataError naming the line."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     with open(path, "rb") as f:
@@ -41,11 +33,13 @@ def _read_text(path: str, encoding: str = "utf-8") -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
-        raise _decode_error(path, e, data, encoding) from None
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: undecodable bytes ({e.reason} at byte {e.start}); expected {encoding} "
+                        f"text (set the source's encoding, e.g. latin-1, if the file has another)") from None
 
 
 def read_jsonl(path: str, encoding: str = "utf-8") -> list[dict]:
-    text = _read_text(path, encoding)
+    text = read_file_text(path, encoding)
     stripped = text.lstrip()
     if stripped.startswith("["):  # one JSON array
         try:
@@ -68,7 +62,8 @@ def read_jsonl(path: str, encoding: str = "utf-8") -> list[dict]:
 
 
 def read_csv(path: str, encoding: str = "utf-8") -> list[dict]:
-    reader = csv.DictReader(io.StringIO(_read_text(path, encoding), newline=""), delimiter="\t" if path.endswith(".tsv") else ",")
+    text = read_file_text(path, encoding)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.endswith(".tsv") else ",")
     records = []
     try:
         for row in reader:
@@ -93,7 +88,7 @@ def read_parquet(path: str) -> list[dict]:
 
 
 def read_text(path: str, sample_by: str = "line", column: str = "text", encoding: str = "utf-8") -> list[dict]:
-    text = _read_text(path, encoding)
+    text = read_file_text(path, encoding)
     if sample_by == "line":
         parts = text.splitlines()
     elif sample_by == "paragraph":
@@ -116,7 +111,7 @@ def read_label_folders(folder: str, text_column: str = "text", label_column: str
             continue
         for name in sorted(os.listdir(sub)):
             if name.endswith(TEXT_SUFFIXES):
-                records.append({text_column: _read_text(os.path.join(sub, name), encoding), label_column: label})
+                records.append({text_column: read_file_text(os.path.join(sub, name), encoding), label_column: label})
     if not records:
         raise DataError(f"{folder}: no <label>/<file>.txt documents found; expected one sub-folder per label")
     return records

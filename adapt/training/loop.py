@@ -25,7 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from adapt.errors import ConfigError, TrainingError
-from adapt.sharding import make_mesh
+from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import optim
 from adapt.training.checkpoints import Checkpointer
 from adapt.training.state import TrainState, batch_sharding, create_state, global_batch, merge_model
@@ -110,7 +110,7 @@ class FitResult:
     state: TrainState
     steps: int  # optimizer steps done
     stopped_early: bool
-    best: dict | None  # {"step": ..., "metrics": {...}} of the best evaluation
+    best: dict | None  # {"step": ..., "value": ...} of the best evaluation by the early-stopping metric
 
 
 class Trainer:
@@ -127,7 +127,7 @@ class Trainer:
         self.objective, self.cfg, self.workdir = objective, cfg, workdir
         t = cfg.train
         self.mesh = mesh or make_mesh(cfg.mesh.shape)
-        self.rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg.mesh.rules)
+        self.rules = normalize_rules(cfg.mesh.rules)
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
         self.batch_sharding = batch_sharding(self.mesh, self.rules, t.batch_size)

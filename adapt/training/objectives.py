@@ -46,14 +46,28 @@ def _mean_metrics(sums) -> dict:
             "count": float(sums["weight"])}
 
 
-@dataclasses.dataclass(frozen=True)
-class CausalLM:
-    """Next-token cross-entropy; a target counts when it is in the same document as its context and
-    ``loss_mask`` (default all ones) marks it."""
-    task = "causal_lm"
+class Objective:
+    """Defaults: batches go to the model as they are; metrics are the mean loss and accuracy."""
 
     def prepare(self, batch, rng):
         return batch
+
+    def summarize(self, sums, predictions=None) -> dict:
+        return _mean_metrics(sums)
+
+
+class _LanguageModel(Objective):
+    def summarize(self, sums, predictions=None) -> dict:
+        out = _mean_metrics(sums)
+        out["perplexity"] = float(np.exp(min(out["loss"], 80.0)))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM(_LanguageModel):
+    """Next-token cross-entropy; a target counts when it is in the same document as its context and
+    ``loss_mask`` (default all ones) marks it."""
+    task = "causal_lm"
 
     def loss(self, logits, batch):  # logits [B, T, V]
         ids = batch["input_ids"]
@@ -63,14 +77,9 @@ class CausalLM:
             valid &= batch["loss_mask"][:, 1:] != 0
         return _token_sums(logits[:, :-1], ids[:, 1:], valid), None
 
-    def summarize(self, sums, predictions=None) -> dict:
-        out = _mean_metrics(sums)
-        out["perplexity"] = float(np.exp(min(out["loss"], 80.0)))
-        return out
-
 
 @dataclasses.dataclass(frozen=True)
-class MaskedLM:
+class MaskedLM(_LanguageModel):
     """BERT's masked LM: ``probability`` of the non-special tokens are targets, of which 80% become
     ``mask_token_id``, 10% a random token and 10% stay; drawn in the step from the step's RNG, so the
     masking is new every step and reproducible. A batch that already has ``labels`` is used as is."""
@@ -101,9 +110,6 @@ class MaskedLM:
         labels = batch["labels"]
         return _token_sums(logits, labels, labels != IGNORE), None
 
-    def summarize(self, sums, predictions=None) -> dict:
-        return CausalLM.summarize(self, sums)
-
 
 def _f1_from_confusion(conf: np.ndarray, label_ids=None) -> tuple[float, float]:
     """Micro- and macro-F1 over ``label_ids`` (default all labels seen in gold or predictions)."""
@@ -118,16 +124,13 @@ def _f1_from_confusion(conf: np.ndarray, label_ids=None) -> tuple[float, float]:
 
 
 @dataclasses.dataclass(frozen=True)
-class SequenceClassification:
+class SequenceClassification(Objective):
     """Cross-entropy over ``num_labels`` classes; labels ``[B]``, -100 for padding rows. Reports accuracy,
     micro-F1 and macro-F1 (over the classes present in gold or predictions, as scikit-learn does);
     ``f1_ignore`` names label ids left out of the F1 averages (a "no relation" class, for instance)."""
     num_labels: int
     f1_ignore: tuple[int, ...] = ()
     task = "sequence_classification"
-
-    def prepare(self, batch, rng):
-        return batch
 
     def loss(self, logits, batch):  # logits [B, C], labels [B]
         labels = batch["labels"]
@@ -144,15 +147,12 @@ class SequenceClassification:
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenClassification:
+class TokenClassification(Objective):
     """Per-token cross-entropy (labels ``[B, T]``, -100 on sub-word continuations, special tokens and
     padding). Evaluation adds entity-level precision/recall/F1 over BIO/IOBES spans, as conlleval and
     seqeval count them, from ``label_names`` (``B-Chemical``, ``I-Chemical``, ``O``, ...)."""
     label_names: tuple[str, ...]
     task = "token_classification"
-
-    def prepare(self, batch, rng):
-        return batch
 
     def loss(self, logits, batch):  # logits [B, T, C]
         labels = batch["labels"]
