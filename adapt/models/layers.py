@@ -134,18 +134,41 @@ def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None =
     return mask
 
 
-def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, rngs: nnx.Rngs | None):
+def _query_blocks(t: int, s: int, causal: bool) -> list[tuple[int, int]]:
+    """Query row ranges: one block, or (causal self-attention) up to 8 blocks of at least 64 rows, so that
+    block ``[a, b)`` reads keys ``[0, b)`` only and the masked upper triangle is mostly never computed."""
+    if not causal or t != s or t <= 64:
+        return [(0, t)]
+    size = max(64, -(-t // 8))
+    return [(a, min(a + size, t)) for a in range(0, t, size)]
+
+
+def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, rngs: nnx.Rngs | None,
+                          causal: bool = False):
     """q ``[B, T, N, H]``, k/v ``[B, S, K, H]`` (N a multiple of K: grouped-query attention), mask
-    ``[B, T, S]`` -> ``[B, T, N, H]``. Softmax in float32."""
+    ``[B, T, S]`` -> ``[B, T, N, H]``. Softmax in float32. ``causal`` says the mask is (at least) causal,
+    which lets query blocks skip the keys after them; the result is the same.
+
+    Heads are laid out ``[B*K, G*T, H]``: dots with one batch dimension run about twice as fast on
+    XLA:CPU as the ``[B, K]``-batched einsum, and the G query heads sharing a key head form one matrix."""
     b, t, n, h = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, n // kv, h)  # [B, T, K, G, H]
-    logits = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)  # [B, K, G, T, S]
-    probs = dropout(probs, dropout_rate, rngs).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-    return shard(out.reshape(b, t, n, h), ("batch", "length", "heads", "head_dim"))
+    s, kv = k.shape[1], k.shape[2]
+    g = n // kv
+    q = q.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b * kv, g, t, h)
+    k = k.transpose(0, 2, 1, 3).reshape(b * kv, s, h)
+    v = v.transpose(0, 2, 1, 3).reshape(b * kv, s, h)
+    outs = []
+    for start, stop in _query_blocks(t, s, causal):
+        rows, keys = stop - start, (stop if causal and t == s else s)
+        block = q[:, :, start:stop].reshape(b * kv, g * rows, h)
+        logits = jnp.matmul(block, k[:, :keys].swapaxes(1, 2), preferred_element_type=jnp.float32)
+        logits = logits.reshape(b, kv, g, rows, keys) * scale  # [B, K, G, rows, keys]
+        logits = jnp.where(mask[:, None, None, start:stop, :keys], logits, jnp.finfo(jnp.float32).min)
+        probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, rngs).astype(v.dtype)
+        out = jnp.matmul(probs.reshape(b * kv, g * rows, keys), v[:, :keys])  # [B*K, G*rows, H]
+        outs.append(out.reshape(b, kv, g, rows, h))
+    out = jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+    return shard(out, ("batch", "length", "heads", "head_dim"))
 
 
 def rope_inverse_frequencies(head_dim: int, rope: dict) -> np.ndarray:

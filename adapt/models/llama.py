@@ -90,7 +90,7 @@ class LlamaAttention(nnx.Module):
         q = shard(L.apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
         k = shard(L.apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
         out = L.dot_product_attention(q, k, v, mask, scale=cfg.head_dim ** -0.5,
-                                      dropout_rate=cfg.attention_dropout, rngs=rngs)
+                                      dropout_rate=cfg.attention_dropout, rngs=rngs, causal=True)
         return self.o_proj(out.reshape(b, t, -1))
 
 
