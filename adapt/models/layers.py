@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +116,29 @@ def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
         return x
     keep = hashed_bits(rngs.dropout(), x.shape) >= jnp.uint32(round(rate * 2**32))
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+_STEP_KEY: contextvars.ContextVar = contextvars.ContextVar("adapt_step_key", default=None)
+
+
+@contextlib.contextmanager
+def step_key(key: jax.Array | None):
+    """Inside the block, :func:`module_dropout` draws its masks from ``key`` (None: no dropout)."""
+    token = _STEP_KEY.set(key)
+    try:
+        yield
+    finally:
+        _STEP_KEY.reset(token)
+
+
+def module_dropout(x: jax.Array, rate: float, name: str) -> jax.Array:
+    """Dropout for layers that are not handed ``rngs`` (those an adaptation method injects into a model):
+    the mask comes from the train step's :func:`step_key` folded with a hash of the layer's ``name``;
+    the identity outside a train step."""
+    key = _STEP_KEY.get()
+    if key is None or rate == 0.0:
+        return x
+    return dropout(x, rate, nnx.Rngs(dropout=jax.random.fold_in(key, zlib.crc32(name.encode()))))
 
 
 def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None = None) -> jax.Array:

@@ -1,8 +1,10 @@
 """Checkpoints with orbax: the latest K every N steps (``checkpoints/``) plus the best by the early-stopping
 metric (``best/``, parameters only).
 
-A checkpoint holds the whole train state (parameters, optimizer state, step, RNG) and a JSON ``extra``
-(the data iterator's position, the early-stopping record), so a resumed run continues exactly. Orbax writes
+A checkpoint holds the train state (trainable parameters, optimizer state, step, RNG) and a JSON ``extra``
+(the data iterator's position, the early-stopping record), so a resumed run continues exactly. Frozen
+parameters (the base model under LoRA and the like) and a method's anchors never change in a run: they
+come from the model the run starts from, so checkpoints stay the size of what trains. Orbax writes
 each checkpoint into a temporary folder and renames it when complete; a save cut short (a crash, SIGKILL)
 leaves only a temporary folder, which :meth:`Checkpointer.latest_step` never returns.
 """
@@ -17,7 +19,7 @@ import orbax.checkpoint as ocp
 from adapt.errors import CheckpointError
 from adapt.training.state import TrainState
 
-_FIELDS = ("step", "params", "frozen", "opt_state", "rng")
+_FIELDS = ("step", "params", "opt_state", "rng")
 
 
 def _as_dict(state: TrainState, fields=_FIELDS) -> dict:
@@ -47,7 +49,7 @@ class Checkpointer:
 
     def save_best(self, state: TrainState, extra: dict) -> None:
         self.best.save(int(state.step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_as_dict(state, ("params", "frozen"))), extra=ocp.args.JsonSave(extra)),
+            state=ocp.args.StandardSave(_as_dict(state, ("params",))), extra=ocp.args.JsonSave(extra)),
             force=True)
 
     def latest_step(self) -> int | None:
@@ -64,7 +66,7 @@ class Checkpointer:
         return template.replace(**restored["state"]), restored["extra"]
 
     def restore_best(self, template: TrainState, shardings: TrainState) -> tuple[TrainState, dict]:
-        fields = ("params", "frozen")
+        fields = ("params",)
         restored = self._restore(self.best, self.best_step(), _abstract(template, shardings, fields))
         return template.replace(**restored["state"]), restored["extra"]
 

@@ -25,11 +25,15 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from adapt.errors import ConfigError, TrainingError
+from adapt.methods.base import Method
 from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import optim
 from adapt.training.checkpoints import Checkpointer
 from adapt.training.state import TrainState, batch_sharding, create_state, global_batch, merge_model
 from adapt.training.steps import Steps
+
+
+_NOT_SUMS = ("grad_norm", "learning_rate", "tokens", "penalty")  # step metrics that are not objective sums
 
 
 class EarlyStopping:
@@ -119,11 +123,11 @@ class Trainer:
 
     ``train_data``: ``next_batch()`` -> this process's rows of the next global batch (numpy), ``state()``
     / ``restore(state)`` for its position, ``steps_per_epoch``. ``eval_data``: split name -> a callable
-    returning an iterable of batches (see :func:`adapt.data.batches.eval_batches`). ``trainable``: the NNX
-    filter of the parameters the optimizer updates (all by default; adaptation methods narrow it).
+    returning an iterable of batches (see :func:`adapt.data.batches.eval_batches`). ``method``: the
+    adaptation method (:mod:`adapt.methods`; full fine-tuning by default), already applied to ``model``.
     """
 
-    def __init__(self, model: nnx.Module, objective, cfg, workdir: str, *, trainable=nnx.Param, mesh=None):
+    def __init__(self, model: nnx.Module, objective, cfg, workdir: str, *, method: Method | None = None, mesh=None):
         self.objective, self.cfg, self.workdir = objective, cfg, workdir
         t = cfg.train
         self.mesh = mesh or make_mesh(cfg.mesh.shape)
@@ -131,7 +135,7 @@ class Trainer:
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
         self.batch_sharding = batch_sharding(self.mesh, self.rules, t.batch_size)
-        self.model, self.trainable = model, trainable
+        self.model, self.method = model, method or Method()
 
     def total_steps(self, train_data) -> int:
         t = self.cfg.train
@@ -140,13 +144,17 @@ class Trainer:
     def fit(self, train_data, eval_data: dict | None = None) -> FitResult:
         t, eval_data = self.cfg.train, eval_data or {}
         total = self.total_steps(train_data)
-        kinds = optim.param_kinds(nnx.state(self.model, self.trainable))
-        tx, schedule = optim.make_optimizer(self.cfg.optimizer, total, kinds)
+        trainable = nnx.state(self.model, self.method.trainable(self.model))
+        if not jax.tree.leaves(trainable):
+            raise ConfigError(f"method {self.method.name!r} leaves no parameter of {type(self.model).__name__} "
+                              f"trainable")
+        settings = optim.method_settings(self.method, self.model, trainable)
+        tx, schedule = optim.make_optimizer(self.cfg.optimizer, total, optim.param_kinds(trainable), settings)
         static, state, shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules, seed=t.seed,
-                                                trainable=self.trainable)
+                                                method=self.method)
         self.static, self.shardings = static, shardings
         steps = Steps(static, self.objective, tx, schedule, shardings, self.batch_sharding, rules=self.rules,
-                      accum=t.grad_accum, remat=t.remat)
+                      accum=t.grad_accum, remat=t.remat, method=self.method)
         stopper = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)
         ckpt = Checkpointer(self.workdir, keep=t.keep_checkpoints)
         start = ckpt.latest_step()
@@ -218,9 +226,11 @@ class _Run:
             raise TrainingError(f"non-finite loss ({loss}) or gradient norm ({float(host['grad_norm'])}) at step "
                                 f"{step}; the run stopped and {where}")
         w = self.window or {"sums": None, "grad_norm": 0.0, "steps": 0, "timed_steps": 0, "tokens": 0}
-        sums = {k: host[k] for k in host if k not in ("grad_norm", "learning_rate", "tokens")}
+        sums = {k: host[k] for k in host if k not in _NOT_SUMS}
         w["sums"] = sums if w["sums"] is None else jax.tree.map(np.add, w["sums"], sums)
         w["grad_norm"] += float(host["grad_norm"])
+        if "penalty" in host:  # the adaptation method's regulariser
+            w["penalty"] = w.get("penalty", 0.0) + float(host["penalty"])
         w["steps"] += 1
         w["learning_rate"] = float(host["learning_rate"])
         if self.since is None:  # the run's first step compiled the step: its time does not count
@@ -237,6 +247,8 @@ class _Run:
         now = time.time()
         elapsed, self.since = max(now - self.since, 1e-9), now
         metrics = {f"train/{k}": v for k, v in self.trainer.objective.summarize(w["sums"]).items()}
+        if "penalty" in w:
+            metrics["train/penalty"] = w["penalty"] / w["steps"]
         metrics.update({"train/grad_norm": w["grad_norm"] / w["steps"], "train/learning_rate": w["learning_rate"],
                         "train/tokens_per_second": w["tokens"] / elapsed,
                         "train/steps_per_second": w["timed_steps"] / elapsed})

@@ -9,10 +9,12 @@ Gradient accumulation lives in the train step, so one optimizer update is one tr
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from adapt.errors import ConfigError
+from adapt.methods.base import layer_depth
 from adapt.models.registry import param_paths
 from adapt.sharding import variable_axes
 
@@ -44,26 +46,70 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
 
 
-def param_kinds(state: nnx.State) -> dict:
-    """A pure-dict tree like ``state`` naming each parameter's kind: ``norm`` (scale and bias of a
-    normalisation layer, found by their ``norm`` logical axis), ``bias``, ``embedding`` or ``weight``."""
+def param_paths_kinds(state: nnx.State) -> list[tuple[tuple, str]]:
+    """``(path, kind)`` of each parameter: ``norm`` (scale and bias of a normalisation layer, found by
+    their ``norm`` logical axis), ``bias``, ``embedding`` or ``weight``."""
     def kind(path, var):
         if "norm" in variable_axes(var):
             return "norm"
         return {"bias": "bias", "embedding": "embedding"}.get(str(path[-1]), "weight")
 
-    return nnx.to_pure_dict(nnx.from_flat_state([(p, kind(p, v)) for p, v in param_paths(state)]))
+    return [(p, kind(p, v)) for p, v in param_paths(state)]
 
 
-def make_optimizer(cfg, total_steps: int, kinds: dict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def param_kinds(state: nnx.State) -> dict:
+    """A pure-dict tree like ``state`` naming each parameter's kind (see :func:`param_paths_kinds`)."""
+    return nnx.to_pure_dict(nnx.from_flat_state(param_paths_kinds(state)))
+
+
+def method_settings(method, model: nnx.Module, state: nnx.State) -> dict:
+    """What an adaptation method says of each trainable parameter in ``state``, as trees like it:
+    ``decay`` (True/False, or None to follow ``decay_exclude``), ``scale`` (learning-rate multiplier) and
+    ``unfreeze`` (the first step it updates). Depth counts 0 for embeddings, i+1 for layer i, L+1 on top."""
+    top = model.cfg.hf.num_hidden_layers + 1
+    kinds = dict(param_paths_kinds(state))
+    rows = [(path, layer_depth(path, top - 1)) for path in kinds]
+
+    def tree(values):
+        return nnx.to_pure_dict(nnx.from_flat_state(list(zip(kinds, values))))
+
+    return {"decay": tree([method.decays(path, kinds[path]) for path, _ in rows]),
+            "scale": tree([float(method.lr_scale(path, depth, top)) for path, depth in rows]),
+            "unfreeze": tree([int(method.unfreeze_step(path, depth, top)) for path, depth in rows])}
+
+
+def gate(unfreeze: dict, scale: dict | None = None) -> optax.GradientTransformation:
+    """Zero each leaf until step ``unfreeze`` (a tree of ints like the parameters), and multiply it by
+    ``scale`` (a tree of floats) when given."""
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params=None):
+        def one(u, start, factor=1.0):
+            return jnp.where(state.count >= start, u * factor, jnp.zeros_like(u)).astype(u.dtype)
+        out = (jax.tree.map(one, updates, unfreeze) if scale is None
+               else jax.tree.map(one, updates, unfreeze, scale))
+        return out, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(cfg, total_steps: int, kinds: dict, settings: dict | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax transformation for ``cfg`` (the ``optimizer`` config section) and its schedule.
 
     ``kinds``: a tree like the trainable parameters naming each one's kind (see :func:`param_kinds`).
+    ``settings``: an adaptation method's per-parameter decay, learning-rate scale and unfreeze step
+    (see :func:`method_settings`). A parameter not yet unfrozen gets a zero gradient (so no moments) and
+    a zero update (so no weight decay either).
     """
     unknown = set(cfg.decay_exclude) - set(DECAY_KINDS)
     if unknown:
         raise ConfigError(f"optimizer.decay_exclude has {sorted(unknown)}; expected a subset of {list(DECAY_KINDS)}")
-    mask = jax.tree.map(lambda kind: kind not in cfg.decay_exclude, kinds)
+    settings = settings or {}
+    flat_kinds, treedef = jax.tree.flatten(kinds)
+    decay = treedef.flatten_up_to(settings["decay"]) if settings.get("decay") else [None] * len(flat_kinds)
+    mask = treedef.unflatten([k not in cfg.decay_exclude if d is None else d for k, d in zip(flat_kinds, decay)])
     schedule = make_schedule(cfg, total_steps)
     wd = cfg.weight_decay
     if cfg.name == "adamw":
@@ -77,4 +123,12 @@ def make_optimizer(cfg, total_steps: int, kinds: dict) -> tuple[optax.GradientTr
         raise ConfigError(f"optimizer.name={cfg.name!r}; expected one of {', '.join(OPTIMIZERS)}")
     if cfg.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    scale, unfreeze = settings.get("scale"), settings.get("unfreeze")
+    if scale is not None and all(v == 1.0 for v in jax.tree.leaves(scale)):
+        scale = None
+    if unfreeze is not None and any(jax.tree.leaves(unfreeze)):
+        tx = optax.chain(gate(unfreeze), tx, gate(unfreeze, scale))
+    elif scale is not None:
+        tx = optax.chain(tx, optax.GradientTransformation(
+            lambda _: optax.EmptyState(), lambda u, s, p=None: (jax.tree.map(jnp.multiply, u, scale), s)))
     return tx, schedule

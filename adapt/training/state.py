@@ -19,6 +19,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from adapt.errors import ConfigError
+from adapt.methods.base import Method
+from adapt.models import layers
 from adapt.sharding import Rules, logical_to_spec, state_shardings
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "token_type_ids")
@@ -31,6 +33,7 @@ class TrainState:
     frozen: dict  # the model's other parameters
     opt_state: optax.OptState
     rng: jax.Array  # uint32 [2]; the step's key is fold_in(rng, step)
+    anchors: dict  # constants of the adaptation method (L2-SP's starting point); not checkpointed
 
 
 @struct.dataclass
@@ -38,9 +41,12 @@ class Model:
     """What the steps need to rebuild and call the NNX module (static: hashed by jit)."""
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
 
-    def __call__(self, params: dict, frozen: dict, batch: dict, rngs: nnx.Rngs | None):
+    def __call__(self, params: dict, frozen: dict, batch: dict, key: jax.Array | None):
+        """The model's outputs on ``batch``; ``key`` (None in evaluation) seeds dropout."""
         module = merge_model(self, params, frozen)
-        return module(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, rngs=rngs)
+        rngs = None if key is None else nnx.Rngs(dropout=key)
+        with layers.step_key(None if key is None else jax.random.fold_in(key, 0x5EED)):
+            return module(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, rngs=rngs)
 
 
 def split_model(model: nnx.Module, trainable=nnx.Param) -> tuple[Model, nnx.State, nnx.State]:
@@ -57,10 +63,10 @@ def _pure_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> dict:
     return nnx.to_pure_dict(state_shardings(state, mesh, rules))
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, params: dict, param_sh: dict, mesh: Mesh):
-    """Each optimizer-state leaf whose key path ends with a parameter's path and has its shape takes that
-    parameter's sharding; every other leaf is replicated."""
-    abstract = jax.eval_shape(tx.init, params)
+def mirror_shardings(abstract, params: dict, param_sh: dict, mesh: Mesh):
+    """Shardings for a tree that mirrors the parameters (optimizer moments, a copy of the starting point):
+    each leaf whose key path ends with a parameter's path and has its shape takes that parameter's
+    sharding; every other leaf (step counts, factored moments) is replicated."""
     by_path = {tuple(path): (leaf.shape, sh) for (path, leaf), sh in
                zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_sh))}
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -76,21 +82,24 @@ def opt_state_shardings(tx: optax.GradientTransformation, params: dict, param_sh
 
 
 def create_state(model: nnx.Module, tx: optax.GradientTransformation, *, mesh: Mesh, rules: Rules, seed: int,
-                 trainable=nnx.Param) -> tuple[Model, TrainState, TrainState]:
-    """Split ``model``, place its parameters on their shardings, create the optimizer state sharded.
-    Returns (static model, state, the state's shardings)."""
-    static, params_state, frozen_state = split_model(model, trainable)
+                 method: Method | None = None) -> tuple[Model, TrainState, TrainState]:
+    """Split ``model`` into what ``method`` trains and the rest, place its parameters on their shardings,
+    create the optimizer state sharded. Returns (static model, state, the state's shardings)."""
+    method = method or Method()
+    static, params_state, frozen_state = split_model(model, method.trainable(model))
     p_sh = _pure_shardings(params_state, mesh, rules)
     f_sh = _pure_shardings(frozen_state, mesh, rules)
     params = jax.device_put(nnx.to_pure_dict(params_state), p_sh)
     frozen = jax.device_put(nnx.to_pure_dict(frozen_state), f_sh)
-    o_sh = opt_state_shardings(tx, params, p_sh, mesh)
+    o_sh = mirror_shardings(jax.eval_shape(tx.init, params), params, p_sh, mesh)
+    anchors = method.anchors(model, params)
+    a_sh = mirror_shardings(anchors, params, p_sh, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    shardings = TrainState(step=replicated, params=p_sh, frozen=f_sh, opt_state=o_sh, rng=replicated)
+    shardings = TrainState(step=replicated, params=p_sh, frozen=f_sh, opt_state=o_sh, rng=replicated, anchors=a_sh)
     state = TrainState(
         step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params, frozen=frozen,
         opt_state=jax.jit(tx.init, out_shardings=o_sh)(params),
-        rng=jax.device_put(jax.random.PRNGKey(seed), replicated))
+        rng=jax.device_put(jax.random.PRNGKey(seed), replicated), anchors=jax.device_put(anchors, a_sh))
     return static, state, shardings
 
 

@@ -3,8 +3,9 @@
 The train step draws its key as ``fold_in(state.rng, state.step)`` (then one key per micro-batch), runs
 the objective's ``prepare`` (masked-LM masking) and loss per micro-batch, adds up gradients and
 statistics over ``accum`` micro-batches with ``lax.scan``, divides by the total weight (so accumulation
-equals one big batch), and applies one optimizer update. Micro-batch i takes rows i, i+A, i+2A, ... so
-every device holds its share of every micro-batch.
+equals one big batch), adds the adaptation method's penalty (once per step) and applies one optimizer
+update. The forward pass sees the parameters as the method perturbs them (Mixout); evaluation never
+does. Micro-batch i takes rows i, i+A, i+2A, ... so every device holds its share of every micro-batch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from adapt.methods.base import Method
 from adapt.models import layers
 from adapt.sharding import Rules, axis_rules
 from adapt.training.state import Model, TrainState
@@ -26,10 +28,14 @@ def _micro_batches(batch: dict, accum: int) -> dict:  # [B, ...] -> [A, B/A, ...
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def make_train_step(model: Model, objective, tx: optax.GradientTransformation, schedule, accum: int = 1):
-    def micro_loss(params, frozen, batch, key):
+def make_train_step(model: Model, objective, tx: optax.GradientTransformation, schedule, accum: int = 1,
+                    method: Method | None = None):
+    method = method or Method()
+
+    def micro_loss(params, frozen, anchors, batch, key):
         batch = objective.prepare(batch, jax.random.fold_in(key, 1))
-        outputs = model(params, frozen, batch, nnx.Rngs(dropout=key))
+        seen = method.perturb(params, anchors, jax.random.fold_in(key, 2))
+        outputs = model(seen, frozen, batch, key)
         sums, _ = objective.loss(outputs, batch)
         return sums["loss_sum"], sums
 
@@ -38,23 +44,27 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, s
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(state.rng, state.step)
         if accum == 1:
-            grads, sums = grad_fn(state.params, state.frozen, batch, key)
+            grads, sums = grad_fn(state.params, state.frozen, state.anchors, batch, key)
         else:
             micro = _micro_batches(batch, accum)
 
             def body(carry, xs):
                 i, mb = xs
-                out = grad_fn(state.params, state.frozen, mb, jax.random.fold_in(key, i))
+                out = grad_fn(state.params, state.frozen, state.anchors, mb, jax.random.fold_in(key, i))
                 return jax.tree.map(jnp.add, carry, out), None
 
             first = jax.tree.map(lambda x: x[0], micro)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                 jax.eval_shape(grad_fn, state.params, state.frozen, first, key))
+                                 jax.eval_shape(grad_fn, state.params, state.frozen, state.anchors, first, key))
             (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+        extra = {}
+        if type(method).penalty is not Method.penalty:  # once per step, not per token
+            extra["penalty"], penalty_grads = jax.value_and_grad(method.penalty)(state.params, state.anchors)
+            grads = jax.tree.map(jnp.add, grads, penalty_grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**sums, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
+        metrics = {**sums, **extra, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
                    "tokens": jnp.sum(batch.get("attention_mask", batch["input_ids"]) != 0)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -77,10 +87,10 @@ class Steps:
     """
 
     def __init__(self, model: Model, objective, tx, schedule, shardings: TrainState, batch_sharding: NamedSharding,
-                 *, rules: Rules, accum: int = 1, remat: str = "none"):
+                 *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None):
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._train = jax.jit(make_train_step(model, objective, tx, schedule, accum),
+        self._train = jax.jit(make_train_step(model, objective, tx, schedule, accum, method),
                               in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                               donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))

@@ -1,0 +1,201 @@
+"""The adaptation-method interface.
+
+A method is a :class:`Method` subclass in its own file, registered under a name with
+:func:`adapt.methods.register`. Each hook has a do-nothing default (full fine-tuning), so a method
+overrides only what it changes:
+
+(a) ``apply(model, rngs)`` rewrites the model once, before training (inject LoRA, adapters, prompts);
+(b) ``trainable(model)`` is the NNX filter of what trains; everything else is frozen: closed over by the
+    step, not differentiated, and given no optimizer state;
+(c) ``lr_scale(path, depth, top)`` and ``decays(path, kind)`` give per-parameter learning-rate multipliers and
+    weight-decay switches;
+(d) ``penalty(params, anchors)`` adds a regularisation term to the loss (once per step, not per token);
+(e) ``perturb(params, anchors, key)`` changes the parameters the forward pass sees at each train step
+    (Mixout), and ``unfreeze_step(path, depth, top)`` the step from which a parameter starts to update
+    (gradual unfreezing). ``depth`` is 0 for embeddings, i+1 for transformer layer i and ``top`` (the
+    number of layers + 1) for what sits above them (see :func:`layer_depth`).
+
+``anchors(model)`` gives constants a penalty or perturbation needs (the pretrained weights); they travel in
+the train state. ``merge(model)`` folds what the method added into plain layers for export.
+
+Parameters a method adds are :class:`Adapter` variables (an ``nnx.Param`` kind): they carry logical axes
+like every parameter, so the mesh rules shard them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adapt.errors import ConfigError
+from adapt.models.registry import family_for
+
+
+class Adapter(nnx.Param):
+    """A parameter an adaptation method added to a pretrained model (LoRA factors, adapters, prompts)."""
+
+
+class Method:
+    """Full fine-tuning: every parameter trains at the optimizer's learning rate. Subclasses override hooks."""
+
+    name = "full"
+    defaults: dict = {}  # the method's knobs and their default values
+
+    def __init__(self, **knobs):
+        unknown = set(knobs) - set(self.defaults)
+        if unknown:
+            raise ConfigError(f"method.{sorted(unknown)[0]} is not a knob of method {self.name!r}; "
+                              f"its knobs: {', '.join(sorted(self.defaults)) or 'none'}")
+        self.knobs = {**self.defaults, **knobs}
+        for key, value in self.knobs.items():
+            setattr(self, key, value)
+
+    def apply(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:  # (a)
+        return model
+
+    def trainable(self, model: nnx.Module):  # (b) an NNX filter
+        return nnx.Param
+
+    def lr_scale(self, path: tuple, depth: int, top: int) -> float:  # (c)
+        return 1.0
+
+    def decays(self, path: tuple, kind: str) -> bool | None:  # (c) None: as optimizer.decay_exclude says
+        return None
+
+    def anchors(self, model: nnx.Module, params: dict) -> dict:  # constants for (d) and (e)
+        return {}
+
+    def penalty(self, params: dict, anchors: dict) -> jax.Array | None:  # (d) None: no penalty
+        return None
+
+    def perturb(self, params: dict, anchors: dict, key: jax.Array) -> dict:  # (e) per train step
+        return params
+
+    def unfreeze_step(self, path: tuple, depth: int, top: int) -> int:  # (e) first step it updates
+        return 0
+
+    def merge(self, model: nnx.Module) -> nnx.Module:
+        """The model with what the method added folded into plain layers (in place; returned)."""
+        return model
+
+
+# ---- helpers the method files share -------------------------------------------------------------------
+
+def dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def layer_depth(path: tuple, num_layers: int) -> int:
+    """0 for embeddings, i+1 for transformer layer i, ``num_layers + 1`` for what sits on top (final norm,
+    pooler, task heads): the depth that layer-wise learning rates and gradual unfreezing count from."""
+    for p in path:
+        if isinstance(p, int):
+            return p + 1
+    return 0 if any("embed" in str(p) or str(p) in ("wte", "wpe") for p in path) else num_layers + 1
+
+
+def head_prefixes(model: nnx.Module) -> tuple[str, ...]:
+    """Dotted NNX path prefixes of the model's task head: what a checkpoint of the base model lacks and
+    loading initialises fresh (the classifier), so methods that freeze the backbone still train it."""
+    family = family_for(model.cfg.hf.model_type)
+    task = next(t for t, cls in family.models.items() if type(model) is cls)
+    return family.head_paths.get(task, ())
+
+
+def under(path: tuple, prefixes) -> bool:
+    name = dotted(path)
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def path_filter(predicate) -> nnx.filterlib.Filter:
+    """An NNX filter of the ``nnx.Param`` variables whose path satisfies ``predicate(path)``."""
+    return nnx.All(nnx.Param, lambda path, _: predicate(tuple(path)))
+
+
+def matches_target(module_path: tuple, targets) -> bool:
+    """PEFT's ``target_modules`` rule: a string is a regex matched against the whole dotted module path;
+    a list names modules by suffix (``q_proj`` matches ``model.layers.0.self_attn.q_proj``)."""
+    name = dotted(module_path)
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def linear_modules(model: nnx.Module, targets) -> list[tuple[tuple, nnx.Linear]]:
+    """The ``nnx.Linear`` modules whose path matches ``targets``; an error when none does."""
+    found = [(tuple(path), m) for path, m in nnx.iter_modules(model)
+             if isinstance(m, nnx.Linear) and matches_target(tuple(path), targets)]
+    if not found:
+        names = sorted({str(p[-1]) for p, m in nnx.iter_modules(model) if isinstance(m, nnx.Linear) and p})
+        raise ConfigError(f"method.targets={targets!r} matches no linear layer of {type(model).__name__}; "
+                          f"its linear layers are named {', '.join(names)}")
+    return found
+
+
+def replace_module(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
+    parent = model
+    for p in path[:-1]:
+        parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+    if isinstance(path[-1], int):
+        parent[path[-1]] = new
+    else:
+        setattr(parent, path[-1], new)
+
+
+def default_targets(model: nnx.Module, table: dict) -> tuple[str, ...]:
+    """The family's default target modules from a method's ``{family name: names}`` table."""
+    family = family_for(model.cfg.hf.model_type).name
+    if family not in table:
+        raise ConfigError(f"method.targets is empty and the method has no default targets for the {family} "
+                          f"family; name the modules, e.g. method.targets=('q_proj', 'v_proj')")
+    return table[family]
+
+
+def linear_axes(layer: nnx.Linear) -> tuple:
+    return tuple(layer.kernel.get_metadata().get("logical_axes") or (None, None))
+
+
+def plain_linear(template: nnx.Module, kernel: jax.Array, bias: jax.Array | None, dtype) -> nnx.Linear:
+    """An ``nnx.Linear`` holding ``kernel`` [in, out] and ``bias`` (with the template's parameter metadata):
+    what a merged adapter layer turns back into."""
+    d_in, d_out = kernel.shape
+    layer = nnx.eval_shape(lambda: nnx.Linear(d_in, d_out, use_bias=bias is not None, dtype=dtype,
+                                              param_dtype=kernel.dtype, rngs=nnx.Rngs(0)))
+    layer.kernel = template.kernel.replace(kernel)
+    if bias is not None:
+        layer.bias = template.bias.replace(bias)
+    return layer
+
+
+def compute_dtype(dtype, x: jax.Array):
+    return jnp.dtype(dtype) if dtype is not None else x.dtype
+
+
+def leaf_paths(tree) -> list[tuple[tuple, object]]:
+    """``(path, leaf)`` of a pure-dict pytree, the path as the tuple of dict keys (``('model', 'layers', 0,
+    'mlp', 'up_proj', 'kernel')``), as :func:`adapt.models.registry.param_paths` gives for an ``nnx.State``."""
+    return [(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in key), leaf)
+            for key, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def map_with_path(fn, tree):
+    """``tree`` with each leaf replaced by ``fn(path, leaf)`` (paths as in :func:`leaf_paths`)."""
+    leaves = [fn(path, leaf) for path, leaf in leaf_paths(tree)]
+    return jax.tree.unflatten(jax.tree.structure(tree), leaves)
+
+
+def adapters_and_head(model: nnx.Module, train_head: bool):
+    """The filter of methods that add parameters: those, plus the task head when ``train_head``."""
+    heads = head_prefixes(model) if train_head else ()
+    return nnx.Any(Adapter, path_filter(lambda path: under(path, heads)))
+
+
+def merge_injected(model: nnx.Module, cls: type) -> nnx.Module:
+    """Replace every ``cls`` layer of ``model`` by its ``merged()`` plain layer (in place; returned)."""
+    for path, layer in list(nnx.iter_modules(model)):
+        if isinstance(layer, cls):
+            replace_module(model, tuple(path), layer.merged())
+    return model

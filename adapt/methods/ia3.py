@@ -1,0 +1,67 @@
+"""(IA)^3 (Liu et al., 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than
+In-Context Learning", arXiv:2205.05638): learned vectors rescale the keys, the values and the inner
+feed-forward activations. As in PEFT, a target layer's output is scaled, ``y = (x W + b) * l``, except the
+feed-forward layers, whose input is scaled, ``y = (x * l) W + b``; every ``l`` starts at ones, so the
+model is unchanged at initialisation, and merges exactly into ``W`` (and ``b``).
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from adapt.methods import register
+from adapt.methods.base import (
+    Adapter, Method, adapters_and_head, compute_dtype, default_targets, linear_axes, linear_modules,
+    matches_target, merge_injected, plain_linear, replace_module,
+)
+
+# PEFT's defaults (TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING and its feed-forward table).
+DEFAULT_TARGETS = {"llama": ("k_proj", "v_proj", "down_proj"), "bert": ("key", "value", "output.dense"),
+                   "gpt2": ("c_attn", "mlp.c_proj")}
+DEFAULT_FEEDFORWARD = {"llama": ("down_proj",), "bert": ("output.dense",), "gpt2": ("mlp.c_proj",)}
+
+
+class IA3Linear(nnx.Module):
+    """A linear layer whose output (or, for a feed-forward layer, input) is scaled by ``ia3_l``."""
+
+    def __init__(self, base: nnx.Linear, *, feedforward: bool):
+        self.kernel, self.bias, self.dtype, self.feedforward = base.kernel, base.bias, base.dtype, feedforward
+        d_in, d_out = base.kernel.shape
+        ax_in, ax_out = linear_axes(base)
+        self.ia3_l = Adapter(jnp.ones((d_in if feedforward else d_out,), jnp.float32),
+                             logical_axes=(ax_in if feedforward else ax_out,))
+
+    def __call__(self, x):  # [..., in] -> [..., out]
+        dt = compute_dtype(self.dtype, x)
+        scale = self.ia3_l[...].astype(dt)
+        x = x.astype(dt) * scale if self.feedforward else x.astype(dt)
+        y = x @ self.kernel[...].astype(dt)
+        y = y if self.bias is None else y + self.bias[...].astype(dt)
+        return y if self.feedforward else y * scale
+
+    def merged(self) -> nnx.Linear:
+        l, kernel = self.ia3_l[...], self.kernel[...]
+        bias = None if self.bias is None else self.bias[...]
+        if self.feedforward:
+            kernel = kernel * l[:, None]
+        else:
+            kernel, bias = kernel * l[None, :], None if bias is None else bias * l
+        return plain_linear(self, kernel.astype(self.kernel.dtype), bias, self.dtype)
+
+
+@register
+class IA3(Method):
+    name = "ia3"
+    defaults = dict(targets=(), feedforward=(), train_head=True)
+
+    def apply(self, model, rngs):
+        targets = self.targets or default_targets(model, DEFAULT_TARGETS)
+        feedforward = self.feedforward or (() if self.targets else default_targets(model, DEFAULT_FEEDFORWARD))
+        for path, layer in linear_modules(model, targets):
+            replace_module(model, path, IA3Linear(layer, feedforward=matches_target(path, feedforward)))
+        return model
+
+    def trainable(self, model):
+        return adapters_and_head(model, self.train_head)
+
+    def merge(self, model):
+        return merge_injected(model, IA3Linear)

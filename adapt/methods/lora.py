@@ -1,0 +1,109 @@
+"""LoRA and DoRA.
+
+LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685): a frozen
+linear layer ``y = x W + b`` gains a trainable low-rank update, ``y = x W + b + s * dropout(x) A B`` with
+``A [in, r]`` (Kaiming-uniform, as PEFT) and ``B [r, out]`` (zeros, so the model is unchanged at
+initialisation), ``s = alpha / r`` or, with rsLoRA (Kalajdzievski, 2023, arXiv:2312.03732),
+``alpha / sqrt(r)``.
+
+DoRA (Liu et al., 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", arXiv:2402.09353): the updated
+weight is split into a direction and a trained magnitude per output unit,
+``W' = m * (W + s A B) / ||W + s A B||`` (norm over the input dimension; treated as a constant in the
+backward pass, section 4.3), with ``m`` initialised to ``||W||`` so that ``W' = W`` at first.
+
+Targets follow PEFT's ``target_modules``: names matched as suffixes of the module path, or one regex
+matched against the whole path; empty means the family's default (PEFT's: attention query and value).
+The task head (a classifier the base checkpoint lacks) trains fully, as PEFT's ``modules_to_save``.
+:func:`save_peft` writes the adapter as a PEFT folder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adapt.methods import register
+from adapt.methods.base import (
+    Adapter, Method, adapters_and_head, compute_dtype, default_targets, dotted, linear_axes, linear_modules,
+    merge_injected, plain_linear, replace_module,
+)
+from adapt.models import layers as L
+
+DEFAULT_TARGETS = {"llama": ("q_proj", "v_proj"), "bert": ("query", "value"), "gpt2": ("c_attn",)}
+
+
+class LoRALinear(nnx.Module):
+    """A linear layer with a low-rank update; ``kernel`` and ``bias`` keep the base layer's names, so the
+    checkpoint mapping and the sharding rules see the same parameters as before."""
+
+    def __init__(self, base: nnx.Linear, name: str, *, rank: int, scaling: float, dropout: float, dora: bool,
+                 rngs: nnx.Rngs):
+        self.kernel, self.bias, self.dtype = base.kernel, base.bias, base.dtype
+        d_in, d_out = base.kernel.shape
+        ax_in, ax_out = linear_axes(base)
+        bound = 1.0 / math.sqrt(d_in)  # PEFT: kaiming_uniform_(a=sqrt(5)) on the [r, in] weight
+        self.lora_a = Adapter(jax.random.uniform(rngs.params(), (d_in, rank), jnp.float32, -bound, bound),
+                              logical_axes=(ax_in, "adapter"))
+        self.lora_b = Adapter(jnp.zeros((rank, d_out), jnp.float32), logical_axes=("adapter", ax_out))
+        if dora:
+            self.magnitude = Adapter(jnp.linalg.norm(base.kernel[...].astype(jnp.float32), axis=0),
+                                     logical_axes=(ax_out,))
+        self.name, self.scaling, self.dropout, self.dora = name, scaling, dropout, dora
+
+    def delta(self) -> jax.Array:  # [in, out]
+        return self.scaling * (self.lora_a[...] @ self.lora_b[...])
+
+    def direction_scale(self) -> jax.Array:  # DoRA: m / ||W + s A B|| per output unit, [out]
+        norm = jnp.linalg.norm(self.kernel[...].astype(jnp.float32) + self.delta(), axis=0)
+        return self.magnitude[...] / jax.lax.stop_gradient(norm)
+
+    def __call__(self, x):  # [..., in] -> [..., out]
+        dt = compute_dtype(self.dtype, x)
+        x = x.astype(dt)
+        y = x @ self.kernel[...].astype(dt)
+        dropped = L.module_dropout(x, self.dropout, self.name)
+        y = y + self.scaling * ((dropped @ self.lora_a[...].astype(dt)) @ self.lora_b[...].astype(dt))
+        if self.dora:
+            y = y * self.direction_scale().astype(dt)
+        return y if self.bias is None else y + self.bias[...].astype(dt)
+
+    def merged(self) -> nnx.Linear:
+        kernel = self.kernel[...].astype(jnp.float32) + self.delta()
+        if self.dora:
+            kernel = kernel * self.direction_scale()
+        return plain_linear(self, kernel.astype(self.kernel.dtype), None if self.bias is None else self.bias[...],
+                            self.dtype)
+
+
+@register
+class LoRA(Method):
+    name = "lora"
+    defaults = dict(rank=8, alpha=16.0, dropout=0.0, targets=(), rslora=False, train_head=True)
+    dora = False
+
+    def scaling(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    def targets_of(self, model) -> tuple | str:
+        return self.targets or default_targets(model, DEFAULT_TARGETS)
+
+    def apply(self, model, rngs):
+        for path, layer in linear_modules(model, self.targets_of(model)):
+            replace_module(model, path, LoRALinear(layer, dotted(path), rank=self.rank, scaling=self.scaling(),
+                                                   dropout=self.dropout, dora=self.dora, rngs=rngs))
+        return model
+
+    def trainable(self, model):
+        return adapters_and_head(model, self.train_head)
+
+    def merge(self, model):
+        return merge_injected(model, LoRALinear)
+
+
+@register
+class DoRA(LoRA):
+    name = "dora"
+    dora = True
