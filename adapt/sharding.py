@@ -39,6 +39,7 @@ DEFAULT_RULES: Rules = (
     ("norm", None),
     ("position", None),
     ("labels", None),
+    ("adapter", None),  # the small inner dimension of adaptation methods (LoRA rank, adapter bottleneck)
 )
 
 _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("adapt_axis_rules", default=DEFAULT_RULES)

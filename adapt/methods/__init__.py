@@ -44,7 +44,7 @@ def method_config(name: str = "full", **knobs) -> ml_collections.ConfigDict:
 
 
 from adapt.methods import (  # noqa: E402  (each file registers its methods)
-    bitfit, freeze, full, ia3, l2sp, llrd, lora, mixout,
+    adapters, bitfit, freeze, full, ia3, l2sp, llrd, lora, mixout, prefix, qlora,
 )
 
 __all__ = ["METHODS", "Adapter", "Method", "build", "method_config", "register"]

@@ -18,8 +18,8 @@ overrides only what it changes:
 ``anchors(model)`` gives constants a penalty or perturbation needs (the pretrained weights); they travel in
 the train state. ``merge(model)`` folds what the method added into plain layers for export.
 
-Parameters a method adds are :class:`Adapter` variables (an ``nnx.Param`` kind): they carry logical axes
-like every parameter, so the mesh rules shard them.
+Parameters a method adds are :class:`~adapt.models.layers.Adapter` variables (an ``nnx.Param`` kind): they
+carry logical axes like every parameter, so the mesh rules shard them.
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.errors import ConfigError
+from adapt.models.layers import Adapter
 from adapt.models.registry import family_for
-
-
-class Adapter(nnx.Param):
-    """A parameter an adaptation method added to a pretrained model (LoRA factors, adapters, prompts)."""
 
 
 class Method:

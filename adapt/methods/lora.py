@@ -90,10 +90,13 @@ class LoRA(Method):
     def targets_of(self, model) -> tuple | str:
         return self.targets or default_targets(model, DEFAULT_TARGETS)
 
+    def wrap(self, layer: nnx.Linear, name: str, rngs: nnx.Rngs) -> LoRALinear:
+        return LoRALinear(layer, name, rank=self.rank, scaling=self.scaling(), dropout=self.dropout, dora=self.dora,
+                          rngs=rngs)
+
     def apply(self, model, rngs):
         for path, layer in linear_modules(model, self.targets_of(model)):
-            replace_module(model, path, LoRALinear(layer, dotted(path), rank=self.rank, scaling=self.scaling(),
-                                                   dropout=self.dropout, dora=self.dora, rngs=rngs))
+            replace_module(model, path, self.wrap(layer, dotted(path), rngs))
         return model
 
     def trainable(self, model):

@@ -102,6 +102,7 @@ class BertSelfAttention(nnx.Module):
         b, t, _ = x.shape
         q, k, v = (shard(proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim), ("batch", "length", "heads", "head_dim"))
                    for proj in (self.query, self.key, self.value))
+        k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
         out = L.dot_product_attention(q, k, v, mask, scale=cfg.head_dim ** -0.5,
                                       dropout_rate=cfg.attention_dropout, rngs=rngs)  # [B, T, N, H]
         return out.reshape(b, t, -1)
@@ -192,7 +193,9 @@ class BertModel(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, self.positions(input_ids, attention_mask), rngs)
         x = shard(x, ("batch", "length", "embed"))
-        return self.encoder(x, L.attention_mask(segments, causal=False), rngs)
+        x, segments, _, virtual = L.prepend_prompt(self, x, segments)  # prompt tuning
+        x = self.encoder(x, L.attention_mask(segments, causal=False, virtual=virtual), rngs)
+        return L.drop_prompt(x, virtual)
 
 
 class BertPredictionHeadTransform(nnx.Module):

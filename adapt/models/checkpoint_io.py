@@ -126,29 +126,31 @@ def weight_refs(folder: str, allow_pickle: bool = False) -> dict[str, TensorRef]
                           f"model.safetensors.index.json or, with allow_pickle, pytorch_model.bin)")
 
 
-def save_safetensors(tensors: dict[str, np.ndarray], folder: str, max_shard_bytes: int = 5 * 2**30):
-    """Write ``tensors`` as HF safetensors, sharded with an index past ``max_shard_bytes``.
+def save_safetensors(tensors: dict[str, np.ndarray], folder: str, max_shard_bytes: int = 5 * 2**30,
+                     name: str = "model"):
+    """Write ``tensors`` as HF safetensors (``{name}.safetensors``), sharded with an index past
+    ``max_shard_bytes``.
 
     Each file is written to a temporary name and renamed, so an interrupted export never leaves a
     file that looks complete.
     """
     shards, current, size = [], {}, 0
-    for name in sorted(tensors):
-        nbytes = tensors[name].nbytes
+    for key in sorted(tensors):
+        nbytes = tensors[key].nbytes
         if current and size + nbytes > max_shard_bytes:
             shards.append(current)
             current, size = {}, 0
-        current[name] = tensors[name]
+        current[key] = tensors[key]
         size += nbytes
     shards.append(current)
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = ([f"{name}.safetensors"] if len(shards) == 1 else
+             [f"{name}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for shard, fname in zip(shards, names):
         _write_atomic(os.path.join(folder, fname), lambda f, shard=shard: _write_safetensors(f, shard))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
                  "weight_map": {k: fname for shard, fname in zip(shards, names) for k in shard}}
-        _write_atomic(os.path.join(folder, "model.safetensors.index.json"),
+        _write_atomic(os.path.join(folder, f"{name}.safetensors.index.json"),
                       lambda f: f.write(json.dumps(index, indent=2).encode()))
 
 

@@ -14,7 +14,9 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from adapt.errors import CheckpointError
 from adapt.models.checkpoint_io import save_safetensors
+from adapt.models.layers import Adapter
 from adapt.models.registry import family_for, hf_key, param_paths, to_hf
 
 _AUTO_NAMES = {"base": "MODEL_MAPPING_NAMES", "causal_lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
@@ -39,6 +41,12 @@ def hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters as host arrays under their HF names and layouts."""
     family = family_for(model.cfg.hf.model_type)
     tensors = {}
+    added = [".".join(map(str, path)) for path, var in param_paths(nnx.state(model, nnx.Param))
+             if isinstance(var, Adapter)]
+    if added:
+        raise CheckpointError(f"the model holds {len(added)} parameters an adaptation method added ({added[0]}, ...): "
+                              f"merge them into the base weights first (method.merge(model)), or save a LoRA as a "
+                              f"PEFT adapter (adapt.methods.peft.save_peft)")
     for path, var in param_paths(nnx.state(model, nnx.Param)):
         value = var.get_value()
         if not value.is_fully_addressable:

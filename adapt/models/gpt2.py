@@ -59,6 +59,7 @@ class GPT2Attention(nnx.Module):
         h = d // cfg.n_head
         q, k, v = (y.reshape(b, t, cfg.n_head, h) for y in jnp.split(self.c_attn(x), 3, axis=-1))
         scale = (h ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer_idx + 1 if cfg.scale_by_layer else 1)
+        k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
         out = L.dot_product_attention(q, k, v, mask, scale=scale, dropout_rate=cfg.attention_dropout, rngs=rngs,
                                       causal=True)
         return self.c_proj(out.reshape(b, t, d))
@@ -106,12 +107,13 @@ class GPT2Model(nnx.Module):
         segments = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
         if positions is None:
             positions = L.default_positions(segments)
-        mask = L.attention_mask(segments, causal=True)
         x = L.dropout(self.wte(input_ids) + self.wpe(positions), self.cfg.embd_dropout, rngs)
         x = shard(x, ("batch", "length", "embed"))
+        x, segments, _, virtual = L.prepend_prompt(self, x, segments)  # prompt tuning
+        mask = L.attention_mask(segments, causal=True, virtual=virtual)
         for block in self.h:
             x = L.run_layer(block, x, mask, rngs)
-        return self.ln_f(x)
+        return self.ln_f(L.drop_prompt(x, virtual))
 
 
 class GPT2LMHeadModel(nnx.Module):

@@ -30,6 +30,11 @@ _ACTIVATIONS = {
 }
 
 
+class Adapter(nnx.Param):
+    """A parameter an adaptation method added to a pretrained model (LoRA factors, adapters, prompts):
+    an ``nnx.Param`` kind, so it trains and shards like any parameter, but export refuses it unmerged."""
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
@@ -141,11 +146,15 @@ def module_dropout(x: jax.Array, rate: float, name: str) -> jax.Array:
     return dropout(x, rate, nnx.Rngs(dropout=jax.random.fold_in(key, zlib.crc32(name.encode()))))
 
 
-def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None = None) -> jax.Array:
+def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None = None,
+                   virtual: int = 0) -> jax.Array:
     """``[B, T]`` segment ids (0 = padding, equal ids = same document) -> ``[B, T, T]`` boolean mask.
 
     A 0/1 padding mask is the one-document case, so the HF ``attention_mask`` is accepted as is; packed
-    rows number their documents 1, 2, ... so documents never attend to each other.
+    rows number their documents 1, 2, ... so documents never attend to each other. ``virtual``: the rows
+    start with that many virtual tokens (prompt tuning, segment id -1, see :func:`prepend_prompt`), which
+    every real token sees whatever its document and window, and which see each other (causally in a
+    decoder) and, in an encoder, every real token.
     """
     seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
     mask = (seg_q == seg_k) & (seg_k != 0)
@@ -155,13 +164,61 @@ def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None =
         mask &= (k_idx <= q_idx)[None]
     if window is not None:
         mask &= (q_idx - k_idx < window)[None]
+    if virtual:
+        seen = (seg_k < 0) & (seg_q != 0)  # every token but padding sees the prompt...
+        if causal:
+            seen &= (k_idx <= q_idx)[None]  # ...the prompt itself causally (real tokens come after it)
+        else:
+            seen |= (seg_q < 0) & (seg_k > 0)  # in an encoder the prompt sees every real token
+        mask |= seen
     return mask
+
+
+# ---- prompt and prefix tuning (adapt.methods.prefix): the identity unless a method installed a module ----
+
+def prepend_prompt(backbone: nnx.Module, x: jax.Array, segments: jax.Array, positions: jax.Array | None = None):
+    """Prompt tuning's hook, called on the first layer's input. With a ``backbone.prompt`` module (whose
+    call gives the virtual tokens ``[P, D]``): ``x [B, T, D]`` -> ``[B, P+T, D]`` with the prompt in front
+    of every row, ``segments`` -> ``[B, P+T]`` (-1 for the prompt) and ``positions`` -> ``[B, P+T]`` (-P..-1
+    for the prompt: real tokens keep theirs). Returns those and P, for :func:`attention_mask` and
+    :func:`drop_prompt`; without a prompt, the inputs unchanged and 0."""
+    prompt = getattr(backbone, "prompt", None)
+    if prompt is None:
+        return x, segments, positions, 0
+    virtual = prompt()  # [P, D]
+    b, n = x.shape[0], virtual.shape[0]
+    x = jnp.concatenate([jnp.broadcast_to(virtual.astype(x.dtype), (b, *virtual.shape)), x], axis=1)
+    segments = jnp.concatenate([jnp.full((b, n), -1, jnp.int32), segments.astype(jnp.int32)], axis=1)
+    if positions is not None:
+        positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(-n, 0, dtype=positions.dtype), (b, n)), positions], 1)
+    return shard(x, ("batch", "length", "embed")), segments, positions, n
+
+
+def drop_prompt(x: jax.Array, n: int) -> jax.Array:
+    """``[B, P+T, D]`` -> ``[B, T, D]``: the hidden states of the real tokens (``n`` = P from
+    :func:`prepend_prompt`)."""
+    return x[:, n:] if n else x
+
+
+def prepend_prefix(attn: nnx.Module, k: jax.Array, v: jax.Array, mask: jax.Array):
+    """Prefix tuning's hook, called on an attention's keys and values (after RoPE). With an
+    ``attn.prefix`` module (whose call gives the layer's keys and values ``[P, K, H]``): k/v
+    ``[B, S, K, H]`` -> ``[B, P+S, K, H]`` and mask ``[B, T, S]`` -> ``[B, T, P+S]``, every query seeing
+    the prefix; without one, the inputs unchanged."""
+    prefix = getattr(attn, "prefix", None)
+    if prefix is None:
+        return k, v, mask
+    pk, pv = prefix()  # [P, K, H] each
+    b, n = k.shape[0], pk.shape[0]
+    k, v = (shard(jnp.concatenate([jnp.broadcast_to(p.astype(y.dtype), (b, *p.shape)), y], axis=1),
+                  ("batch", "length", "kv_heads", "head_dim")) for p, y in ((pk, k), (pv, v)))
+    return k, v, jnp.concatenate([jnp.ones((*mask.shape[:2], n), bool), mask], axis=-1)
 
 
 def _query_blocks(t: int, s: int, causal: bool) -> list[tuple[int, int]]:
     """Query row ranges: one block, or (causal self-attention) up to 8 blocks of at least 64 rows, so that
-    block ``[a, b)`` reads keys ``[0, b)`` only and the masked upper triangle is mostly never computed."""
-    if not causal or t != s or t <= 64:
+    block ``[a, b)`` reads keys ``[0, s - t + b)`` only and the masked upper triangle is mostly never computed."""
+    if not causal or t > s or t <= 64:
         return [(0, t)]
     size = max(64, -(-t // 8))
     return [(a, min(a + size, t)) for a in range(0, t, size)]
@@ -171,7 +228,8 @@ def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, r
                           causal: bool = False):
     """q ``[B, T, N, H]``, k/v ``[B, S, K, H]`` (N a multiple of K: grouped-query attention), mask
     ``[B, T, S]`` -> ``[B, T, N, H]``. Softmax in float32. ``causal`` says the mask is (at least) causal,
-    which lets query blocks skip the keys after them; the result is the same.
+    query i seeing no key after ``S - T + i`` (any extra keys sit in front: a prefix), which lets query
+    blocks skip the keys after them; the result is the same.
 
     Heads are laid out ``[B*K, G*T, H]``: dots with one batch dimension run about twice as fast on
     XLA:CPU as the ``[B, K]``-batched einsum, and the G query heads sharing a key head form one matrix."""
@@ -183,7 +241,7 @@ def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, r
     v = v.transpose(0, 2, 1, 3).reshape(b * kv, s, h)
     outs = []
     for start, stop in _query_blocks(t, s, causal):
-        rows, keys = stop - start, (stop if causal and t == s else s)
+        rows, keys = stop - start, (stop + s - t if causal and t <= s else s)
         block = q[:, :, start:stop].reshape(b * kv, g * rows, h)
         logits = jnp.matmul(block, k[:, :keys].swapaxes(1, 2), preferred_element_type=jnp.float32)
         logits = logits.reshape(b, kv, g, rows, keys) * scale  # [B, K, G, rows, keys]

@@ -89,6 +89,7 @@ class LlamaAttention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = shard(L.apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
         k = shard(L.apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+        k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
         out = L.dot_product_attention(q, k, v, mask, scale=cfg.head_dim ** -0.5,
                                       dropout_rate=cfg.attention_dropout, rngs=rngs, causal=True)
         return self.o_proj(out.reshape(b, t, -1))
@@ -139,11 +140,12 @@ class LlamaModel(nnx.Module):
         if positions is None:
             positions = L.default_positions(segments)
         inv_freq = L.rope_inverse_frequencies(self.cfg.head_dim, dict(self.cfg.rope))
-        masks = {w: L.attention_mask(segments, causal=True, window=w) for w in set(self.cfg.windows)}
         x = shard(self.embed_tokens(input_ids), ("batch", "length", "embed"))
+        x, segments, positions, virtual = L.prepend_prompt(self, x, segments, positions)  # prompt tuning
+        masks = {w: L.attention_mask(segments, causal=True, window=w, virtual=virtual) for w in set(self.cfg.windows)}
         for layer, window in zip(self.layers, self.cfg.windows):
             x = L.run_layer(layer, x, masks[window], positions, inv_freq, rngs)
-        return self.norm(x)
+        return self.norm(L.drop_prompt(x, virtual))
 
 
 class LlamaForCausalLM(nnx.Module):

@@ -1,7 +1,10 @@
-"""Defaults for the ``mesh``, ``optimizer`` and ``train`` sections of an experiment config.
+"""Defaults for the ``mesh``, ``optimizer``, ``train`` and ``method`` sections of an experiment config.
 
 Experiment configs (``configs/*.py``) start from :func:`defaults` and override what they need; the
-sections are locked, so a misspelt key is an error instead of a silent no-op.
+sections are locked, so a misspelt key is an error instead of a silent no-op. The ``method`` section
+(the adaptation method, :mod:`adapt.methods`) holds ``name`` and that method's knobs: replace it with
+``adapt.methods.method_config("lora", rank=8)`` (every knob present, so command-line overrides are
+checked), or set keys on it; :func:`adapt.methods.build` refuses a knob the method does not have.
 """
 
 from __future__ import annotations
@@ -47,5 +50,7 @@ def defaults() -> ml_collections.ConfigDict:
             patience=0,  # evaluations without improvement before stopping; 0 = never stop early
         )),
     ))
+    c.method = ml_collections.ConfigDict(dict(name="full"))
     c.lock()
+    c.method.unlock()  # its keys depend on the method; adapt.methods.build checks them
     return c

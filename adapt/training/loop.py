@@ -153,7 +153,7 @@ class Trainer:
         static, state, shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules, seed=t.seed,
                                                 method=self.method)
         self.static, self.shardings = static, shardings
-        steps = Steps(static, self.objective, tx, schedule, shardings, self.batch_sharding, rules=self.rules,
+        self.steps = steps = Steps(static, self.objective, tx, schedule, shardings, self.batch_sharding, rules=self.rules,
                       accum=t.grad_accum, remat=t.remat, method=self.method)
         stopper = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)
         ckpt = Checkpointer(self.workdir, keep=t.keep_checkpoints)
@@ -190,16 +190,20 @@ class Trainer:
             raise ConfigError("an evaluation split has no batches")
         return self.objective.summarize(jax.device_get(sums), predictions or None)
 
-    def best_model(self) -> nnx.Module:
-        """The model with the parameters of the best evaluation (the last ones with no early-stopping
-        metric)."""
-        state = self.state
+    def best_state(self) -> TrainState:
+        """The final train state with the parameters of the best evaluation (the last ones with no
+        early-stopping metric)."""
         ckpt = Checkpointer(self.workdir, keep=self.cfg.train.keep_checkpoints)
         try:
-            if ckpt.best_step() is not None:
-                state, _ = ckpt.restore_best(state, self.shardings)
+            if ckpt.best_step() is None:
+                return self.state
+            return ckpt.restore_best(self.state, self.shardings)[0]
         finally:
             ckpt.close()
+
+    def best_model(self) -> nnx.Module:
+        """The model with the parameters of :meth:`best_state`."""
+        state = self.best_state()
         return merge_model(self.static, state.params, state.frozen)
 
 

@@ -1,0 +1,83 @@
+"""Bottleneck adapters.
+
+Houlsby et al., 2019, "Parameter-Efficient Transfer Learning for NLP", arXiv:1902.00751: a small
+bottleneck ``h + up(act(down(h)))`` after the attention output projection and after the feed-forward
+output projection of every layer (before the residual add), trained with the layer norms and the task head.
+Pfeiffer et al., 2021, "AdapterFusion: Non-Destructive Task Composition for Transfer Learning",
+arXiv:2005.00247: one adapter per layer, after the feed-forward block only.
+
+``down [D, m]`` starts normal(0, ``init_std``) and ``up [m, D]`` at zero, so the model is unchanged at
+initialisation. An adapter is not linear, so it cannot be merged into the base weights.
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from adapt.methods import register
+from adapt.methods.base import (
+    Adapter, Method, adapters_and_head, compute_dtype, default_targets, linear_axes, linear_modules,
+    replace_module,
+)
+from adapt.models import layers as L
+from adapt.sharding import variable_axes
+
+# Where the adapters go: the attention output projection and the feed-forward output projection.
+AFTER_ATTENTION = {"llama": ("o_proj",), "bert": ("attention.output.dense",), "gpt2": ("attn.c_proj",)}
+AFTER_FFN = {"llama": ("down_proj",), "bert": r".*\.layer\.\d+\.output\.dense", "gpt2": ("mlp.c_proj",)}
+
+
+def _adapter_linear(d_in, d_out, axes, std, rngs) -> nnx.Linear:
+    layer = L.linear(d_in, d_out, axes, bias=True, std=std, dtype=None, rngs=rngs)
+    layer.kernel = Adapter(layer.kernel[...], logical_axes=axes)
+    layer.bias = Adapter(layer.bias[...], logical_axes=axes[1:])
+    return layer
+
+
+class Bottleneck(nnx.Module):
+    def __init__(self, d: int, size: int, axis: str, act: str, init_std: float, rngs: nnx.Rngs):
+        self.down = _adapter_linear(d, size, (axis, "adapter"), init_std, rngs)
+        self.up = _adapter_linear(size, d, ("adapter", axis), 0.0, rngs)
+        self.act = L.activation(act)
+
+    def __call__(self, h):  # [..., D] -> [..., D]
+        return h + self.up(self.act(self.down(h))).astype(h.dtype)
+
+
+class AdaptedLinear(nnx.Module):
+    """A linear layer followed by a bottleneck adapter; ``kernel`` and ``bias`` keep their names."""
+
+    def __init__(self, base: nnx.Linear, adapter: Bottleneck):
+        self.kernel, self.bias, self.dtype, self.adapter = base.kernel, base.bias, base.dtype, adapter
+
+    def __call__(self, x):  # [..., in] -> [..., out]
+        dt = compute_dtype(self.dtype, x)
+        y = x.astype(dt) @ self.kernel[...].astype(dt)
+        return self.adapter(y if self.bias is None else y + self.bias[...].astype(dt))
+
+
+@register
+class Houlsby(Method):
+    name = "houlsby"
+    defaults = dict(size=64, act="gelu", init_std=1e-2, train_norms=True, train_head=True)
+    places = (AFTER_ATTENTION, AFTER_FFN)
+
+    def apply(self, model, rngs):
+        for table in self.places:
+            for path, layer in linear_modules(model, default_targets(model, table)):
+                d_out, axis = layer.kernel.shape[1], linear_axes(layer)[1]
+                adapter = Bottleneck(d_out, self.size, axis, self.act, self.init_std, rngs)
+                replace_module(model, path, AdaptedLinear(layer, adapter))
+        return model
+
+    def trainable(self, model):
+        base = adapters_and_head(model, self.train_head)
+        if not self.train_norms:
+            return base
+        return nnx.Any(base, nnx.All(nnx.Param, lambda path, var: "norm" in variable_axes(var)))
+
+
+@register
+class Pfeiffer(Houlsby):
+    name = "pfeiffer"
+    defaults = dict(size=64, act="relu", init_std=1e-2, train_norms=False, train_head=True)
+    places = (AFTER_FFN,)

@@ -1,0 +1,80 @@
+"""LoRA and DoRA written as a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``),
+which ``peft.PeftModel.from_pretrained(transformers_model, folder)`` loads onto the transformers model with
+the same logits.
+
+PEFT's layout: ``base_model.model.<module>.lora_A.weight [r, in]``, ``lora_B.weight [out, r]``, DoRA's
+``lora_magnitude_vector [out]``; the trained task head (``modules_to_save``) under its HF names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+from flax import nnx
+
+from adapt.errors import ConfigError
+from adapt.methods.base import head_prefixes, under
+from adapt.methods.lora import LoRA, LoRALinear
+from adapt.models.checkpoint_io import save_safetensors
+from adapt.models.export import model_task
+from adapt.models.registry import family_for, hf_key, param_paths, to_hf
+
+_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS",
+               "token_classification": "TOKEN_CLS", "base": "FEATURE_EXTRACTION"}
+
+
+def _host(x) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(jax.device_get(x), np.float32))
+
+
+def save_peft(model: nnx.Module, method: LoRA, folder: str, *, base_model: str | None = None) -> str:
+    """Write the LoRA/DoRA layers of ``model`` (and its trained head) to ``folder`` as a PEFT adapter;
+    ``base_model`` is recorded as ``base_model_name_or_path``. Returns the folder."""
+    if not isinstance(method, LoRA):
+        raise ConfigError(f"method {method.name!r}: only LoRA and DoRA adapters can be saved in PEFT format; "
+                          f"merge the method into the weights and save_pretrained instead")
+    family = family_for(model.cfg.hf.model_type)
+    tensors, modules = {}, []
+    for path, layer in nnx.iter_modules(model):
+        if not isinstance(layer, LoRALinear):
+            continue
+        name = hf_key(family, tuple(path) + ("kernel",))[0].removesuffix(".weight")
+        modules.append(name)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = _host(layer.lora_a[...]).T.copy()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = _host(layer.lora_b[...]).T.copy()
+        if layer.dora:
+            tensors[f"base_model.model.{name}.lora_magnitude_vector"] = _host(layer.magnitude[...])
+    if not modules:
+        raise ConfigError(f"{type(model).__name__} has no LoRA layers: apply the method before saving it")
+    heads = head_prefixes(model) if method.train_head else ()
+    for path, var in param_paths(nnx.state(model, nnx.Param)):
+        if under(path, heads):
+            key, transpose = hf_key(family, path)
+            tensors[f"base_model.model.{key}"] = np.ascontiguousarray(to_hf(_host(var[...]), transpose))
+    config = {
+        "peft_type": "LORA", "task_type": _TASK_TYPES.get(model_task(model)), "base_model_name_or_path": base_model,
+        "r": method.rank, "lora_alpha": method.alpha, "lora_dropout": method.dropout, "use_rslora": method.rslora,
+        "use_dora": method.dora, "target_modules": sorted(modules), "bias": "none",
+        "fan_in_fan_out": not family.transpose_kernels, "inference_mode": True,
+        "modules_to_save": sorted({p.split(".")[-1] for p in heads}) or None,
+    }
+    if jax.process_index() != 0:
+        return folder
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=os.path.dirname(folder))
+    try:
+        with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        save_safetensors(tensors, tmp, max_shard_bytes=2**62, name="adapter_model")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

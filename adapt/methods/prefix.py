@@ -1,0 +1,208 @@
+"""Prompt tuning and prefix tuning: learned virtual tokens in front of every row.
+
+Prompt tuning (Lester, Al-Rfou & Constant, 2021, "The Power of Scale for Parameter-Efficient Prompt
+Tuning", arXiv:2104.08691): ``P`` learned vectors ``[P, D]`` are prepended to the input of the first
+layer (after the family's embedding step: token embeddings for Llama, token + position embeddings for
+GPT-2, and BERT's LayerNorm'd embeddings). ``init="vocab"`` starts them as that input for ``P`` tokens
+drawn uniformly from the vocabulary (the paper's "sampled vocabulary", as PEFT's ``SAMPLE_VOCAB``),
+read at positions 0..P-1; ``"random"`` draws them from a normal of the same scale.
+
+Prefix tuning (Li & Liang, 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation",
+arXiv:2101.00190): every attention layer gets learned keys and values ``[P, K, H]`` in front of its own,
+which every query sees. Llama's prefix keys are not rotated (they sit in front of the RoPE'd keys, as
+PEFT's ``past_key_values`` do). ``projection=True`` is the paper's reparameterisation (PEFT's
+``prefix_projection``): an embedding ``[P, D]`` through ``tanh`` MLP ``D -> projection_dim -> L*2*K*H``
+gives every layer's keys and values. Without it the keys and values start ``N(0, 1)``, with it the
+embedding does and the MLP has PyTorch's ``nn.Linear`` initialisation, as PEFT.
+
+Choices, for both methods:
+
+* Real tokens keep their positions (the first real token is at 0), so the base model reads the text as
+  it did in pretraining. For prompt tuning with RoPE the prompt sits at positions -P..-1: relative
+  distances, the only thing RoPE attention sees, are then those of PEFT (which counts the prompt as
+  positions 0..P-1 and shifts the text by P); GPT-2 and BERT learn absolute positions, so their prompt
+  carries no position embedding (it is learned whole).
+* The model's outputs keep their shapes: the prompt's hidden states are dropped after the last layer,
+  so logits stay ``[B, T, V]`` and a classifier still reads the first real token ([CLS]).
+* Every real token sees the prompt (or prefix), whatever its document in a packed row and whatever a
+  sliding window says. Prompt tokens see each other (causally in a decoder); in an encoder they also
+  see every real token of the row, as in PEFT: so an encoder's packed documents meet through the prompt
+  from the second layer on (do not pack encoder rows for prompt tuning).
+* Nothing here can be merged into the base weights (the virtual tokens are not a weight update):
+  :meth:`merge` raises; keep the trained model with its method, or its checkpoint.
+* With ``projection=True`` one MLP serves every layer; NNX names a module shared this way by its first
+  path, so its parameters live under layer 0's attention (``...layers.0.self_attn.prefix.encoder``),
+  which is also the depth layer-wise learning rates give them.
+
+The hooks in the models are :func:`adapt.models.layers.prepend_prompt` (with ``drop_prompt`` and
+``attention_mask(..., virtual=P)``) on a ``prompt`` attribute of the backbone, and
+:func:`adapt.models.layers.prepend_prefix` on a ``prefix`` attribute of each attention; both are the
+identity when the attribute is absent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adapt.errors import ConfigError
+from adapt.methods import register
+from adapt.methods.base import Adapter, Method, adapters_and_head
+from adapt.models import bert, gpt2, llama
+from adapt.models.registry import family_for
+
+# Each family's attention module -> (K, H): key/value heads and head width, from the family config.
+KV_SHAPES = {
+    llama.LlamaAttention: lambda c: (c.num_kv_heads, c.head_dim),
+    gpt2.GPT2Attention: lambda c: (c.n_head, c.n_embd // c.n_head),
+    bert.BertSelfAttention: lambda c: (c.num_heads, c.head_dim),  # RoBERTa reuses it
+}
+
+
+def backbone_of(model: nnx.Module) -> nnx.Module:
+    """The transformer stack under a task head (``model.model``, ``model.bert``...), or ``model`` itself."""
+    return getattr(model, family_for(model.cfg.hf.model_type).base_prefix, model)
+
+
+def token_states(backbone: nnx.Module, ids: jax.Array) -> jax.Array:
+    """``ids [P]`` -> ``[P, D]``: the first layer's input for these tokens read at positions 0..P-1."""
+    ids = ids[None]  # [1, P]
+    if isinstance(backbone, bert.BertModel):  # word + position + type embeddings, LayerNorm
+        ones = jnp.ones_like(ids)
+        return backbone.embeddings(ids, 0 * ids, backbone.positions(ids, ones), None)[0]
+    if isinstance(backbone, gpt2.GPT2Model):  # token + position embeddings
+        return (backbone.wte(ids) + backbone.wpe(jnp.arange(ids.shape[1])[None]))[0]
+    return backbone.embed_tokens(ids)[0]
+
+
+def attentions(model: nnx.Module) -> list[tuple[nnx.Module, int, int]]:
+    """``(attention module, K, H)`` of every layer, in layer order."""
+    found = [(m, *KV_SHAPES[type(m)](m.cfg)) for _, m in nnx.iter_modules(model) if type(m) in KV_SHAPES]
+    if not found:
+        raise ConfigError(f"prefix tuning found no attention layer it knows in {type(model).__name__}")
+    return found
+
+
+def draw(key, shape: tuple, *, fan_in: int | None = None) -> jax.Array:
+    """``normal(0, 1)``, or with ``fan_in`` PyTorch's ``nn.Linear`` default (uniform in ``+-1/sqrt(fan_in)``),
+    of ``shape``; drawn flat and reshaped, as a draw of rank 5 compiles several times slower on XLA:CPU."""
+    n = math.prod(shape)
+    if fan_in is None:
+        return jax.random.normal(key, (n,), jnp.float32).reshape(shape)
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, (n,), jnp.float32, -bound, bound).reshape(shape)
+
+
+class Prompt(nnx.Module):
+    """The virtual tokens of prompt tuning: ``embedding [P, D]``."""
+
+    def __init__(self, init: jax.Array):
+        self.embedding = Adapter(init.astype(jnp.float32), logical_axes=(None, "embed"))
+
+    def __call__(self) -> jax.Array:  # [P, D]
+        return self.embedding[...]
+
+
+class Prefix(nnx.Module):
+    """One layer's prefix: ``key`` and ``value`` ``[P, K, H]``."""
+
+    def __init__(self, p: int, k: int, h: int, rngs: nnx.Rngs):
+        axes = (None, "kv_heads", "head_dim")
+        self.key = Adapter(draw(rngs.params(), (p, k, h)), logical_axes=axes)
+        self.value = Adapter(draw(rngs.params(), (p, k, h)), logical_axes=axes)
+
+    def __call__(self) -> tuple[jax.Array, jax.Array]:  # [P, K, H] each
+        return self.key[...], self.value[...]
+
+
+class Dense(nnx.Module):
+    """``kernel [in, *out]`` and ``bias [*out]`` with PyTorch's ``nn.Linear`` initialisation."""
+
+    def __init__(self, d_in: int, out: tuple, axes: tuple, rngs: nnx.Rngs):
+        self.kernel = Adapter(draw(rngs.params(), (d_in, *out), fan_in=d_in), logical_axes=axes)
+        self.bias = Adapter(draw(rngs.params(), out, fan_in=d_in), logical_axes=axes[1:])
+
+
+class PrefixEncoder(nnx.Module):
+    """The reparameterisation: ``embedding [P, D]`` -> ``tanh(E W1 + b1) W2 + b2`` with ``hidden``
+    (``W1 [D, F]``, F = ``projection_dim``) and ``out`` (``W2 [F, L, 2, K, H]``): every layer's keys and
+    values, in PEFT's layout."""
+
+    def __init__(self, p: int, d: int, f: int, layers: int, k: int, h: int, rngs: nnx.Rngs):
+        self.embedding = Adapter(draw(rngs.params(), (p, d)), logical_axes=(None, "embed"))
+        self.hidden = Dense(d, (f,), ("embed", "adapter"), rngs)
+        self.out = Dense(f, (layers, 2, k, h), ("adapter", None, None, "kv_heads", "head_dim"), rngs)
+
+    def __call__(self, layer: int) -> tuple[jax.Array, jax.Array]:  # [P, K, H] each
+        hidden = jnp.tanh(self.embedding[...] @ self.hidden.kernel[...] + self.hidden.bias[...])  # [P, F]
+        kv = jnp.einsum("pf,fckh->pckh", hidden, self.out.kernel[:, layer]) + self.out.bias[layer]  # [P, 2, K, H]
+        return kv[:, 0], kv[:, 1]
+
+
+class ProjectedPrefix(nnx.Module):
+    """Layer ``layer``'s view of the shared :class:`PrefixEncoder`."""
+
+    def __init__(self, encoder: PrefixEncoder, layer: int):
+        self.encoder, self.layer = encoder, layer
+
+    def __call__(self) -> tuple[jax.Array, jax.Array]:  # [P, K, H] each
+        return self.encoder(self.layer)
+
+
+class VirtualTokens(Method):
+    """What both methods share: the knob checks, the trainable filter (the added parameters, plus the
+    task head when ``train_head``) and a merge that refuses."""
+
+    def __init__(self, **knobs):
+        super().__init__(**knobs)
+        if int(self.num_virtual_tokens) < 1:
+            raise ConfigError(f"method.num_virtual_tokens={self.num_virtual_tokens!r}; expected at least 1")
+
+    def trainable(self, model):
+        return adapters_and_head(model, self.train_head)
+
+    def merge(self, model):
+        raise ConfigError(f"method {self.name!r} adds virtual tokens, not a weight update: it cannot be merged "
+                          f"into the base weights; keep the trained model (or its checkpoint) with the method")
+
+
+@register
+class PromptTuning(VirtualTokens):
+    name = "prompt_tuning"
+    defaults = dict(num_virtual_tokens=20, init="vocab", train_head=True)
+    inits = ("vocab", "random")
+
+    def __init__(self, **knobs):
+        super().__init__(**knobs)
+        if self.init not in self.inits:
+            raise ConfigError(f"method.init={self.init!r}; expected one of {', '.join(self.inits)}")
+
+    def apply(self, model, rngs):
+        backbone = backbone_of(model)
+        p, vocab = int(self.num_virtual_tokens), model.cfg.hf.vocab_size
+        states = token_states(backbone, jax.random.randint(rngs.params(), (p,), 0, vocab))  # [P, D]
+        if self.init == "random":
+            states = jax.random.normal(rngs.params(), states.shape, jnp.float32) * jnp.std(states)
+        backbone.prompt = Prompt(states)
+        return model
+
+
+@register
+class PrefixTuning(VirtualTokens):
+    name = "prefix_tuning"
+    defaults = dict(num_virtual_tokens=20, projection=False, projection_dim=512, train_head=True)
+
+    def apply(self, model, rngs):
+        found, p = attentions(model), int(self.num_virtual_tokens)
+        if not self.projection:
+            for attn, k, h in found:
+                attn.prefix = Prefix(p, k, h, rngs)
+            return model
+        (_, k, h), d = found[0], model.cfg.hf.hidden_size
+        encoder = PrefixEncoder(p, d, int(self.projection_dim), len(found), k, h, rngs)
+        for i, (attn, _, _) in enumerate(found):
+            attn.prefix = ProjectedPrefix(encoder, i)
+        return model
