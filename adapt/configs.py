@@ -1,0 +1,120 @@
+"""Experiment configs: ``get_config(arg)`` files and dotted-key overrides, as ml_collections' config flags
+spell them, with errors that name the key and the closest valid ones.
+
+    config = load("configs/finetune.py:chemprot", ["optimizer.learning_rate=3e-5", "method.rank=8"])
+
+A config file is a Python file with ``get_config(arg=None)`` returning a ``ConfigDict`` (the part after
+``:`` is ``arg``); it may also define ``get_sweep(arg)`` (see :mod:`adapt.sweeps`). Override values are
+Python literals (``3e-5``, ``(1, 8, 1)``, ``'lora'``, ``True``), anything else is taken as a string.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+
+import ml_collections
+
+from adapt.errors import ConfigError
+
+
+def load_module(path: str):
+    """The config file at ``path`` as a module."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config={path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"adapt_config_{abs(hash(os.path.abspath(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: a config file defines get_config(arg=None)")
+    return module
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"configs/x.py:arg"`` -> ``("configs/x.py", "arg")``."""
+    path, sep, arg = spec.partition(".py:")
+    return (path + ".py", arg) if sep else (spec, None)
+
+
+def keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted key of ``config`` (sections and leaves)."""
+    out = []
+    for k, v in config.items():
+        out.append(prefix + k)
+        if isinstance(v, ml_collections.ConfigDict):
+            out += keys(v, f"{prefix}{k}.")
+    return out
+
+
+def parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value, where: str = "--config.") -> None:
+    """``config.<key> = value`` for a dotted ``key`` that must exist (sections unlocked for it, like
+    ``method``, may gain keys; :func:`adapt.methods.build` checks those)."""
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        exists = part in node
+        if not exists and not (last and not node.is_locked):
+            valid = keys(config)
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+            raise ConfigError(f"{where}{key}: no such config key"
+                              + (f"; did you mean {', '.join(close)}?" if close else "")
+                              + (f" (keys of {'.'.join(parts[:i])}: {', '.join(sorted(node.keys()))})" if i else ""))
+        if last:
+            current = node[part] if exists else None
+            if isinstance(current, tuple) and isinstance(value, list):
+                value = tuple(value)
+            if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            try:
+                node[part] = value
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{where}{key}={value!r}: {e}") from None
+        else:
+            node = node[part]
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise ConfigError(f"{where}{key}: {'.'.join(parts[:i + 1])} is a value, not a section")
+
+
+def load(spec: str, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
+    """The config of ``spec`` (``path.py[:arg]``) with ``overrides`` (``"key=value"`` strings or a dict)."""
+    path, arg = split_spec(spec)
+    module = load_module(path)
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    for key, value in items:
+        set_key(config, key, value)
+    if "method" in config:  # its knobs are checked by the method itself, before anything runs
+        from adapt import methods
+        methods.build(config.method)
+    return config
+
+
+def _split(override: str) -> tuple[str, object]:
+    key, sep, value = override.partition("=")
+    if not sep:
+        raise ConfigError(f"--config.{override}: expected --config.<key>=<value>")
+    return key, parse_value(value)
+
+
+def parse_argv(argv: list[str]) -> tuple[str, list[str], list[str]]:
+    """Split ``--config=spec`` and ``--config.key=value`` out of ``argv``; returns (spec, overrides, rest)."""
+    spec, overrides, rest = None, [], []
+    for a in argv:
+        if a.startswith("--config="):
+            spec = a[len("--config="):]
+        elif a.startswith("--config."):
+            overrides.append(a[len("--config."):])
+        else:
+            rest.append(a)
+    if spec is None:
+        raise ConfigError("no --config=<file.py[:arg]> given")
+    return spec, overrides, rest
