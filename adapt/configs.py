@@ -11,6 +11,7 @@ Python literals (``3e-5``, ``(1, 8, 1)``, ``'lora'``, ``True``), anything else i
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import importlib.util
 import os
@@ -30,6 +31,11 @@ def load_module(path: str):
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: a config file defines get_config(arg=None)")
     return module
+
+
+def get_config(module, arg: str | None):
+    """``module.get_config(arg)``, or ``get_config()`` when no argument was given."""
+    return module.get_config(arg) if arg is not None else module.get_config()
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -55,43 +61,59 @@ def parse_value(text: str):
         return text
 
 
-def set_key(config: ml_collections.ConfigDict, key: str, value, where: str = "--config.") -> None:
-    """``config.<key> = value`` for a dotted ``key`` that must exist (sections unlocked for it, like
-    ``method``, may gain keys; :func:`adapt.methods.build` checks those)."""
-    node, parts = config, key.split(".")
+def check_key(base: ml_collections.ConfigDict, key: str, overrides=(), where: str = "--config.") -> None:
+    """``key`` must exist in ``base``, or lie below a section that takes new keys: an unlocked one (like
+    ``method``), one that is empty in ``base`` (like ``data.mixture``), or one the same ``overrides`` set."""
+    node, parts = base, key.split(".")
     for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        exists = part in node
-        if not exists and not (last and not node.is_locked):
-            valid = keys(config)
-            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-            raise ConfigError(f"{where}{key}: no such config key"
-                              + (f"; did you mean {', '.join(close)}?" if close else "")
-                              + (f" (keys of {'.'.join(parts[:i])}: {', '.join(sorted(node.keys()))})" if i else ""))
-        if last:
-            current = node[part] if exists else None
-            if isinstance(current, tuple) and isinstance(value, list):
-                value = tuple(value)
-            if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            try:
-                node[part] = value
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"{where}{key}={value!r}: {e}") from None
-        else:
+        if isinstance(node, ml_collections.ConfigDict) and part in node:
             node = node[part]
-            if not isinstance(node, ml_collections.ConfigDict):
-                raise ConfigError(f"{where}{key}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            continue
+        if i and isinstance(node, ml_collections.ConfigDict) and (not node.is_locked or not len(node)):
+            return
+        if any(key.startswith(k + ".") for k in overrides):
+            return
+        if i and not isinstance(node, ml_collections.ConfigDict):
+            raise ConfigError(f"{where}{key}: {'.'.join(parts[:i])} is a value, not a section")
+        close = difflib.get_close_matches(key, keys(base), n=3, cutoff=0.6)
+        raise ConfigError(f"{where}{key}: no such config key" + (f"; did you mean {', '.join(close)}?" if close else "")
+                          + (f" (keys of {'.'.join(parts[:i])}: {', '.join(sorted(node.keys()))})" if i else ""))
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
+                    where: str = "--config.") -> ml_collections.ConfigDict:
+    """A copy of ``config`` with each dotted ``key: value`` of ``overrides`` set (checked by
+    :func:`check_key`; a section set whole first, then keys below it)."""
+    out = copy.deepcopy(config)
+    for key in sorted(overrides, key=lambda k: k.count(".")):
+        check_key(config, key, overrides, where)
+        value, (*path, last) = overrides[key], key.split(".")
+        node = out
+        for part in path:
+            if part not in node:
+                with node.unlocked():
+                    node[part] = ml_collections.ConfigDict()
+            node = node[part]
+        current = node[last] if last in node else None
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        try:
+            if last in node:
+                node[last] = value  # type-checked against the default
+            else:
+                with node.unlocked():
+                    node[last] = value
+        except (TypeError, ValueError, KeyError) as e:
+            raise ConfigError(f"{where}{key}={value!r}: {e}") from None
+    return out
 
 
 def load(spec: str, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
     """The config of ``spec`` (``path.py[:arg]``) with ``overrides`` (``"key=value"`` strings or a dict)."""
-    path, arg = split_spec(spec)
-    module = load_module(path)
-    config = module.get_config(arg) if arg is not None else module.get_config()
-    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
-    for key, value in items:
-        set_key(config, key, value)
+    config = get_config(load_module(split_spec(spec)[0]), split_spec(spec)[1])
+    config = apply_overrides(config, dict(overrides) if isinstance(overrides, dict) else dict(map(_split, overrides)))
     if "method" in config:  # its knobs are checked by the method itself, before anything runs
         from adapt import methods
         methods.build(config.method)

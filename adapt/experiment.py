@@ -106,7 +106,8 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_splits = [s for s in config.eval.splits if s in splits]
     batches = {s: (lambda s=s: eval_batches(splits[s], config.eval.batch_size, name=s)) for s in eval_splits}
     train = train_stream(config.data, tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
-    trainer.fit(train, {s: batches[s] for s in eval_splits[:1]})  # the first eval split is the dev split
+    during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
+    trainer.fit(train, {s: batches[s] for s in eval_splits[:1]} if during else None)  # the first is dev
     best = trainer.best_state()
     results = {s: trainer.evaluate(best, trainer.steps, batches[s]()) for s in eval_splits}
     if config.export.model:

@@ -78,7 +78,7 @@ def ours(model, mesh, case, batch, steps: int, warmup: int):
     if case["task"] == "causal_lm" and "lm_head" not in state.params:  # tied: the embedding is the head
         matmul_params += model.cfg.vocab_size * model.cfg.hidden_size
     bsh = batch_sharding(mesh, DEFAULT_RULES, case["batch"])
-    run = Steps(static, objective, tx, schedule, shardings, bsh, rules=DEFAULT_RULES)
+    run = Steps(static, objective, tx, shardings, bsh, rules=DEFAULT_RULES)
     device_batch = global_batch(batch, bsh)
     for _ in range(warmup):
         state, metrics = run.train(state, device_batch)

@@ -15,6 +15,9 @@ import pytest  # noqa: E402
 
 TINY_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64)
+TINY_GPT2 = dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+TINY_BERT = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=64, num_labels=3)
 
 
 def random_hf_model(folder, model_cls, config_cls, **config) -> str:
@@ -33,3 +36,21 @@ def tiny_llama(tmp_path_factory):
 
     return random_hf_model(tmp_path_factory.mktemp("tiny_llama"), transformers.LlamaForCausalLM,
                            transformers.LlamaConfig, **TINY_LLAMA)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A random-init HF BERT sequence classifier (3 labels) saved by transformers; returns its folder."""
+    import transformers
+
+    return random_hf_model(tmp_path_factory.mktemp("tiny_bert"), transformers.BertForSequenceClassification,
+                           transformers.BertConfig, **TINY_BERT)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory):
+    """A random-init HF GPT-2 causal LM (biases everywhere, tied head) saved by transformers; returns its folder."""
+    import transformers
+
+    return random_hf_model(tmp_path_factory.mktemp("tiny_gpt2"), transformers.GPT2LMHeadModel, transformers.GPT2Config,
+                           **TINY_GPT2)

@@ -22,16 +22,7 @@ from adapt.models import from_pretrained, save_pretrained
 from adapt.sharding import make_mesh
 from adapt.training import CausalLM, SequenceClassification, Trainer, defaults, optim
 from adapt.training.state import create_state
-from conftest import TINY_LLAMA, random_hf_model
-
-TINY_BERT = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=64, num_labels=3)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    return random_hf_model(tmp_path_factory.mktemp("tiny_bert"), transformers.BertForSequenceClassification,
-                           transformers.BertConfig, **TINY_BERT)
+from conftest import TINY_BERT, TINY_GPT2, TINY_LLAMA
 
 
 def _llama_counts(r=8, m=64):
@@ -260,9 +251,13 @@ def test_config_errors():
     assert methods.method_config("lora", rank=4).rank == 4
 
 
-def test_bitfit_refuses_a_model_without_biases(tiny_llama):
+def test_bitfit_on_decoders(tiny_llama, tiny_gpt2, tmp_path):
     with pytest.raises(ConfigError, match="has no bias parameters"):
         _build("bitfit", tiny_llama, "causal_lm")
+    d, n_layers = TINY_GPT2["n_embd"], TINY_GPT2["n_layer"]  # GPT-2: every linear layer and norm has a bias
+    per_layer = d + 3 * d + d + d + 4 * d + d  # ln_1, c_attn, attn.c_proj, ln_2, c_fc, mlp.c_proj
+    assert _count(*_build("bitfit", tiny_gpt2, "causal_lm")) == n_layers * per_layer + d  # + ln_f
+    _train("bitfit", tiny_gpt2, "causal_lm", (1, 2, 4), tmp_path)
 
 
 def test_lora_parameters_shard_by_the_rules(tiny_llama):
@@ -275,6 +270,11 @@ def test_lora_parameters_shard_by_the_rules(tiny_llama):
     assert q["lora_b"].sharding.spec == P(None, "tensor")  # [adapter, heads]
     assert state.frozen["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"].sharding.spec == P("fsdp", "tensor")
     assert set(state.params) == {"model"} and "kernel" not in q  # frozen: no gradient, no optimizer state
+
+
+# a memorisable batch in 8 steps: methods that train every weight need a smaller rate than added parameters
+LEARNING_RATES = {"causal_lm": {"every": 3e-3, "added": 3e-2, "ia3": 3e-1, "bitfit": 3e-1},
+                  "sequence_classification": {"every": 1e-2, "added": 3e-2, "ia3": 3e-1, "bitfit": 3e-2}}
 
 
 def _train(name, folder, task, shape, tmp_path, steps=8):
@@ -292,7 +292,8 @@ def _train(name, folder, task, shape, tmp_path, steps=8):
     cfg = defaults()
     cfg.mesh.shape = shape
     every_weight = name in ("full", "freeze", "llrd", "l2sp", "mixout", "gradual_unfreezing")
-    lr = (3e-3 if task == "causal_lm" else 1e-2) if every_weight else 3e-1 if name == "ia3" else 3e-2
+    kind = "every" if every_weight else name if name in ("ia3", "bitfit") else "added"
+    lr = LEARNING_RATES[task][kind]
     cfg.optimizer.update(learning_rate=lr,
                          schedule="constant", weight_decay=0.0 if name == "l2sp" else 0.01)
     cfg.train.update(batch_size=8, steps=steps, log_every=1)

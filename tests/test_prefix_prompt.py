@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_hf_model
 from flax import nnx
 
 from adapt.data.batches import ArrayBatches
@@ -26,24 +25,6 @@ from adapt.training import CausalLM, Trainer, defaults
 from adapt.training.objectives import SequenceClassification
 
 P = 3
-TINY_BERT = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                 max_position_embeddings=64, num_labels=3)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    import transformers
-
-    return random_hf_model(tmp_path_factory.mktemp("tiny_bert"), transformers.BertForSequenceClassification,
-                           transformers.BertConfig, **TINY_BERT)
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    import transformers
-
-    return random_hf_model(tmp_path_factory.mktemp("tiny_gpt2"), transformers.GPT2LMHeadModel, transformers.GPT2Config,
-                           vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)
 
 
 def _tuned(folder, task, name, mesh=None, **knobs):

@@ -58,10 +58,11 @@ def test_same_losses_on_every_mesh_and_shardings_follow_the_rules(tiny_llama, tm
     assert layer["mlp"]["down_proj"]["kernel"].sharding.spec == P("tensor", "fsdp")  # [mlp, embed]
     assert state.params["model"]["embed_tokens"]["embedding"].sharding.spec == P("tensor", "fsdp")
     assert layer["input_layernorm"]["scale"].sharding.is_fully_replicated
-    adam = state.opt_state[1][0]  # chain(clip, adamw) -> adamw's ScaleByAdamState
+    adam = state.opt_state[1][0].inner_state[0]  # chain(clip, chain(inject(adamw), shape)) -> ScaleByAdamState
     assert adam.mu["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"].sharding.spec == P("fsdp", "tensor")
     assert adam.nu["lm_head"]["kernel"].sharding.spec == P("fsdp", "tensor")  # [embed, vocab]
     assert adam.count.sharding.is_fully_replicated
+    assert state.opt_state[1][0].hyperparams["learning_rate"].sharding.is_fully_replicated
 
 
 def test_gradient_accumulation_equals_one_big_batch(tiny_llama, tmp_path):
@@ -180,3 +181,36 @@ def test_cluster_environments_start_the_distributed_runtime():
     assert jax.process_count() == 1
     with pytest.raises(ConfigError, match="JAX_COORDINATOR_ADDRESS is set but JAX_PROCESS_ID is not"):
         initialize({"JAX_COORDINATOR_ADDRESS": "host0:1234", "JAX_NUM_PROCESSES": "2"})
+
+
+def test_learning_rate_and_weight_decay_are_runtime_state():
+    """Trials of a learning-rate or weight-decay grid compile the same update (the values live in the
+    optimizer state), and it equals optax's AdamW with the scheduled rate."""
+    import jax.numpy as jnp
+    import optax
+
+    from adapt.training import optim
+
+    params = {"w": {"kernel": jnp.ones((3, 2))}, "b": {"bias": jnp.ones((2,))}}
+    kinds = {"w": {"kernel": "weight"}, "b": {"bias": "bias"}}
+    grads = jax.tree.map(lambda x: 0.5 * jnp.ones_like(x), params)
+
+    def make(lr, wd):
+        cfg = defaults().optimizer
+        cfg.update(learning_rate=lr, weight_decay=wd, warmup_steps=2, schedule="linear", clip_norm=0.0)
+        return optim.make_optimizer(cfg, 10, kinds)
+
+    def hlo(lr, wd):
+        tx, _ = make(lr, wd)
+        return jax.jit(tx.update).lower(grads, tx.init(params), params).as_text()
+
+    assert hlo(1e-3, 0.1) == hlo(3e-4, 0.0)
+    tx, schedule = make(1e-3, 0.1)
+    ref = optax.adamw(schedule, weight_decay=0.1, mask={"w": {"kernel": True}, "b": {"bias": False}})
+    ours, theirs, p, q = tx.init(params), ref.init(params), params, params
+    for _ in range(5):
+        u, ours = tx.update(grads, ours, p)
+        v, theirs = ref.update(grads, theirs, q)
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -10,7 +10,6 @@ arXiv:2005.00247: one adapter per layer, after the feed-forward block only.
 initialisation. An adapter is not linear, so it cannot be merged into the base weights.
 """
 
-import jax.numpy as jnp
 from flax import nnx
 
 from adapt.methods import register

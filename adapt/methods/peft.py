@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import jax
 import numpy as np
@@ -21,7 +19,7 @@ from adapt.errors import ConfigError
 from adapt.methods.base import head_prefixes, under
 from adapt.methods.lora import LoRA, LoRALinear
 from adapt.models.checkpoint_io import save_safetensors
-from adapt.models.export import model_task
+from adapt.models.export import model_task, write_folder
 from adapt.models.registry import family_for, hf_key, param_paths, to_hf
 
 _TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS",
@@ -65,16 +63,10 @@ def save_peft(model: nnx.Module, method: LoRA, folder: str, *, base_model: str |
     }
     if jax.process_index() != 0:
         return folder
-    folder = os.path.abspath(folder)
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=os.path.dirname(folder))
-    try:
+
+    def write(tmp):
         with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
             json.dump(config, f, indent=2)
         save_safetensors(tensors, tmp, max_shard_bytes=2**62, name="adapter_model")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return write_folder(folder, write)

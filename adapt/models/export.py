@@ -68,14 +68,24 @@ def save_pretrained(model: nnx.Module, folder: str, *, tokenizer=None, max_shard
     tensors = hf_state_dict(model)
     if jax.process_index() != 0:
         return folder
-    folder = os.path.abspath(folder)
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=os.path.dirname(folder))
-    try:
+
+    def write(tmp):
         hf.save_pretrained(tmp)
         save_safetensors(tensors, tmp, max_shard_bytes)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+
+    return write_folder(folder, write)
+
+
+def write_folder(folder: str, write) -> str:
+    """Call ``write(tmp)`` on a temporary folder beside ``folder``, then put it in ``folder``'s place, so an
+    interrupted write leaves any earlier ``folder`` intact. Returns the absolute folder."""
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=os.path.dirname(folder))
+    try:
+        write(tmp)
         old = None
         if os.path.exists(folder):
             old = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".old-", dir=os.path.dirname(folder))

@@ -33,7 +33,7 @@ from adapt.training.state import TrainState, batch_sharding, create_state, globa
 from adapt.training.steps import Steps
 
 
-_NOT_SUMS = ("grad_norm", "learning_rate", "tokens", "penalty")  # step metrics that are not objective sums
+_NOT_SUMS = ("grad_norm", "tokens", "penalty")  # step metrics that are not objective sums
 
 
 class EarlyStopping:
@@ -153,7 +153,7 @@ class Trainer:
         static, state, shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules, seed=t.seed,
                                                 method=self.method)
         self.static, self.shardings = static, shardings
-        self.steps = steps = Steps(static, self.objective, tx, schedule, shardings, self.batch_sharding, rules=self.rules,
+        self.steps = steps = Steps(static, self.objective, tx, shardings, self.batch_sharding, rules=self.rules,
                       accum=t.grad_accum, remat=t.remat, method=self.method)
         stopper = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)
         ckpt = Checkpointer(self.workdir, keep=t.keep_checkpoints)
@@ -164,7 +164,7 @@ class Trainer:
             stopper.restore(extra["early_stopping"])
         writer = MetricsWriter(self.workdir, start)
         eval_every = t.eval_every or train_data.steps_per_epoch
-        run = _Run(self, steps, ckpt, writer, stopper, train_data, eval_data, total)
+        run = _Run(self, steps, ckpt, writer, stopper, train_data, eval_data, total, schedule)
         try:
             state = run.loop(state, start or 0, eval_every)
         finally:
@@ -210,8 +210,9 @@ class Trainer:
 class _Run:
     """One call of :meth:`Trainer.fit`: the loop and its host-side bookkeeping."""
 
-    def __init__(self, trainer, steps, ckpt, writer, stopper, train_data, eval_data, total):
+    def __init__(self, trainer, steps, ckpt, writer, stopper, train_data, eval_data, total, schedule):
         self.trainer, self.steps, self.ckpt, self.writer, self.stopper = trainer, steps, ckpt, writer, stopper
+        self.schedule = schedule
         self.train_data, self.eval_data, self.total = train_data, eval_data, total
         self.pending, self.window, self.since = None, None, None
         self.last_saved = ckpt.latest_step()
@@ -236,7 +237,7 @@ class _Run:
         if "penalty" in host:  # the adaptation method's regulariser
             w["penalty"] = w.get("penalty", 0.0) + float(host["penalty"])
         w["steps"] += 1
-        w["learning_rate"] = float(host["learning_rate"])
+        w["learning_rate"] = float(self.schedule(step - 1))  # the rate the step used
         if self.since is None:  # the run's first step compiled the step: its time does not count
             self.since = time.time()
         else:

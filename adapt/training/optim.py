@@ -8,6 +8,8 @@ Gradient accumulation lives in the train step, so one optimizer update is one tr
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -30,12 +32,12 @@ def warmup_steps(cfg, total_steps: int) -> int:
     return int(cfg.warmup_steps or round(cfg.warmup_ratio * total_steps))
 
 
-def make_schedule(cfg, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to ``learning_rate``, then constant, linear decay or cosine decay to
-    ``end_lr_ratio * learning_rate`` at ``total_steps``."""
+def make_schedule(cfg, total_steps: int, peak: float | None = None) -> optax.Schedule:
+    """Linear warmup from 0 to ``learning_rate`` (or ``peak``), then constant, linear decay or cosine decay
+    to ``end_lr_ratio`` of it at ``total_steps``."""
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"optimizer.schedule={cfg.schedule!r}; expected one of {', '.join(SCHEDULES)}")
-    lr, warm = cfg.learning_rate, warmup_steps(cfg, total_steps)
+    lr, warm = cfg.learning_rate if peak is None else peak, warmup_steps(cfg, total_steps)
     decay_steps = max(total_steps - warm, 1)
     end = cfg.end_lr_ratio * lr
     after = {"constant": optax.constant_schedule(lr),
@@ -110,17 +112,18 @@ def make_optimizer(cfg, total_steps: int, kinds: dict, settings: dict | None = N
     flat_kinds, treedef = jax.tree.flatten(kinds)
     decay = treedef.flatten_up_to(settings["decay"]) if settings.get("decay") else [None] * len(flat_kinds)
     mask = treedef.unflatten([k not in cfg.decay_exclude if d is None else d for k, d in zip(flat_kinds, decay)])
-    schedule = make_schedule(cfg, total_steps)
-    wd = cfg.weight_decay
+    # The peak learning rate and the weight decay live in the optimizer state (inject_hyperparams), and the
+    # schedule's shape (peak 1) scales the updates: trials that differ only in them compile the same step.
     if cfg.name == "adamw":
-        tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd, mask=mask)
+        base = functools.partial(optax.adamw, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mask=mask)
     elif cfg.name == "adafactor":
-        tx = optax.adafactor(schedule, weight_decay_rate=wd or None, weight_decay_mask=mask,
-                             multiply_by_parameter_scale=False)
+        base = functools.partial(_adafactor, mask=mask)
     elif cfg.name == "sgd":
-        tx = optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(schedule, momentum=cfg.momentum or None))
+        base = functools.partial(_sgd, momentum=cfg.momentum or None, mask=mask)
     else:
         raise ConfigError(f"optimizer.name={cfg.name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    tx = optax.chain(optax.inject_hyperparams(base)(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay),
+                     optax.scale_by_schedule(make_schedule(cfg, total_steps, peak=1.0)))
     if cfg.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
     scale, unfreeze = settings.get("scale"), settings.get("unfreeze")
@@ -131,4 +134,13 @@ def make_optimizer(cfg, total_steps: int, kinds: dict, settings: dict | None = N
     elif scale is not None:
         tx = optax.chain(tx, optax.GradientTransformation(
             lambda _: optax.EmptyState(), lambda u, s, p=None: (jax.tree.map(jnp.multiply, u, scale), s)))
-    return tx, schedule
+    return tx, make_schedule(cfg, total_steps)
+
+
+def _adafactor(learning_rate, weight_decay, mask):
+    return optax.adafactor(learning_rate, weight_decay_rate=weight_decay, weight_decay_mask=mask,
+                           multiply_by_parameter_scale=False)
+
+
+def _sgd(learning_rate, weight_decay, momentum, mask):
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask), optax.sgd(learning_rate, momentum=momentum))

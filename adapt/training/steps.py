@@ -15,7 +15,6 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from adapt.methods.base import Method
@@ -28,7 +27,7 @@ def _micro_batches(batch: dict, accum: int) -> dict:  # [B, ...] -> [A, B/A, ...
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def make_train_step(model: Model, objective, tx: optax.GradientTransformation, schedule, accum: int = 1,
+def make_train_step(model: Model, objective, tx: optax.GradientTransformation, accum: int = 1,
                     method: Method | None = None):
     method = method or Method()
 
@@ -64,7 +63,7 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, s
             grads = jax.tree.map(jnp.add, grads, penalty_grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**sums, **extra, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
+        metrics = {**sums, **extra, "grad_norm": optax.tree.norm(grads),
                    "tokens": jnp.sum(batch.get("attention_mask", batch["input_ids"]) != 0)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -86,11 +85,11 @@ class Steps:
     and rematerialisation are baked into the compiled steps.
     """
 
-    def __init__(self, model: Model, objective, tx, schedule, shardings: TrainState, batch_sharding: NamedSharding,
+    def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
                  *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None):
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._train = jax.jit(make_train_step(model, objective, tx, schedule, accum, method),
+        self._train = jax.jit(make_train_step(model, objective, tx, accum, method),
                               in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                               donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))

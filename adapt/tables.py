@@ -1,0 +1,383 @@
+"""Paper tables and plots from a results database (:mod:`adapt.results`).
+
+Rows are conditions, columns benchmarks. A row is the values of the ``rows`` keys (default: the trial's
+``condition``), a column the value of the ``column`` key (default ``meta.benchmark``; one column when trials have
+none). Keys are a trial's columns (stage, condition, sweep), its overrides (``optimizer.learning_rate``,
+``meta.benchmark``), its full config (``model.name``) or ``init`` (the stage it started from, "external" for an
+``init_from`` outside the sweep, "none"). In each cell the trials are grouped by their hyperparameters (their
+overrides less the seed keys, ``init_from``, ``meta.*`` and the row/column keys); the group with the best mean
+dev metric over seeds is selected, and the cell is its test metric: mean ± sample std (ddof=1) over seeds.
+"Avg." is the mean of a row's cell means (when it has them all). The best of our rows per column is bold (ties
+at the shown precision too); reference rows (numbers from a paper, as printed) are shown below ours.
+
+    table = build(ResultsDB("runs/x/results.db").trials(), metric="macro_f1")
+    add_references(table, {"BioBERT (paper)": {"chemprot": 76.5}})
+    open("x.md", "w").write(to_markdown(table))     # also to_latex, to_csv: the same numbers
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import io
+import json
+import os
+import re
+import statistics
+
+from adapt.errors import AdaptError
+from adapt.results import lower_is_better
+
+TRIAL_KEYS = ("id", "sweep", "stage", "condition", "status", "init")
+AVG = "Avg."
+
+
+def value(trial: dict, key: str):
+    """A trial's value for ``key`` (see the module docstring); None when it has none."""
+    if key == "init":
+        if trial["depends"]:
+            return str(trial["overrides"].get("init_from", "?")).split("/")[0]
+        return "external" if trial["config"].get("init_from") else "none"
+    if key in TRIAL_KEYS:
+        return trial[key]
+    if key in trial["overrides"]:
+        return trial["overrides"][key]
+    node = trial["config"]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def label(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else v if isinstance(v, str) else json.dumps(v)
+
+
+def _known_keys(trials) -> list[str]:
+    def walk(node, prefix):
+        return [k for key, v in node.items() for k in ([prefix + key] + (walk(v, f"{prefix}{key}.")
+                                                                         if isinstance(v, dict) else []))]
+    keys = set(TRIAL_KEYS)
+    for t in trials[:50]:
+        keys |= set(t["overrides"]) | set(walk(t["config"], ""))
+    return sorted(keys)
+
+
+def _check_keys(trials, keys):
+    for key in keys:
+        if not any(value(t, key) is not None for t in trials):
+            close = difflib.get_close_matches(key, _known_keys(trials), 3, 0.5)
+            raise AdaptError(f"no finished trial has a value for key {key!r}"
+                             + (f"; closest: {', '.join(close)}" if close else ""))
+
+
+@dataclasses.dataclass
+class Cell:
+    mean: float | None
+    std: float | None
+    n: int
+    dev: float
+    selected: dict  # the hyperparameters that vary in the cell, as selected
+    trials: list[str]
+
+
+@dataclasses.dataclass
+class Table:
+    rows: list[str]
+    columns: list[str]
+    cells: dict  # (row, column) -> Cell
+    row_keys: tuple
+    column_key: str | None
+    seed_keys: tuple
+    metric: str
+    dev_split: str = "dev"
+    test_split: str = "test"
+    lower: bool = False
+    scale: float = 100.0
+    digits: int = 1
+    references: dict = dataclasses.field(default_factory=dict)  # name -> {column: (mean, std or None)}
+
+    def avg(self, row: str, source: str = "ours"):
+        got = self.references.get(row, {}) if source == "reference" else \
+            {c: (self.cells[row, c].mean, None) for c in self.columns if (row, c) in self.cells}
+        if AVG in got:
+            return got[AVG][0]
+        means = [got[c][0] for c in self.columns if c in got and got[c][0] is not None]
+        return statistics.fmean(means) if len(means) == len(self.columns) and means else None
+
+
+def _hparams(t, exclude) -> dict:
+    return {k: v for k, v in t["overrides"].items() if k not in exclude and not k.startswith("meta.")}
+
+
+def select(trials, exclude, metric, dev_split="dev", lower=False):
+    """(hyperparameters, their trials, mean dev metric) of the group with the best mean dev metric, or None."""
+    groups: dict[str, list] = {}
+    for t in trials:
+        groups.setdefault(json.dumps(_hparams(t, exclude), sort_keys=True, default=repr), []).append(t)
+    scored = []
+    for key, ts in sorted(groups.items()):
+        devs = [t["metrics"][dev_split][metric] for t in ts if metric in t["metrics"].get(dev_split, {})]
+        if devs:
+            scored.append(((statistics.fmean(devs) * (-1 if lower else 1), len(devs)), key, ts))
+    if not scored:
+        return None
+    (score, _), key, ts = max(scored, key=lambda s: s[0])  # ties: more seeds, then the first in sorted order
+    return json.loads(key), ts, score * (-1 if lower else 1)
+
+
+def _cells(trials, row_keys, column_key, default_column) -> dict:
+    out: dict[tuple, list] = {}
+    for t in trials:
+        row = " / ".join(label(value(t, k)) for k in row_keys)
+        col = label(value(t, column_key)) if column_key else default_column
+        out.setdefault((row, col), []).append(t)
+    return out
+
+
+def build(trials: list[dict], rows=("condition",), column: str | None = None, seed_keys=("train.seed",),
+          metric: str = "accuracy", dev_split: str = "dev", test_split: str = "test", lower: bool | None = None,
+          scale: float = 100.0, digits: int = 1) -> Table:
+    trials = [t for t in trials if t["status"] == "done"]
+    if not trials:
+        raise AdaptError("no finished trials in the results database (or none match the filters)")
+    if column is None and any(value(t, "meta.benchmark") is not None for t in trials):
+        column = "meta.benchmark"
+    rows = (rows,) if isinstance(rows, str) else tuple(rows)
+    _check_keys(trials, rows + ((column,) if column else ()))
+    have = sorted({f"{s}/{m}" for t in trials for s, ms in t["metrics"].items() for m in ms})
+    for split in (dev_split, test_split):
+        if f"{split}/{metric}" not in have:
+            close = difflib.get_close_matches(f"{split}/{metric}", have, 3, 0.5)
+            raise AdaptError(f"no finished trial has the metric {split}/{metric}; "
+                             + (f"closest: {', '.join(close)}" if close else f"there are: {', '.join(have)}"))
+    lower = lower_is_better(metric) if lower is None else lower
+    exclude = set(seed_keys) | {"init_from", *rows, column}
+    table = Table([], [], {}, rows, column, tuple(seed_keys), metric, dev_split, test_split, lower, scale, digits)
+    for (row, col), ts in _cells(trials, rows, column, metric).items():
+        if (picked := select(ts, exclude, metric, dev_split, lower)) is None:
+            continue  # no trial here has the dev metric (a pretraining stage, say)
+        table.rows += [row] if row not in table.rows else []
+        table.columns += [col] if col not in table.columns else []
+        hp, group, dev = picked
+        tests = [t["metrics"][test_split][metric] for t in group if metric in t["metrics"].get(test_split, {})]
+        varying = {k for t in ts for k, v in _hparams(t, exclude).items() if any(
+            _hparams(u, exclude).get(k) != v for u in ts)}
+        table.cells[row, col] = Cell(statistics.fmean(tests) if tests else None,
+                                     statistics.stdev(tests) if len(tests) > 1 else None, len(tests), dev,
+                                     {k: v for k, v in hp.items() if k in varying}, [t["id"] for t in group])
+    table.columns.sort()
+    return table
+
+
+def add_references(table: Table, refs) -> Table:
+    """Adds rows of reference numbers (as printed: already scaled): a dict {name: {column: mean or (mean, std)}},
+    a JSON file of one, or a CSV file with a header ``name,<column>,...`` and cells like ``85.3`` or ``85.3 ± 0.4``."""
+    if isinstance(refs, (str, os.PathLike)):
+        if not os.path.isfile(refs):
+            raise AdaptError(f"--reference: no such file {refs}")
+        with open(refs) as f:
+            if str(refs).endswith(".json"):
+                refs = json.load(f)
+            else:
+                reader = csv.reader(f)
+                header = next(reader)
+                refs = {r[0]: dict(zip(header[1:], r[1:])) for r in reader if r}
+    for name, vals in refs.items():
+        row = {}
+        for col, v in vals.items():
+            if isinstance(v, str):
+                nums = [float(x) for x in re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", v)]
+                v = tuple(nums[:2]) if nums else None
+            if v is not None and v != ():
+                mean, std = (v if len(v) == 2 else (v[0], None)) if isinstance(v, (list, tuple)) else (v, None)
+                row[col] = (float(mean), None if std is None else float(std))
+        table.references[name] = row
+    return table
+
+
+def _fmt(mean, std, digits) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def entries(table: Table) -> list[dict]:
+    """Every number of the table, as shown: row, column, source, mean, std (scaled), n, dev, bold, text."""
+    out, s = [], table.scale
+    for row in table.rows:
+        for col in table.columns:
+            c = table.cells.get((row, col))
+            if c is not None:
+                out.append(dict(row=row, column=col, source="ours", mean=None if c.mean is None else c.mean * s,
+                                std=None if c.std is None else c.std * s, n=c.n, dev=c.dev * s,
+                                selected=", ".join(f"{k}={label(v)}" for k, v in sorted(c.selected.items())),
+                                trials=" ".join(c.trials)))
+        if len(table.columns) > 1 and table.avg(row) is not None:
+            out.append(dict(row=row, column=AVG, source="ours", mean=table.avg(row) * s, std=None))
+    for name, vals in table.references.items():
+        for col in table.columns:
+            if col in vals:
+                out.append(dict(row=name, column=col, source="reference", mean=vals[col][0], std=vals[col][1]))
+        if len(table.columns) > 1 and table.avg(name, "reference") is not None:
+            out.append(dict(row=name, column=AVG, source="reference", mean=table.avg(name, "reference"), std=None))
+    for e in out:
+        e["text"] = _fmt(e["mean"], e["std"], table.digits)
+    for col in {e["column"] for e in out}:
+        ours = [e for e in out if e["column"] == col and e["source"] == "ours" and e["mean"] is not None]
+        if ours:
+            best = (min if table.lower else max)(round(e["mean"], table.digits) for e in ours)
+            for e in ours:
+                e["bold"] = round(e["mean"], table.digits) == best
+    return out
+
+
+def _grid(table: Table):
+    cols = table.columns + ([AVG] if len(table.columns) > 1 else [])
+    by = {(e["row"], e["column"]): e for e in entries(table)}
+    return cols, [(r, [by.get((r, c)) for c in cols]) for r in table.rows + list(table.references)]
+
+
+def caption(table: Table) -> str:
+    scale = f" (x{table.scale:g})" if table.scale != 1 else ""
+    return (f"Test {table.metric}{scale}: mean ± std over seeds ({', '.join(table.seed_keys)}) of the hyperparameters "
+            f"with the best mean {table.dev_split} {table.metric}; best per column in bold.")
+
+
+def to_markdown(table: Table) -> str:
+    cols, grid = _grid(table)
+    lines = ["| " + " | ".join([" / ".join(table.row_keys)] + cols) + " |", "|---" + "|---:" * len(cols) + "|"]
+    for row, es in grid:
+        cells = ["–" if e is None or not e["text"] else (f"**{e['text']}**" if e.get("bold") else e["text"])
+                 for e in es]
+        lines.append("| " + " | ".join([row] + cells) + " |")
+    return "\n".join(lines) + f"\n\n{caption(table)}\n"
+
+
+def _tex(s: str) -> str:
+    return re.sub(r"([_%&#$])", r"\\\1", s)
+
+
+def to_latex(table: Table) -> str:
+    cols, grid = _grid(table)
+    out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule",
+           " & ".join(_tex(x) for x in [" / ".join(table.row_keys)] + cols) + r" \\", r"\midrule"]
+    for i, (row, es) in enumerate(grid):
+        if i == len(table.rows) and table.references:
+            out.append(r"\midrule")
+        cells = ["--" if e is None or not e["text"] else e["text"].replace(" ± ", r" $\pm$ ") for e in es]
+        cells = [rf"\textbf{{{c}}}" if e is not None and e.get("bold") else c for c, e in zip(cells, es)]
+        out.append(" & ".join([_tex(row)] + cells) + r" \\")
+    return "\n".join(out + [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex(caption(table))}}}".replace(
+        "±", r"$\pm$"), r"\end{table}"]) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    buf = io.StringIO()
+    fields = ["row", "column", "source", "mean", "std", "n", "dev", "bold", "selected", "trials", "text"]
+    writer = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for e in entries(table):
+        writer.writerow({k: "" if e.get(k) is None else round(e[k], 6) if isinstance(e[k], float) else e[k]
+                         for k in fields})
+    return buf.getvalue()
+
+
+# ---- plots
+def _axes(n: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.5), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def plot_curves(table: Table, db, metric: str, path: str) -> str:
+    """Learning curves of each cell's selected trials: mean ± std over seeds of ``metric`` against the step."""
+    import numpy as np
+
+    if metric not in (known := db.curve_metrics()):
+        close = difflib.get_close_matches(metric, known, 3, 0.5)
+        raise AdaptError(f"no curve for metric {metric!r}; " + (f"closest: {', '.join(close)}" if close else
+                                                                 f"there are: {', '.join(known) or 'none'}"))
+    plt, fig, axes = _axes(len(table.columns))
+    for ax, col in zip(axes, table.columns):
+        for row in table.rows:
+            if (row, col) not in table.cells:
+                continue
+            curves = [c for c in (db.curve(i, metric) for i in table.cells[row, col].trials) if c]
+            if not curves:
+                continue
+            steps = np.array(sorted({s for c in curves for s, _ in c}), dtype=float)
+            ys = np.array([np.interp(steps, *np.array(c, dtype=float).T, left=np.nan, right=np.nan) for c in curves])
+            mean, std = np.nanmean(ys, 0), np.nan_to_num(np.nanstd(ys, 0))
+            ax.plot(steps, mean, label=f"{row} (n={len(curves)})")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
+        ax.set(title=col, xlabel="step", ylabel=metric)
+        ax.legend(fontsize="small")
+    return _save(plt, fig, path)
+
+
+def plot_sweep(table: Table, trials: list[dict], key: str, path: str, split: str | None = None) -> str:
+    """``split``/metric (default: the dev split) against the swept ``key`` per row: at each value of the key, the
+    mean ± std over seeds of the best hyperparameters (by mean dev metric) among those with that value."""
+    split = split or table.dev_split
+    trials = [t for t in trials if t["status"] == "done"]
+    _check_keys(trials, [key])
+    exclude = set(table.seed_keys) | {"init_from", *table.row_keys, table.column_key}
+    cells = _cells(trials, table.row_keys, table.column_key, table.metric)
+    plt, fig, axes = _axes(len(table.columns))
+    for ax, col in zip(axes, table.columns):
+        for row in table.rows:
+            xs = {}
+            for t in cells.get((row, col), []):
+                if isinstance(value(t, key), (int, float)):
+                    xs.setdefault(value(t, key), []).append(t)
+            pts = []
+            for x, ts in sorted(xs.items()):
+                if (picked := select(ts, exclude, table.metric, table.dev_split, table.lower)) is not None:
+                    vals = [t["metrics"][split][table.metric] * table.scale for t in picked[1]
+                            if table.metric in t["metrics"].get(split, {})]
+                    if vals:
+                        pts.append((x, statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0))
+            if pts:
+                x, y, e = zip(*pts)
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=row)
+        xs_all = [value(t, key) for t in trials if isinstance(value(t, key), (int, float))]
+        if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
+            ax.set_xscale("log")
+        ax.set(title=col, xlabel=key, ylabel=f"{split} {table.metric}")
+        ax.legend(fontsize="small")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(table: Table, db, trials: list[dict], out: str, curves=(), vs=()) -> list[str]:
+    """``out``.md/.tex/.csv, plus learning curves of each metric in ``curves`` and the dev metric against each
+    swept key in ``vs`` as ``out``_*.png; returns the paths written."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    written = []
+    for ext, write in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
+        with open(f"{out}.{ext}", "w") as f:
+            f.write(write(table))
+        written.append(f"{out}.{ext}")
+    for metric in curves:
+        written.append(plot_curves(table, db, metric, f"{out}_curves_{_slug(metric)}.png"))
+    for key in vs:
+        written.append(plot_sweep(table, trials, key, f"{out}_vs_{_slug(key)}.png"))
+    return written
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", s)

@@ -1,0 +1,93 @@
+"""Don't Stop Pretraining (Gururangan et al., ACL 2020, arXiv:2004.10964), its design on the SciBERT task splits:
+baseline vs. domain-adaptive (DAPT), task-adaptive (TAPT) and DAPT+TAPT continued masked-LM pretraining, each
+then fine-tuned on ChemProt (biomedical), ACL-ARC citation intent and SciERC (computer science).
+
+    .venv/bin/python scripts/study.py --config=experiments/dont_stop_pretraining/config.py --workdir=runs/dsp
+    .venv/bin/python scripts/study.py --config=experiments/dont_stop_pretraining/config.py:reduced \
+        --workdir=runs/dsp-reduced --config.model.name=roberta-base   # any HF encoder; MiniLM by default
+
+Stages: ``dapt`` (one MLM run per domain) -> ``dapt_tapt`` (MLM on each task's training text, from DAPT);
+``tapt`` (from the pretrained model); fine-tuning from each of none / dapt / tapt / dapt_tapt, per task, over a
+learning-rate grid and seeds; the table selects the learning rate by dev metric and reports the test metric
+(micro-F1 for ChemProt, macro-F1 for the others, as the paper) with the paper's RoBERTa-base rows beside it.
+The paper's DAPT corpora (2.7M biomedical / 2.2M computer-science papers) are not shipped here: the DAPT corpus
+defaults to the training texts of the domain's tasks; point ``DOMAINS`` (or ``--config.data``) at a real
+domain corpus for the real experiment. ``:reduced`` is the budget this repository's CI machine runs.
+"""
+
+import os
+
+from adapt import configs, tasks
+from adapt.sweeps import grid, product, stage
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TASKS = {"chemprot": "biomed", "citation_intent": "cs", "sciie": "cs"}
+METRICS = {"chemprot": "micro_f1", "citation_intent": "macro_f1", "sciie": "macro_f1"}
+BUDGET = {  # steps of 16 x max_length tokens
+    None: dict(dapt=12500, tapt=2000, finetune=0, epochs=10.0, max_length=256, seeds=[0, 1, 2, 3, 4],
+               learning_rates=[1e-5, 2e-5, 3e-5]),
+    "reduced": dict(dapt=60, tapt=30, finetune=60, epochs=0.0, max_length=64, seeds=[0, 1, 2],
+                    learning_rates=[1e-4, 3e-4]),
+}
+PAPER = {  # Table 5 of the paper: RoBERTa-base, test, mean over 5 seeds
+    "RoBERTa (paper) Baseline": {"chemprot": 81.9, "citation_intent": 63.0, "sciie": 77.3},
+    "RoBERTa (paper) DAPT": {"chemprot": 84.2, "citation_intent": 75.4, "sciie": 80.8},
+    "RoBERTa (paper) TAPT": {"chemprot": 82.6, "citation_intent": 67.4, "sciie": 79.3},
+    "RoBERTa (paper) DAPT+TAPT": {"chemprot": 84.4, "citation_intent": 75.6, "sciie": 81.3},
+}
+
+
+def get_config(arg=None):
+    budget = BUDGET[arg]
+    c = configs.load(os.path.join(HERE, "..", "..", "configs", "finetune.py:chemprot"))
+    c.data.max_length = budget["max_length"]
+    c.train.update(steps=budget["finetune"], epochs=budget["epochs"], batch_size=16)
+    c.train.early_stopping.update(patience=3 if arg is None else 0)
+    c.eval.batch_size = 128
+    return c
+
+
+def _task_text(task: str) -> dict:
+    """Overrides that make a run read ``task``'s text for masked-LM pretraining."""
+    files = tasks.BENCHMARKS[task][0]()["files"]
+    return {"data.files": {"train": files["train"], "dev": files["dev"]}}
+
+
+def _domain_text(domain: str) -> dict:
+    """The DAPT corpus of ``domain``: here the training texts of its tasks, mixed in equal parts."""
+    names = [t for t, d in TASKS.items() if d == domain]
+    mixture = {t: {"weight": 1.0 / len(names), "files": {"train": tasks.BENCHMARKS[t][0]()["files"]["train"]}}
+               for t in names}
+    return {**_task_text(names[0]), "data.mixture": mixture}
+
+
+def _mlm(steps: int) -> dict:
+    return {"model.task": "masked_lm", "data.format": "lm", "data.causal": False, "data.pack": True,
+            "train.steps": steps, "optimizer.learning_rate": 1e-4, "eval.splits": ("dev",), "export.model": True,
+            "train.early_stopping.metric": ""}
+
+
+def _finetune(task: str) -> dict:
+    return {**{f"data.{k}": v for k, v in tasks.BENCHMARKS[task][0]().items()}, "benchmark": task,
+            "meta.benchmark": task, "meta.domain": TASKS[task],
+            "train.early_stopping.metric": f"dev/{METRICS[task]}"}
+
+
+def get_sweep(arg=None):
+    b = BUDGET[arg]
+    dapt = stage("dapt", [{**_mlm(b["dapt"]), **_domain_text(d), "meta.domain": d} for d in sorted(set(TASKS.values()))])
+    tapt = stage("tapt", [{**_mlm(b["tapt"]), **_task_text(t), "meta.benchmark": t} for t in TASKS])
+    dapt_tapt = stage("dapt_tapt", [{**_mlm(b["tapt"]), **_task_text(t), "meta.benchmark": t,
+                                     "meta.domain": TASKS[t]} for t in TASKS], after="dapt", match=["meta.domain"])
+    grid_ = product(grid("optimizer.learning_rate", b["learning_rates"]), grid("train.seed", b["seeds"]))
+    runs = lambda cond: product([{**_finetune(t), "meta.condition": cond} for t in TASKS], grid_)  # noqa: E731
+    return [dapt, tapt, dapt_tapt,
+            stage("baseline", runs("Baseline")),
+            stage("dapt_ft", runs("DAPT"), after="dapt", match=["meta.domain"]),
+            stage("tapt_ft", runs("TAPT"), after="tapt", match=["meta.benchmark"]),
+            stage("dapt_tapt_ft", runs("DAPT+TAPT"), after="dapt_tapt", match=["meta.benchmark"])]
+
+
+def get_table(arg=None):
+    return dict(rows=("meta.condition",), column="meta.benchmark", metric="macro_f1", reference=(PAPER,),
+                curves=("train/loss",), vs=("optimizer.learning_rate",))

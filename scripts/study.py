@@ -1,0 +1,57 @@
+"""Run a study end to end: its sweep (every stage, resumable), then its paper table and plots.
+
+    .venv/bin/python scripts/study.py --config=experiments/bbc_tapt/config.py --workdir=runs/bbc_tapt
+
+The config file defines ``get_config(arg)``, ``get_sweep(arg)`` and ``get_table(arg)`` (the keyword
+arguments of :func:`adapt.tables.build`, plus ``curves``, ``vs`` and ``reference``). Prints the table and
+writes it (Markdown, LaTeX, CSV) and the plots to ``WORKDIR/results/``. Running the same command again skips
+finished trials. Trials run in this process, so trials with the same shapes reuse the compiled steps (JAX's
+persistent compilation cache in ``WORKDIR/jax_cache`` keeps them across runs too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from adapt import cli, configs, results, tables
+from adapt.sweeps import run_sweep
+
+
+def main():
+    spec, overrides, rest = configs.parse_argv(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 runs trials in this process")
+    args = parser.parse_args(rest)
+    path, arg = configs.split_spec(spec)
+    module = configs.load_module(path)
+    config = configs.load(spec, overrides)
+    sweep = module.get_sweep(arg) if arg is not None else module.get_sweep()
+    layout = dict(module.get_table(arg) if arg is not None else module.get_table())
+    curves, vs, references = layout.pop("curves", ()), layout.pop("vs", ()), layout.pop("reference", ())
+
+    import jax  # the persistent cache: trials (and re-runs) with the same shapes compile once
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.workdir), "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+    started = time.time()
+    name = f"{os.path.basename(path)}{':' + arg if arg else ''}"
+    counts = run_sweep(config, sweep, args.workdir, workers=args.workers, name=name)
+    db = results.ResultsDB(os.path.join(args.workdir, "results.db"))
+    trials = db.trials(sweep=name)
+    table = tables.build(trials, **layout)
+    for ref in references:
+        tables.add_references(table, ref)
+    print("\n" + tables.to_markdown(table))
+    written = tables.write_outputs(table, db, trials, os.path.join(args.workdir, "results", "table"), curves, vs)
+    print(f"\n{sum(counts.values())} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "
+          f"{(time.time() - started) / 60:.1f} min; wrote {', '.join(os.path.relpath(w) for w in written)}")
+    if set(counts) != {"done"}:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli.run(main)

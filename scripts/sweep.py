@@ -1,0 +1,99 @@
+"""Run a sweep: the trials a config's get_sweep describes, each in its own folder, results in one SQLite file.
+
+    python scripts/sweep.py --config=configs/x.py:arg [--sweep=name] --workdir=runs/x [--workers N]
+                            [--ray-address local|ADDR] [--db runs/x/results.db]
+
+Trials run in this process (``--workers 0``), in N worker processes, or as Ray tasks; stages run in dependency
+order. A failed trial is recorded with its error and the others go on (trials that start from it are skipped).
+Running the same command again runs only what is not done: failed, skipped, interrupted or never started trials.
+Ctrl-C marks the running trials interrupted. Exit code: 0 when every trial is done, 1 when some are not, 2 on bad
+input. ``python scripts/table.py --db runs/x/results.db`` turns the results into tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import signal
+import sys
+
+from adapt import cli, configs, results
+from adapt.errors import ConfigError
+from adapt.sweeps import DEFAULT_TRIAL_FN, apply_overrides, expand, run_sweep
+
+
+def load_config(spec: str):
+    """``path.py[:arg]`` -> (the module, arg, its get_config(arg))."""
+    path, arg = configs.split_spec(spec)
+    module = configs.load_module(path)
+    return module, arg, configs.get_config(module, arg)
+
+
+def load_sweep(module, arg: str, name: str | None):
+    """The sweep ``get_sweep(arg)`` returns; when it returns a dict of named sweeps, the one called ``name``
+    (by default the one called "default", or the only one)."""
+    where = os.path.relpath(module.__file__)
+    if not hasattr(module, "get_sweep"):
+        raise ConfigError(f"{where} defines no get_sweep(arg)")
+    sweep = module.get_sweep(arg) if arg is not None else module.get_sweep()
+    if not isinstance(sweep, dict):
+        if name:
+            raise ConfigError(f"--sweep={name}: get_sweep in {where} returns one sweep, not a dict of named ones")
+        return sweep, "default"
+    if name is None:
+        if len(sweep) != 1 and "default" not in sweep:
+            raise ConfigError(f"{where} defines several sweeps; pick one with --sweep: {', '.join(sweep)}")
+        name = "default" if "default" in sweep else next(iter(sweep))
+    if name not in sweep:
+        close = difflib.get_close_matches(name, list(sweep), 3, 0.5)
+        raise ConfigError(f"unknown sweep {name!r} in {where}" + (
+            f" (did you mean {', '.join(map(repr, close))}?)" if close else "") + f"; known: {', '.join(sweep)}")
+    return sweep[name], name
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="path.py[:arg]: a file with get_config(arg), get_sweep(arg)")
+    parser.add_argument("--sweep", default=None, help="which of get_sweep's named sweeps (default: 'default')")
+    parser.add_argument("--workdir", required=True, help="trials run in WORKDIR/<stage>/<trial id>")
+    parser.add_argument("--db", default=None, help="results database (default: WORKDIR/results.db)")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 runs trials in this process")
+    parser.add_argument("--ray-address", default=None, help="run trials as Ray tasks: 'local' or a cluster address")
+    parser.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray task")
+    parser.add_argument("--trial-fn", default=DEFAULT_TRIAL_FN, help="module:function(config, workdir) -> metrics")
+    parser.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    if args.workers < 0:
+        raise ConfigError(f"--workers={args.workers}: must be 0 (this process) or more")
+
+    module, arg, config = load_config(args.config)
+    sweep, name = load_sweep(module, arg, args.sweep)
+    label = f"{os.path.basename(module.__file__)}{':' + arg if arg else ''}#{name}"
+    if args.dry_run:
+        for t in expand(sweep):
+            apply_overrides(config, t.overrides)  # a bad key fails here too
+            print(t.id, t.stage, t.overrides, f"after {','.join(t.depends)}" if t.depends else "")
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        counts = run_sweep(config, sweep, args.workdir, db_path=args.db, workers=args.workers,
+                           trial_fn=args.trial_fn, name=label, ray_address=args.ray_address,
+                           ray_gpus=args.ray_gpus, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: running trials are marked interrupted; run the same command again to go on",
+              file=sys.stderr)
+        sys.exit(130)
+    db_path = args.db or os.path.join(args.workdir, "results.db")
+    print(f"{label}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" ({db_path})")
+    db = results.ResultsDB(db_path)
+    for t in db.trials(sweep=label):
+        if t["status"] in ("failed", "interrupted"):
+            print(f"  {t['stage']}/{t['id']} {t['status']}: {(t['error'] or '').splitlines()[0]}")
+    if set(counts) != {"done"}:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli.run(main)

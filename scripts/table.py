@@ -1,0 +1,55 @@
+"""Paper tables (Markdown, LaTeX, CSV) and plots from a sweep's results database.
+
+    python scripts/table.py --db runs/x/results.db [--rows condition] [--column meta.benchmark]
+                            [--metric accuracy] [--reference paper.csv] [--out tables/x]
+                            [--curves train/loss] [--vs optimizer.learning_rate]
+
+Per row (condition) and column (benchmark): the hyperparameters with the best mean dev metric over seeds, and
+their test metric as mean ± std over seeds; best per column in bold, an "Avg." column. Prints the Markdown table;
+with ``--out PREFIX`` writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from adapt import cli, tables
+from adapt.results import ResultsDB
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True, help="the results database (a sweep's WORKDIR/results.db)")
+    parser.add_argument("--sweep", default=None, help="only trials of this sweep label (x.py:arg#name)")
+    parser.add_argument("--stage", action="append", default=None, help="only trials of this stage (repeatable)")
+    parser.add_argument("--rows", default="condition", help="comma-separated keys whose values make a row")
+    parser.add_argument("--column", default=None, help="key whose value makes a column (default: meta.benchmark)")
+    parser.add_argument("--seed-keys", default="train.seed", help="comma-separated keys that are seeds")
+    parser.add_argument("--metric", default="accuracy")
+    parser.add_argument("--dev-split", default="dev", help="split that selects hyperparameters")
+    parser.add_argument("--test-split", default="test", help="split that is reported")
+    parser.add_argument("--lower-is-better", action="store_true", default=None)
+    parser.add_argument("--scale", type=float, default=100.0, help="multiply metrics by this (100: percent)")
+    parser.add_argument("--digits", type=int, default=1)
+    parser.add_argument("--reference", action="append", default=[], help="CSV or JSON of reference numbers")
+    parser.add_argument("--out", default=None, help="write OUT.md, OUT.tex, OUT.csv (and OUT_*.png plots)")
+    parser.add_argument("--curves", action="append", default=[], help="plot learning curves of this metric")
+    parser.add_argument("--vs", action="append", default=[], help="plot the dev metric against this swept key")
+    args = parser.parse_args()
+
+    db = ResultsDB.open_existing(args.db)
+    trials = [t for t in db.trials(sweep=args.sweep) if args.stage is None or t["stage"] in args.stage]
+    table = tables.build(trials, rows=args.rows.split(","), column=args.column, seed_keys=args.seed_keys.split(","),
+                         metric=args.metric, dev_split=args.dev_split, test_split=args.test_split,
+                         lower=args.lower_is_better, scale=args.scale, digits=args.digits)
+    for ref in args.reference:
+        tables.add_references(table, ref)
+    print(tables.to_markdown(table))
+    if (args.curves or args.vs) and not args.out:
+        parser.error("--curves/--vs need --out")
+    if args.out:
+        print("wrote " + ", ".join(tables.write_outputs(table, db, trials, args.out, args.curves, args.vs)))
+
+
+if __name__ == "__main__":
+    cli.run(main)
