@@ -42,7 +42,7 @@ def _methods(arg):
 
 def get_sweep(arg=None):
     tapt = stage("tapt", {"model.task": "masked_lm", "data.format": "lm", "data.causal": False, "data.pack": True,
-                          "train.steps": STEPS[arg]["tapt"], "optimizer.learning_rate": 1e-4, "eval.splits": ("dev",),
+                          "train.steps": STEPS[arg]["tapt"], "optimizer.learning_rate": 1e-4, "eval.splits": (),
                           "export.model": True, "meta.condition": "TAPT"})
     seeds = grid("train.seed", SEEDS[arg])
     baseline = stage("baseline", product({"meta.condition": "Baseline"}, _methods(arg), seeds))
