@@ -112,7 +112,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
 
 def load(spec: str, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
     """The config of ``spec`` (``path.py[:arg]``) with ``overrides`` (``"key=value"`` strings or a dict)."""
-    config = get_config(load_module(split_spec(spec)[0]), split_spec(spec)[1])
+    path, arg = split_spec(spec)
+    return resolve(load_module(path), arg, overrides)
+
+
+def resolve(module, arg: str | None, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
+    """``module``'s config for ``arg`` with ``overrides``, checked (method knobs included)."""
+    config = get_config(module, arg)
     config = apply_overrides(config, dict(overrides) if isinstance(overrides, dict) else dict(map(_split, overrides)))
     if "method" in config:  # its knobs are checked by the method itself, before anything runs
         from adapt import methods

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import jax
 import ml_collections
@@ -25,6 +24,7 @@ from adapt.data.batches import eval_batches
 from adapt.data.pipeline import data_defaults, prepare, save_labels, train_stream
 from adapt.errors import ConfigError
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
+from adapt.models.checkpoint_io import write_atomic
 from adapt.training import CausalLM, MaskedLM, SequenceClassification, TokenClassification, Trainer, defaults
 
 TASK_FORMATS = {"causal_lm": ("lm", "sft"), "masked_lm": ("lm",), "sequence_classification": ("classification",),
@@ -75,11 +75,7 @@ def _objective(task: str, tokenizer, labels: list[str] | None, cfg):
 
 
 def _write_json(path: str, value) -> None:
-    """Write ``value`` to ``path`` atomically (a temporary file renamed), so a reader never sees half of it."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
 
 
 def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -111,7 +107,7 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best = trainer.best_state()
     results = {s: trainer.evaluate(best, trainer.steps, batches[s]()) for s in eval_splits}
     if config.export.model:
-        model = trainer.best_model()
+        model = trainer.best_model(best)
         save_pretrained(method.merge(model), os.path.join(workdir, "export"), tokenizer=tokenizer)
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "results.json"), results)

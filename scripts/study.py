@@ -28,7 +28,7 @@ def main():
     args = parser.parse_args(rest)
     path, arg = configs.split_spec(spec)
     module = configs.load_module(path)
-    config = configs.load(spec, overrides)
+    config = configs.resolve(module, arg, overrides)
     sweep = module.get_sweep(arg) if arg is not None else module.get_sweep()
     layout = dict(module.get_table(arg) if arg is not None else module.get_table())
     curves, vs, references = layout.pop("curves", ()), layout.pop("vs", ()), layout.pop("reference", ())

@@ -146,11 +146,11 @@ def save_safetensors(tensors: dict[str, np.ndarray], folder: str, max_shard_byte
     names = ([f"{name}.safetensors"] if len(shards) == 1 else
              [f"{name}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for shard, fname in zip(shards, names):
-        _write_atomic(os.path.join(folder, fname), lambda f, shard=shard: _write_safetensors(f, shard))
+        write_atomic(os.path.join(folder, fname), lambda f, shard=shard: _write_safetensors(f, shard))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
                  "weight_map": {k: fname for shard, fname in zip(shards, names) for k in shard}}
-        _write_atomic(os.path.join(folder, f"{name}.safetensors.index.json"),
+        write_atomic(os.path.join(folder, f"{name}.safetensors.index.json"),
                       lambda f: f.write(json.dumps(index, indent=2).encode()))
 
 
@@ -167,7 +167,8 @@ def _write_safetensors(f, tensors: dict[str, np.ndarray]):
         f.write(np.ascontiguousarray(t).tobytes())
 
 
-def _write_atomic(path: str, write: Callable):
+def write_atomic(path: str, write: Callable):
+    """``write(f)`` into a temporary file renamed to ``path`` when complete: readers never see half of it."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         write(f)

@@ -40,14 +40,13 @@ def model_task(model: nnx.Module) -> str:
 def hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters as host arrays under their HF names and layouts."""
     family = family_for(model.cfg.hf.model_type)
-    tensors = {}
-    added = [".".join(map(str, path)) for path, var in param_paths(nnx.state(model, nnx.Param))
-             if isinstance(var, Adapter)]
+    tensors, params = {}, param_paths(nnx.state(model, nnx.Param))
+    added = [".".join(map(str, path)) for path, var in params if isinstance(var, Adapter)]
     if added:
         raise CheckpointError(f"the model holds {len(added)} parameters an adaptation method added ({added[0]}, ...): "
                               f"merge them into the base weights first (method.merge(model)), or save a LoRA as a "
                               f"PEFT adapter (adapt.methods.peft.save_peft)")
-    for path, var in param_paths(nnx.state(model, nnx.Param)):
+    for path, var in params:
         value = var.get_value()
         if not value.is_fully_addressable:
             value = multihost_utils.process_allgather(value, tiled=True)

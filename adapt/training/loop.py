@@ -201,9 +201,9 @@ class Trainer:
         finally:
             ckpt.close()
 
-    def best_model(self) -> nnx.Module:
-        """The model with the parameters of :meth:`best_state`."""
-        state = self.best_state()
+    def best_model(self, state: TrainState | None = None) -> nnx.Module:
+        """The model with the parameters of ``state`` (default :meth:`best_state`)."""
+        state = state or self.best_state()
         return merge_model(self.static, state.params, state.frozen)
 
 
@@ -237,7 +237,6 @@ class _Run:
         if "penalty" in host:  # the adaptation method's regulariser
             w["penalty"] = w.get("penalty", 0.0) + float(host["penalty"])
         w["steps"] += 1
-        w["learning_rate"] = float(self.schedule(step - 1))  # the rate the step used
         if self.since is None:  # the run's first step compiled the step: its time does not count
             self.since = time.time()
         else:
@@ -254,7 +253,8 @@ class _Run:
         metrics = {f"train/{k}": v for k, v in self.trainer.objective.summarize(w["sums"]).items()}
         if "penalty" in w:
             metrics["train/penalty"] = w["penalty"] / w["steps"]
-        metrics.update({"train/grad_norm": w["grad_norm"] / w["steps"], "train/learning_rate": w["learning_rate"],
+        metrics.update({"train/grad_norm": w["grad_norm"] / w["steps"],
+                        "train/learning_rate": float(self.schedule(step - 1)),  # the last step's rate
                         "train/tokens_per_second": w["tokens"] / elapsed,
                         "train/steps_per_second": w["timed_steps"] / elapsed})
         self.writer.write(step, metrics)

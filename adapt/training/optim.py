@@ -131,9 +131,8 @@ def make_optimizer(cfg, total_steps: int, kinds: dict, settings: dict | None = N
         scale = None
     if unfreeze is not None and any(jax.tree.leaves(unfreeze)):
         tx = optax.chain(gate(unfreeze), tx, gate(unfreeze, scale))
-    elif scale is not None:
-        tx = optax.chain(tx, optax.GradientTransformation(
-            lambda _: optax.EmptyState(), lambda u, s, p=None: (jax.tree.map(jnp.multiply, u, scale), s)))
+    elif scale is not None:  # every unfreeze step is 0: a pure per-parameter scale
+        tx = optax.chain(tx, gate(unfreeze, scale))
     return tx, make_schedule(cfg, total_steps)
 
 
