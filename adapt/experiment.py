@@ -105,7 +105,9 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
     trainer.fit(train, {s: batches[s] for s in eval_splits[:1]} if during else None)  # the first is dev
     best = trainer.best_state()
-    results = {s: trainer.evaluate(best, trainer.steps, batches[s]()) for s in eval_splits}
+    known = {s: {k.split("/", 1)[1]: v for k, v in trainer.best_metrics.items() if k.startswith(f"{s}/")}
+             for s in eval_splits}  # the dev split was evaluated on the best parameters during fit
+    results = {s: known[s] or trainer.evaluate(best, trainer.steps, batches[s]()) for s in eval_splits}
     if config.export.model:
         model = trainer.best_model(best)
         save_pretrained(method.merge(model), os.path.join(workdir, "export"), tokenizer=tokenizer)

@@ -6,7 +6,8 @@ none). Keys are a trial's columns (stage, condition, sweep), its overrides (``op
 ``meta.benchmark``), its full config (``model.name``) or ``init`` (the stage it started from, "external" for an
 ``init_from`` outside the sweep, "none"). In each cell the trials are grouped by their hyperparameters (their
 overrides less the seed keys, ``init_from``, ``meta.*`` and the row/column keys); the group with the best mean
-dev metric over seeds is selected, and the cell is its test metric: mean ± sample std (ddof=1) over seeds.
+dev metric over seeds is selected, and the cell is its test metric: mean ± sample std (ddof=1) over seeds. The
+metric is one name, or one per column (``{"chemprot": "micro_f1", "*": "macro_f1"}``, as papers report).
 "Avg." is the mean of a row's cell means (when it has them all). The best of our rows per column is bold (ties
 at the shown precision too); reference rows (numbers from a paper, as printed) are shown below ours.
 
@@ -91,13 +92,19 @@ class Table:
     row_keys: tuple
     column_key: str | None
     seed_keys: tuple
-    metric: str
+    metric: str | dict  # a metric name, or {column: name} with "*" for the other columns
     dev_split: str = "dev"
     test_split: str = "test"
-    lower: bool = False
+    lower: bool | None = None  # None: from the metric's name
     scale: float = 100.0
     digits: int = 1
     references: dict = dataclasses.field(default_factory=dict)  # name -> {column: (mean, std or None)}
+
+    def metric_of(self, column: str) -> str:
+        return metric_of(self.metric, column)
+
+    def lower_of(self, column: str) -> bool:
+        return lower_is_better(self.metric_of(column)) if self.lower is None else self.lower
 
     def avg(self, row: str, source: str = "ours"):
         got = self.references.get(row, {}) if source == "reference" else \
@@ -106,6 +113,14 @@ class Table:
             return got[AVG][0]
         means = [got[c][0] for c in self.columns if c in got and got[c][0] is not None]
         return statistics.fmean(means) if len(means) == len(self.columns) and means else None
+
+
+def metric_of(metric: str | dict, column: str) -> str:
+    if isinstance(metric, str):
+        return metric
+    if column not in metric and "*" not in metric:
+        raise AdaptError(f"metric: no metric for column {column!r} (and no '*' entry); given: {metric}")
+    return metric.get(column, metric.get("*"))
 
 
 def _hparams(t, exclude) -> dict:
@@ -147,22 +162,25 @@ def build(trials: list[dict], rows=("condition",), column: str | None = None, se
         column = "meta.benchmark"
     rows = (rows,) if isinstance(rows, str) else tuple(rows)
     _check_keys(trials, rows + ((column,) if column else ()))
+    default_column = metric if isinstance(metric, str) else "result"
+    cells = _cells(trials, rows, column, default_column)
     have = sorted({f"{s}/{m}" for t in trials for s, ms in t["metrics"].items() for m in ms})
-    for split in (dev_split, test_split):
-        if f"{split}/{metric}" not in have:
-            close = difflib.get_close_matches(f"{split}/{metric}", have, 3, 0.5)
-            raise AdaptError(f"no finished trial has the metric {split}/{metric}; "
-                             + (f"closest: {', '.join(close)}" if close else f"there are: {', '.join(have)}"))
-    lower = lower_is_better(metric) if lower is None else lower
+    for name in sorted({metric_of(metric, col) for _, col in cells}):
+        for split in (dev_split, test_split):
+            if f"{split}/{name}" not in have:
+                close = difflib.get_close_matches(f"{split}/{name}", have, 3, 0.5)
+                raise AdaptError(f"no finished trial has the metric {split}/{name}; "
+                                 + (f"closest: {', '.join(close)}" if close else f"there are: {', '.join(have)}"))
     exclude = set(seed_keys) | {"init_from", *rows, column}
     table = Table([], [], {}, rows, column, tuple(seed_keys), metric, dev_split, test_split, lower, scale, digits)
-    for (row, col), ts in _cells(trials, rows, column, metric).items():
-        if (picked := select(ts, exclude, metric, dev_split, lower)) is None:
+    for (row, col), ts in cells.items():
+        name = table.metric_of(col)
+        if (picked := select(ts, exclude, name, dev_split, table.lower_of(col))) is None:
             continue  # no trial here has the dev metric (a pretraining stage, say)
         table.rows += [row] if row not in table.rows else []
         table.columns += [col] if col not in table.columns else []
         hp, group, dev = picked
-        tests = [t["metrics"][test_split][metric] for t in group if metric in t["metrics"].get(test_split, {})]
+        tests = [t["metrics"][test_split][name] for t in group if name in t["metrics"].get(test_split, {})]
         varying = {k for t in ts for k, v in _hparams(t, exclude).items() if any(
             _hparams(u, exclude).get(k) != v for u in ts)}
         table.cells[row, col] = Cell(statistics.fmean(tests) if tests else None,
@@ -228,7 +246,9 @@ def entries(table: Table) -> list[dict]:
     for col in {e["column"] for e in out}:
         ours = [e for e in out if e["column"] == col and e["source"] == "ours" and e["mean"] is not None]
         if ours:
-            best = (min if table.lower else max)(round(e["mean"], table.digits) for e in ours)
+            lower = table.lower_of(col) if col != AVG else table.lower is True or (
+                table.lower is None and all(table.lower_of(c) for c in table.columns))
+            best = (min if lower else max)(round(e["mean"], table.digits) for e in ours)
             for e in ours:
                 e["bold"] = round(e["mean"], table.digits) == best
     return out
@@ -242,8 +262,14 @@ def _grid(table: Table):
 
 def caption(table: Table) -> str:
     scale = f" (x{table.scale:g})" if table.scale != 1 else ""
-    return (f"Test {table.metric}{scale}: mean ± std over seeds ({', '.join(table.seed_keys)}) of the hyperparameters "
-            f"with the best mean {table.dev_split} {table.metric}; best per column in bold.")
+    names = {c: table.metric_of(c) for c in table.columns}
+    if len(set(names.values())) == 1:
+        metric = next(iter(names.values()))
+    else:
+        metric = ", ".join(f"{n} for {', '.join(c for c in table.columns if names[c] == n)}"
+                           for n in dict.fromkeys(names.values()))
+    return (f"Test metric ({metric}){scale}: mean ± std over seeds ({', '.join(table.seed_keys)}) of the "
+            f"hyperparameters with the best mean {table.dev_split} value of that metric; best per column in bold.")
 
 
 def to_markdown(table: Table) -> str:
@@ -329,9 +355,11 @@ def plot_sweep(table: Table, trials: list[dict], key: str, path: str, split: str
     trials = [t for t in trials if t["status"] == "done"]
     _check_keys(trials, [key])
     exclude = set(table.seed_keys) | {"init_from", *table.row_keys, table.column_key}
-    cells = _cells(trials, table.row_keys, table.column_key, table.metric)
+    cells = _cells(trials, table.row_keys, table.column_key,
+                   table.metric if isinstance(table.metric, str) else "result")
     plt, fig, axes = _axes(len(table.columns))
     for ax, col in zip(axes, table.columns):
+        metric = table.metric_of(col)
         for row in table.rows:
             xs = {}
             for t in cells.get((row, col), []):
@@ -339,9 +367,9 @@ def plot_sweep(table: Table, trials: list[dict], key: str, path: str, split: str
                     xs.setdefault(value(t, key), []).append(t)
             pts = []
             for x, ts in sorted(xs.items()):
-                if (picked := select(ts, exclude, table.metric, table.dev_split, table.lower)) is not None:
-                    vals = [t["metrics"][split][table.metric] * table.scale for t in picked[1]
-                            if table.metric in t["metrics"].get(split, {})]
+                if (picked := select(ts, exclude, metric, table.dev_split, table.lower_of(col))) is not None:
+                    vals = [t["metrics"][split][metric] * table.scale for t in picked[1]
+                            if metric in t["metrics"].get(split, {})]
                     if vals:
                         pts.append((x, statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0))
             if pts:
@@ -350,7 +378,7 @@ def plot_sweep(table: Table, trials: list[dict], key: str, path: str, split: str
         xs_all = [value(t, key) for t in trials if isinstance(value(t, key), (int, float))]
         if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
             ax.set_xscale("log")
-        ax.set(title=col, xlabel=key, ylabel=f"{split} {table.metric}")
+        ax.set(title=col, xlabel=key, ylabel=f"{split} {metric}")
         ax.legend(fontsize="small")
     return _save(plt, fig, path)
 

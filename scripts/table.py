@@ -1,7 +1,7 @@
 """Paper tables (Markdown, LaTeX, CSV) and plots from a sweep's results database.
 
     python scripts/table.py --db runs/x/results.db [--rows condition] [--column meta.benchmark]
-                            [--metric accuracy] [--reference paper.csv] [--out tables/x]
+                            [--metric accuracy|macro_f1,chemprot=micro_f1] [--reference paper.csv] [--out tables/x]
                             [--curves train/loss] [--vs optimizer.learning_rate]
 
 Per row (condition) and column (benchmark): the hyperparameters with the best mean dev metric over seeds, and
@@ -17,6 +17,14 @@ from adapt import cli, tables
 from adapt.results import ResultsDB
 
 
+def parse_metric(text: str):
+    """'macro_f1' -> 'macro_f1'; 'macro_f1,chemprot=micro_f1' -> {'*': 'macro_f1', 'chemprot': 'micro_f1'}."""
+    if "=" not in text:
+        return text
+    parts = [p.partition("=") for p in text.split(",")]
+    return {(col if eq else "*"): (name if eq else col) for col, eq, name in parts}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True, help="the results database (a sweep's WORKDIR/results.db)")
@@ -25,7 +33,8 @@ def main():
     parser.add_argument("--rows", default="condition", help="comma-separated keys whose values make a row")
     parser.add_argument("--column", default=None, help="key whose value makes a column (default: meta.benchmark)")
     parser.add_argument("--seed-keys", default="train.seed", help="comma-separated keys that are seeds")
-    parser.add_argument("--metric", default="accuracy")
+    parser.add_argument("--metric", default="accuracy",
+                        help="the metric, or one per column: 'macro_f1,chemprot=micro_f1' (the bare name: the rest)")
     parser.add_argument("--dev-split", default="dev", help="split that selects hyperparameters")
     parser.add_argument("--test-split", default="test", help="split that is reported")
     parser.add_argument("--lower-is-better", action="store_true", default=None)
@@ -40,7 +49,7 @@ def main():
     db = ResultsDB.open_existing(args.db)
     trials = [t for t in db.trials(sweep=args.sweep) if args.stage is None or t["stage"] in args.stage]
     table = tables.build(trials, rows=args.rows.split(","), column=args.column, seed_keys=args.seed_keys.split(","),
-                         metric=args.metric, dev_split=args.dev_split, test_split=args.test_split,
+                         metric=parse_metric(args.metric), dev_split=args.dev_split, test_split=args.test_split,
                          lower=args.lower_is_better, scale=args.scale, digits=args.digits)
     for ref in args.reference:
         tables.add_references(table, ref)

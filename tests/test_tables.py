@@ -52,7 +52,8 @@ def db(tmp_path):
             continue
         (devs, tests), seed = DATA[key], ov["train.seed"]
         curve = [(0, 2.0 + seed), (10, 1.0), (20, 0.5)] if seed else [(0, 2.0), (15, 0.8)]
-        out.finish(tid, {"dev": {"accuracy": devs[seed]}, "test": {"accuracy": tests[seed]}}, {"train/loss": curve})
+        out.finish(tid, {s: {"accuracy": v[seed], "error": 1 - v[seed]} for s, v in (("dev", devs), ("test", tests))},
+                   {"train/loss": curve})
     return out
 
 
@@ -129,6 +130,19 @@ def test_other_rows_keys_and_lower_is_better(db):
         tables.build(trials, metric="acuracy")
 
 
+def test_a_metric_per_column(db):
+    """Column Y reports the error (lower is better): the same groups are selected, its best is the lowest."""
+    table = tables.build(db.trials(), metric={"Y": "error", "*": "accuracy"})
+    assert table.cells["A", "Y"].mean == pytest.approx(0.40) and table.cells["B", "Y"].mean == pytest.approx(0.44)
+    assert table.cells["B", "Y"].selected == {"optimizer.learning_rate": 3e-5}
+    assert table.cells["A", "X"].mean == pytest.approx(0.72)
+    md = tables.to_markdown(table)
+    assert "| A | 72.0 ± 2.0 | **40.0 ± 2.0** |" in md and "| B | **81.0 ± 1.0** | 44.0 ± 1.0 |" in md
+    assert "accuracy for X, error for Y" in md
+    with pytest.raises(AdaptError, match="no metric for column 'X'"):
+        tables.build(db.trials(), metric={"Y": "error"})
+
+
 def test_plots_are_png_files(db, tmp_path):
     table = tables.build(db.trials())
     curves = tables.plot_curves(table, db, "train/loss", str(tmp_path / "plots" / "curves.png"))
@@ -160,6 +174,8 @@ def test_table_command_line(db, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "t.md").read_text() == tables.to_markdown(
         tables.add_references(tables.build(db.trials()), str(tmp_path / "ref.csv")))
+    out = subprocess.run(cmd[:3] + ["--metric", "accuracy,Y=error"], capture_output=True, text=True, check=False)
+    assert "| A | 72.0 ± 2.0 | **40.0 ± 2.0** |" in out.stdout, out.stderr
     out = subprocess.run(cmd[:3] + ["--metric", "f1"], capture_output=True, text=True, check=False)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and re.search(r"metric dev/f1", out.stderr)
     out = subprocess.run(cmd[:2] + ["--db", str(tmp_path / "nope.db")], capture_output=True, text=True, check=False)

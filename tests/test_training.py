@@ -121,6 +121,10 @@ def test_trainer_stops_early_and_keeps_the_best_checkpoint(tiny_llama, tmp_path)
     at_4 = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "4" / "state")["params"]
     best = trainer.best_model()
     np.testing.assert_array_equal(np.asarray(best.lm_head.kernel[...]), np.asarray(at_4["lm_head"]["kernel"]))
+    assert trainer.best_metrics["dev/score"] == 0.7  # the evaluation that made step 4 the best (trials reuse it)
+    again = trainer.evaluate(trainer.best_state(), trainer.steps, eval_batches(data, 8))
+    assert {f"dev/{k}": v for k, v in again.items()} == {k: v for k, v in trainer.best_metrics.items()
+                                                         if k != "dev/score"}  # the scripted number aside
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["dev/score"] for r in records if "dev/score" in r] == [0.5, 0.7, 0.6, 0.65]
 

@@ -192,12 +192,16 @@ class Trainer:
 
     def best_state(self) -> TrainState:
         """The final train state with the parameters of the best evaluation (the last ones with no
-        early-stopping metric)."""
+        early-stopping metric). Sets ``best_metrics``: that evaluation's metrics (``{"dev/accuracy": ...}``),
+        or {} when there was none."""
         ckpt = Checkpointer(self.workdir, keep=self.cfg.train.keep_checkpoints)
         try:
             if ckpt.best_step() is None:
+                self.best_metrics = {}
                 return self.state
-            return ckpt.restore_best(self.state, self.shardings)[0]
+            state, extra = ckpt.restore_best(self.state, self.shardings)
+            self.best_metrics = extra["metrics"]
+            return state
         finally:
             ckpt.close()
 
