@@ -119,11 +119,16 @@ def load(spec: str, overrides: list[str] | dict = ()) -> ml_collections.ConfigDi
 def resolve(module, arg: str | None, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
     """``module``'s config for ``arg`` with ``overrides``, checked (method knobs included)."""
     config = get_config(module, arg)
-    config = apply_overrides(config, dict(overrides) if isinstance(overrides, dict) else dict(map(_split, overrides)))
+    config = apply_overrides(config, dict(overrides) if isinstance(overrides, dict) else split_all(overrides))
     if "method" in config:  # its knobs are checked by the method itself, before anything runs
         from adapt import methods
         methods.build(config.method)
     return config
+
+
+def split_all(overrides: list[str]) -> dict:
+    """``["key=value", ...]`` -> ``{key: parsed value}``."""
+    return dict(map(_split, overrides))
 
 
 def _split(override: str) -> tuple[str, object]:

@@ -3,6 +3,8 @@ method -> training with evaluation and early stopping -> the best model's dev/te
 that a later stage can start from.
 
     results = run_trial(config, workdir)   # {"dev": {"accuracy": ...}, "test": {...}}
+    evaluate_run(workdir, ["test"], {"data.files.test": "other.jsonl"})   # the best checkpoint, later
+    export_run(workdir, "out/merged")                                     # or peft=True: a PEFT adapter
 
 A run folder holds ``config.json`` (the resolved config), ``labels.json``, the trainer's ``checkpoints/``,
 ``best/``, ``metrics.jsonl`` and ``tb/``, ``export/`` (the trained model merged into plain weights, in HF
@@ -12,6 +14,7 @@ presence means the trial finished). Running a trial again in the same folder res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -19,7 +22,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import methods
+from adapt import configs, methods
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import data_defaults, prepare, save_labels, train_stream
 from adapt.errors import ConfigError
@@ -74,14 +77,30 @@ def _objective(task: str, tokenizer, labels: list[str] | None, cfg):
     return TokenClassification(label_names=tuple(labels))
 
 
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
 def _write_json(path: str, value) -> None:
     write_atomic(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
 
 
-def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model."""
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+@dataclasses.dataclass
+class Trial:
+    """What a trial is built from: its config, the tokenizer, the prepared splits, the adaptation method, the
+    model (the method applied) and the trainer over ``workdir``."""
+    config: ml_collections.ConfigDict
+    tokenizer: object
+    splits: dict
+    method: methods.Method
+    trainer: Trainer
+
+    def eval_batches(self, split: str):
+        return eval_batches(self.splits[split], self.config.eval.batch_size, name=split)
+
+
+def build_trial(config: ml_collections.ConfigDict, workdir: str) -> Trial:
     task = config.model.task
     if config.data.format not in TASK_FORMATS.get(task, ()):
         raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task!r}; expected one of "
@@ -90,27 +109,74 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tokenizer = load_tokenizer(source)
     splits, _ = prepare(config.data, tokenizer)
     labels = splits.get("labels")
-    if labels:
-        save_labels(workdir, labels)
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
     model = from_pretrained(source, task=task, labels=labels if task != "masked_lm" else None,
                             dtype=config.model.dtype, seed=config.train.seed, **dropouts)
     model = method.apply(model, nnx.Rngs(config.train.seed))
     objective = _objective(task, tokenizer, labels, config)
-    trainer = Trainer(model, objective, config, workdir, method=method)
+    return Trial(config, tokenizer, splits, method, Trainer(model, objective, config, workdir, method=method))
+
+
+def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model."""
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    trial = build_trial(config, workdir)
+    trainer, splits = trial.trainer, trial.splits
+    if splits.get("labels"):
+        save_labels(workdir, splits["labels"])
     eval_splits = [s for s in config.eval.splits if s in splits]
-    batches = {s: (lambda s=s: eval_batches(splits[s], config.eval.batch_size, name=s)) for s in eval_splits}
-    train = train_stream(config.data, tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
+    train = train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
-    trainer.fit(train, {s: batches[s] for s in eval_splits[:1]} if during else None)  # the first is dev
+    first = {s: (lambda s=s: trial.eval_batches(s)) for s in eval_splits[:1]}  # the first is dev
+    trainer.fit(train, first if during else None)
     best = trainer.best_state()
     known = {s: {k.split("/", 1)[1]: v for k, v in trainer.best_metrics.items() if k.startswith(f"{s}/")}
              for s in eval_splits}  # the dev split was evaluated on the best parameters during fit
-    results = {s: known[s] or trainer.evaluate(best, trainer.steps, batches[s]()) for s in eval_splits}
+    results = {s: known[s] or trainer.evaluate(best, trainer.steps, trial.eval_batches(s)) for s in eval_splits}
     if config.export.model:
         model = trainer.best_model(best)
-        save_pretrained(method.merge(model), os.path.join(workdir, "export"), tokenizer=tokenizer)
+        save_pretrained(trial.method.merge(model), os.path.join(workdir, "export"), tokenizer=trial.tokenizer)
     if jax.process_index() == 0:
         _write_json(os.path.join(workdir, "results.json"), results)
     return results
+
+
+def load_run(workdir: str, overrides: list[str] | dict = (), checkpoint: str = "best") -> tuple[Trial, object]:
+    """A finished (or interrupted) run folder as it was trained: (the trial rebuilt from its ``config.json``
+    with ``overrides``, e.g. ``data.files.test=other.jsonl``; the train state of its ``checkpoint``,
+    "best" or "latest")."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{workdir}: no config.json; expected a run folder (the --workdir of scripts/train.py)")
+    config = ml_collections.ConfigDict(_read_json(path))
+    config.lock()
+    config = configs.apply_overrides(config, overrides if isinstance(overrides, dict) else configs.split_all(overrides))
+    trial = build_trial(config, workdir)
+    saved = os.path.join(workdir, "labels.json")
+    if os.path.isfile(saved) and _read_json(saved) != trial.splits.get("labels"):
+        raise ConfigError(f"{saved}: the run's labels differ from those of its data now ({trial.splits.get('labels')})")
+    return trial, trial.trainer.load(checkpoint)
+
+
+def evaluate_run(workdir: str, splits=("test",), overrides=(), checkpoint: str = "best") -> dict:
+    """``{split: metrics}`` of a run folder's ``checkpoint`` on ``splits`` of its data (see :func:`load_run`)."""
+    trial, state = load_run(workdir, overrides, checkpoint)
+    missing = [s for s in splits if s not in trial.splits or s == "labels"]
+    if missing:
+        raise ConfigError(f"{workdir}: the run's data has no split {', '.join(missing)}; it has "
+                          f"{', '.join(s for s in trial.splits if s != 'labels')}")
+    return {s: trial.trainer.evaluate(state, trial.trainer.steps, trial.eval_batches(s)) for s in splits}
+
+
+def export_run(workdir: str, out: str, *, peft: bool = False, checkpoint: str = "best") -> str:
+    """Write a run folder's trained model to ``out``: merged into plain weights in HF layout (with the
+    tokenizer), or with ``peft`` as a PEFT adapter folder (LoRA/DoRA). Returns the folder."""
+    trial, state = load_run(workdir, checkpoint=checkpoint)
+    model = trial.trainer.best_model(state)
+    if peft:
+        from adapt.methods.peft import save_peft
+
+        return save_peft(model, trial.method, out, base_model=trial.config.init_from or trial.config.model.name)
+    return save_pretrained(trial.method.merge(model), out, tokenizer=trial.tokenizer)

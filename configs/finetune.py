@@ -7,11 +7,21 @@
 ``arg``: a benchmark of :mod:`adapt.tasks` (bbc, chemprot, citation_intent, sciie), optionally followed by
 ``,<method>`` (an adaptation method of :mod:`adapt.methods`; full fine-tuning by default). Start from a
 continued-pretraining run's export with ``--config.init_from=<that run>/export``.
+
+Its sweeps (``get_sweep``; pick one with ``--sweep``) run with scripts/sweep.py and tabulate with scripts/table.py:
+
+    .venv/bin/python scripts/sweep.py --config=configs/finetune.py:chemprot --workdir=runs/chemprot --workers=2
+    .venv/bin/python scripts/sweep.py --config=configs/finetune.py:chemprot,lora --sweep=random --workdir=runs/cl
+    .venv/bin/python scripts/table.py --db=runs/chemprot/results.db --metric=micro_f1 --vs=optimizer.learning_rate
 """
 
 from adapt import tasks
 from adapt.experiment import base_config
 from adapt.methods import method_config
+from adapt.sweeps import grid, loguniform, product, random, uniform
+
+# Learning rates per kind of method: adapters and LoRA train few weights and take rates 10x higher.
+LEARNING_RATES = {"full": [1e-5, 2e-5, 3e-5, 5e-5], "few": [1e-4, 3e-4, 1e-3]}
 
 
 def get_config(arg="bbc"):
@@ -24,3 +34,19 @@ def get_config(arg="bbc"):
     c.train.update(batch_size=16, epochs=3.0, log_every=20, early_stopping=dict(mode="max", patience=0))
     c.condition = f"{method or 'full'}"
     return c
+
+
+def get_sweep(arg="bbc"):
+    """default: learning rate x weight decay x 3 seeds; dropout: hidden x attention dropout x 3 seeds at the
+    config's rate; random: 16 (learning rate, weight decay) draws, log-uniform around the grid, x 3 seeds."""
+    method = arg.partition(",")[2] or "full"
+    rates = LEARNING_RATES["full" if method in ("full", "llrd", "l2sp", "mixout", "freeze") else "few"]
+    seeds = grid("train.seed", [0, 1, 2])
+    draws = [{**lr, **wd} for lr, wd in zip(random("optimizer.learning_rate", loguniform(rates[0], rates[-1]), 16),
+                                            random("optimizer.weight_decay", uniform(0.0, 0.1), 16))]
+    return {
+        "default": product(grid("optimizer.learning_rate", rates), grid("optimizer.weight_decay", [0.0, 0.01]), seeds),
+        "dropout": product(grid("model.hidden_dropout", [0.0, 0.1, 0.2]), grid("model.attention_dropout", [0.0, 0.1]),
+                           seeds),
+        "random": product(draws, seeds),
+    }

@@ -1,14 +1,13 @@
-"""Experiment configs and one trial end to end: every config resolves, overrides and misspelt keys, and
-continued MLM pretraining (TAPT) whose export a LoRA fine-tune starts from, on the BBC News corpus."""
+"""Experiment configs: every config resolves; overrides and misspelt keys. (One trial end to end, TAPT and then a
+LoRA fine-tune from its export, runs in test_study.py.)"""
 
 import glob
 import json
 import os
 
-import numpy as np
 import pytest
 
-from adapt import configs
+from adapt import configs, sweeps
 from adapt.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +20,14 @@ def test_every_config_resolves(path):
     config = configs.load(path)
     assert config.model.name and config.data.format and config.method.name
     json.loads(config.to_json_best_effort())  # what run folders save
+    module = configs.load_module(path)
+    if hasattr(module, "get_sweep"):  # every trial of every sweep beside it sets known keys
+        sweep = module.get_sweep()
+        for part in sweep.values() if isinstance(sweep, dict) else [sweep]:
+            trials = sweeps.expand(part)
+            assert trials
+            for t in trials:
+                sweeps.apply_overrides(config, t.overrides)
 
 
 def test_overrides_and_misspelt_keys():
@@ -36,22 +43,3 @@ def test_overrides_and_misspelt_keys():
         configs.load("configs/finetune.py:bcc")
     with pytest.raises(ConfigError, match="no such config file"):
         configs.load("configs/nope.py:bbc")
-
-
-@pytest.mark.slow
-def test_tapt_then_lora_fine_tune_on_bbc(tmp_path):
-    from adapt.experiment import run_trial
-
-    shrink = {"train.steps": 3, "data.max_length": 32, "train.log_every": 1, "eval.batch_size": 128,
-              "data.cache_dir": str(tmp_path / "cache")}
-    tapt = configs.load("configs/pretrain.py:bbc", shrink)
-    result = run_trial(tapt, str(tmp_path / "tapt"))
-    assert np.isfinite(result["dev"]["perplexity"])
-    assert os.path.exists(tmp_path / "tapt" / "export" / "model.safetensors")
-    ft = configs.load("configs/finetune.py:bbc,lora", {**shrink, "init_from": str(tmp_path / "tapt" / "export")})
-    result = run_trial(ft, str(tmp_path / "ft"))
-    assert set(result) == {"dev", "test"} and result["test"]["count"] == 223  # 10% of 2,225 articles
-    saved = json.load(open(tmp_path / "ft" / "results.json"))
-    assert saved == json.loads(json.dumps(result))
-    assert json.load(open(tmp_path / "ft" / "config.json"))["method"]["name"] == "lora"
-    assert json.load(open(tmp_path / "ft" / "labels.json")) == ["business", "entertainment", "politics", "sports", "tech"]

@@ -1,6 +1,9 @@
-"""The main job's pipeline on a shrunken setting: TAPT, then baseline and TAPT fine-tunes (full and LoRA) over
-seeds, run by scripts/study.py; ends with the table and the plot files, and a re-run skips every trial."""
+"""The main job's pipeline on a shrunken setting: TAPT, then baseline and TAPT-initialised LoRA fine-tunes over
+seeds, run by scripts/study.py; the run folders hold what a trial writes, the study ends with the table and the
+plot files, and a re-run skips every trial."""
 
+import glob
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +26,39 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     assert "±" in table and "**" in table  # one benchmark column: no "Avg." column
     for name in ("table.tex", "table.csv", "table_curves_train_loss.png", "table_vs_optimizer.learning_rate.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
-    assert "9 trials (9 done)" in out.stdout
+    assert "5 trials (5 done)" in out.stdout
+    assert len(glob.glob(str(tmp_path / "tapt" / "*" / "export" / "model.safetensors"))) == 1
+    runs = sorted(glob.glob(str(tmp_path / "tapt_finetune" / "*")))
+    assert len(runs) == 2  # two seeds, each from the TAPT export
+    for run in runs:
+        config = json.load(open(os.path.join(run, "config.json")))
+        assert config["method"]["name"] == "lora"
+        assert os.path.relpath(config["init_from"], tmp_path).startswith("tapt/")
+        result = json.load(open(os.path.join(run, "results.json")))
+        assert set(result) == {"dev", "test"} and result["test"]["count"] == 223  # 10% of 2,225 articles
+        assert json.load(open(os.path.join(run, "labels.json"))) == [
+            "business", "entertainment", "politics", "sports", "tech"]
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "9 trials (9 done)" in again.stdout
+    assert again.returncode == 0 and "5 trials (5 done)" in again.stdout
+
+    # scripts/eval.py and scripts/export.py on a finished trial's run folder
+    def script(name, *args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), f"--workdir={runs[0]}", *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    out = script("eval.py", "--split=dev", "--split=test", "--config.eval.batch_size=32")
+    assert out.returncode == 0, out.stderr[-2000:]
+    evaluated, saved = json.loads(out.stdout), json.load(open(os.path.join(runs[0], "results.json")))
+    assert evaluated.keys() == saved.keys()
+    for split in saved:
+        assert evaluated[split] == pytest.approx(saved[split], abs=1e-6), split  # other batches, same numbers
+    out = script("export.py", f"--out={tmp_path / 'adapter'}", "--peft")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.load(open(tmp_path / "adapter" / "adapter_config.json"))["peft_type"] == "LORA"
+    out = script("export.py", f"--out={tmp_path / 'merged'}")
+    assert out.returncode == 0 and (tmp_path / "merged" / "model.safetensors").stat().st_size > 0, out.stderr[-2000:]
+    out = script("eval.py", "--split=train2")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no split train2" in out.stderr
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "eval.py"), f"--workdir={tmp_path}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "no config.json" in out.stderr

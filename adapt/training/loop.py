@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from adapt.errors import ConfigError, TrainingError
+from adapt.errors import CheckpointError, ConfigError, TrainingError
 from adapt.methods.base import Method
 from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import optim
@@ -141,20 +141,44 @@ class Trainer:
         t = self.cfg.train
         return int(t.steps or math.ceil(t.epochs * train_data.steps_per_epoch))
 
-    def fit(self, train_data, eval_data: dict | None = None) -> FitResult:
-        t, eval_data = self.cfg.train, eval_data or {}
-        total = self.total_steps(train_data)
+    def _setup(self, total: int):
+        """The optimizer for ``total`` steps, the sharded train state and the jitted steps; returns (state,
+        the learning-rate schedule)."""
+        t = self.cfg.train
         trainable = nnx.state(self.model, self.method.trainable(self.model))
         if not jax.tree.leaves(trainable):
             raise ConfigError(f"method {self.method.name!r} leaves no parameter of {type(self.model).__name__} "
                               f"trainable")
         settings = optim.method_settings(self.method, self.model, trainable)
         tx, schedule = optim.make_optimizer(self.cfg.optimizer, total, optim.param_kinds(trainable), settings)
-        static, state, shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules, seed=t.seed,
-                                                method=self.method)
-        self.static, self.shardings = static, shardings
-        self.steps = steps = Steps(static, self.objective, tx, shardings, self.batch_sharding, rules=self.rules,
-                      accum=t.grad_accum, remat=t.remat, method=self.method)
+        self.static, state, self.shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules,
+                                                          seed=t.seed, method=self.method)
+        self.steps = Steps(self.static, self.objective, tx, self.shardings, self.batch_sharding, rules=self.rules,
+                           accum=t.grad_accum, remat=t.remat, method=self.method)
+        self.state = state
+        return state, schedule
+
+    def load(self, checkpoint: str = "best") -> TrainState:
+        """The state saved in this run folder (``workdir``) by an earlier :meth:`fit`: the parameters of its best
+        checkpoint ("best"; the latest when it kept no best) or its latest checkpoint ("latest"). Sets
+        ``steps`` and ``best_metrics`` as :meth:`fit` and :meth:`best_state` do."""
+        if checkpoint not in ("best", "latest"):
+            raise ConfigError(f"checkpoint={checkpoint!r}; expected 'best' or 'latest'")
+        self._setup(1)  # the schedule's length does not change the state's structure
+        ckpt = Checkpointer(self.workdir, keep=self.cfg.train.keep_checkpoints)
+        try:
+            if ckpt.latest_step() is None:
+                raise CheckpointError(f"{os.path.join(self.workdir, 'checkpoints')}: no checkpoint to load")
+            self.state = ckpt.restore(self.state, self.shardings)[0]
+        finally:
+            ckpt.close()
+        return self.best_state() if checkpoint == "best" else self.state
+
+    def fit(self, train_data, eval_data: dict | None = None) -> FitResult:
+        t, eval_data = self.cfg.train, eval_data or {}
+        total = self.total_steps(train_data)
+        state, schedule = self._setup(total)
+        steps, shardings = self.steps, self.shardings
         stopper = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)
         ckpt = Checkpointer(self.workdir, keep=t.keep_checkpoints)
         start = ckpt.latest_step()
