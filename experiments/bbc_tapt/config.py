@@ -7,8 +7,8 @@ Conditions (rows): Baseline (fine-tune the pretrained encoder) vs. TAPT (first c
 on the task's own training text, Gururangan et al., 2020, "Don't Stop Pretraining", arXiv:2004.10964), each
 fine-tuned fully and with LoRA (rank 8, on query/value, classifier trained). For each: a small learning-rate
 grid (selected by dev accuracy, as papers do) x 3 seeds; the table gives test accuracy mean ± std over the
-seeds of the selected learning rate. Shrunk to fit the budget: inputs cut to 64 tokens, 20 fine-tuning steps
-of 16 articles, 32 TAPT steps of 16 rows of 64 tokens. ``:smoke`` shrinks it to a pipeline check (2 steps,
+seeds of the selected learning rate. Shrunk to fit the budget: inputs cut to 48 tokens, 20 fine-tuning steps
+of 16 articles, 32 TAPT steps of 16 rows of 48 tokens. ``:smoke`` shrinks it to a pipeline check (2 steps,
 2 seeds, LoRA only at one learning rate).
 """
 
@@ -26,7 +26,7 @@ STEPS = {None: {"tapt": 32, "finetune": 20}, "smoke": {"tapt": 2, "finetune": 2}
 
 def get_config(arg=None):
     c = configs.load(os.path.join(HERE, "..", "..", "configs", "finetune.py:bbc"))
-    c.data.max_length = 64
+    c.data.max_length = 48
     c.train.update(steps=STEPS[arg]["finetune"], batch_size=16, log_every=4 if arg is None else 1)
     c.train.early_stopping.metric = ""  # a fixed budget: the model after the last step is evaluated
     c.optimizer.update(warmup_ratio=0.1, schedule="linear")
