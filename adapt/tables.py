@@ -123,6 +123,15 @@ def metric_of(metric: str | dict, column: str) -> str:
     return metric.get(column, metric.get("*"))
 
 
+def _cell_metric(metric: str | dict, column: str, trials, dev_split: str) -> str | None:
+    """The metric of ``column``; None for a column the per-column metrics leave out whose trials have none of
+    them (a pretraining stage's, say)."""
+    if isinstance(metric, dict) and column not in metric and "*" not in metric and not any(
+            n in t["metrics"].get(dev_split, {}) for t in trials for n in metric.values()):
+        return None
+    return metric_of(metric, column)
+
+
 def _hparams(t, exclude) -> dict:
     return {k: v for k, v in t["overrides"].items() if k not in exclude and not k.startswith("meta.")}
 
@@ -164,8 +173,9 @@ def build(trials: list[dict], rows=("condition",), column: str | None = None, se
     _check_keys(trials, rows + ((column,) if column else ()))
     default_column = metric if isinstance(metric, str) else "result"
     cells = _cells(trials, rows, column, default_column)
+    names = {col: _cell_metric(metric, col, ts, dev_split) for (_, col), ts in cells.items()}
     have = sorted({f"{s}/{m}" for t in trials for s, ms in t["metrics"].items() for m in ms})
-    for name in sorted({metric_of(metric, col) for _, col in cells}):
+    for name in sorted({n for n in names.values() if n is not None}):
         for split in (dev_split, test_split):
             if f"{split}/{name}" not in have:
                 close = difflib.get_close_matches(f"{split}/{name}", have, 3, 0.5)
@@ -174,7 +184,8 @@ def build(trials: list[dict], rows=("condition",), column: str | None = None, se
     exclude = set(seed_keys) | {"init_from", *rows, column}
     table = Table([], [], {}, rows, column, tuple(seed_keys), metric, dev_split, test_split, lower, scale, digits)
     for (row, col), ts in cells.items():
-        name = table.metric_of(col)
+        if (name := names[col]) is None:
+            continue
         if (picked := select(ts, exclude, name, dev_split, table.lower_of(col))) is None:
             continue  # no trial here has the dev metric (a pretraining stage, say)
         table.rows += [row] if row not in table.rows else []

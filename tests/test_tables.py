@@ -141,6 +141,10 @@ def test_a_metric_per_column(db):
     assert "accuracy for X, error for Y" in md
     with pytest.raises(AdaptError, match="no metric for column 'X'"):
         tables.build(db.trials(), metric={"Y": "error"})
+    pretraining = {**db.trials()[0], "id": "p", "overrides": {"train.steps": 5}, "metrics": {"dev": {"loss": 2.0}}}
+    with_it = tables.build(db.trials() + [pretraining], metric={"X": "accuracy", "Y": "error"})  # no column, no metric
+    assert with_it.columns == ["X", "Y"] and with_it.cells == tables.build(db.trials(), metric={
+        "X": "accuracy", "Y": "error"}).cells
 
 
 def test_plots_are_png_files(db, tmp_path):

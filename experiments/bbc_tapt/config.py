@@ -1,5 +1,5 @@
 """The main job: does task-adaptive pretraining help, with full fine-tuning and with LoRA? MiniLM-L6 (bundled)
-on BBC News topic classification (bundled), all on CPU in about 15 minutes.
+on BBC News topic classification (bundled), all on CPU in under 15 minutes.
 
     .venv/bin/python scripts/study.py --config=experiments/bbc_tapt/config.py --workdir=runs/bbc_tapt
 
