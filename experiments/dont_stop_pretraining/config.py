@@ -26,7 +26,7 @@ METRICS = {"chemprot": "micro_f1", "citation_intent": "macro_f1", "sciie": "macr
 BUDGET = {  # steps of 16 x max_length tokens; mlm_eval: the dev perplexity of each pretraining stage
     None: dict(dapt=12500, tapt=2000, finetune=0, epochs=10.0, max_length=256, seeds=[0, 1, 2, 3, 4],
                learning_rates=[1e-5, 2e-5, 3e-5], mlm_eval=True),
-    # 32 trials in about an hour on 2 CPU cores; evaluating ChemProt's 5.9k dev + test rows dominates
+    # 32 trials, about 47 minutes on 2 CPU cores; evaluating ChemProt's 5.9k dev + test rows dominates
     "reduced": dict(dapt=40, tapt=20, finetune=40, epochs=0.0, max_length=64, seeds=[0, 1],
                     learning_rates=[2e-4], mlm_eval=False),
 }
