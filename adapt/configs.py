@@ -33,9 +33,9 @@ def load_module(path: str):
     return module
 
 
-def get_config(module, arg: str | None):
-    """``module.get_config(arg)``, or ``get_config()`` when no argument was given."""
-    return module.get_config(arg) if arg is not None else module.get_config()
+def call(module, fn: str, arg: str | None):
+    """``module.<fn>(arg)``, or ``<fn>()`` when no argument was given (``get_config``, ``get_sweep``, ...)."""
+    return getattr(module, fn)(arg) if arg is not None else getattr(module, fn)()
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -118,17 +118,16 @@ def load(spec: str, overrides: list[str] | dict = ()) -> ml_collections.ConfigDi
 
 def resolve(module, arg: str | None, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
     """``module``'s config for ``arg`` with ``overrides``, checked (method knobs included)."""
-    config = get_config(module, arg)
-    config = apply_overrides(config, dict(overrides) if isinstance(overrides, dict) else split_all(overrides))
+    config = apply_overrides(call(module, "get_config", arg), as_dict(overrides))
     if "method" in config:  # its knobs are checked by the method itself, before anything runs
         from adapt import methods
         methods.build(config.method)
     return config
 
 
-def split_all(overrides: list[str]) -> dict:
-    """``["key=value", ...]`` -> ``{key: parsed value}``."""
-    return dict(map(_split, overrides))
+def as_dict(overrides: list[str] | dict) -> dict:
+    """``["key=value", ...]`` (or a dict) -> ``{key: parsed value}``."""
+    return dict(overrides) if isinstance(overrides, dict) else dict(map(_split, overrides))
 
 
 def _split(override: str) -> tuple[str, object]:
@@ -138,7 +137,7 @@ def _split(override: str) -> tuple[str, object]:
     return key, parse_value(value)
 
 
-def parse_argv(argv: list[str]) -> tuple[str, list[str], list[str]]:
+def parse_argv(argv: list[str], spec_required: bool = True) -> tuple[str | None, list[str], list[str]]:
     """Split ``--config=spec`` and ``--config.key=value`` out of ``argv``; returns (spec, overrides, rest)."""
     spec, overrides, rest = None, [], []
     for a in argv:
@@ -148,6 +147,6 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], list[str]]:
             overrides.append(a[len("--config."):])
         else:
             rest.append(a)
-    if spec is None:
+    if spec is None and spec_required:
         raise ConfigError("no --config=<file.py[:arg]> given")
     return spec, overrides, rest

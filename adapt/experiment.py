@@ -152,7 +152,7 @@ def load_run(workdir: str, overrides: list[str] | dict = (), checkpoint: str = "
         raise ConfigError(f"{workdir}: no config.json; expected a run folder (the --workdir of scripts/train.py)")
     config = ml_collections.ConfigDict(_read_json(path))
     config.lock()
-    config = configs.apply_overrides(config, overrides if isinstance(overrides, dict) else configs.split_all(overrides))
+    config = configs.apply_overrides(config, configs.as_dict(overrides))
     trial = build_trial(config, workdir)
     saved = os.path.join(workdir, "labels.json")
     if os.path.isfile(saved) and _read_json(saved) != trial.splits.get("labels"):

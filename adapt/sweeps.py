@@ -153,6 +153,28 @@ def as_stages(sweep) -> list[Stage]:
     raise ConfigError(f"a sweep is a list of override dicts or a list of Stages, got {sweep!r:.120}")
 
 
+def load_sweep(module, arg: str, name: str | None):
+    """The sweep ``get_sweep(arg)`` returns; when it returns a dict of named sweeps, the one called ``name``
+    (by default the one called "default", or the only one)."""
+    where = os.path.relpath(module.__file__)
+    if not hasattr(module, "get_sweep"):
+        raise ConfigError(f"{where} defines no get_sweep(arg)")
+    sweep = configs.call(module, "get_sweep", arg)
+    if not isinstance(sweep, dict):
+        if name:
+            raise ConfigError(f"--sweep={name}: get_sweep in {where} returns one sweep, not a dict of named ones")
+        return sweep, "default"
+    if name is None:
+        if len(sweep) != 1 and "default" not in sweep:
+            raise ConfigError(f"{where} defines several sweeps; pick one with --sweep: {', '.join(sweep)}")
+        name = "default" if "default" in sweep else next(iter(sweep))
+    if name not in sweep:
+        close = difflib.get_close_matches(name, list(sweep), 3, 0.5)
+        raise ConfigError(f"unknown sweep {name!r} in {where}" + (
+            f" (did you mean {', '.join(map(repr, close))}?)" if close else "") + f"; known: {', '.join(sweep)}")
+    return sweep[name], name
+
+
 def expand(sweep) -> list[Trial]:
     """The trials of a sweep, stage by stage (so a trial comes after the trials it depends on)."""
     done: dict[str, list[Trial]] = {}

@@ -18,13 +18,13 @@ from adapt import cli, configs
 
 
 def main():
-    overrides = [a[len("--config."):] for a in sys.argv[1:] if a.startswith("--config.")]
+    _, overrides, rest = configs.parse_argv(sys.argv[1:], spec_required=False)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="the run folder")
     parser.add_argument("--split", action="append", default=None, help="split to evaluate (repeatable; default test)")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    args = parser.parse_args([a for a in sys.argv[1:] if not a.startswith("--config.")])
-    overrides = configs.split_all(overrides)
+    args = parser.parse_args(rest)
+    overrides = configs.as_dict(overrides)
     from adapt.experiment import evaluate_run  # after the arguments are known good: importing JAX takes seconds
 
     print(json.dumps(evaluate_run(args.workdir, args.split or ["test"], overrides, args.checkpoint), indent=2))

@@ -17,7 +17,7 @@ import sys
 import time
 
 from adapt import cli, configs, results, tables
-from adapt.sweeps import run_sweep
+from adapt.sweeps import load_sweep, run_sweep
 
 
 def main():
@@ -29,8 +29,8 @@ def main():
     path, arg = configs.split_spec(spec)
     module = configs.load_module(path)
     config = configs.resolve(module, arg, overrides)
-    sweep = module.get_sweep(arg) if arg is not None else module.get_sweep()
-    layout = dict(module.get_table(arg) if arg is not None else module.get_table())
+    sweep, _ = load_sweep(module, arg, None)
+    layout = dict(configs.call(module, "get_table", arg))
     curves, vs, references = layout.pop("curves", ()), layout.pop("vs", ()), layout.pop("reference", ())
 
     import jax  # the persistent cache: trials (and re-runs) with the same shapes compile once

@@ -13,43 +13,20 @@ input. ``python scripts/table.py --db runs/x/results.db`` turns the results into
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import signal
 import sys
 
 from adapt import cli, configs, results
 from adapt.errors import ConfigError
-from adapt.sweeps import DEFAULT_TRIAL_FN, apply_overrides, expand, run_sweep
+from adapt.sweeps import DEFAULT_TRIAL_FN, apply_overrides, expand, load_sweep, run_sweep
 
 
 def load_config(spec: str):
     """``path.py[:arg]`` -> (the module, arg, its get_config(arg))."""
     path, arg = configs.split_spec(spec)
     module = configs.load_module(path)
-    return module, arg, configs.get_config(module, arg)
-
-
-def load_sweep(module, arg: str, name: str | None):
-    """The sweep ``get_sweep(arg)`` returns; when it returns a dict of named sweeps, the one called ``name``
-    (by default the one called "default", or the only one)."""
-    where = os.path.relpath(module.__file__)
-    if not hasattr(module, "get_sweep"):
-        raise ConfigError(f"{where} defines no get_sweep(arg)")
-    sweep = module.get_sweep(arg) if arg is not None else module.get_sweep()
-    if not isinstance(sweep, dict):
-        if name:
-            raise ConfigError(f"--sweep={name}: get_sweep in {where} returns one sweep, not a dict of named ones")
-        return sweep, "default"
-    if name is None:
-        if len(sweep) != 1 and "default" not in sweep:
-            raise ConfigError(f"{where} defines several sweeps; pick one with --sweep: {', '.join(sweep)}")
-        name = "default" if "default" in sweep else next(iter(sweep))
-    if name not in sweep:
-        close = difflib.get_close_matches(name, list(sweep), 3, 0.5)
-        raise ConfigError(f"unknown sweep {name!r} in {where}" + (
-            f" (did you mean {', '.join(map(repr, close))}?)" if close else "") + f"; known: {', '.join(sweep)}")
-    return sweep[name], name
+    return module, arg, configs.call(module, "get_config", arg)
 
 
 def main():

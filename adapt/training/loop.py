@@ -167,9 +167,10 @@ class Trainer:
         self._setup(1)  # the schedule's length does not change the state's structure
         ckpt = Checkpointer(self.workdir, keep=self.cfg.train.keep_checkpoints)
         try:
-            if ckpt.latest_step() is None:
-                raise CheckpointError(f"{os.path.join(self.workdir, 'checkpoints')}: no checkpoint to load")
-            self.state = ckpt.restore(self.state, self.shardings)[0]
+            if checkpoint == "latest" or ckpt.best_step() is None:  # the best holds parameters only: read just it
+                if ckpt.latest_step() is None:
+                    raise CheckpointError(f"{os.path.join(self.workdir, 'checkpoints')}: no checkpoint to load")
+                self.state = ckpt.restore(self.state, self.shardings)[0]
         finally:
             ckpt.close()
         return self.best_state() if checkpoint == "best" else self.state
