@@ -9,7 +9,7 @@ import pytest
 
 from adapt.errors import ConfigError
 from adapt.training import CausalLM, MaskedLM, SequenceClassification, TokenClassification, defaults, optim
-from adapt.training.objectives import IGNORE, spans
+from adapt.training.objectives import IGNORE, argmax, spans
 
 
 def _nll(logits, target):
@@ -33,6 +33,13 @@ def test_causal_lm_respects_documents_padding_and_loss_mask():
     assert float(sums["correct"]) == correct
     metrics = CausalLM().summarize(jax.device_get(sums))
     np.testing.assert_allclose(metrics["perplexity"], np.exp(want / 2), rtol=1e-6)
+
+
+def test_argmax_is_jnp_argmax_ties_included():
+    rng = np.random.RandomState(0)
+    x = rng.randint(-3, 3, (4, 7, 50)).astype(np.float32)  # small integers: many tied maxima per row
+    x[0, 0] = 1.0  # a row that is all one value: index 0
+    np.testing.assert_array_equal(np.asarray(argmax(jnp.asarray(x))), np.asarray(jnp.argmax(jnp.asarray(x), -1)))
 
 
 def test_sequence_classification_loss_and_f1():

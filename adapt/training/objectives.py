@@ -25,17 +25,26 @@ import optax
 IGNORE = -100
 
 
+def argmax(logits):
+    """``jnp.argmax(logits, -1)`` (the first index holding the maximum) as a max, then a min over the
+    indices equal to it: two reductions that vectorise, 3x faster on XLA:CPU than its variadic
+    (value, index) reduction over a [2048, 49152] LM head."""
+    top = jnp.max(logits, -1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(logits == top, index, logits.shape[-1]), -1)
+
+
 def _token_sums(logits, targets, valid):
     """logits ``[..., V]``, targets/valid ``[...]`` -> summed cross-entropy, count and correct count."""
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, targets, 0))
     valid = valid.astype(jnp.float32)
     return {"loss_sum": jnp.sum(nll * valid), "weight": jnp.sum(valid),
-            "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * valid)}
+            "correct": jnp.sum((argmax(logits) == targets) * valid)}
 
 
 def _confusion(logits, labels, num_labels):  # -> [C, C] counts, rows gold, columns predicted
     valid = (labels != IGNORE).astype(jnp.float32).reshape(-1)
-    pred = jnp.argmax(logits, -1).reshape(-1)
+    pred = argmax(logits).reshape(-1)
     gold = jnp.where(labels == IGNORE, 0, labels).reshape(-1)
     return jnp.zeros((num_labels, num_labels), jnp.float32).at[gold, pred].add(valid)
 
@@ -70,12 +79,18 @@ class CausalLM(_LanguageModel):
     task = "causal_lm"
 
     def loss(self, logits, batch):  # logits [B, T, V]
+        # Position t predicts token t+1; the last position has no target. Targets and validity are shifted
+        # (padded with an invalid column) rather than the logits sliced: slicing copies the [B, T-1, V]
+        # logits forward and pads their gradient back, two full passes over the largest tensor of the step.
         ids = batch["input_ids"]
         seg = batch.get("attention_mask", jnp.ones_like(ids))
         valid = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
         if "loss_mask" in batch:
             valid &= batch["loss_mask"][:, 1:] != 0
-        return _token_sums(logits[:, :-1], ids[:, 1:], valid), None
+        last = jnp.zeros_like(ids[:, :1])
+        targets = jnp.concatenate([ids[:, 1:], last], axis=1)
+        valid = jnp.concatenate([valid, last.astype(bool)], axis=1)
+        return _token_sums(logits, targets, valid), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +172,7 @@ class TokenClassification(Objective):
     def loss(self, logits, batch):  # logits [B, T, C]
         labels = batch["labels"]
         sums = _token_sums(logits, labels, labels != IGNORE)
-        return sums, jnp.argmax(logits, -1)
+        return sums, argmax(logits)
 
     def summarize(self, sums, predictions=None) -> dict:
         out = _mean_metrics(sums)
