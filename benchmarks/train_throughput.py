@@ -5,7 +5,8 @@
 Cases (from the issue): (a) the bundled MiniLM as a 5-class sequence classifier, batch 32, length 128,
 float32; (b) the bundled SmolLM2-135M as a causal LM, batch 8, length 256. Both sides train the same
 weights (SmolLM2 is exported to an HF folder for PyTorch), with the same batch, AdamW and number of
-timed steps, on the same CPU threads, after untimed warm-up steps. Reports tokens/s, time per step, peak
+timed steps, on the same CPU threads, after untimed warm-up steps; a step's time is the median of the
+timed steps. Reports tokens/s, time per step, peak
 memory (JAX: the device's peak bytes where the backend reports them; PyTorch: the process's peak RSS
 growth) and model-FLOPs utilisation against this machine's measured float32 (or bf16) matmul peak.
 Needs the test extra (PyTorch). On a GPU, pass ``--no-torch`` to measure our side only.
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 
+import adapt  # noqa: F401  first: it sets the host allocator up before numpy and JAX start threads
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +60,19 @@ def train_flops_per_token(matmul_params: int, layers: int, width: int, length: i
     return 6 * matmul_params + 12 * layers * length * width
 
 
+def median_seconds(step, steps: int, warmup: int) -> float:
+    """The median time of ``steps`` calls of ``step`` after ``warmup`` untimed ones: one slow step (the
+    allocator growing its heap to the step's peak, another process waking up) does not move it."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def batch_for(case, vocab: int, rng):
     ids = rng.randint(5, vocab, (case["batch"], case["length"])).astype(np.int32)
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
@@ -80,14 +95,13 @@ def ours(model, mesh, case, batch, steps: int, warmup: int):
     bsh = batch_sharding(mesh, DEFAULT_RULES, case["batch"])
     run = Steps(static, objective, tx, shardings, bsh, rules=DEFAULT_RULES)
     device_batch = global_batch(batch, bsh)
-    for _ in range(warmup):
+
+    def step():
+        nonlocal state
         state, metrics = run.train(state, device_batch)
-    jax.block_until_ready(metrics)
-    t = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = run.train(state, device_batch)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - t) / steps
+        jax.block_until_ready(metrics)
+
+    seconds = median_seconds(step, steps, warmup)
     stats = jax.devices()[0].memory_stats() or {}
     return seconds, stats.get("peak_bytes_in_use"), matmul_params
 
@@ -115,12 +129,7 @@ def pytorch(case, batch, steps: int, warmup: int, folder: str):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - t) / steps
+    seconds = median_seconds(step, steps, warmup)
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
     return seconds, peak
 
