@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import sys
 import tempfile
@@ -52,6 +53,15 @@ def matmul_peak(dtype) -> float:
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
+
+
+def cpu_name() -> str:
+    """The CPU's model name (MKL, which PyTorch uses, and XLA's kernels differ most between vendors)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
 
 
 def train_flops_per_token(matmul_params: int, layers: int, width: int, length: int) -> float:
@@ -144,7 +154,7 @@ def main():
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     peak = matmul_peak(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
-    print(f"{jax.default_backend()} x{jax.device_count()}, {os.cpu_count()} CPU threads; measured {args.dtype} "
+    print(f"{jax.default_backend()} x{jax.device_count()}, {cpu_name()}, {os.cpu_count()} CPU threads; measured {args.dtype} "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for key in CASES if args.case == "all" else [args.case]:
@@ -178,7 +188,7 @@ def main():
                  f"{r['ratio']:.2f}x |" if "ratio" in r else "- | - | - | - |"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_peak_flops": peak, "rows": rows}, f, indent=1)
+            json.dump({"cpu": cpu_name(), "matmul_peak_flops": peak, "rows": rows}, f, indent=1)
     return 0
 
 
