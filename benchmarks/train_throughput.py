@@ -154,8 +154,9 @@ def main():
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     peak = matmul_peak(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
-    print(f"{jax.default_backend()} x{jax.device_count()}, {cpu_name()}, {os.cpu_count()} CPU threads; measured {args.dtype} "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+    cpu = cpu_name()
+    print(f"{jax.default_backend()} x{jax.device_count()}, {cpu}, {os.cpu_count()} CPU threads; "
+          f"measured {args.dtype} matmul peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for key in CASES if args.case == "all" else [args.case]:
         case = CASES[key]
@@ -188,7 +189,7 @@ def main():
                  f"{r['ratio']:.2f}x |" if "ratio" in r else "- | - | - | - |"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu_name(), "matmul_peak_flops": peak, "rows": rows}, f, indent=1)
+            json.dump({"cpu": cpu, "matmul_peak_flops": peak, "rows": rows}, f, indent=1)
     return 0
 
 

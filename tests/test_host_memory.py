@@ -11,7 +11,7 @@ import pytest
 from adapt.host_memory import keep_freed_memory
 
 PROBE = """
-import resource, sys
+import resource
 import adapt, jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.sum(jnp.tanh(x @ x) @ x))  # 64 MB temporaries, above glibc's largest mmap threshold
 x = jnp.ones((4096, 4096), jnp.float32)

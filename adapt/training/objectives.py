@@ -87,10 +87,8 @@ class CausalLM(_LanguageModel):
         valid = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
         if "loss_mask" in batch:
             valid &= batch["loss_mask"][:, 1:] != 0
-        last = jnp.zeros_like(ids[:, :1])
-        targets = jnp.concatenate([ids[:, 1:], last], axis=1)
-        valid = jnp.concatenate([valid, last.astype(bool)], axis=1)
-        return _token_sums(logits, targets, valid), None
+        shift = ((0, 0), (0, 1))  # [B, T-1] -> [B, T]: a last column of target 0, not valid
+        return _token_sums(logits, jnp.pad(ids[:, 1:], shift), jnp.pad(valid, shift)), None
 
 
 @dataclasses.dataclass(frozen=True)
