@@ -1,6 +1,7 @@
 """Training throughput of adapt's jitted train step against plain PyTorch + transformers, side by side.
 
     .venv/bin/python benchmarks/train_throughput.py [--case minilm|smollm2|all] [--steps N] [--dtype bfloat16]
+        [--batch B --length T] [--model FOLDER] [--trace DIR]
 
 Cases (from the issue): (a) the bundled MiniLM as a 5-class sequence classifier, batch 32, length 128,
 float32; (b) the bundled SmolLM2-135M as a causal LM, batch 8, length 256. Both sides train the same
@@ -8,8 +9,11 @@ weights (SmolLM2 is exported to an HF folder for PyTorch), with the same batch, 
 timed steps, on the same CPU threads, after untimed warm-up steps; a step's time is the median of the
 timed steps. Reports tokens/s, time per step, peak
 memory (JAX: the device's peak bytes where the backend reports them; PyTorch: the process's peak RSS
-growth) and model-FLOPs utilisation against this machine's measured float32 (or bf16) matmul peak.
-Needs the test extra (PyTorch). On a GPU, pass ``--no-torch`` to measure our side only.
+growth on CPU, the CUDA allocator's peak on a GPU) and model-FLOPs utilisation against this machine's measured float32 (or bf16) matmul peak.
+Needs the test extra (PyTorch). On a GPU both sides run there (PyTorch under bf16 autocast with
+``--dtype bfloat16``); ``--no-torch`` measures our side only. ``--model`` trains another checkpoint of the
+case's task (a random-init SmolLM2 folder where the bundled package is missing); ``--batch``/``--length``
+change the shape; ``--trace`` writes a ``jax.profiler`` trace of our timed steps.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def batch_for(case, vocab: int, rng):
     return batch
 
 
-def ours(model, mesh, case, batch, steps: int, warmup: int):
+def ours(model, mesh, case, batch, steps: int, warmup: int, trace: str | None):
     objective = (SequenceClassification(case["labels"]) if case["task"] == "sequence_classification"
                  else CausalLM())
     cfg = defaults()
@@ -111,37 +115,50 @@ def ours(model, mesh, case, batch, steps: int, warmup: int):
         state, metrics = run.train(state, device_batch)
         jax.block_until_ready(metrics)
 
-    seconds = median_seconds(step, steps, warmup)
+    if trace:
+        for _ in range(warmup):  # compile outside the trace
+            step()
+        with jax.profiler.trace(trace):
+            seconds = median_seconds(step, steps, 0)
+    else:
+        seconds = median_seconds(step, steps, warmup)
     stats = jax.devices()[0].memory_stats() or {}
     return seconds, stats.get("peak_bytes_in_use"), matmul_params
 
 
-def pytorch(case, batch, steps: int, warmup: int, folder: str):
+def pytorch(case, batch, steps: int, warmup: int, folder: str, dtype: str):
     import torch
     import transformers
 
     torch.set_num_threads(os.cpu_count())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     cls = (transformers.AutoModelForSequenceClassification if case["task"] == "sequence_classification"
            else transformers.AutoModelForCausalLM)
     kwargs = {"num_labels": case["labels"]} if "labels" in case else {}
-    model = cls.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    model = cls.from_pretrained(folder, dtype=torch.float32, **kwargs).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
-    inputs = {k: torch.from_numpy(v).long() for k, v in batch.items()}
+    inputs = {k: torch.from_numpy(v).long().to(device) for k, v in batch.items()}
     if case["task"] == "causal_lm":
         inputs["labels"] = inputs["input_ids"]
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
+    autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16")
+
     def step():
-        loss = model(**inputs).loss
+        with autocast:
+            loss = model(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     seconds = median_seconds(step, steps, warmup)
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
-    return seconds, peak
+    if device == "cuda":
+        return seconds, torch.cuda.max_memory_allocated()
+    return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
 
 
 def main():
@@ -151,33 +168,38 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="float32", help="our compute dtype (parameters stay float32)")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--batch", type=int, help="batch size instead of the case's")
+    p.add_argument("--length", type=int, help="sequence length instead of the case's")
+    p.add_argument("--model", help="a local checkpoint folder to train instead of the case's bundled model")
+    p.add_argument("--trace", help="write a jax.profiler trace of our timed steps to this folder")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     peak = matmul_peak(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
     cpu = cpu_name()
-    print(f"{jax.default_backend()} x{jax.device_count()}, {cpu}, {os.cpu_count()} CPU threads; "
+    print(f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind}), {cpu}, "
+          f"{os.cpu_count()} CPU threads; "
           f"measured {args.dtype} matmul peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for key in CASES if args.case == "all" else [args.case]:
-        case = CASES[key]
+        case = {**CASES[key], **{k: getattr(args, k) for k in ("batch", "length") if getattr(args, k)}}
         batch = batch_for(case, 1000, np.random.RandomState(0))
         mesh = make_mesh((1, -1, 1))
-        model = from_pretrained(case["name"], task=case["task"], num_labels=case.get("labels"), mesh=mesh,
+        model = from_pretrained(args.model or case["name"], task=case["task"], num_labels=case.get("labels"), mesh=mesh,
                                 dtype=args.dtype)
         hf = model.cfg.hf
         with tempfile.TemporaryDirectory() as folder:
             if not args.no_torch:
                 save_pretrained(model, folder)  # the same starting weights for PyTorch
-            seconds, mem, matmul_params = ours(model, mesh, case, batch, args.steps, args.warmup)
+            seconds, mem, matmul_params = ours(model, mesh, case, batch, args.steps, args.warmup, args.trace)
             del model
             tokens = case["batch"] * case["length"]
             flops = train_flops_per_token(matmul_params, hf.num_hidden_layers, hf.hidden_size, case["length"]) * tokens
-            row = {"case": key, "tokens_per_step": tokens, "matmul_params": matmul_params, "ours_s_per_step": seconds,
+            row = {"case": key, "batch": case["batch"], "length": case["length"], "tokens_per_step": tokens, "matmul_params": matmul_params, "ours_s_per_step": seconds,
                    "ours_tokens_per_s": tokens / seconds, "ours_mfu": flops / seconds / peak, "ours_peak_bytes": mem}
             if not args.no_torch:
-                t_seconds, t_mem = pytorch(case, batch, args.steps, args.warmup, folder)
+                t_seconds, t_mem = pytorch(case, batch, args.steps, args.warmup, folder, args.dtype)
                 row.update({"torch_s_per_step": t_seconds, "torch_tokens_per_s": tokens / t_seconds,
-                            "torch_mfu": flops / t_seconds / peak, "torch_peak_rss_growth_bytes": t_mem,
+                            "torch_mfu": flops / t_seconds / peak, "torch_peak_bytes": t_mem,
                             "ratio": t_seconds / seconds})
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -189,7 +211,8 @@ def main():
                  f"{r['ratio']:.2f}x |" if "ratio" in r else "- | - | - | - |"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu, "matmul_peak_flops": peak, "rows": rows}, f, indent=1)
+            json.dump({"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "cpu": cpu,
+                       "dtype": args.dtype, "matmul_peak_flops": peak, "rows": rows}, f, indent=1)
     return 0
 
 
