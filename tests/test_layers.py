@@ -1,5 +1,6 @@
 """Shared layers: the hashed dropout bits are uniform, independent across positions and keys,
-reproducible, and shard like the activations they mask; blocked causal attention equals the plain one."""
+reproducible, and shard like the activations they mask; blocked causal attention equals the plain one, and
+the attention's own backward equals autodiff."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adapt.models.layers import attention_mask, dot_product_attention, dropout, hashed_bits
+from adapt.models.layers import attention_mask, dot_product_attention, dropout, hashed_bits, keep_mask
 from adapt.sharding import make_mesh
 
 
@@ -65,3 +66,32 @@ def test_blocked_causal_attention_equals_plain_attention():
              for f in (blocked, plain)]
     for ours, ref in zip(*grads):
         np.testing.assert_allclose(ours, ref, atol=2e-5)
+
+
+def test_attention_backward_with_dropout_equals_autodiff():
+    """The attention's own backward (rowsum(dO * O), the saved dropout mask) gives autodiff's gradients
+    of the same masked, dropped-out softmax attention, grouped heads and padding included."""
+    b, t, n, kv, h, rate = 2, 48, 4, 2, 8, 0.25
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.normal(size=(b, t, heads, h)), jnp.float32) for heads in (n, kv, kv))
+    segments = np.ones((b, t), np.int32)
+    segments[1, 40:] = 0
+    mask = attention_mask(jnp.asarray(segments), causal=False)
+    key = nnx.Rngs(dropout=3).dropout()
+
+    def plain(q, k, v):
+        kk, vv = (jnp.repeat(x, n // kv, axis=2) for x in (k, v))
+        logits = jnp.einsum("btnh,bsnh->bnts", q, kk) * h ** -0.5
+        probs = jax.nn.softmax(jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min), axis=-1)
+        # the kernel's mask is drawn over [B, K, G, T, S]: the same layout, heads n = k * G + g
+        keep = keep_mask(key, (b, kv, n // kv, t, t), rate).reshape(b, n, t, t)
+        return jnp.einsum("bnts,bsnh->btnh", jnp.where(keep, probs / (1 - rate), 0), vv)
+
+    def ours(q, k, v):
+        return dot_product_attention(q, k, v, mask, scale=h ** -0.5, dropout_rate=rate, rngs=nnx.Rngs(dropout=3))
+
+    np.testing.assert_allclose(ours(q, k, v), plain(q, k, v), atol=2e-6)
+    weights = jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32)
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * weights), argnums=(0, 1, 2))(q, k, v) for f in (ours, plain)]
+    for mine, ref in zip(*grads):
+        np.testing.assert_allclose(mine, ref, atol=2e-5)

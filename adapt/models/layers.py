@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import zlib
 
@@ -115,12 +116,16 @@ def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return _mix32(_mix32(index * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1])
 
 
+def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+    """Dropout's boolean mask: each element kept with probability ``1 - rate``."""
+    return hashed_bits(key, shape) >= jnp.uint32(round(rate * 2**32))
+
+
 def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
     """Inverted dropout; the identity when ``rngs`` is None (evaluation) or the rate is 0."""
     if rngs is None or rate == 0.0:
         return x
-    keep = hashed_bits(rngs.dropout(), x.shape) >= jnp.uint32(round(rate * 2**32))
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    return jnp.where(keep_mask(rngs.dropout(), x.shape, rate), x / (1.0 - rate), 0).astype(x.dtype)
 
 
 _STEP_KEY: contextvars.ContextVar = contextvars.ContextVar("adapt_step_key", default=None)
@@ -236,6 +241,7 @@ def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, r
     b, t, n, h = q.shape
     s, kv = k.shape[1], k.shape[2]
     g = n // kv
+    rate = dropout_rate if rngs is not None else 0.0
     q = q.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b * kv, g, t, h)
     k = k.transpose(0, 2, 1, 3).reshape(b * kv, s, h)
     v = v.transpose(0, 2, 1, 3).reshape(b * kv, s, h)
@@ -243,14 +249,46 @@ def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, r
     for start, stop in _query_blocks(t, s, causal):
         rows, keys = stop - start, (stop + s - t if causal and t <= s else s)
         block = q[:, :, start:stop].reshape(b * kv, g * rows, h)
-        logits = jnp.matmul(block, k[:, :keys].swapaxes(1, 2), preferred_element_type=jnp.float32)
-        logits = logits.reshape(b, kv, g, rows, keys) * scale  # [B, K, G, rows, keys]
-        logits = jnp.where(mask[:, None, None, start:stop, :keys], logits, jnp.finfo(jnp.float32).min)
-        probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, rngs).astype(v.dtype)
-        out = jnp.matmul(probs.reshape(b * kv, g * rows, keys), v[:, :keys])  # [B*K, G*rows, H]
-        outs.append(out.reshape(b, kv, g, rows, h))
+        key = rngs.dropout() if rate else None
+        out = _attend(block, k[:, :keys], v[:, :keys], mask[:, start:stop, :keys], key, scale, rate, (b, kv, g))
+        outs.append(out.reshape(b, kv, g, rows, h))  # out [B*K, G*rows, H]
     out = jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
     return shard(out, ("batch", "length", "heads", "head_dim"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _attend(q, k, v, mask, key, scale: float, rate: float, heads: tuple[int, int, int]):
+    """One query block: q ``[B*K, G*R, H]``, k/v ``[B*K, S, H]``, mask ``[B, R, S]``, ``heads`` = (B, K, G)
+    -> ``[B*K, G*R, H]``; attention dropout at ``rate`` with masks drawn from ``key``."""
+    return _attend_fwd(q, k, v, mask, key, scale, rate, heads)[0]
+
+
+def _attend_fwd(q, k, v, mask, key, scale, rate, heads):
+    b, kv, g = heads
+    logits = jnp.matmul(q, k.swapaxes(1, 2), preferred_element_type=jnp.float32)
+    logits = logits.reshape(b, kv, g, -1, k.shape[1]) * scale  # [B, K, G, R, S]
+    probs = jax.nn.softmax(jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min), axis=-1)
+    keep = keep_mask(key, probs.shape, rate) if rate else None
+    dropped = jnp.where(keep, probs / (1.0 - rate), 0) if rate else probs
+    out = jnp.matmul(dropped.reshape(*q.shape[:2], -1).astype(v.dtype), v)
+    return out, (q, k, v, mask, keep, probs, out)
+
+
+def _attend_bwd(scale, rate, heads, residuals, d_out):
+    """FlashAttention's backward: d_logits = P * (dP - rowsum(dO * O)), which skips the softmax's own
+    autodiff graph (its max, exp and normalisation) and reuses the saved dropout mask."""
+    q, k, v, mask, keep, probs, out = residuals
+    flat = (*q.shape[:2], k.shape[1])  # [B*K, G*R, S]
+    dropped = jnp.where(keep, probs / (1.0 - rate), 0) if rate else probs
+    d_v = jnp.matmul(dropped.reshape(flat).swapaxes(1, 2).astype(d_out.dtype), d_out)
+    d_dropped = jnp.matmul(d_out, v.swapaxes(1, 2), preferred_element_type=jnp.float32).reshape(probs.shape)
+    d_probs = jnp.where(keep, d_dropped / (1.0 - rate), 0) if rate else d_dropped
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).reshape(*probs.shape[:-1], 1)
+    d_logits = jnp.where(mask[:, None, None], probs * (d_probs - row) * scale, 0).reshape(flat).astype(q.dtype)
+    return jnp.matmul(d_logits, k), jnp.matmul(d_logits.swapaxes(1, 2), q), d_v, None, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def rope_inverse_frequencies(head_dim: int, rope: dict) -> np.ndarray:
