@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.base import Method, leaf_paths, map_with_path
-from adapt.models.layers import hashed_bits
+from adapt.models.layers import keep_mask
 
 
 @register
@@ -41,7 +41,7 @@ class Mixout(Method):
             if str(path[-1]) != "kernel":
                 return w
             w0 = start[path]
-            swap = hashed_bits(jax.random.fold_in(key, index[path]), w.shape) < jnp.uint32(round(self.p * 2**32))
+            swap = ~keep_mask(jax.random.fold_in(key, index[path]), w.shape, self.p)
             return ((jnp.where(swap, w0, w) - self.p * w0) / (1.0 - self.p)).astype(w.dtype)
 
         return map_with_path(mix, params)

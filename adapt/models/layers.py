@@ -121,11 +121,16 @@ def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
     return hashed_bits(key, shape) >= jnp.uint32(round(rate * 2**32))
 
 
+def _drop(x: jax.Array, keep: jax.Array | None, rate: float) -> jax.Array:
+    """``x`` where ``keep``, scaled by ``1 / (1 - rate)``, else 0; ``x`` itself at rate 0."""
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype) if rate else x
+
+
 def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
     """Inverted dropout; the identity when ``rngs`` is None (evaluation) or the rate is 0."""
     if rngs is None or rate == 0.0:
         return x
-    return jnp.where(keep_mask(rngs.dropout(), x.shape, rate), x / (1.0 - rate), 0).astype(x.dtype)
+    return _drop(x, keep_mask(rngs.dropout(), x.shape, rate), rate)
 
 
 _STEP_KEY: contextvars.ContextVar = contextvars.ContextVar("adapt_step_key", default=None)
@@ -269,8 +274,7 @@ def _attend_fwd(q, k, v, mask, key, scale, rate, heads):
     logits = logits.reshape(b, kv, g, -1, k.shape[1]) * scale  # [B, K, G, R, S]
     probs = jax.nn.softmax(jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min), axis=-1)
     keep = keep_mask(key, probs.shape, rate) if rate else None
-    dropped = jnp.where(keep, probs / (1.0 - rate), 0) if rate else probs
-    out = jnp.matmul(dropped.reshape(*q.shape[:2], -1).astype(v.dtype), v)
+    out = jnp.matmul(_drop(probs, keep, rate).reshape(*q.shape[:2], -1).astype(v.dtype), v)
     return out, (q, k, v, mask, keep, probs, out)
 
 
@@ -279,10 +283,9 @@ def _attend_bwd(scale, rate, heads, residuals, d_out):
     autodiff graph (its max, exp and normalisation) and reuses the saved dropout mask."""
     q, k, v, mask, keep, probs, out = residuals
     flat = (*q.shape[:2], k.shape[1])  # [B*K, G*R, S]
-    dropped = jnp.where(keep, probs / (1.0 - rate), 0) if rate else probs
-    d_v = jnp.matmul(dropped.reshape(flat).swapaxes(1, 2).astype(d_out.dtype), d_out)
+    d_v = jnp.matmul(_drop(probs, keep, rate).reshape(flat).swapaxes(1, 2).astype(d_out.dtype), d_out)
     d_dropped = jnp.matmul(d_out, v.swapaxes(1, 2), preferred_element_type=jnp.float32).reshape(probs.shape)
-    d_probs = jnp.where(keep, d_dropped / (1.0 - rate), 0) if rate else d_dropped
+    d_probs = _drop(d_dropped, keep, rate)
     row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).reshape(*probs.shape[:-1], 1)
     d_logits = jnp.where(mask[:, None, None], probs * (d_probs - row) * scale, 0).reshape(flat).astype(q.dtype)
     return jnp.matmul(d_logits, k), jnp.matmul(d_logits.swapaxes(1, 2), q), d_v, None, None
