@@ -1,7 +1,7 @@
 """adapt: domain adaptation of pretrained language models in JAX."""
 
-from adapt.host_memory import keep_freed_memory
+from adapt.host_memory import one_arena
 
 __version__ = "0.1.0"
 
-keep_freed_memory()  # before JAX starts its threads: see adapt/host_memory.py
+one_arena()  # before JAX starts its threads: see adapt/host_memory.py

@@ -1,34 +1,97 @@
-"""Keep freed host memory in the process instead of handing it back to the kernel (glibc only).
+"""Keep a CPU train loop's freed temporaries resident between steps, within a bound (glibc only).
 
-XLA:CPU allocates each step's temporary buffers (activations, gradients, logits: hundreds of MB) with
-``malloc`` and frees them at the end of the step. glibc serves such large blocks with fresh ``mmap``
+XLA:CPU allocates each step's temporary buffers (activations, gradients, logits: hundreds of MB to GB)
+with ``malloc`` and frees them at the end of the step. glibc serves such large blocks with fresh ``mmap``
 pages and unmaps them on ``free``, so every step page-faults all of its temporaries in again: measured on
-a 2-core machine, 0.39 M page faults and a fifth of the MiniLM fine-tuning step, 1.5 M faults and a fifth
-of the SmolLM2 step (``benchmarks/train_throughput.py``). Serving every block from one arena's heap and
-never trimming it makes the second and later steps reuse the same pages (0 faults per step).
+a 2-core machine, 0.40 M page faults and a fifth of the MiniLM fine-tuning step
+(``benchmarks/train_throughput.py``). Inside :class:`KeptHeap`, large blocks come from the heap and freed
+pages stay there, so later steps reuse the same pages (0 faults per step).
 
-The cost is that the process keeps its peak host memory until it exits, as PyTorch's and JAX's own
-device allocators do. The settings only take effect for threads that have not allocated yet, so
-:func:`keep_freed_memory` runs when ``adapt`` is imported, before JAX starts its thread pools. Set
-``ADAPT_SYSTEM_MALLOC=1`` to leave glibc's defaults alone (or preload tcmalloc, which reuses memory
-on its own).
+A heap that is never trimmed keeps every hole that loading, compiling, evaluation or checkpointing left
+behind, and a step's temporaries landing beside the last ones grow it by a whole step's worth: a loop
+held 3x the memory of glibc's defaults (10.5 GB against 3.3 GB for one MiniLM fine-tune). So the
+heap is trimmed (``malloc_trim``: free pages go back to the kernel) when the loop starts, after each
+compile of the train step, and whenever the resident set outgrows the last trim's by more than about one
+step's temporaries (XLA's own count); on exit glibc's defaults come back. Set ``ADAPT_SYSTEM_MALLOC=1`` to leave glibc alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's <malloc.h>
+_KEEP = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))  # no mmap-served blocks, no trimming (mallopt(3))
+_GLIBC = ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024))  # glibc's defaults (malloc/malloc.c)
 
 
-def keep_freed_memory(environ=os.environ) -> bool:
-    """One malloc arena, no ``mmap``-served blocks, no trimming; True when glibc took the settings."""
-    if environ.get("ADAPT_SYSTEM_MALLOC") == "1" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    # mallopt returns 1 on success; a trim threshold of -1 disables trimming (glibc's mallopt(3)).
-    return all(libc.mallopt(param, value) == 1
-               for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+@functools.cache
+def _libc():
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def _enabled(environ=os.environ):
+    return None if environ.get("ADAPT_SYSTEM_MALLOC") == "1" else _libc()
+
+
+def _mallopt(libc, settings) -> None:
+    for param, value in settings:
+        if libc.mallopt(param, value) != 1:  # mallopt returns 1 on success
+            raise OSError(f"glibc mallopt({param}, {value}) failed")
+
+
+def one_arena(environ=os.environ) -> bool:
+    """Serve every thread from glibc's main arena, so a trim reaches all freed memory and XLA's worker
+    threads reuse the main thread's pages. Only threads that have not allocated yet follow it, hence the
+    call when ``adapt`` is imported. True when the setting was made."""
+    libc = _enabled(environ)
+    return libc is not None and libc.mallopt(_M_ARENA_MAX, 1) == 1
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class KeptHeap:
+    """Context for a loop of CPU train steps: freed blocks stay resident, and :meth:`check` after a step
+    trims the heap when the resident set passed the last trim's plus the slack, 1.25x the largest step's
+    temporaries declared with :meth:`allow`. A no-op when not ``enabled`` (a GPU or TPU mesh, whose
+    temporaries live on the device), with ``ADAPT_SYSTEM_MALLOC=1``, or with a libc other than glibc."""
+
+    def __init__(self, enabled: bool = True, environ=os.environ):
+        self.libc = _enabled(environ) if enabled else None
+        self.active, self.slack, self.limit, self.trims = False, 0, 0, 0
+
+    def __enter__(self) -> KeptHeap:
+        if self.libc is not None:
+            _mallopt(self.libc, _KEEP)
+            self.active = True
+            self.trim()  # what loading and compiling left behind
+        return self
+
+    def allow(self, temp_bytes: int) -> None:
+        """A step with ``temp_bytes`` of temporaries was just compiled: widen the slack, drop the compiler's
+        leftovers."""
+        self.slack = max(self.slack, int(1.25 * temp_bytes))
+        self.trim()
+
+    def check(self) -> None:
+        if self.active and resident_bytes() > self.limit:
+            self.trim()
+
+    def trim(self) -> None:
+        self.libc.malloc_trim(0)
+        self.trims += 1
+        self.limit = resident_bytes() + self.slack
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            _mallopt(self.libc, _GLIBC)
+            self.libc.malloc_trim(0)
+            self.active = False

@@ -7,9 +7,10 @@ Cases (from the issue): (a) the bundled MiniLM as a 5-class sequence classifier,
 float32; (b) the bundled SmolLM2-135M as a causal LM, batch 8, length 256. Both sides train the same
 weights (SmolLM2 is exported to an HF folder for PyTorch), with the same batch, AdamW and number of
 timed steps, on the same CPU threads, after untimed warm-up steps; a step's time is the median of the
-timed steps. Reports tokens/s, time per step, peak
-memory (JAX: the device's peak bytes where the backend reports them; PyTorch: the process's peak RSS
-growth on CPU, the CUDA allocator's peak on a GPU) and model-FLOPs utilisation against this machine's measured float32 (or bf16) matmul peak.
+timed steps. Reports tokens/s, time per step, peak memory (on a GPU the device's peak bytes, JAX's and the
+CUDA allocator's; on CPU each side's growth of the process's peak RSS, ours first, so PyTorch's counts
+only what it needs beyond our peak) and model-FLOPs utilisation against this machine's measured float32
+(or bf16) matmul peak.
 Needs the test extra (PyTorch). On a GPU both sides run there (PyTorch under bf16 autocast with
 ``--dtype bfloat16``); ``--no-torch`` measures our side only. ``--model`` trains another checkpoint of the
 case's task (a random-init SmolLM2 folder where the bundled package is missing); ``--batch``/``--length``
@@ -101,6 +102,7 @@ def ours(model, mesh, case, batch, steps: int, warmup: int, trace: str | None):
     cfg = defaults()
     cfg.optimizer.update(learning_rate=1e-5, schedule="constant")
     tx, schedule = optim.make_optimizer(cfg.optimizer, 1000, optim.param_kinds(nnx.state(model, nnx.Param)))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     static, state, shardings = create_state(model, tx, mesh=mesh, rules=DEFAULT_RULES, seed=0)
     flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
     matmul_params = sum(x.size for path, x in flat if path[-1].key == "kernel")
@@ -115,15 +117,17 @@ def ours(model, mesh, case, batch, steps: int, warmup: int, trace: str | None):
         state, metrics = run.train(state, device_batch)
         jax.block_until_ready(metrics)
 
-    if trace:
-        for _ in range(warmup):  # compile outside the trace
-            step()
-        with jax.profiler.trace(trace):
-            seconds = median_seconds(step, steps, 0)
-    else:
-        seconds = median_seconds(step, steps, warmup)
+    with run.heap:
+        if trace:
+            for _ in range(warmup):  # compile outside the trace
+                step()
+            with jax.profiler.trace(trace):
+                seconds = median_seconds(step, steps, 0)
+        else:
+            seconds = median_seconds(step, steps, warmup)
     stats = jax.devices()[0].memory_stats() or {}
-    return seconds, stats.get("peak_bytes_in_use"), matmul_params
+    peak = stats.get("peak_bytes_in_use", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
+    return seconds, peak, matmul_params
 
 
 def pytorch(case, batch, steps: int, warmup: int, folder: str, dtype: str):

@@ -322,7 +322,7 @@ class _Run:
         t = self.trainer.cfg.train
         bar = tqdm(total=self.total, initial=start, disable=jax.process_index() != 0, unit="step", dynamic_ncols=True)
         step = start
-        with bar:
+        with bar, self.steps.heap:
             while step < self.total and not self.stopper.should_stop:
                 batch = global_batch(self.train_data.next_batch(), self.trainer.batch_sharding)
                 state, metrics = self.steps.train(state, batch)

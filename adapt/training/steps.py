@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from adapt.host_memory import KeptHeap
 from adapt.methods.base import Method
 from adapt.models import layers
 from adapt.sharding import Rules, axis_rules
@@ -93,6 +94,8 @@ class Steps:
                               in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
                               donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
+        # Enter it around a loop of train steps on the CPU: see adapt/host_memory.py.
+        self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), set()
 
     def _context(self):
         stack = contextlib.ExitStack()
@@ -103,7 +106,22 @@ class Steps:
 
     def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         with self._context():
-            return self._train(state, batch)
+            if self.heap.active:
+                self._compile(state, batch)
+                # One step's temporaries at a time: freed before the next step's are allocated, the last
+                # step's pages serve the next step instead of the heap growing by another copy.
+                jax.block_until_ready(state)
+            out = self._train(state, batch)
+        self.heap.check()
+        return out
+
+    def _compile(self, state: TrainState, batch: dict) -> None:
+        """Compile for a new batch shape ahead of the call (which then reuses the executable), to size the
+        kept heap's slack by the step's temporaries."""
+        shape = tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch))
+        if shape not in self._compiled:
+            self._compiled.add(shape)
+            self.heap.allow(self._train.lower(state, batch).compile().memory_analysis().temp_size_in_bytes)
 
     def eval(self, state: TrainState, batch: dict, index: int):
         with self._context():
