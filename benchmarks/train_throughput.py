@@ -8,9 +8,9 @@ float32; (b) the bundled SmolLM2-135M as a causal LM, batch 8, length 256. Both 
 weights (SmolLM2 is exported to an HF folder for PyTorch), with the same batch, AdamW and number of
 timed steps, on the same CPU threads, after untimed warm-up steps; a step's time is the median of the
 timed steps. Reports tokens/s, time per step, peak memory (on a GPU the device's peak bytes, JAX's and the
-CUDA allocator's; on CPU each side's growth of the process's peak RSS, ours first, so PyTorch's counts
-only what it needs beyond our peak) and model-FLOPs utilisation against this machine's measured float32
-(or bf16) matmul peak.
+CUDA allocator's; on CPU how far each side's peak RSS rose above the resident set before its train state
+was built: optimizer state, gradients, activations and temporaries) and model-FLOPs utilisation against
+this machine's measured float32 (or bf16) matmul peak.
 Needs the test extra (PyTorch). On a GPU both sides run there (PyTorch under bf16 autocast with
 ``--dtype bfloat16``); ``--no-torch`` measures our side only. ``--model`` trains another checkpoint of the
 case's task (a random-init SmolLM2 folder where the bundled package is missing); ``--batch``/``--length``
@@ -75,6 +75,30 @@ def train_flops_per_token(matmul_params: int, layers: int, width: int, length: i
     return 6 * matmul_params + 12 * layers * length * width
 
 
+def rss_mark() -> int:
+    """Start measuring a side's peak memory on CPU: reset the kernel's peak-RSS mark (Linux ``clear_refs``),
+    so the peak that :func:`rss_growth` reads is this side's, not the process's earlier one."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux: ru_maxrss then counts the process's peak so far
+        pass
+    return _status_kb("VmRSS")
+
+
+def rss_growth(mark: int) -> int:
+    """Bytes by which the peak RSS since :func:`rss_mark` exceeded the resident set at the mark."""
+    return (_status_kb("VmHWM") - mark) * 1024
+
+
+def _status_kb(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def median_seconds(step, steps: int, warmup: int) -> float:
     """The median time of ``steps`` calls of ``step`` after ``warmup`` untimed ones: one slow step (the
     allocator growing its heap to the step's peak, another process waking up) does not move it."""
@@ -102,7 +126,7 @@ def ours(model, mesh, case, batch, steps: int, warmup: int, trace: str | None):
     cfg = defaults()
     cfg.optimizer.update(learning_rate=1e-5, schedule="constant")
     tx, schedule = optim.make_optimizer(cfg.optimizer, 1000, optim.param_kinds(nnx.state(model, nnx.Param)))
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mark = rss_mark()
     static, state, shardings = create_state(model, tx, mesh=mesh, rules=DEFAULT_RULES, seed=0)
     flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
     matmul_params = sum(x.size for path, x in flat if path[-1].key == "kernel")
@@ -126,8 +150,7 @@ def ours(model, mesh, case, batch, steps: int, warmup: int, trace: str | None):
         else:
             seconds = median_seconds(step, steps, warmup)
     stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
-    return seconds, peak, matmul_params
+    return seconds, stats.get("peak_bytes_in_use", rss_growth(mark)), matmul_params
 
 
 def pytorch(case, batch, steps: int, warmup: int, folder: str, dtype: str):
@@ -145,8 +168,7 @@ def pytorch(case, batch, steps: int, warmup: int, folder: str, dtype: str):
     inputs = {k: torch.from_numpy(v).long().to(device) for k, v in batch.items()}
     if case["task"] == "causal_lm":
         inputs["labels"] = inputs["input_ids"]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
+    mark = rss_mark()
     autocast = torch.autocast(device, torch.bfloat16, enabled=dtype == "bfloat16")
 
     def step():
@@ -162,7 +184,7 @@ def pytorch(case, batch, steps: int, warmup: int, folder: str, dtype: str):
     seconds = median_seconds(step, steps, warmup)
     if device == "cuda":
         return seconds, torch.cuda.max_memory_allocated()
-    return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+    return seconds, rss_growth(mark)
 
 
 def main():
@@ -207,12 +229,15 @@ def main():
                             "ratio": t_seconds / seconds})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| case | ours tok/s | ours s/step | ours MFU | PyTorch tok/s | PyTorch s/step | PyTorch MFU | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| case | ours tok/s | ours s/step | ours MFU | ours peak GB | PyTorch tok/s | PyTorch s/step | PyTorch MFU "
+          "| PyTorch peak GB | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    gb = lambda b: "-" if b is None else f"{b / 1e9:.2f}"  # noqa: E731
     for r in rows:
         print(f"| {r['case']} | {r['ours_tokens_per_s']:.0f} | {r['ours_s_per_step']:.3f} | {r['ours_mfu']:.1%} | "
+              f"{gb(r['ours_peak_bytes'])} | "
               + (f"{r['torch_tokens_per_s']:.0f} | {r['torch_s_per_step']:.3f} | {r['torch_mfu']:.1%} | "
-                 f"{r['ratio']:.2f}x |" if "ratio" in r else "- | - | - | - |"))
+                 f"{gb(r['torch_peak_bytes'])} | {r['ratio']:.2f}x |" if "ratio" in r else "- | - | - | - | - |"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "cpu": cpu,

@@ -107,13 +107,12 @@ class Steps:
     def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         with self._context():
             if self.heap.active:
-                self._compile(state, batch)
-                # One step's temporaries at a time: freed before the next step's are allocated, the last
-                # step's pages serve the next step instead of the heap growing by another copy.
+                # One step's temporaries at a time: the last step's are freed before this one's are allocated,
+                # so their pages serve it; the heap is measured (and trimmed) while no step runs.
                 jax.block_until_ready(state)
-            out = self._train(state, batch)
-        self.heap.check()
-        return out
+                self._compile(state, batch)
+                self.heap.check()
+            return self._train(state, batch)
 
     def _compile(self, state: TrainState, batch: dict) -> None:
         """Compile for a new batch shape ahead of the call (which then reuses the executable), to size the
