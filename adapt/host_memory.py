@@ -11,10 +11,11 @@ A heap that is never trimmed keeps every hole that loading, compiling, evaluatio
 behind, and a step's temporaries landing beside the last ones grow it by a whole step's worth: a loop
 held 3x the memory of glibc's defaults (10.5 GB against 3.3 GB for one MiniLM fine-tune). So the
 heap is trimmed (``malloc_trim``: free pages go back to the kernel) when the loop starts, after each
-compile of the train step, and whenever, between steps, the resident set outgrows the last trim's by more
-than about one step's temporaries (XLA's own count); on exit glibc's defaults come back. Measured with
-``benchmarks/train_throughput.py``: peak RSS growth 1.9 GB (MiniLM) and 6.0 GB (SmolLM2), against
-PyTorch's 1.7 and 5.8 GB, with 0 page faults per step. Set ``ADAPT_SYSTEM_MALLOC=1`` to leave glibc alone.
+compile of the train step, and whenever, between steps, the freed memory it holds resident (the resident
+set less malloc's allocations, ``mallinfo2``, and less what lies outside the heap) passes about one
+step's temporaries (XLA's own count); on exit glibc's defaults come back. Measured with
+``benchmarks/train_throughput.py``: peak RSS growth 1.9-3.5 GB (MiniLM) and 6.0-6.3 GB (SmolLM2), compiling
+included, against PyTorch's 1.7 and 5.8 GB, with 0 page faults per step. Set ``ADAPT_SYSTEM_MALLOC=1`` to leave glibc alone.
 """
 
 from __future__ import annotations
@@ -60,18 +61,32 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _Mallinfo2(ctypes.Structure):  # glibc's struct mallinfo2 (<malloc.h>, glibc 2.33 on)
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _allocated_bytes(libc) -> int:
+    """Bytes that malloc has handed out and not had back: heap chunks in use plus mmap-served blocks."""
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
 class KeptHeap:
     """Context for a loop of CPU train steps: freed blocks stay resident, and :meth:`check` between steps
-    (while none runs) trims the heap when the resident set passed the last trim's plus the slack, 1.25x
-    the largest step's temporaries declared with :meth:`allow`: room for the last step's freed pages. A no-op when not ``enabled`` (a GPU or TPU mesh, whose
-    temporaries live on the device), with ``ADAPT_SYSTEM_MALLOC=1``, or with a libc other than glibc."""
+    trims the heap when the freed memory it holds resident passed the slack, 1.25x the largest step's
+    temporaries declared with :meth:`allow`: room for the last step's freed pages. A no-op when not
+    ``enabled`` (a GPU or TPU mesh, whose temporaries live on the device), with ``ADAPT_SYSTEM_MALLOC=1``,
+    or with a libc other than glibc."""
 
     def __init__(self, enabled: bool = True, environ=os.environ):
         self.libc = _enabled(environ) if enabled else None
-        self.active, self.slack, self.limit, self.trims = False, 0, 0, 0
+        self.active, self.slack, self.outside, self.trims = False, 0, 0, 0
 
     def __enter__(self) -> KeptHeap:
         if self.libc is not None:
+            self.libc.mallinfo2.restype = _Mallinfo2
             _mallopt(self.libc, _KEEP)
             self.active = True
             self.trim()  # what loading and compiling left behind
@@ -83,14 +98,19 @@ class KeptHeap:
         self.slack = max(self.slack, int(1.25 * temp_bytes))
         self.trim()
 
+    def held(self) -> int:
+        """Resident bytes that are neither allocated by malloc nor outside its heap: freed memory kept."""
+        return resident_bytes() - _allocated_bytes(self.libc) - self.outside
+
     def check(self) -> None:
-        if self.active and resident_bytes() > self.limit:
+        if self.active and self.held() > self.slack:
             self.trim()
 
     def trim(self) -> None:
         self.libc.malloc_trim(0)
         self.trims += 1
-        self.limit = resident_bytes() + self.slack
+        # What a trim leaves resident beyond malloc's allocations: code, Python's and XLA's own mappings.
+        self.outside = resident_bytes() - _allocated_bytes(self.libc)
 
     def __exit__(self, *exc) -> None:
         if self.active:
