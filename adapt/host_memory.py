@@ -31,11 +31,19 @@ _KEEP = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))  # no mmap-served blocks, no
 _GLIBC = ((_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024))  # glibc's defaults (malloc/malloc.c)
 
 
+class _Mallinfo2(ctypes.Structure):  # glibc's struct mallinfo2 (<malloc.h>, glibc 2.33 on)
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
 @functools.cache
 def _libc():
     if platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc.mallinfo2.restype = _Mallinfo2
+    return libc
 
 
 def _enabled(environ=os.environ):
@@ -61,12 +69,6 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class _Mallinfo2(ctypes.Structure):  # glibc's struct mallinfo2 (<malloc.h>, glibc 2.33 on)
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
 def _allocated_bytes(libc) -> int:
     """Bytes that malloc has handed out and not had back: heap chunks in use plus mmap-served blocks."""
     info = libc.mallinfo2()
@@ -86,7 +88,6 @@ class KeptHeap:
 
     def __enter__(self) -> KeptHeap:
         if self.libc is not None:
-            self.libc.mallinfo2.restype = _Mallinfo2
             _mallopt(self.libc, _KEEP)
             self.active = True
             self.trim()  # what loading and compiling left behind

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from adapt.host_memory import resident_bytes
 from adapt.models import from_pretrained, save_pretrained
 from adapt.sharding import DEFAULT_RULES, make_mesh
 from adapt.training import CausalLM, SequenceClassification, defaults, optim
@@ -78,25 +79,23 @@ def train_flops_per_token(matmul_params: int, layers: int, width: int, length: i
 def rss_mark() -> int:
     """Start measuring a side's peak memory on CPU: reset the kernel's peak-RSS mark (Linux ``clear_refs``),
     so the peak that :func:`rss_growth` reads is this side's, not the process's earlier one."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:  # not Linux: ru_maxrss then counts the process's peak so far
-        pass
-    return _status_kb("VmRSS")
+    if not os.path.exists("/proc/self/clear_refs"):  # not Linux: growth of the process's peak so far
+        return _peak_rss()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return resident_bytes()
 
 
 def rss_growth(mark: int) -> int:
-    """Bytes by which the peak RSS since :func:`rss_mark` exceeded the resident set at the mark."""
-    return (_status_kb("VmHWM") - mark) * 1024
+    """Bytes by which the peak RSS since :func:`rss_mark` exceeded the mark."""
+    return _peak_rss() - mark
 
 
-def _status_kb(field: str) -> int:
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _peak_rss() -> int:
+    if not os.path.exists("/proc/self/status"):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def median_seconds(step, steps: int, warmup: int) -> float:
