@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from adapt.data.batches import ArrayBatches
+from adapt.data.batches import ArrayBatches, eval_batches
 from adapt.host_memory import KeptHeap, one_arena
 from adapt.models import from_pretrained
 from adapt.training import CausalLM, Trainer, defaults
@@ -93,12 +93,19 @@ def test_the_heap_keeps_one_steps_worth_and_trims_the_rest():
 
 @glibc
 @pytest.mark.slow
-def test_the_train_loop_runs_in_the_kept_heap(tiny_llama, tmp_path):
+def test_the_train_loop_runs_in_the_kept_heap(tiny_llama, tmp_path, monkeypatch):
     cfg = defaults()
-    cfg.train.update(batch_size=8, steps=3)
-    data = {"input_ids": np.random.RandomState(0).randint(0, 128, (32, 16)).astype(np.int32)}
+    cfg.train.update(batch_size=8, steps=3, eval_every=2)
+    rng = np.random.RandomState(0)
+    data = {"input_ids": rng.randint(0, 128, (32, 16)).astype(np.int32)}
+    dev = {"input_ids": rng.randint(0, 128, (24, 16)).astype(np.int32)}
     trainer = Trainer(from_pretrained(tiny_llama, task="causal_lm"), CausalLM(), cfg, str(tmp_path))
-    trainer.fit(ArrayBatches(data, 8, seed=0))
+    checks = []
+    monkeypatch.setattr(KeptHeap, "check", lambda heap: checks.append(heap.active))
+    trainer.fit(ArrayBatches(data, 8, seed=0), {"dev": lambda: eval_batches(dev, 8)})
     heap = trainer.steps.heap
-    # Trimmed on entry and after compiling the step, whose temporaries set the slack; glibc's defaults after.
-    assert heap.trims >= 2 and heap.slack > 0 and not heap.active
+    # Trimmed on entry and after compiling the train and the eval step, whose temporaries set the slack;
+    # glibc's defaults after.
+    assert heap.trims >= 3 and heap.slack > 0 and not heap.active
+    # Checked before each of the 3 train steps and each of the 2 evaluations' 3 batches.
+    assert checks == [True] * (3 + 2 * 3)

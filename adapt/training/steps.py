@@ -96,6 +96,7 @@ class Steps:
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
         # Enter it around a loop of train steps on the CPU: see adapt/host_memory.py.
         self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), set()
+        self._last_eval = None  # the last eval step's outputs, waited for before the next step in the heap
 
     def _context(self):
         stack = contextlib.ExitStack()
@@ -106,22 +107,27 @@ class Steps:
 
     def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         with self._context():
-            if self.heap.active:
-                # One step's temporaries at a time: the last step's are freed before this one's are allocated,
-                # so their pages serve it; the heap is measured (and trimmed) while no step runs.
-                jax.block_until_ready(state)
-                self._compile(state, batch)
-                self.heap.check()
+            self._between_steps(self._train, state, batch)
             return self._train(state, batch)
 
-    def _compile(self, state: TrainState, batch: dict) -> None:
-        """Compile for a new batch shape ahead of the call (which then reuses the executable), to size the
-        kept heap's slack by the step's temporaries."""
-        shape = tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch))
-        if shape not in self._compiled:
-            self._compiled.add(shape)
-            self.heap.allow(self._train.lower(state, batch).compile().memory_analysis().temp_size_in_bytes)
-
     def eval(self, state: TrainState, batch: dict, index: int):
+        index = jnp.asarray(index, jnp.int32)
         with self._context():
-            return self._eval(state, batch, jnp.asarray(index, jnp.int32))
+            self._between_steps(self._eval, state, batch, index)
+            self._last_eval = self._eval(state, batch, index)
+            return self._last_eval
+
+    def _between_steps(self, step, state: TrainState, batch: dict, *rest) -> None:
+        """In the kept heap, one step's temporaries at a time: the last (train or eval) step's are freed
+        before this one's are allocated, so their pages serve it, and the heap is measured (and trimmed)
+        while no step runs. For a new batch shape the step is compiled ahead (the call then reuses the
+        executable) to widen the heap's slack by the step's temporaries."""
+        if not self.heap.active:
+            return
+        jax.block_until_ready((state, self._last_eval))
+        self._last_eval = None
+        key = (step is self._train, tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch)))
+        if key not in self._compiled:
+            self._compiled.add(key)
+            self.heap.allow(step.lower(state, batch, *rest).compile().memory_analysis().temp_size_in_bytes)
+        self.heap.check()
