@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.errors import ConfigError
-from adapt.models.layers import Adapter
+from adapt.models.layers import Adapter, dense_dot_general
 from adapt.models.registry import family_for
 
 
@@ -160,7 +160,8 @@ def plain_linear(template: nnx.Module, kernel: jax.Array, bias: jax.Array | None
     what a merged adapter layer turns back into."""
     d_in, d_out = kernel.shape
     layer = nnx.eval_shape(lambda: nnx.Linear(d_in, d_out, use_bias=bias is not None, dtype=dtype,
-                                              param_dtype=kernel.dtype, rngs=nnx.Rngs(0)))
+                                              param_dtype=kernel.dtype, dot_general=dense_dot_general,
+                                              rngs=nnx.Rngs(0)))
     layer.kernel = template.kernel.replace(kernel)
     if bias is not None:
         layer.bias = template.bias.replace(bias)
