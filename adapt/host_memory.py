@@ -14,7 +14,7 @@ heap is trimmed (``malloc_trim``: free pages go back to the kernel) when the loo
 compile of the train step, and whenever, between steps, the freed memory it holds resident (the resident
 set less malloc's allocations, ``mallinfo2``, and less what lies outside the heap) passes about one
 step's temporaries (XLA's own count); on exit glibc's defaults come back. Measured with
-``benchmarks/train_throughput.py``: peak RSS growth 1.9-3.5 GB (MiniLM) and 6.0-6.3 GB (SmolLM2), compiling
+``benchmarks/train_throughput.py``: peak RSS growth 1.9-3.5 GB (MiniLM) and 5.9-6.7 GB (SmolLM2, once 11.1), compiling
 included, against PyTorch's 1.7 and 5.8 GB, with 0 page faults per step. Set ``ADAPT_SYSTEM_MALLOC=1`` to leave glibc alone.
 """
 
