@@ -1,4 +1,4 @@
-"""Sweeps: lists of config overrides, in stages, run as trials that a results database keeps track of.
+"""Sweeps: lists of config overrides, in stages, that expand to trials (:mod:`adapt.runner` runs them).
 
 A sweep sits beside the config it varies: ``configs/x.py`` may define ``get_sweep(arg)`` returning a sweep, or
 a dict {name: sweep} to pick from with ``--sweep=name``. A sweep is a list of override dicts ({dotted key:
@@ -25,36 +25,27 @@ label trials for tables (``meta.benchmark``, ``meta.condition``: the table row; 
 ``after``: each trial of the stage is paired with the trials of that earlier stage that agree with it on the
 ``match`` keys it has, inherits the match keys it lacks, depends on that trial and gets ``init_from =
 "<stage>/<id>/export"`` (relative to the sweep folder). A trial's id hashes its stage and overrides, so it is the
-same in every run; it runs in ``<workdir>/<stage>/<id>``; :func:`run_sweep` runs the trials not yet done.
+same in every run; it runs in ``<workdir>/<stage>/<id>``; :func:`adapt.runner.run_sweep` runs the trials not
+yet done.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
-import importlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
-import signal
-import sys
-import threading
-import time
-import traceback
 import zlib
-from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
-from adapt import configs, results
-from adapt.errors import AdaptError, ConfigError
+from adapt import configs
+from adapt.errors import ConfigError
 
-DEFAULT_TRIAL_FN = "adapt.experiment:run_trial"
 _MAPS = (dict, ml_collections.ConfigDict)
 
 
@@ -206,10 +197,10 @@ def expand(sweep) -> list[Trial]:
     return [t for ts in done.values() for t in ts]
 
 
-# ---- configs
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, root: str = "") -> ml_collections.ConfigDict:
-    """A copy of ``config`` with the overrides set (``meta.*`` labels left out; keys checked as on the command
-    line, see :func:`adapt.configs.apply_overrides`); a relative ``init_from`` is joined to ``root`` (the
+# ---- a trial's config, a sweep's label
+def trial_config(config: ml_collections.ConfigDict, overrides: dict, root: str = "") -> ml_collections.ConfigDict:
+    """A copy of ``config`` with a trial's overrides set (``meta.*`` labels left out; keys checked as on the
+    command line, see :func:`adapt.configs.apply_overrides`); a relative ``init_from`` is joined to ``root`` (the
     sweep folder)."""
     overrides = {k: v for k, v in overrides.items() if not k.startswith("meta.")}
     if overrides.get("init_from") and root and not os.path.isabs(overrides["init_from"]):
@@ -217,178 +208,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, root: st
     return configs.apply_overrides(config, overrides, where="sweep override ")
 
 
-# ---- running
-def _trial_fn(fn) -> Callable:
-    if callable(fn):
-        return fn
-    module, _, attr = (fn or DEFAULT_TRIAL_FN).partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def _error_text(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip()
-    return text if isinstance(e, AdaptError) else text + "\n" + "".join(traceback.format_exception(e))[-4000:]
-
-
-def run_one(db, fn, trial_id_: str, job: tuple, root: str):
-    """Runs one claimed trial and records how it ended (Ctrl-C: interrupted, then re-raised)."""
-    stage_name, config = job
-    workdir = os.path.join(root, stage_name, trial_id_)
-    os.makedirs(workdir, exist_ok=True)
-    try:
-        metrics = fn(config, workdir)
-        db.finish(trial_id_, metrics or {}, results.read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl")))
-    except KeyboardInterrupt:
-        db.fail(trial_id_, "interrupted (Ctrl-C or SIGTERM)", "interrupted")
-        raise
-    except (Exception, SystemExit) as e:  # noqa: BLE001  (a failed trial is recorded; the sweep goes on)
-        db.fail(trial_id_, _error_text(e))
-
-
-def work(db_path: str, ids: list, jobs: dict, root: str, fn, heartbeat_s: float, on_done=None):
-    """A worker: claims ready trials from the database and runs them until none is left."""
-    db, fn, pid = results.ResultsDB(db_path), _trial_fn(fn), os.getpid()
-    stop = threading.Event()
-
-    def beat():
-        hb = results.ResultsDB(db_path)
-        while not stop.wait(heartbeat_s):
-            hb.heartbeat(pid)
-
-    threading.Thread(target=beat, daemon=True).start()
-    try:
-        while (t := db.claim(ids, pid)) is not None:
-            if t == "wait":
-                time.sleep(0.5)
-            else:
-                run_one(db, fn, t, jobs[t], root)
-                if on_done:
-                    on_done()
-    finally:
-        stop.set()
-
-
-def _worker_main(*args):
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: record the trial as interrupted
-    with contextlib.suppress(KeyboardInterrupt):
-        return work(*args)
-    sys.exit(130)
-
-
-def _pool(db, n, ids, jobs, root, fn, heartbeat_s, tick):
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold JAX threads
-
-    def start():
-        p = ctx.Process(target=_worker_main, args=(db.path, ids, jobs, root, fn, heartbeat_s))
-        p.start()
-        return p
-
-    procs = [start() for _ in range(n)]
-    everyone = list(procs)
-    try:
-        while procs:
-            time.sleep(0.3)
-            for p in [p for p in procs if p.exitcode is not None]:
-                procs.remove(p)
-                if p.exitcode != 0:
-                    code = p.exitcode
-                    why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                    db.release_owner(p.pid, "failed", f"worker process died ({why})")
-                    if db.claimed_by(p.pid) and db.counts(ids).get("pending"):
-                        procs.append(start())
-                        everyone.append(procs[-1])
-            tick()
-    except KeyboardInterrupt:
-        for p in procs:  # each records its trial as interrupted (SIGTERM raises KeyboardInterrupt there)
-            p.terminate()
-        for p in procs:
-            p.join(timeout=10)
-            if p.exitcode is None:
-                p.kill()
-                p.join()
-        raise
-    finally:
-        for p in everyone:
-            db.release_owner(p.pid, "interrupted", "interrupted (its worker stopped)")
-
-
-def _ray(db, n, ids, jobs, root, fn, address, gpus, tick):
-    try:
-        import ray
-    except ImportError:
-        raise AdaptError("--ray-address needs Ray: pip install 'ray[default]'") from None
-    ray.init(address=None if address == "local" else address, ignore_reinit_error=True, log_to_driver=False)
-    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_ray_task)
-    n = n or int(ray.cluster_resources().get("CPU", 1))
-    running, pid = {}, os.getpid()
-    try:
-        while True:
-            t = "wait"
-            while len(running) < n and (t := db.claim(ids, pid)) not in (None, "wait"):
-                running[task.remote(fn, jobs[t][1], os.path.join(root, jobs[t][0], t))] = t
-            if not running:
-                if t is None:
-                    break
-                time.sleep(1.0)  # waiting on a trial another process runs
-            for ref in ray.wait(list(running), num_returns=1, timeout=1.0)[0]:
-                t = running.pop(ref)
-                try:
-                    metrics, curves = ray.get(ref)
-                    db.finish(t, metrics, curves)
-                except Exception as e:  # noqa: BLE001
-                    db.fail(t, _error_text(getattr(e, "cause", None) or e))
-            db.heartbeat(pid)
-            tick()
-    finally:
-        for ref in running:
-            ray.cancel(ref, force=True)
-        db.release_owner(pid, "interrupted", "interrupted (the Ray driver stopped)")
-        if address == "local":
-            ray.shutdown()
-
-
-def _ray_task(fn, config, workdir):
-    os.makedirs(workdir, exist_ok=True)
-    metrics = _trial_fn(fn)(config, workdir)
-    return metrics or {}, results.read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl"))
-
-
-def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path: str | None = None,
-              workers: int = 0, trial_fn=None, name: str = "sweep", ray_address: str | None = None,
-              ray_gpus: float = 0.0, progress: bool = True, heartbeat_s: float = 30.0,
-              stale_after: float = 300.0) -> dict[str, int]:
-    """Runs the sweep's unfinished trials (in this process when ``workers`` is 0, else in that many spawned
-    worker processes, or as Ray tasks) and returns the number of trials per status.
-
-    ``trial_fn(config, workdir) -> metrics`` (a callable importable by name, or "module:function") defaults to
-    ``adapt.experiment.run_trial``. Every config is resolved before anything runs, so a bad key fails at once.
-    """
-    trials = expand(sweep)
-    root = os.path.abspath(workdir)
-    jobs = {t.id: (t.stage, apply_overrides(config, t.overrides, root)) for t in trials}
-    db = results.ResultsDB(db_path or os.path.join(root, "results.db"))
-    todo = db.register(name, trials, {i: j[1] for i, j in jobs.items()}, root, stale_after)
-    ids = [t.id for t in trials]
-    done0 = db.counts(ids).get("done", 0)
-    from tqdm import tqdm
-
-    bar = tqdm(total=todo, unit="trial", disable=not progress, dynamic_ncols=True)
-
-    def tick():
-        c = db.counts(ids)
-        bar.update(sum(c.get(s, 0) for s in results.FINISHED) - done0 - bar.n)
-        bar.set_postfix({k: c[k] for k in ("running", "failed", "skipped") if c.get(k)}, refresh=False)
-
-    try:
-        if todo and ray_address:
-            _ray(db, workers, ids, jobs, root, trial_fn, ray_address, ray_gpus, tick)
-        elif todo and workers > 0:
-            _pool(db, min(workers, todo), ids, jobs, root, trial_fn, heartbeat_s, tick)
-        elif todo:
-            work(db.path, ids, jobs, root, trial_fn, heartbeat_s, tick)
-        tick()
-    finally:
-        bar.close()
-    counts = db.counts(ids)
-    db.close()
-    return counts
+def sweep_label(path: str, arg: str | None, name: str | None = None) -> str:
+    """The label a sweep's trials get in the results database (its ``sweep`` column, which tables filter on):
+    ``"x.py:arg#name"`` for config file ``path``, its ``arg`` and the sweep's ``name``; ``"x.py:arg"`` without a
+    name (scripts/study.py's label for a config's one study sweep)."""
+    return os.path.basename(path) + (f":{arg}" if arg else "") + (f"#{name}" if name else "")

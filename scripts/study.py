@@ -17,7 +17,8 @@ import sys
 import time
 
 from adapt import cli, configs, results, tables
-from adapt.sweeps import load_sweep, run_sweep
+from adapt.runner import run_sweep
+from adapt.sweeps import load_sweep
 
 
 def main():

@@ -19,7 +19,8 @@ import sys
 
 from adapt import cli, configs, results
 from adapt.errors import ConfigError
-from adapt.sweeps import DEFAULT_TRIAL_FN, apply_overrides, expand, load_sweep, run_sweep
+from adapt.runner import DEFAULT_TRIAL_FN, run_sweep
+from adapt.sweeps import expand, load_sweep, trial_config
 
 
 def load_config(spec: str):
@@ -50,7 +51,7 @@ def main():
     label = f"{os.path.basename(module.__file__)}{':' + arg if arg else ''}#{name}"
     if args.dry_run:
         for t in expand(sweep):
-            apply_overrides(config, t.overrides)  # a bad key fails here too
+            trial_config(config, t.overrides)  # a bad key fails here too
             print(t.id, t.stage, t.overrides, f"after {','.join(t.depends)}" if t.depends else "")
         return
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -27,7 +27,7 @@ def test_every_config_resolves(path):
             trials = sweeps.expand(part)
             assert trials
             for t in trials:
-                sweeps.apply_overrides(config, t.overrides)
+                sweeps.trial_config(config, t.overrides)
 
 
 def test_overrides_and_misspelt_keys():

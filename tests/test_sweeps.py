@@ -16,7 +16,7 @@ import time
 import ml_collections
 import pytest
 
-from adapt import results, sweeps
+from adapt import results, runner, sweeps
 from adapt.errors import AdaptError, ConfigError, TrainingError
 from adapt.sweeps import grid, loguniform, product, random, stage, zip_
 
@@ -86,7 +86,7 @@ def statuses(db_path) -> dict[str, str]:
 
 def run(folder, sweep, **kw):
     kw = {"trial_fn": fake_trial, "progress": False, **kw}
-    return sweeps.run_sweep(base_config(folder), sweep, os.path.join(folder, "runs"), **kw)
+    return runner.run_sweep(base_config(folder), sweep, os.path.join(folder, "runs"), **kw)
 
 
 LR_SEEDS = product(grid("optimizer.learning_rate", [1e-3, 2e-3]), grid("train.seed", [0, 1]))
@@ -129,7 +129,7 @@ def test_stages_depend_and_set_init_from(tmp_path):
     for t in fine:
         parent = pre[t.overrides["meta.domain"]]
         assert t.depends == (parent.id,) and t.overrides["init_from"] == f"pretrain/{parent.id}/export"
-        cfg = sweeps.apply_overrides(base_config(tmp_path), t.overrides, str(tmp_path))
+        cfg = sweeps.trial_config(base_config(tmp_path), t.overrides, str(tmp_path))
         assert cfg.init_from == str(tmp_path / "pretrain" / parent.id / "export")
     # a child that names a match key pairs with that parent only; no match key crosses with every parent
     assert len(sweeps.expand([pretrain, stage("ft", {"meta.domain": "cs"}, after="pretrain",
@@ -144,14 +144,14 @@ def test_stages_depend_and_set_init_from(tmp_path):
 def test_bad_keys_are_one_line_errors(tmp_path):
     cfg = base_config(tmp_path)
     with pytest.raises(ConfigError, match=r"optimizer.learning_rat: no such config key; did you mean optimizer.learning_rate"):
-        sweeps.apply_overrides(cfg, {"optimizer.learning_rat": 1e-4})
+        sweeps.trial_config(cfg, {"optimizer.learning_rat": 1e-4})
     with pytest.raises(ConfigError, match="optimizer.learning_rate is a value"):
-        sweeps.apply_overrides(cfg, {"optimizer.learning_rate.x": 1})
+        sweeps.trial_config(cfg, {"optimizer.learning_rate.x": 1})
     with pytest.raises(ConfigError, match="could not|cannot|Could not"):
-        sweeps.apply_overrides(cfg, {"train.steps": "many"})
+        sweeps.trial_config(cfg, {"train.steps": "many"})
     # below an empty section, and below a section the trial replaces whole, new keys are fine
-    out = sweeps.apply_overrides(cfg, {"data.mixture.bio.weight": 0.7, "method": {"name": "lora", "rank": 4},
-                                       "method.rank": 8, "meta.benchmark": "x"})
+    out = sweeps.trial_config(cfg, {"data.mixture.bio.weight": 0.7, "method": {"name": "lora", "rank": 4},
+                                    "method.rank": 8, "meta.benchmark": "x"})
     assert out.data.mixture.bio.weight == 0.7 and out.method.rank == 8 and "meta" not in out
     with pytest.raises(ConfigError, match="optimizer.learning_rat: no such config key"):
         run(tmp_path, grid("optimizer.learning_rat", [1e-4]))
@@ -227,7 +227,7 @@ def test_killed_sweep_process_leaves_a_consistent_db(tmp_path):
     ids = [t.id for t in sweeps.expand(LR_SEEDS)]
     flag(tmp_path, "hang", ids[2])
     proc = multiprocessing.get_context("spawn").Process(
-        target=sweeps.run_sweep, args=(base_config(tmp_path), LR_SEEDS, str(tmp_path / "runs")),
+        target=runner.run_sweep, args=(base_config(tmp_path), LR_SEEDS, str(tmp_path / "runs")),
         kwargs=dict(trial_fn=fake_trial, progress=False))
     proc.start()
     deadline = time.time() + 60
@@ -252,7 +252,7 @@ def test_two_worker_processes(tmp_path):
     flag(tmp_path, "kill", ids[3])
     cfg = base_config(tmp_path)
     cfg.fake.barrier = 2  # each trial waits until two run at once: both workers really work in parallel
-    counts = sweeps.run_sweep(cfg, sweep, str(tmp_path / "runs"), workers=2, trial_fn=fake_trial, progress=False)
+    counts = runner.run_sweep(cfg, sweep, str(tmp_path / "runs"), workers=2, trial_fn=fake_trial, progress=False)
     assert counts == {"done": 5, "failed": 1}
     db = results.ResultsDB(str(tmp_path / "runs" / "results.db"))
     killed = next(t for t in db.trials() if t["id"] == ids[3])
@@ -260,7 +260,7 @@ def test_two_worker_processes(tmp_path):
     assert len({t["pid"] for t in db.trials()}) >= 2 and os.getpid() not in {t["pid"] for t in db.trials()}
     assert db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     os.remove(tmp_path / f"kill_{ids[3]}")
-    assert sweeps.run_sweep(cfg, sweep, str(tmp_path / "runs"), workers=2, trial_fn=fake_trial,
+    assert runner.run_sweep(cfg, sweep, str(tmp_path / "runs"), workers=2, trial_fn=fake_trial,
                             progress=False) == {"done": 6}
     assert sorted(calls(tmp_path)) == sorted(ids + [ids[3]])
 

@@ -14,7 +14,7 @@ import sys
 import ml_collections
 import pytest
 
-from adapt import results, sweeps, tables
+from adapt import results, runner, sweeps, tables
 from adapt.errors import AdaptError
 from adapt.sweeps import grid, product
 
@@ -42,7 +42,7 @@ def db(tmp_path):
     base = ml_collections.ConfigDict(dict(optimizer=dict(learning_rate=1e-3), train=dict(seed=0), init_from="",
                                           method=dict(name="full")))
     out = results.ResultsDB(str(tmp_path / "results.db"))
-    out.register("paper", trials, {t.id: sweeps.apply_overrides(base, t.overrides) for t in trials}, str(tmp_path))
+    out.register("paper", trials, {t.id: sweeps.trial_config(base, t.overrides) for t in trials}, str(tmp_path))
     by_id = {t.id: t.overrides for t in trials}
     while (tid := out.claim(list(by_id), os.getpid())) is not None:
         ov = by_id[tid]
@@ -194,7 +194,7 @@ def test_a_staged_sweep_end_to_end(tmp_path):
     tune = product(grid("optimizer.learning_rate", [1e-3, 2e-3]), grid("train.seed", [0, 1]))
     sweep = [sweeps.stage("pretrain", domains), sweeps.stage("finetune", tune, after="pretrain", match=["meta.domain"]),
              sweeps.stage("scratch", domains, tune)]
-    assert sweeps.run_sweep(base_config(tmp_path), sweep, str(tmp_path / "runs"), trial_fn=fake_trial,
+    assert runner.run_sweep(base_config(tmp_path), sweep, str(tmp_path / "runs"), trial_fn=fake_trial,
                             progress=False) == {"done": 18}
     db = results.ResultsDB(str(tmp_path / "runs" / "results.db"))
     trials = [t for t in db.trials() if t["stage"] != "pretrain"]

@@ -1,0 +1,233 @@
+"""Running a sweep: its trials (described by :mod:`adapt.sweeps`) claimed from one results database
+(:mod:`adapt.results`) and run in this process, in spawned worker processes, or as Ray tasks.
+
+    counts = run_sweep(config, get_sweep(arg), "runs/x", workers=2)   # {"done": 11, "failed": 1}
+
+A trial runs in ``<workdir>/<stage>/<trial id>``; a failed trial is recorded with its error and the rest go on;
+running the same sweep again runs only the trials not yet done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+import ml_collections
+
+from adapt import results, sweeps
+from adapt.errors import AdaptError
+
+DEFAULT_TRIAL_FN = "adapt.experiment:run_trial"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What every worker of one sweep needs; picklable, so a spawned worker process gets it whole."""
+
+    db_path: str  # the results database
+    ids: tuple[str, ...]  # the sweep's trial ids, each after the trials it depends on
+    jobs: dict  # {trial id: (stage name, its resolved ConfigDict)}
+    root: str  # the sweep folder (absolute)
+    trial_fn: str | Callable = DEFAULT_TRIAL_FN  # fn(config, workdir) -> metrics, or "module:function"
+    heartbeat_s: float = 30.0  # how often a worker marks its running trials alive
+
+    def workdir(self, trial_id: str) -> str:
+        return os.path.join(self.root, self.jobs[trial_id][0], trial_id)
+
+
+def _trial_fn(fn: str | Callable) -> Callable:
+    if callable(fn):
+        return fn
+    module, _, attr = fn.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _error_text(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text if isinstance(e, AdaptError) else text + "\n" + "".join(traceback.format_exception(e))[-4000:]
+
+
+def run_one(plan: Plan, trial_id: str, *, db: results.ResultsDB, fn: Callable) -> None:
+    """Runs one claimed trial and records how it ended (Ctrl-C: interrupted, then re-raised)."""
+    workdir = plan.workdir(trial_id)
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        metrics = fn(plan.jobs[trial_id][1], workdir)
+        db.finish(trial_id, metrics or {}, results.read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl")))
+    except KeyboardInterrupt:
+        db.fail(trial_id, "interrupted (Ctrl-C or SIGTERM)", "interrupted")
+        raise
+    except (Exception, SystemExit) as e:  # noqa: BLE001  (a failed trial is recorded; the sweep goes on)
+        db.fail(trial_id, _error_text(e))
+
+
+def work(plan: Plan, *, on_done: Callable[[], None] | None = None) -> None:
+    """A worker: claims ready trials from the database and runs them until none is left (``on_done`` after each);
+    a thread marks its running trial alive every ``plan.heartbeat_s`` seconds."""
+    db, fn, pid = results.ResultsDB(plan.db_path), _trial_fn(plan.trial_fn), os.getpid()
+    stop = threading.Event()
+
+    def beat():
+        hb = results.ResultsDB(plan.db_path)
+        while not stop.wait(plan.heartbeat_s):
+            hb.heartbeat(pid)
+
+    threading.Thread(target=beat, daemon=True).start()
+    try:
+        while (t := db.claim(plan.ids, pid)) is not None:
+            if t == "wait":
+                time.sleep(0.5)
+            else:
+                run_one(plan, t, db=db, fn=fn)
+                if on_done:
+                    on_done()
+    finally:
+        stop.set()
+
+
+def _worker_main(plan: Plan) -> None:
+    """A spawned worker process's entry point (found by module path, so it stays at module level)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: record the trial as interrupted
+    with contextlib.suppress(KeyboardInterrupt):
+        return work(plan)
+    sys.exit(130)
+
+
+def _pool(plan: Plan, *, db: results.ResultsDB, workers: int, tick: Callable[[], None]) -> None:
+    """Runs the trials in ``workers`` spawned processes; a worker that dies is recorded against its trial and
+    replaced while trials are pending."""
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold JAX threads
+
+    def start():
+        p = ctx.Process(target=_worker_main, args=(plan,))
+        p.start()
+        everyone.append(p)
+        return p
+
+    everyone: list = []
+    procs = [start() for _ in range(workers)]
+    try:
+        while procs:
+            time.sleep(0.3)
+            for p in [p for p in procs if p.exitcode is not None]:
+                procs.remove(p)
+                if p.exitcode != 0:
+                    code = p.exitcode
+                    why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                    db.release_owner(p.pid, "failed", f"worker process died ({why})")
+                    if db.claimed_by(p.pid) and db.counts(plan.ids).get("pending"):
+                        procs.append(start())
+            tick()
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    finally:
+        for p in everyone:
+            db.release_owner(p.pid, "interrupted", "interrupted (its worker stopped)")
+
+
+def _stop(procs: list) -> None:
+    """SIGTERM to each worker (each records its trial as interrupted), SIGKILL to any still alive 10 s later."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=10)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+
+
+def _ray(plan: Plan, *, db: results.ResultsDB, workers: int, address: str, gpus: float,
+         tick: Callable[[], None]) -> None:
+    """Runs the trials as Ray tasks (``workers`` at once; 0: one per CPU of the cluster), claimed by this
+    process, which records each task's result."""
+    try:
+        import ray
+    except ImportError:
+        raise AdaptError("--ray-address needs Ray: pip install 'ray[default]'") from None
+    ray.init(address=None if address == "local" else address, ignore_reinit_error=True, log_to_driver=False)
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_ray_task)
+    n = workers or int(ray.cluster_resources().get("CPU", 1))
+    running, pid = {}, os.getpid()
+    try:
+        while True:
+            t = "wait"
+            while len(running) < n and (t := db.claim(plan.ids, pid)) not in (None, "wait"):
+                running[task.remote(plan.trial_fn, plan.jobs[t][1], plan.workdir(t))] = t
+            if not running:
+                if t is None:
+                    break
+                time.sleep(1.0)  # waiting on a trial another process runs
+            for ref in ray.wait(list(running), num_returns=1, timeout=1.0)[0]:
+                t = running.pop(ref)
+                try:
+                    metrics, curves = ray.get(ref)
+                    db.finish(t, metrics, curves)
+                except Exception as e:  # noqa: BLE001
+                    db.fail(t, _error_text(getattr(e, "cause", None) or e))
+            db.heartbeat(pid)
+            tick()
+    finally:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        db.release_owner(pid, "interrupted", "interrupted (the Ray driver stopped)")
+        if address == "local":
+            ray.shutdown()
+
+
+def _ray_task(trial_fn: str | Callable, config: ml_collections.ConfigDict, workdir: str):
+    """One trial on a Ray worker (found by module path): (its metrics, its metrics.jsonl curves)."""
+    os.makedirs(workdir, exist_ok=True)
+    metrics = _trial_fn(trial_fn)(config, workdir)
+    return metrics or {}, results.read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path: str | None = None,
+              workers: int = 0, trial_fn: str | Callable | None = None, name: str = "sweep",
+              ray_address: str | None = None, ray_gpus: float = 0.0, progress: bool = True,
+              heartbeat_s: float = 30.0, stale_after: float = 300.0) -> dict[str, int]:
+    """Runs the sweep's unfinished trials (in this process when ``workers`` is 0, else in that many spawned
+    worker processes, or as Ray tasks) and returns the number of trials per status; ``name`` labels them in the
+    database (:func:`adapt.sweeps.sweep_label`).
+
+    ``trial_fn(config, workdir) -> metrics`` (a callable importable by name, or "module:function") defaults to
+    ``adapt.experiment.run_trial``. Every config is resolved before anything runs, so a bad key fails at once.
+    """
+    trials = sweeps.expand(sweep)
+    root = os.path.abspath(workdir)
+    jobs = {t.id: (t.stage, sweeps.trial_config(config, t.overrides, root)) for t in trials}
+    db = results.ResultsDB(db_path or os.path.join(root, "results.db"))
+    todo = db.register(name, trials, {i: j[1] for i, j in jobs.items()}, root, stale_after)
+    plan = Plan(db.path, tuple(t.id for t in trials), jobs, root, trial_fn or DEFAULT_TRIAL_FN, heartbeat_s)
+    done0 = db.counts(plan.ids).get("done", 0)
+    from tqdm import tqdm
+
+    bar = tqdm(total=todo, unit="trial", disable=not progress, dynamic_ncols=True)
+
+    def tick():
+        c = db.counts(plan.ids)
+        bar.update(sum(c.get(s, 0) for s in results.FINISHED) - done0 - bar.n)
+        bar.set_postfix({k: c[k] for k in ("running", "failed", "skipped") if c.get(k)}, refresh=False)
+
+    try:
+        if todo and ray_address:
+            _ray(plan, db=db, workers=workers, address=ray_address, gpus=ray_gpus, tick=tick)
+        elif todo and workers > 0:
+            _pool(plan, db=db, workers=min(workers, todo), tick=tick)
+        elif todo:
+            work(plan, on_done=tick)
+        tick()
+    finally:
+        bar.close()
+    counts = db.counts(plan.ids)
+    db.close()
+    return counts
