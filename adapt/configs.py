@@ -113,10 +113,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict,
 def load(spec: str, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
     """The config of ``spec`` (``path.py[:arg]``) with ``overrides`` (``"key=value"`` strings or a dict)."""
     path, arg = split_spec(spec)
-    return resolve(load_module(path), arg, overrides)
+    return from_module(load_module(path), arg, overrides)
 
 
-def resolve(module, arg: str | None, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
+def from_module(module, arg: str | None, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
     """``module``'s config for ``arg`` with ``overrides``, checked (method knobs included)."""
     config = apply_overrides(call(module, "get_config", arg), as_dict(overrides))
     if "method" in config:  # its knobs are checked by the method itself, before anything runs

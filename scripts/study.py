@@ -29,7 +29,7 @@ def main():
     args = parser.parse_args(rest)
     path, arg = configs.split_spec(spec)
     module = configs.load_module(path)
-    config = configs.resolve(module, arg, overrides)
+    config = configs.from_module(module, arg, overrides)
     sweep, _ = load_sweep(module, arg, None)
     layout = dict(configs.call(module, "get_table", arg))
     curves, vs, references = layout.pop("curves", ()), layout.pop("vs", ()), layout.pop("reference", ())
