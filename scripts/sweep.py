@@ -1,8 +1,10 @@
 """Run a sweep: the trials a config's get_sweep describes, each in its own folder, results in one SQLite file.
 
-    python scripts/sweep.py --config=configs/x.py:arg [--sweep=name] --workdir=runs/x [--workers N]
-                            [--ray-address local|ADDR] [--db runs/x/results.db]
+    python scripts/sweep.py --config=configs/x.py:arg [--config.key=value ...] [--sweep=name] --workdir=runs/x
+                            [--workers N] [--ray-address local|ADDR] [--db runs/x/results.db]
 
+``--config.key=value`` overrides a key of the config every trial starts from, as in scripts/train.py (a misspelt
+key or method knob stops the command before any trial runs).
 Trials run in this process (``--workers 0``), in N worker processes, or as Ray tasks; stages run in dependency
 order. A failed trial is recorded with its error and the others go on (trials that start from it are skipped).
 Running the same command again runs only what is not done: failed, skipped, interrupted or never started trials.
@@ -23,16 +25,9 @@ from adapt.runner import DEFAULT_TRIAL_FN, run_sweep
 from adapt.sweeps import expand, load_sweep, trial_config
 
 
-def load_config(spec: str):
-    """``path.py[:arg]`` -> (the module, arg, its get_config(arg))."""
-    path, arg = configs.split_spec(spec)
-    module = configs.load_module(path)
-    return module, arg, configs.call(module, "get_config", arg)
-
-
 def main():
+    spec, overrides, rest = configs.parse_argv(sys.argv[1:])  # --config=path.py[:arg], --config.key=value
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="path.py[:arg]: a file with get_config(arg), get_sweep(arg)")
     parser.add_argument("--sweep", default=None, help="which of get_sweep's named sweeps (default: 'default')")
     parser.add_argument("--workdir", required=True, help="trials run in WORKDIR/<stage>/<trial id>")
     parser.add_argument("--db", default=None, help="results database (default: WORKDIR/results.db)")
@@ -42,11 +37,13 @@ def main():
     parser.add_argument("--trial-fn", default=DEFAULT_TRIAL_FN, help="module:function(config, workdir) -> metrics")
     parser.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(rest)
     if args.workers < 0:
         raise ConfigError(f"--workers={args.workers}: must be 0 (this process) or more")
 
-    module, arg, config = load_config(args.config)
+    path, arg = configs.split_spec(spec)
+    module = configs.load_module(path)
+    config = configs.from_module(module, arg, overrides)
     sweep, name = load_sweep(module, arg, args.sweep)
     label = f"{os.path.basename(module.__file__)}{':' + arg if arg else ''}#{name}"
     if args.dry_run:

@@ -271,7 +271,7 @@ import ml_collections
 from adapt.sweeps import grid, product
 
 def get_config(arg):
-    c = ml_collections.ConfigDict(dict(optimizer=dict(learning_rate=1e-3), train=dict(seed=0), init_from="",
+    c = ml_collections.ConfigDict(dict(optimizer=dict(learning_rate=1e-3), train=dict(seed=0, steps=5), init_from="",
                                        fake=dict(dir=arg, barrier=0)))
     c.lock()
     return c
@@ -292,9 +292,14 @@ def sweep_cli(tmp_path, *args):
 
 def test_sweep_command_line(tmp_path):
     (tmp_path / "cfg.py").write_text(CONFIG)
-    out = sweep_cli(tmp_path)
+    out = sweep_cli(tmp_path, "--config.train.steps=7")
     assert out.returncode == 0, out.stderr
     assert "#default: 4 done" in out.stdout and len(calls(tmp_path)) == 4
+    db = results.ResultsDB(str(tmp_path / "runs" / "results.db"))
+    assert {t["config"]["train"]["steps"] for t in db.trials()} == {7}  # the override reached every trial
+    out = sweep_cli(tmp_path, "--config.train.stpes=7")
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "--config.train.stpes: no such config key; did you mean train.steps" in out.stderr
     out = sweep_cli(tmp_path, "--sweep=defualt")
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
     assert "unknown sweep 'defualt'" in out.stderr and "did you mean 'default'" in out.stderr
