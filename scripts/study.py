@@ -18,7 +18,7 @@ import time
 
 from adapt import cli, configs, results, tables
 from adapt.runner import run_sweep
-from adapt.sweeps import load_sweep
+from adapt.sweeps import load_sweep, sweep_label
 
 
 def main():
@@ -39,7 +39,7 @@ def main():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
     started = time.time()
-    name = f"{os.path.basename(path)}{':' + arg if arg else ''}"
+    name = sweep_label(path, arg)  # no "#<sweep name>": trials of earlier runs/ folders keep this label
     counts = run_sweep(config, sweep, args.workdir, workers=args.workers, name=name)
     db = results.ResultsDB(os.path.join(args.workdir, "results.db"))
     trials = db.trials(sweep=name)

@@ -22,7 +22,7 @@ import sys
 from adapt import cli, configs, results
 from adapt.errors import ConfigError
 from adapt.runner import DEFAULT_TRIAL_FN, run_sweep
-from adapt.sweeps import expand, load_sweep, trial_config
+from adapt.sweeps import expand, load_sweep, sweep_label, trial_config
 
 
 def main():
@@ -45,7 +45,7 @@ def main():
     module = configs.load_module(path)
     config = configs.from_module(module, arg, overrides)
     sweep, name = load_sweep(module, arg, args.sweep)
-    label = f"{os.path.basename(module.__file__)}{':' + arg if arg else ''}#{name}"
+    label = sweep_label(path, arg, name)
     if args.dry_run:
         for t in expand(sweep):
             trial_config(config, t.overrides)  # a bad key fails here too

@@ -28,7 +28,8 @@ def parse_metric(text: str):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True, help="the results database (a sweep's WORKDIR/results.db)")
-    parser.add_argument("--sweep", default=None, help="only trials of this sweep label (x.py:arg#name)")
+    parser.add_argument("--sweep", default=None,
+                        help="only trials of this sweep label: x.py:arg#name (scripts/study.py's: x.py:arg)")
     parser.add_argument("--stage", action="append", default=None, help="only trials of this stage (repeatable)")
     parser.add_argument("--rows", default="condition", help="comma-separated keys whose values make a row")
     parser.add_argument("--column", default=None, help="key whose value makes a column (default: meta.benchmark)")
