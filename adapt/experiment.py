@@ -26,8 +26,8 @@ from adapt import configs, methods
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import data_defaults, prepare, save_labels, train_stream
 from adapt.errors import ConfigError
+from adapt.files import output_folder, write_json
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
-from adapt.models.checkpoint_io import write_atomic
 from adapt.training import CausalLM, MaskedLM, SequenceClassification, TokenClassification, Trainer, defaults
 
 TASK_FORMATS = {"causal_lm": ("lm", "sft"), "masked_lm": ("lm",), "sequence_classification": ("classification",),
@@ -82,10 +82,6 @@ def _read_json(path: str):
         return json.load(f)
 
 
-def _write_json(path: str, value) -> None:
-    write_atomic(path, lambda f: f.write(json.dumps(value, indent=2).encode()))
-
-
 @dataclasses.dataclass
 class Trial:
     """What a trial is built from: its config, the tokenizer, the prepared splits, the adaptation method, the
@@ -120,8 +116,8 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> Trial:
 
 def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model."""
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    os.makedirs(output_folder(workdir, "workdir"), exist_ok=True)
+    write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     trial = build_trial(config, workdir)
     trainer, splits = trial.trainer, trial.splits
     if splits.get("labels"):
@@ -139,7 +135,7 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
         model = trainer.best_model(best)
         save_pretrained(trial.method.merge(model), os.path.join(workdir, "export"), tokenizer=trial.tokenizer)
     if jax.process_index() == 0:
-        _write_json(os.path.join(workdir, "results.json"), results)
+        write_json(os.path.join(workdir, "results.json"), results)
     return results
 
 

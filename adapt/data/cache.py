@@ -3,7 +3,7 @@
 The key hashes what the result depends on: the content of the source files (SHA-256), the tokenizer's
 fingerprint (its vocabulary, rules, special tokens and chat template), and the encoding's settings. A
 changed file or tokenizer gives a new key, so stale entries are never read. Entries are ``.npz`` files
-written atomically (temporary name, then rename); ragged columns are stored flat with offsets.
+written atomically (``adapt.files.write_atomic``); ragged columns are stored flat with offsets.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 
 import numpy as np
+
+from adapt.files import write_atomic
 
 DEFAULT_DIR = os.path.join(os.path.expanduser("~"), ".cache", "adapt", "tokenized")
 
@@ -48,10 +49,7 @@ def _save(path: str, data: dict) -> None:
             flat[f"{k}.offsets"] = np.cumsum([0] + [len(x) for x in v])
         else:
             flat[k] = np.asarray(v)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
-    os.close(fd)
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.savez(f, **flat))
 
 
 def _load(path: str) -> dict:

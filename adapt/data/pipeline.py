@@ -10,7 +10,6 @@ CLS/SEP), ``classification`` (text or text pair + label), ``conll`` (token class
 
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
@@ -21,6 +20,7 @@ from adapt.data.batches import ArrayBatches, Mixture, RowStream
 from adapt.data.cache import DEFAULT_DIR, cache_key, cached
 from adapt.data.packing import pack
 from adapt.errors import ConfigError
+from adapt.files import write_json
 
 FORMATS = ("lm", "classification", "conll", "sft")
 
@@ -131,11 +131,9 @@ def _unflatten(flat: dict) -> dict:
 
 
 def save_labels(workdir: str, labels: list[str]) -> None:
-    """The label vocabulary beside the run's checkpoints (``labels.json``), in id order."""
+    """The label vocabulary beside the run's checkpoints (``labels.json``), in id order, written atomically."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "labels.json"), "w") as f:
-        json.dump(labels, f, indent=1)
-
+    write_json(os.path.join(workdir, "labels.json"), labels, indent=1)
 
 
 def component(cfg, name: str) -> ml_collections.ConfigDict:

@@ -16,10 +16,11 @@ import numpy as np
 from flax import nnx
 
 from adapt.errors import ConfigError
+from adapt.files import write_folder
 from adapt.methods.base import head_prefixes, under
 from adapt.methods.lora import LoRA, LoRALinear
 from adapt.models.checkpoint_io import save_safetensors
-from adapt.models.export import model_task, write_folder
+from adapt.models.export import model_task
 from adapt.models.registry import family_for, hf_key, param_paths, to_hf
 
 _TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS",

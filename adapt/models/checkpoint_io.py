@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from adapt.errors import CheckpointError
+from adapt.files import write_atomic, write_json
 
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -131,8 +132,8 @@ def save_safetensors(tensors: dict[str, np.ndarray], folder: str, max_shard_byte
     """Write ``tensors`` as HF safetensors (``{name}.safetensors``), sharded with an index past
     ``max_shard_bytes``.
 
-    Each file is written to a temporary name and renamed, so an interrupted export never leaves a
-    file that looks complete.
+    Each file is written atomically (:func:`adapt.files.write_atomic`), so an interrupted export never
+    leaves a file that looks complete.
     """
     shards, current, size = [], {}, 0
     for key in sorted(tensors):
@@ -150,8 +151,7 @@ def save_safetensors(tensors: dict[str, np.ndarray], folder: str, max_shard_byte
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
                  "weight_map": {k: fname for shard, fname in zip(shards, names) for k in shard}}
-        write_atomic(os.path.join(folder, f"{name}.safetensors.index.json"),
-                      lambda f: f.write(json.dumps(index, indent=2).encode()))
+        write_json(os.path.join(folder, f"{name}.safetensors.index.json"), index)
 
 
 def _write_safetensors(f, tensors: dict[str, np.ndarray]):
@@ -165,13 +165,3 @@ def _write_safetensors(f, tensors: dict[str, np.ndarray]):
     f.write(struct.pack("<Q", len(blob)) + blob)
     for t in tensors.values():
         f.write(np.ascontiguousarray(t).tobytes())
-
-
-def write_atomic(path: str, write: Callable):
-    """``write(f)`` into a temporary file renamed to ``path`` when complete: readers never see half of it."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

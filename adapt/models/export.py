@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import os
-import shutil
-import tempfile
 
 import jax
 import numpy as np
@@ -15,6 +12,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from adapt.errors import CheckpointError
+from adapt.files import write_folder
 from adapt.models.checkpoint_io import save_safetensors
 from adapt.models.layers import Adapter
 from adapt.models.registry import family_for, hf_key, param_paths, to_hf
@@ -75,24 +73,3 @@ def save_pretrained(model: nnx.Module, folder: str, *, tokenizer=None, max_shard
             tokenizer.save_pretrained(tmp)
 
     return write_folder(folder, write)
-
-
-def write_folder(folder: str, write) -> str:
-    """Call ``write(tmp)`` on a temporary folder beside ``folder``, then put it in ``folder``'s place, so an
-    interrupted write leaves any earlier ``folder`` intact. Returns the absolute folder."""
-    folder = os.path.abspath(folder)
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".tmp-", dir=os.path.dirname(folder))
-    try:
-        write(tmp)
-        old = None
-        if os.path.exists(folder):
-            old = tempfile.mkdtemp(prefix=os.path.basename(folder) + ".old-", dir=os.path.dirname(folder))
-            os.replace(folder, os.path.join(old, "x"))
-        os.replace(tmp, folder)
-        if old:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
