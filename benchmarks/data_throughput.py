@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from adapt.data import formats, sources
-from adapt.data.batches import ArrayBatches
+from adapt.data.batches import array_batches
 from adapt.data.packing import pack
 from adapt.data.pipeline import data_defaults, prepare
 from adapt.models import load_tokenizer
@@ -62,7 +62,7 @@ def main():
         splits, hit = prepare(cfg, bert)
         assert hit
         rows.append(("prepare, warm cache (hash file + load)", time.perf_counter() - t))
-    stream = ArrayBatches(splits["train"], 32, seed=0)
+    stream = array_batches(splits["train"], 32, seed=0)
     steps = stream.steps_per_epoch
     rows.append((f"batches of 32, bucketed ({steps} per epoch)", timed(lambda: [stream.next_batch() for _ in range(steps)])[0]))
     print(f"ChemProt train: {n} examples, {os.cpu_count()} CPU threads\n")

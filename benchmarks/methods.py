@@ -31,7 +31,7 @@ def one(name: str, steps: int) -> dict:
     from flax import nnx
 
     from adapt import methods
-    from adapt.data.batches import ArrayBatches
+    from adapt.data.batches import array_batches
     from adapt.errors import ConfigError
     from adapt.models import from_pretrained
     from adapt.training import CausalLM, Trainer, defaults
@@ -51,7 +51,7 @@ def one(name: str, steps: int) -> dict:
     cfg.train.update(batch_size=8, steps=steps, log_every=1)
     with tempfile.TemporaryDirectory() as workdir:
         trainer = Trainer(model, CausalLM(), cfg, workdir, method=method, mesh=None)
-        trainer.fit(ArrayBatches({"input_ids": ids}, 8, seed=0))
+        trainer.fit(array_batches({"input_ids": ids}, 8, seed=0))
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             rates = [r["train/steps_per_second"] for r in map(json.loads, f) if r.get("train/steps_per_second")]
     batch = {"input_ids": jax.numpy.asarray(ids)}

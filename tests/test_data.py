@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adapt.data import formats, sources
-from adapt.data.batches import ArrayBatches, Mixture, RowStream, eval_batches
+from adapt.data.batches import array_batches, Mixture, RowStream, eval_batches
 from adapt.data.packing import pack
 from adapt.data.pipeline import data_defaults, prepare
 from adapt.errors import DataError
@@ -207,7 +207,7 @@ def test_mixture_weights_and_exact_resume():
 
 def test_every_example_once_per_epoch():
     arrays = {"input_ids": np.arange(10, dtype=np.int32)[:, None], "attention_mask": np.ones((10, 1), np.int32)}
-    stream = ArrayBatches(arrays, 5, seed=0)
+    stream = array_batches(arrays, 5, seed=0)
     seen = np.concatenate([stream.next_batch()["input_ids"][:, 0] for _ in range(4)])
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
     assert stream.steps_per_epoch == 2

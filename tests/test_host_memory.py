@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from adapt.data.batches import ArrayBatches, eval_batches
+from adapt.data.batches import array_batches, eval_batches
 from adapt.host_memory import KeptHeap, one_arena
 from adapt.models import from_pretrained
 from adapt.training import CausalLM, Trainer, defaults
@@ -102,7 +102,7 @@ def test_the_train_loop_runs_in_the_kept_heap(tiny_llama, tmp_path, monkeypatch)
     trainer = Trainer(from_pretrained(tiny_llama, task="causal_lm"), CausalLM(), cfg, str(tmp_path))
     checks = []
     monkeypatch.setattr(KeptHeap, "check", lambda heap: checks.append(heap.active))
-    trainer.fit(ArrayBatches(data, 8, seed=0), {"dev": lambda: eval_batches(dev, 8)})
+    trainer.fit(array_batches(data, 8, seed=0), {"dev": lambda: eval_batches(dev, 8)})
     heap = trainer.steps.heap
     # Trimmed on entry and after compiling the train and the eval step, whose temporaries set the slack;
     # glibc's defaults after.

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from adapt import methods
-from adapt.data.batches import ArrayBatches
+from adapt.data.batches import array_batches
 from adapt.errors import CheckpointError, ConfigError
 from adapt.models import from_pretrained, save_pretrained
 from adapt.sharding import make_mesh
@@ -300,7 +300,7 @@ def _train(name, folder, task, shape, tmp_path, steps=8):
                          schedule="constant", weight_decay=0.0 if name == "l2sp" else 0.01)
     cfg.train.update(batch_size=8, steps=steps, log_every=1)
     trainer = Trainer(model, objective, cfg, str(tmp_path / f"{name}-{shape}"), method=method, mesh=mesh)
-    trainer.fit(ArrayBatches(data, 8, seed=0))
+    trainer.fit(array_batches(data, 8, seed=0))
     with open(tmp_path / f"{name}-{shape}" / "metrics.jsonl") as f:
         losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
     after = dict(methods.base.leaf_paths(nnx.to_pure_dict(nnx.state(model, nnx.Param))))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from adapt.data.batches import ArrayBatches
+from adapt.data.batches import array_batches
 from adapt.errors import ConfigError
 from adapt.methods import build
 from adapt.models import from_pretrained
@@ -258,7 +258,7 @@ def _train(model, method, objective, data, shape, workdir, steps, lr):
     trains = {p for p, _ in param_paths(nnx.state(model, trainable))}
     mesh = make_mesh(shape)
     Trainer(model, objective, _cfg(shape, steps, lr), str(workdir), method=method, mesh=mesh).fit(
-        ArrayBatches(data, 8, seed=0))
+        array_batches(data, 8, seed=0))
     after = dict(param_paths(nnx.state(model, nnx.Param)))
     assert set(after) == set(before) and trains
     for path, old in before.items():

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adapt.data.batches import ArrayBatches
+from adapt.data.batches import array_batches
 from adapt.errors import ConfigError
 from adapt.methods import build
 from adapt.methods.qlora import NF4, QLoRALinear, Quantized, dequantize, quantize
@@ -180,7 +180,7 @@ def test_training_on_fsdp_and_tensor_parallel_meshes(tiny_llama, tmp_path, shape
     cfg.train.update(batch_size=8, steps=6, log_every=1)
     ids = np.random.RandomState(0).randint(0, 128, (8, 16)).astype(np.int32)
     trainer = Trainer(model, CausalLM(), cfg, str(tmp_path), method=method)
-    result = trainer.fit(ArrayBatches({"input_ids": ids, "attention_mask": np.ones_like(ids)}, 8, seed=0))
+    result = trainer.fit(array_batches({"input_ids": ids, "attention_mask": np.ones_like(ids)}, 8, seed=0))
     losses = _losses(tmp_path)
     assert np.all(np.diff(losses) < 0) and losses[-1] < losses[0] - 0.1, losses
     codes = result.state.frozen["model"]["layers"][0]["self_attn"]["q_proj"]["codes"]  # [embed, heads]

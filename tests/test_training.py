@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from adapt.data.batches import ArrayBatches, eval_batches
+from adapt.data.batches import array_batches, eval_batches
 from adapt.errors import CheckpointError, ConfigError
 from adapt.models import from_pretrained
 from adapt.sharding import make_mesh
@@ -45,7 +45,7 @@ def test_same_losses_on_every_mesh_and_shardings_follow_the_rules(tiny_llama, tm
         mesh = make_mesh(shape, devices=jax.devices()[:1] if shape == (1, 1, 1) else None)
         model = from_pretrained(tiny_llama, task="causal_lm", mesh=mesh)
         trainer = Trainer(model, CausalLM(), _cfg(shape), str(tmp_path / str(shape)), mesh=mesh)
-        trainer.fit(ArrayBatches(_data(), 8, seed=0))
+        trainer.fit(array_batches(_data(), 8, seed=0))
         runs[shape] = (_losses(tmp_path / str(shape)), trainer.state)
     reference = runs[(1, 1, 1)][0]
     assert len(reference) == 4
@@ -70,7 +70,7 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_llama, tmp_path):
     for accum in (1, 4):
         model = from_pretrained(tiny_llama, task="causal_lm")
         trainer = Trainer(model, CausalLM(), _cfg((8, 1, 1), grad_accum=accum, steps=2), str(tmp_path / str(accum)))
-        params.append(trainer.fit(ArrayBatches(_data(), 8, seed=0)).state.params)
+        params.append(trainer.fit(array_batches(_data(), 8, seed=0)).state.params)
     for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
 
@@ -114,7 +114,7 @@ def test_trainer_stops_early_and_keeps_the_best_checkpoint(tiny_llama, tmp_path)
     cfg.train.early_stopping.update(metric="dev/score", mode="max", patience=2)
     data = _data()
     trainer = Trainer(from_pretrained(tiny_llama, task="causal_lm"), objective, cfg, str(tmp_path))
-    result = trainer.fit(ArrayBatches(data, 8, seed=0), {"dev": lambda: objective.arm(eval_batches(data, 8))})
+    result = trainer.fit(array_batches(data, 8, seed=0), {"dev": lambda: objective.arm(eval_batches(data, 8))})
     assert result.stopped_early and result.steps == 8  # evaluations at 2, 4 (best), 6, 8: two without gain
     assert result.best == {"step": 4, "value": 0.7}
     assert Checkpointer(str(tmp_path), keep=10).best_step() == 4
@@ -140,10 +140,10 @@ def test_a_half_written_checkpoint_is_never_resumed(tmp_path):
 
 def test_a_checkpoint_of_another_model_is_refused(tiny_llama, tmp_path):
     trainer = Trainer(from_pretrained(tiny_llama, task="causal_lm"), CausalLM(), _cfg(steps=1), str(tmp_path))
-    trainer.fit(ArrayBatches(_data(), 8, seed=0))
+    trainer.fit(array_batches(_data(), 8, seed=0))
     other = from_pretrained(tiny_llama, task="base")  # no lm_head: a different parameter tree
     with pytest.raises(CheckpointError, match=r"checkpoints/1: does not match this model and optimizer"):
-        Trainer(other, CausalLM(), _cfg(steps=2), str(tmp_path)).fit(ArrayBatches(_data(), 8, seed=0))
+        Trainer(other, CausalLM(), _cfg(steps=2), str(tmp_path)).fit(array_batches(_data(), 8, seed=0))
 
 
 def test_bad_batch_and_accumulation_settings_are_config_errors(tiny_llama, tmp_path):
@@ -157,7 +157,7 @@ def test_bad_batch_and_accumulation_settings_are_config_errors(tiny_llama, tmp_p
 def test_fit_trains_the_model_in_place(tiny_llama, tmp_path):
     model = from_pretrained(tiny_llama, task="causal_lm")
     before = np.asarray(model.lm_head.kernel[...]).copy()
-    result = Trainer(model, CausalLM(), _cfg(steps=2), str(tmp_path)).fit(ArrayBatches(_data(), 8, seed=0))
+    result = Trainer(model, CausalLM(), _cfg(steps=2), str(tmp_path)).fit(array_batches(_data(), 8, seed=0))
     after = np.asarray(model.lm_head.kernel[...])  # usable after fit, though the steps donated its buffers
     np.testing.assert_array_equal(after, np.asarray(result.state.params["lm_head"]["kernel"]))
     assert not np.array_equal(after, before)
@@ -168,7 +168,7 @@ def test_rematerialised_layers_give_the_same_step(tiny_llama, tmp_path):
     for remat in ("none", "full", "dots"):
         model = from_pretrained(tiny_llama, task="causal_lm", hidden_dropout=0.1, attention_dropout=0.1)
         trainer = Trainer(model, CausalLM(), _cfg(steps=2, remat=remat), str(tmp_path / remat))
-        params.append(trainer.fit(ArrayBatches(_data(), 8, seed=0)).state.params)
+        params.append(trainer.fit(array_batches(_data(), 8, seed=0)).state.params)
     for other in params[1:]:  # same dropout masks (the step key), same numbers
         for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(other)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -20,7 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from adapt.cli import run  # noqa: E402
-from adapt.data.batches import ArrayBatches  # noqa: E402
+from adapt.data.batches import array_batches  # noqa: E402
 from adapt.models import from_pretrained  # noqa: E402
 from adapt.training import CausalLM, Trainer, defaults  # noqa: E402
 
@@ -67,7 +67,7 @@ def main():
     cfg.train.update(batch_size=8, steps=16, checkpoint_every=2, log_every=2, seed=3)
     cfg.optimizer.update(learning_rate=1e-3, warmup_steps=2)
     model = from_pretrained(checkpoint, task="causal_lm", hidden_dropout=0.1, attention_dropout=0.1)
-    source = ArrayBatches(data(poison), 8, seed=0)
+    source = array_batches(data(poison), 8, seed=0)
     source = Slow(source) if "--slow" in sys.argv else source
     trainer = Trainer(model, Poisoned() if poison else CausalLM(), cfg, workdir)
     result = trainer.fit(source)

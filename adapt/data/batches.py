@@ -144,8 +144,8 @@ class Mixture:
             self.streams[n].position = int(p)
 
 
-def ArrayBatches(arrays: dict, batch_size: int, *, seed: int, shuffle: bool = True, name: str = "train",
-                 buckets=DEFAULT_BUCKETS, **process) -> Mixture:
+def array_batches(arrays: dict, batch_size: int, *, seed: int, shuffle: bool = True, name: str = "train",
+                  buckets=DEFAULT_BUCKETS, **process) -> Mixture:
     """Endless shuffled batches of one source."""
     return Mixture({name: RowStream(arrays, seed=seed, shuffle=shuffle, name=name)}, {name: 1.0}, batch_size,
                    seed=seed, buckets=buckets, **process)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from adapt.data import formats, sources
-from adapt.data.batches import ArrayBatches, Mixture, RowStream
+from adapt.data.batches import array_batches, Mixture, RowStream
 from adapt.data.cache import DEFAULT_DIR, cache_key, cached
 from adapt.data.packing import pack
 from adapt.errors import ConfigError
@@ -158,7 +158,7 @@ def train_stream(cfg, tokenizer, batch_size: int, seed: int, train: dict | None 
     """The training batches: the weighted mixture of ``cfg.mixture``'s sources (each one's train split),
     or ``train`` (this section's prepared train split)."""
     if not cfg.mixture:
-        return ArrayBatches(train, batch_size, seed=seed)
+        return array_batches(train, batch_size, seed=seed)
     streams, weights = {}, {}
     for i, name in enumerate(cfg.mixture):
         if "weight" not in cfg.mixture[name]:
