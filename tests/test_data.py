@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adapt.data import formats, sources
-from adapt.data.batches import array_batches, Mixture, RowStream, eval_batches
+from adapt.data.batches import Mixture, RowStream, array_batches, eval_batches
 from adapt.data.packing import pack
 from adapt.data.pipeline import data_defaults, prepare
 from adapt.errors import DataError

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from adapt.data import formats, sources
-from adapt.data.batches import array_batches, Mixture, RowStream
+from adapt.data.batches import Mixture, RowStream, array_batches
 from adapt.data.cache import DEFAULT_DIR, cache_key, cached
 from adapt.data.packing import pack
 from adapt.errors import ConfigError
