@@ -81,11 +81,11 @@ def test_bad_inputs_name_the_file_line_and_expectation(tmp_path, bert_tok):
         sources.read_source(bad)
     good = _write(tmp_path / "good.jsonl", json.dumps({"sentence": "x", "label": "A"}) + "\n")
     enc = formats.Encoder(bert_tok)
-    with pytest.raises(DataError, match=r"good.jsonl \(train\): example 1 has no column 'text'; columns: sentence, label"):
+    with pytest.raises(DataError, match=r"good.jsonl \(train\): example 1: no column 'text'; columns: sentence, label"):
         formats.encode_classification(sources.read_source(good), enc, text="text", label="label", vocab=["A"],
                                       max_length=16, where=f"{good} (train)")
     with pytest.raises(DataError, match=r"dev.jsonl \(dev\): empty split"):
-        sources.require_columns([], ["text"], f"{tmp_path}/dev.jsonl (dev)")
+        sources.require_columns([], {"text": sources.TEXT}, f"{tmp_path}/dev.jsonl (dev)")
     with pytest.raises(DataError, match=r"dev: label\(s\) 'C' never seen in train; train labels: A, B"):
         formats.label_ids([{"label": "C"}], "label", ["A", "B"], "dev")
     binary = _write(tmp_path / "latin1.txt", b"fine line\ncaf\xe9\n", "wb")
@@ -99,6 +99,61 @@ def test_bad_inputs_name_the_file_line_and_expectation(tmp_path, bert_tok):
         sources.read_source(ragged_csv)
     with pytest.raises(DataError, match=r"nope.jsonl: no such file"):
         sources.read_source(str(tmp_path / "nope.jsonl"))
+
+
+CLASSIFY = {"text": sources.TEXT, "label": sources.LABEL}
+
+
+@pytest.mark.parametrize("row, error", [
+    ({"text": None, "label": "A"}, "field 'text' is null; expected a string"),
+    ({"label": "A"}, "no column 'text'; columns: label"),
+    ({"text": 42, "label": "A"}, "field 'text' is a number; expected a string"),
+    ({"text": ["a"], "label": "A"}, "field 'text' is a list; expected a string"),
+    ({"text": "fine", "label": None}, "field 'label' is null; expected a string or a number"),
+    ({"text": "fine", "label": {"a": 1}}, "field 'label' is an object; expected a string or a number"),
+])
+def test_a_missing_or_null_field_names_the_file_line_and_field(tmp_path, row, error):
+    rows = [{"text": "fine", "label": 1}, row]
+    jsonl = _write(tmp_path / "train.jsonl", json.dumps(rows[0]) + "\n\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=f"^{tmp_path}/train.jsonl: line 3: {error}$"):
+        sources.read_source(jsonl, fields=CLASSIFY)
+    array = _write(tmp_path / "train.json", json.dumps(rows))
+    with pytest.raises(DataError, match=f"^{tmp_path}/train.json: record 2: {error}$"):
+        sources.read_source(array, fields=CLASSIFY)
+    with pytest.raises(DataError, match=f"^t \\(train\\): example 2: {error}$"):
+        sources.require_columns(rows, CLASSIFY, "t (train)")  # records from anywhere: the formats' check
+    assert sources.read_source(jsonl)[1] == row  # without fields nothing is checked
+
+
+def test_null_fields_in_every_reader(tmp_path):
+    import datasets
+    parquet = str(tmp_path / "a.parquet")
+    datasets.Dataset.from_list([{"text": "fine", "label": "A"}, {"text": None, "label": "B"}]).to_parquet(parquet)
+    with pytest.raises(DataError, match=r"a.parquet: row 2: field 'text' is null; expected a string$"):
+        sources.read_source(parquet, fields=CLASSIFY)
+    pair = {**CLASSIFY, "pair": sources.TEXT}
+    csv = _write(tmp_path / "a.csv", 'text,pair,label\nfine,"multi\nline",A\nfine,,B\n')
+    with pytest.raises(DataError, match=r"a.csv: line 4: field 'pair' is empty; expected a string$"):
+        sources.read_source(csv, fields=pair)
+    tsv = _write(tmp_path / "a.tsv", "text\tlabel\nfine\t\n")
+    with pytest.raises(DataError, match=r"a.tsv: line 2: field 'label' is empty; expected a string or a number$"):
+        sources.read_source(tsv, fields=CLASSIFY)
+    with pytest.raises(DataError, match=r"a.tsv: line 2: no column 'pair'; columns: text, label$"):
+        sources.read_source(tsv, fields=pair)
+    sft = _write(tmp_path / "sft.jsonl", json.dumps({"prompt": "Name a COX inhibitor.", "response": None}))
+    with pytest.raises(DataError, match=r"sft.jsonl: line 1: field 'response' is null; expected a string$"):
+        sources.read_source(sft, fields={"prompt": sources.TEXT, "response": sources.TEXT})
+    for label, doc, text in (("sport", "001", "a match"), ("tech", "001", " \n")):
+        os.makedirs(tmp_path / "news" / label, exist_ok=True)
+        _write(tmp_path / "news" / label / f"{doc}.txt", text)
+    with pytest.raises(DataError, match=r"news/tech/001.txt: empty file; expected the text of a 'tech' document$"):
+        sources.read_source(str(tmp_path / "news"))
+    txt = _write(tmp_path / "a.txt", "a line\n")
+    with pytest.raises(DataError, match=r"a.txt: no column 'label'; columns: text$"):
+        sources.read_source(txt, fields=CLASSIFY)
+    conll = _write(tmp_path / "a.conll", "word\tNN\tO\nother\tNN\t\n")
+    with pytest.raises(DataError, match=r"a.conll: line 2: column 3 \(the tag\) is empty; expected a tag$"):
+        formats.read_conll(conll)
 
 
 def test_classification_matches_the_tokenizer_and_truncates(bert_tok):

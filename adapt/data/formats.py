@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from adapt.data.sources import read_file_text, require_columns
+from adapt.data.sources import LABEL, TEXT, read_file_text, require_columns
 from adapt.errors import DataError
 from adapt.training.objectives import IGNORE
 
@@ -95,7 +95,7 @@ def encode_documents(texts: list[str], encoder: Encoder, *, causal: bool) -> lis
 
 def label_vocabulary(records: list[dict], column: str, where: str) -> list[str]:
     """The sorted labels of the training split."""
-    require_columns(records, [column], where)
+    require_columns(records, {column: LABEL}, where)
     return sorted({str(r[column]) for r in records})
 
 
@@ -112,7 +112,7 @@ def encode_classification(records: list[dict], encoder: Encoder, *, text: str, l
                           max_length: int, where: str, pair: str | None = None,
                           truncation: str = "head") -> dict:
     """-> ``input_ids``, ``token_type_ids`` (ragged) and ``labels [N]``."""
-    require_columns(records, [text, label] + ([pair] if pair else []), where)
+    require_columns(records, {text: TEXT, label: LABEL, **({pair: TEXT} if pair else {})}, where)
     firsts = encoder.encode([str(r[text]) for r in records])
     labels = label_ids(records, label, vocab, where)
     ids_out, types_out = [], []
@@ -142,7 +142,8 @@ def encode_classification(records: list[dict], encoder: Encoder, *, text: str, l
 
 def read_conll(path: str, *, token_column: int = 0, tag_column: int = -1) -> list[tuple[list[str], list[str]]]:
     """Sentences of a CoNLL-style file: one ``token ... tag`` line per token (tab or space separated), a
-    blank line between sentences, ``-DOCSTART-`` lines skipped. Every line has the same column count."""
+    blank line between sentences, ``-DOCSTART-`` lines skipped. Every line has the same column count, and a
+    token and a tag (a tab-separated line can have empty cells)."""
     sentences, tokens, tags, width = [], [], [], None
     for n, line in enumerate(read_file_text(path).splitlines(), 1):
         if not line.strip():
@@ -156,6 +157,9 @@ def read_conll(path: str, *, token_column: int = 0, tag_column: int = -1) -> lis
         width = width or len(cols)
         if len(cols) != width:
             raise DataError(f"{path}: line {n}: {len(cols)} columns, expected {width} like the lines before")
+        for what, i in (("token", token_column), ("tag", tag_column)):
+            if not cols[i].strip():
+                raise DataError(f"{path}: line {n}: column {i % width + 1} (the {what}) is empty; expected a {what}")
         tokens.append(cols[token_column])
         tags.append(cols[tag_column])
     if tokens:
@@ -191,7 +195,7 @@ def encode_token_classification(sentences, encoder: Encoder, *, vocab: list[str]
 def encode_sft(records: list[dict], tokenizer, *, prompt: str, response: str, max_length: int, where: str) -> dict:
     """-> ``input_ids`` and ``loss_mask`` (ragged), 1 on the response tokens only. With a chat template the
     prompt is a user turn and the response the assistant's; without one, ``prompt\\n response EOS``."""
-    require_columns(records, [prompt, response], where)
+    require_columns(records, {prompt: TEXT, response: TEXT}, where)
     ids_out, mask_out = [], []
     for n, r in enumerate(records, 1):
         if getattr(tokenizer, "chat_template", None):

@@ -49,13 +49,24 @@ def data_defaults() -> ml_collections.ConfigDict:
     ))
 
 
+def _fields(cfg) -> dict[str, str]:
+    """The columns every example of ``cfg.format`` needs, and their kinds: the readers check them."""
+    if cfg.format == "classification":
+        pair = {cfg.text_pair_column: sources.TEXT} if cfg.text_pair_column else {}
+        return {cfg.text_column: sources.TEXT, **pair, cfg.label_column: sources.LABEL}
+    if cfg.format == "sft":
+        return {cfg.prompt_column: sources.TEXT, cfg.response_column: sources.TEXT}
+    return {cfg.text_column: sources.TEXT}
+
+
 def _records(cfg) -> dict[str, list[dict]]:
     if cfg.source:
         return sources.carve_splits(sources.read_source(cfg.source, sample_by=cfg.sample_by, encoding=cfg.encoding,
-                                                        text_column=cfg.text_column, label_column=cfg.label_column),
+                                                        text_column=cfg.text_column, label_column=cfg.label_column,
+                                                        fields=_fields(cfg)),
                                     dict(cfg.split_ratios), cfg.split_seed)
     return {split: sources.read_source(path, split=split, sample_by=cfg.sample_by, text_column=cfg.text_column,
-                                       label_column=cfg.label_column, encoding=cfg.encoding)
+                                       label_column=cfg.label_column, encoding=cfg.encoding, fields=_fields(cfg))
             for split, path in cfg.files.items()}
 
 
@@ -88,7 +99,7 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
         return out
     for s, recs in records.items():
         if cfg.format == "lm":
-            sources.require_columns(recs, [cfg.text_column], where(s))
+            sources.require_columns(recs, {cfg.text_column: sources.TEXT}, where(s))
             cols = {"input_ids": formats.encode_documents([str(r[cfg.text_column]) for r in recs], encoder,
                                                           causal=cfg.causal)}
         else:
