@@ -3,7 +3,7 @@
 :func:`write_atomic` writes a file under a temporary name beside it and renames it into place when complete
 (and flushed to disk); :func:`write_folder` does the same for a whole folder. An interrupted write (an
 exception, Ctrl-C, a killed process) leaves the earlier file or folder as it was. :func:`output_folder`
-checks a folder the user named for output before anything is written there.
+and :func:`output_files` check a path the user named for output before anything is written there.
 """
 
 from __future__ import annotations
@@ -65,11 +65,21 @@ def output_folder(path: str, name: str) -> str:
     key) and the path. Creates nothing."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"{name}={path}: is a file; expected a folder (an existing one, or one to create)")
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{name}={path}: {parent} is a file; expected a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{name}={path}: {parent} is not writable")
+    _writable(os.path.abspath(path), name, path)
     return path
+
+
+def output_files(path: str, name: str) -> str:
+    """``path`` if files named ``path`` or ``path`` + a suffix can be written: the folder they go in is one, or
+    can be made (as :func:`output_folder`). Creates nothing."""
+    _writable(os.path.dirname(os.path.abspath(path)), name, path)
+    return path
+
+
+def _writable(folder: str, name: str, path: str) -> None:
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{name}={path}: {folder} is a file; expected a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={path}: {folder} is not writable")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from adapt import cli
+from adapt import cli, files
 
 
 def main():
@@ -23,6 +23,7 @@ def main():
     parser.add_argument("--peft", action="store_true", help="a PEFT adapter folder instead of merged weights")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     args = parser.parse_args()
+    files.output_folder(args.out, "--out")
     from adapt.experiment import export_run  # after the arguments are known good: importing JAX takes seconds
 
     print(f"wrote {export_run(args.workdir, args.out, peft=args.peft, checkpoint=args.checkpoint)}")

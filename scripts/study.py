@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from adapt import cli, configs, results, tables
+from adapt import cli, configs, files, results, tables
 from adapt.runner import run_sweep
 from adapt.sweeps import load_sweep, sweep_label
 
@@ -27,6 +27,7 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 runs trials in this process")
     args = parser.parse_args(rest)
+    files.output_folder(args.workdir, "--workdir")
     path, arg = configs.split_spec(spec)
     module = configs.load_module(path)
     config = configs.from_module(module, arg, overrides)

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from adapt import cli, configs, results
+from adapt import cli, configs, files, results
 from adapt.errors import ConfigError
 from adapt.runner import DEFAULT_TRIAL_FN, run_sweep
 from adapt.sweeps import expand, load_sweep, sweep_label, trial_config
@@ -40,6 +40,9 @@ def main():
     args = parser.parse_args(rest)
     if args.workers < 0:
         raise ConfigError(f"--workers={args.workers}: must be 0 (this process) or more")
+    files.output_folder(args.workdir, "--workdir")
+    if args.db:
+        files.output_files(args.db, "--db")
 
     path, arg = configs.split_spec(spec)
     module = configs.load_module(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from adapt import cli, tables
+from adapt import cli, files, tables
 from adapt.results import ResultsDB
 
 
@@ -46,6 +46,8 @@ def main():
     parser.add_argument("--curves", action="append", default=[], help="plot learning curves of this metric")
     parser.add_argument("--vs", action="append", default=[], help="plot the dev metric against this swept key")
     args = parser.parse_args()
+    if args.out:
+        files.output_files(args.out, "--out")
 
     db = ResultsDB.open_existing(args.db)
     trials = [t for t in db.trials(sweep=args.sweep) if args.stage is None or t["stage"] in args.stage]

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from adapt import cli, configs
+from adapt import cli, configs, files
 
 
 def main():
@@ -20,6 +20,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     args = parser.parse_args(rest)
+    files.output_folder(args.workdir, "--workdir")
     config = configs.load(spec, overrides)
     from adapt.experiment import run_trial  # after the config is known good: importing JAX takes seconds
 

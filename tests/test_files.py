@@ -7,7 +7,7 @@ import os
 import pytest
 
 from adapt.errors import ConfigError
-from adapt.files import output_folder, write_atomic, write_folder, write_json
+from adapt.files import output_files, output_folder, write_atomic, write_folder, write_json
 
 
 class Crash(Exception):
@@ -74,4 +74,17 @@ def test_output_folder(tmp_path):
         output_folder(str(tmp_path / "file"), "--workdir")
     with pytest.raises(ConfigError, match=r"^--out=.*/file/run: .*/file is a file; expected a folder$"):
         output_folder(str(tmp_path / "file" / "run"), "--out")
+    assert output_files(str(tmp_path / "new" / "table"), "--out") == str(tmp_path / "new" / "table")
+    with pytest.raises(ConfigError, match=r"^--out=.*/file/table: .*/file is a file; expected a folder$"):
+        output_files(str(tmp_path / "file" / "table"), "--out")
     assert sorted(os.listdir(tmp_path)) == ["file"]  # nothing created
+
+
+def test_a_trial_in_a_workdir_that_is_a_file_is_a_config_error(tmp_path):
+    from adapt.experiment import base_config, run_trial
+
+    file = tmp_path / "notes.txt"
+    file.write_text("the user's notes")
+    with pytest.raises(ConfigError, match=r"^workdir=.*notes.txt: is a file; expected a folder"):
+        run_trial(base_config(), str(file))
+    assert file.read_text() == "the user's notes" and os.listdir(tmp_path) == ["notes.txt"]
