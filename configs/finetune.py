@@ -4,7 +4,7 @@
     .venv/bin/python scripts/train.py --config=configs/finetune.py:chemprot,lora --workdir=runs/chemprot-lora \
         --config.optimizer.learning_rate=3e-4 --config.method.rank=16
 
-``arg``: a benchmark of :mod:`adapt.tasks` (bbc, chemprot, citation_intent, sciie), optionally followed by
+``arg``: a benchmark of :mod:`adapt.benchmarks` (bbc, chemprot, citation_intent, sciie), optionally followed by
 ``,<method>`` (an adaptation method of :mod:`adapt.methods`; full fine-tuning by default). Start from a
 continued-pretraining run's export with ``--config.init_from=<that run>/export``.
 
@@ -15,24 +15,25 @@ Its sweeps (``get_sweep``; pick one with ``--sweep``) run with scripts/sweep.py 
     .venv/bin/python scripts/table.py --db=runs/chemprot/results.db --metric=micro_f1 --vs=optimizer.learning_rate
 """
 
-from adapt import tasks
+from adapt import benchmarks
 from adapt.experiment import base_config
+from adapt import methods
 from adapt.methods import method_config
 from adapt.sweeps import grid, loguniform, product, random, uniform
 
-# Learning rates per kind of method: adapters and LoRA train few weights and take rates 10x higher.
-LEARNING_RATES = {"full": [1e-5, 2e-5, 3e-5, 5e-5], "few": [1e-4, 3e-4, 1e-3]}
+# Learning rates per kind of method: those that train every pretrained weight, and those that train a few
+# added or selected parameters (LoRA, adapters, prompts, BitFit), which take rates 10x higher.
+LEARNING_RATES = {"every": [1e-5, 2e-5, 3e-5, 5e-5], "few": [1e-4, 3e-4, 1e-3]}
 
 
 def get_config(arg="bbc"):
     benchmark, _, method = arg.partition(",")
     c = base_config()
-    tasks.apply(c, benchmark)
+    benchmarks.apply(c, benchmark)
     c.data.update(format="classification", max_length=256, truncation="head")
     c.method = method_config(method or "full")
     c.optimizer.update(learning_rate=2e-5, weight_decay=0.01, warmup_ratio=0.06, schedule="linear")
     c.train.update(batch_size=16, epochs=3.0, log_every=20, early_stopping=dict(mode="max", patience=0))
-    c.condition = f"{method or 'full'}"
     return c
 
 
@@ -40,7 +41,7 @@ def get_sweep(arg="bbc"):
     """default: learning rate x weight decay x 3 seeds; dropout: hidden x attention dropout x 3 seeds at the
     config's rate; random: 16 (learning rate, weight decay) draws, log-uniform around the grid, x 3 seeds."""
     method = arg.partition(",")[2] or "full"
-    rates = LEARNING_RATES["full" if method in ("full", "llrd", "l2sp", "mixout", "freeze") else "few"]
+    rates = LEARNING_RATES["every" if methods.METHODS[method].trains_every_weight else "few"]
     seeds = grid("train.seed", [0, 1, 2])
     draws = [{**lr, **wd} for lr, wd in zip(random("optimizer.learning_rate", loguniform(rates[0], rates[-1]), 16),
                                             random("optimizer.weight_decay", uniform(0.0, 0.1), 16))]

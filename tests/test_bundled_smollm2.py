@@ -31,9 +31,9 @@ def test_gguf_tokenizer_matches_transformers_reader():
     """Our GGUF tokenizer (built without PyTorch) equals transformers' own GGUF path (which needs it)."""
     from transformers import AutoTokenizer
 
-    from adapt.models.loading import resolve
+    from adapt.models.loading import locate
 
-    source = resolve("bundled:smollm2-135m")
+    source = locate("bundled:smollm2-135m")
     ours = load_tokenizer("bundled:smollm2-135m")
     ref = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
     text = "Domain adaptation: Ünïcödé, tabs\t and 123456 tokens. <|im_end|>"

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from adapt import methods
 from adapt.data.batches import array_batches
 from adapt.errors import CheckpointError, ConfigError
-from adapt.models import from_pretrained, save_pretrained
+from adapt.models import from_pretrained, model_info, save_pretrained
 from adapt.sharding import make_mesh
 from adapt.training import CausalLM, SequenceClassification, Trainer, defaults, optim
 from adapt.training.state import create_state
@@ -201,8 +201,9 @@ def test_layerwise_lr_decay_gives_each_layer_the_formula_rate(tiny_llama):
     tx, _ = optim.make_optimizer(cfg, 10, optim.param_kinds(state), settings)
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
+    info = model_info(from_pretrained(tiny_llama, task="causal_lm"))
     for path, u in methods.base.leaf_paths(updates):
-        depth = methods.base.layer_depth(path, top - 1)
+        depth = info.depth(path)
         np.testing.assert_allclose(np.asarray(u), -0.1 * 0.5 ** (top - depth), rtol=1e-6)
 
 

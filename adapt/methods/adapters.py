@@ -14,15 +14,11 @@ from flax import nnx
 
 from adapt.methods import register
 from adapt.methods.base import (
-    Adapter, Method, adapters_and_head, compute_dtype, default_targets, linear_axes, linear_modules,
-    replace_module,
+    Adapter, Method, adapters_and_head, compute_dtype, linear_axes, linear_modules, replace_module,
 )
 from adapt.models import layers as L
+from adapt.models.registry import model_info
 from adapt.sharding import variable_axes
-
-# Where the adapters go: the attention output projection and the feed-forward output projection.
-AFTER_ATTENTION = {"llama": ("o_proj",), "bert": ("attention.output.dense",), "gpt2": ("attn.c_proj",)}
-AFTER_FFN = {"llama": ("down_proj",), "bert": r".*\.layer\.\d+\.output\.dense", "gpt2": ("mlp.c_proj",)}
 
 
 def _adapter_linear(d_in, d_out, axes, std, rngs) -> nnx.Linear:
@@ -58,11 +54,13 @@ class AdaptedLinear(nnx.Module):
 class Houlsby(Method):
     name = "houlsby"
     defaults = dict(size=64, act="gelu", init_std=1e-2, train_norms=True, train_head=True)
-    places = (AFTER_ATTENTION, AFTER_FFN)
+    trains_every_weight = False
+    places = ("after_attention", "after_mlp")  # fields of the family's MethodTargets
 
     def apply(self, model, rngs):
-        for table in self.places:
-            for path, layer in linear_modules(model, default_targets(model, table)):
+        targets = model_info(model).family.targets
+        for place in self.places:
+            for path, layer in linear_modules(model, getattr(targets, place)):
                 d_out, axis = layer.kernel.shape[1], linear_axes(layer)[1]
                 adapter = Bottleneck(d_out, self.size, axis, self.act, self.init_std, rngs)
                 replace_module(model, path, AdaptedLinear(layer, adapter))
@@ -79,4 +77,4 @@ class Houlsby(Method):
 class Pfeiffer(Houlsby):
     name = "pfeiffer"
     defaults = dict(size=64, act="relu", init_std=1e-2, train_norms=False, train_head=True)
-    places = (AFTER_FFN,)
+    places = ("after_mlp",)

@@ -13,10 +13,13 @@ overrides only what it changes:
 (e) ``perturb(params, anchors, key)`` changes the parameters the forward pass sees at each train step
     (Mixout), and ``unfreeze_step(path, depth, top)`` the step from which a parameter starts to update
     (gradual unfreezing). ``depth`` is 0 for embeddings, i+1 for transformer layer i and ``top`` (the
-    number of layers + 1) for what sits above them (see :func:`layer_depth`).
+    number of layers + 1) for what sits above them (:meth:`adapt.models.registry.ModelInfo.depth`).
 
 ``anchors(model)`` gives constants a penalty or perturbation needs (the pretrained weights); they travel in
 the train state. ``merge(model)`` folds what the method added into plain layers for export.
+
+Methods know a model only through what its family declares (:func:`adapt.models.registry.model_info`:
+default targets, attention modules, depths, heads); no method imports a family.
 
 Parameters a method adds are :class:`~adapt.models.layers.Adapter` variables (an ``nnx.Param`` kind): they
 carry logical axes like every parameter, so the mesh rules shard them.
@@ -32,7 +35,7 @@ from flax import nnx
 
 from adapt.errors import ConfigError
 from adapt.models.layers import Adapter, dense_dot_general
-from adapt.models.registry import family_for
+from adapt.models.registry import model_info
 
 
 class Method:
@@ -40,6 +43,9 @@ class Method:
 
     name = "full"
     defaults: dict = {}  # the method's knobs and their default values
+    # The pretrained weights train (so full fine-tuning's learning rates suit it); False for methods that
+    # train a few added or selected parameters (LoRA, adapters, prompts, BitFit), which take higher rates.
+    trains_every_weight = True
 
     def __init__(self, **knobs):
         unknown = set(knobs) - set(self.defaults)
@@ -85,21 +91,10 @@ def dotted(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def layer_depth(path: tuple, num_layers: int) -> int:
-    """0 for embeddings, i+1 for transformer layer i, ``num_layers + 1`` for what sits on top (final norm,
-    pooler, task heads): the depth that layer-wise learning rates and gradual unfreezing count from."""
-    for p in path:
-        if isinstance(p, int):
-            return p + 1
-    return 0 if any("embed" in str(p) or str(p) in ("wte", "wpe") for p in path) else num_layers + 1
-
-
 def head_prefixes(model: nnx.Module) -> tuple[str, ...]:
     """Dotted NNX path prefixes of the model's task head: what a checkpoint of the base model lacks and
     loading initialises fresh (the classifier), so methods that freeze the backbone still train it."""
-    family = family_for(model.cfg.hf.model_type)
-    task = next(t for t, cls in family.models.items() if type(model) is cls)
-    return family.head_paths.get(task, ())
+    return model_info(model).heads
 
 
 def under(path: tuple, prefixes) -> bool:
@@ -140,15 +135,6 @@ def replace_module(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
         parent[path[-1]] = new
     else:
         setattr(parent, path[-1], new)
-
-
-def default_targets(model: nnx.Module, table: dict) -> tuple[str, ...]:
-    """The family's default target modules from a method's ``{family name: names}`` table."""
-    family = family_for(model.cfg.hf.model_type).name
-    if family not in table:
-        raise ConfigError(f"method.targets is empty and the method has no default targets for the {family} "
-                          f"family; name the modules, e.g. method.targets=('q_proj', 'v_proj')")
-    return table[family]
 
 
 def linear_axes(layer: nnx.Linear) -> tuple:

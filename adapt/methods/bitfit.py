@@ -18,11 +18,11 @@ def _is_bias(path: tuple) -> bool:
 class BitFit(Method):
     name = "bitfit"
     defaults = dict(train_head=True)
+    trains_every_weight = False
 
     def apply(self, model, rngs):
         if not any(_is_bias(path) for path, _ in param_paths(nnx.state(model, nnx.Param))):
-            raise ConfigError(f"method.name='bitfit': {type(model).__name__} ({model.cfg.hf.model_type}) has no "
-                              f"bias parameters to train")
+            raise ConfigError(f"method.name='bitfit': {type(model).__name__} has no bias parameters to train")
         return model
 
     def trainable(self, model):

@@ -10,14 +10,10 @@ from flax import nnx
 
 from adapt.methods import register
 from adapt.methods.base import (
-    Adapter, Method, adapters_and_head, compute_dtype, default_targets, linear_axes, linear_modules,
-    matches_target, merge_injected, plain_linear, replace_module,
+    Adapter, Method, adapters_and_head, compute_dtype, linear_axes, linear_modules, matches_target, merge_injected,
+    plain_linear, replace_module,
 )
-
-# PEFT's defaults (TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING and its feed-forward table).
-DEFAULT_TARGETS = {"llama": ("k_proj", "v_proj", "down_proj"), "bert": ("key", "value", "output.dense"),
-                   "gpt2": ("c_attn", "mlp.c_proj")}
-DEFAULT_FEEDFORWARD = {"llama": ("down_proj",), "bert": ("output.dense",), "gpt2": ("mlp.c_proj",)}
+from adapt.models.registry import model_info
 
 
 class IA3Linear(nnx.Module):
@@ -52,10 +48,13 @@ class IA3Linear(nnx.Module):
 class IA3(Method):
     name = "ia3"
     defaults = dict(targets=(), feedforward=(), train_head=True)
+    trains_every_weight = False
 
     def apply(self, model, rngs):
-        targets = self.targets or default_targets(model, DEFAULT_TARGETS)
-        feedforward = self.feedforward or (() if self.targets else default_targets(model, DEFAULT_FEEDFORWARD))
+        # The family's defaults are PEFT's (TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING, feed-forward table).
+        family = model_info(model).family.targets
+        targets = self.targets or family.ia3
+        feedforward = self.feedforward or (() if self.targets else family.ia3_feedforward)
         for path, layer in linear_modules(model, targets):
             replace_module(model, path, IA3Linear(layer, feedforward=matches_target(path, feedforward)))
         return model

@@ -12,7 +12,8 @@ weight is split into a direction and a trained magnitude per output unit,
 backward pass, section 4.3), with ``m`` initialised to ``||W||`` so that ``W' = W`` at first.
 
 Targets follow PEFT's ``target_modules``: names matched as suffixes of the module path, or one regex
-matched against the whole path; empty means the family's default (PEFT's: attention query and value).
+matched against the whole path; empty means the family's default (``MethodTargets.lora``, PEFT's:
+attention query and value).
 The task head (a classifier the base checkpoint lacks) trains fully, as PEFT's ``modules_to_save``.
 :func:`save_peft` writes the adapter as a PEFT folder.
 """
@@ -27,12 +28,11 @@ from flax import nnx
 
 from adapt.methods import register
 from adapt.methods.base import (
-    Adapter, Method, adapters_and_head, compute_dtype, default_targets, dotted, linear_axes, linear_modules,
-    merge_injected, plain_linear, replace_module,
+    Adapter, Method, adapters_and_head, compute_dtype, dotted, linear_axes, linear_modules, merge_injected,
+    plain_linear, replace_module,
 )
 from adapt.models import layers as L
-
-DEFAULT_TARGETS = {"llama": ("q_proj", "v_proj"), "bert": ("query", "value"), "gpt2": ("c_attn",)}
+from adapt.models.registry import model_info
 
 
 class LoRALinear(nnx.Module):
@@ -82,13 +82,14 @@ class LoRALinear(nnx.Module):
 class LoRA(Method):
     name = "lora"
     defaults = dict(rank=8, alpha=16.0, dropout=0.0, targets=(), rslora=False, train_head=True)
+    trains_every_weight = False
     dora = False
 
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
     def targets_of(self, model) -> tuple | str:
-        return self.targets or default_targets(model, DEFAULT_TARGETS)
+        return self.targets or model_info(model).family.targets.lora
 
     def wrap(self, layer: nnx.Linear, name: str, rngs: nnx.Rngs) -> LoRALinear:
         return LoRALinear(layer, name, rank=self.rank, scaling=self.scaling(), dropout=self.dropout, dora=self.dora,

@@ -17,14 +17,11 @@ from flax import nnx
 
 from adapt.errors import ConfigError
 from adapt.files import write_folder
-from adapt.methods.base import head_prefixes, under
+from adapt import tasks
+from adapt.methods.base import under
 from adapt.methods.lora import LoRA, LoRALinear
 from adapt.models.checkpoint_io import save_safetensors
-from adapt.models.export import model_task
-from adapt.models.registry import family_for, hf_key, param_paths, to_hf
-
-_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS",
-               "token_classification": "TOKEN_CLS", "base": "FEATURE_EXTRACTION"}
+from adapt.models.registry import hf_key, model_info, param_paths, to_hf
 
 
 def _host(x) -> np.ndarray:
@@ -37,7 +34,8 @@ def save_peft(model: nnx.Module, method: LoRA, folder: str, *, base_model: str |
     if not isinstance(method, LoRA):
         raise ConfigError(f"method {method.name!r}: only LoRA and DoRA adapters can be saved in PEFT format; "
                           f"merge the method into the weights and save_pretrained instead")
-    family = family_for(model.cfg.hf.model_type)
+    info = model_info(model)
+    family = info.family
     tensors, modules = {}, []
     for path, layer in nnx.iter_modules(model):
         if not isinstance(layer, LoRALinear):
@@ -50,13 +48,13 @@ def save_peft(model: nnx.Module, method: LoRA, folder: str, *, base_model: str |
             tensors[f"base_model.model.{name}.lora_magnitude_vector"] = _host(layer.magnitude[...])
     if not modules:
         raise ConfigError(f"{type(model).__name__} has no LoRA layers: apply the method before saving it")
-    heads = head_prefixes(model) if method.train_head else ()
+    heads = info.heads if method.train_head else ()
     for path, var in param_paths(nnx.state(model, nnx.Param)):
         if under(path, heads):
             key, transpose = hf_key(family, path)
             tensors[f"base_model.model.{key}"] = np.ascontiguousarray(to_hf(_host(var[...]), transpose))
     config = {
-        "peft_type": "LORA", "task_type": _TASK_TYPES.get(model_task(model)), "base_model_name_or_path": base_model,
+        "peft_type": "LORA", "task_type": tasks.get(info.head).peft_task_type, "base_model_name_or_path": base_model,
         "r": method.rank, "lora_alpha": method.alpha, "lora_dropout": method.dropout, "use_rslora": method.rslora,
         "use_dora": method.dora, "target_modules": sorted(modules), "bias": "none",
         "fan_in_fan_out": not family.transpose_kernels, "inference_mode": True,

@@ -36,8 +36,10 @@ Choices, for both methods:
 
 The hooks in the models are :func:`adapt.models.layers.prepend_prompt` (with ``drop_prompt`` and
 ``attention_mask(..., virtual=P)``) on a ``prompt`` attribute of the backbone, and
-:func:`adapt.models.layers.prepend_prefix` on a ``prefix`` attribute of each attention; both are the
-identity when the attribute is absent.
+:func:`adapt.models.layers.prepend_prefix` on a ``prefix`` attribute of each attention module the family
+declares (``Family.attention``, with its ``kv_shape``); both are the identity when the attribute is absent.
+The vocabulary initialisation reads the family's ``input_states``. Part of the family contract
+(:mod:`adapt.models.registry`).
 """
 
 from __future__ import annotations
@@ -51,39 +53,7 @@ from flax import nnx
 from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.base import Adapter, Method, adapters_and_head
-from adapt.models import bert, gpt2, llama
-from adapt.models.registry import family_for
-
-# Each family's attention module -> (K, H): key/value heads and head width, from the family config.
-KV_SHAPES = {
-    llama.LlamaAttention: lambda c: (c.num_kv_heads, c.head_dim),
-    gpt2.GPT2Attention: lambda c: (c.n_head, c.n_embd // c.n_head),
-    bert.BertSelfAttention: lambda c: (c.num_heads, c.head_dim),  # RoBERTa reuses it
-}
-
-
-def backbone_of(model: nnx.Module) -> nnx.Module:
-    """The transformer stack under a task head (``model.model``, ``model.bert``...), or ``model`` itself."""
-    return getattr(model, family_for(model.cfg.hf.model_type).base_prefix, model)
-
-
-def token_states(backbone: nnx.Module, ids: jax.Array) -> jax.Array:
-    """``ids [P]`` -> ``[P, D]``: the first layer's input for these tokens read at positions 0..P-1."""
-    ids = ids[None]  # [1, P]
-    if isinstance(backbone, bert.BertModel):  # word + position + type embeddings, LayerNorm
-        ones = jnp.ones_like(ids)
-        return backbone.embeddings(ids, 0 * ids, backbone.positions(ids, ones), None)[0]
-    if isinstance(backbone, gpt2.GPT2Model):  # token + position embeddings
-        return (backbone.wte(ids) + backbone.wpe(jnp.arange(ids.shape[1])[None]))[0]
-    return backbone.embed_tokens(ids)[0]
-
-
-def attentions(model: nnx.Module) -> list[tuple[nnx.Module, int, int]]:
-    """``(attention module, K, H)`` of every layer, in layer order."""
-    found = [(m, *KV_SHAPES[type(m)](m.cfg)) for _, m in nnx.iter_modules(model) if type(m) in KV_SHAPES]
-    if not found:
-        raise ConfigError(f"prefix tuning found no attention layer it knows in {type(model).__name__}")
-    return found
+from adapt.models.registry import model_info
 
 
 def draw(key, shape: tuple, *, fan_in: int | None = None) -> jax.Array:
@@ -156,6 +126,8 @@ class VirtualTokens(Method):
     """What both methods share: the knob checks, the trainable filter (the added parameters, plus the
     task head when ``train_head``) and a merge that refuses."""
 
+    trains_every_weight = False
+
     def __init__(self, **knobs):
         super().__init__(**knobs)
         if int(self.num_virtual_tokens) < 1:
@@ -181,9 +153,10 @@ class PromptTuning(VirtualTokens):
             raise ConfigError(f"method.init={self.init!r}; expected one of {', '.join(self.inits)}")
 
     def apply(self, model, rngs):
-        backbone = backbone_of(model)
-        p, vocab = int(self.num_virtual_tokens), model.cfg.hf.vocab_size
-        states = token_states(backbone, jax.random.randint(rngs.params(), (p,), 0, vocab))  # [P, D]
+        info = model_info(model)
+        backbone, p = info.backbone(model), int(self.num_virtual_tokens)
+        ids = jax.random.randint(rngs.params(), (1, p), 0, info.dims.vocab_size)  # [1, P]
+        states = info.family.input_states(backbone, ids)[0]  # [P, D]
         if self.init == "random":
             states = jax.random.normal(rngs.params(), states.shape, jnp.float32) * jnp.std(states)
         backbone.prompt = Prompt(states)
@@ -196,13 +169,13 @@ class PrefixTuning(VirtualTokens):
     defaults = dict(num_virtual_tokens=20, projection=False, projection_dim=512, train_head=True)
 
     def apply(self, model, rngs):
-        found, p = attentions(model), int(self.num_virtual_tokens)
+        info = model_info(model)
+        found, p, (k, h) = info.attentions(model), int(self.num_virtual_tokens), info.family.kv_shape(model.cfg)
         if not self.projection:
-            for attn, k, h in found:
+            for attn in found:
                 attn.prefix = Prefix(p, k, h, rngs)
             return model
-        (_, k, h), d = found[0], model.cfg.hf.hidden_size
-        encoder = PrefixEncoder(p, d, int(self.projection_dim), len(found), k, h, rngs)
-        for i, (attn, _, _) in enumerate(found):
+        encoder = PrefixEncoder(p, info.dims.hidden_size, int(self.projection_dim), len(found), k, h, rngs)
+        for i, attn in enumerate(found):
             attn.prefix = ProjectedPrefix(encoder, i)
         return model

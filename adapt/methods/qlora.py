@@ -20,8 +20,8 @@ of the scales (section 3 of the paper) is not done. The codes and scales are :cl
 not ``nnx.Param``: no optimizer, trainable filter, checkpoint of the trained state or export sees them;
 they carry the kernel's logical axes (``[in, out]``), so the mesh rules shard them like the kernel.
 
-Targets: as LoRA's; empty means every linear layer of the transformer blocks (a numbered layer on the path:
-q/k/v/o/gate/up/down for Llama, query/key/value/dense for BERT, c_attn/c_proj/c_fc for GPT-2), never the
+Targets: as LoRA's; empty means every linear layer inside the family's numbered transformer layers
+(q/k/v/o/gate/up/down for Llama, query/key/value/dense for BERT, c_attn/c_proj/c_fc for GPT-2), never the
 embeddings or the task head. ``merge`` gives plain layers holding ``deq(W) + s A B`` (the base kernel's dtype).
 """
 
@@ -34,6 +34,7 @@ from flax import nnx
 from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.lora import LoRA, LoRALinear
+from adapt.models.registry import model_info
 
 # bitsandbytes' NF4 table (functional.py, get_4bit_type("nf4")), the paper's NormalFloat levels. numpy, so
 # importing the module does not start a JAX backend (before jax.distributed.initialize).
@@ -42,7 +43,6 @@ NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.3949174880981
                  0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
                  0.7229568362236023, 1.0], np.float32)
 _NF4_MIDPOINTS = (NF4[1:] + NF4[:-1]) / 2  # [15]: x rounds to level k when midpoint k-1 < x <= midpoint k
-BLOCK_LINEARS = r".*\.\d+\..+"  # the linear layers under a numbered transformer block
 
 
 def _per_row(scales, block_size: int, d_in: int):  # [blocks, out] -> [in, out], each block's scale repeated
@@ -122,7 +122,7 @@ class QLoRA(LoRA):
             raise ConfigError(f"method.block_size={self.block_size!r}; expected a positive integer")
 
     def targets_of(self, model) -> tuple | str:
-        return self.targets or BLOCK_LINEARS
+        return self.targets or model_info(model).layer_linears()
 
     def wrap(self, layer, name, rngs):
         return QLoRALinear(layer, name, bits=self.bits, block_size=self.block_size, rank=self.rank,

@@ -7,6 +7,6 @@
 
 from adapt.models.export import save_pretrained
 from adapt.models.loading import from_pretrained, load_tokenizer
-from adapt.models.registry import TASKS, supported_model_types
+from adapt.models.registry import model_info, supported_model_types
 
-__all__ = ["TASKS", "from_pretrained", "load_tokenizer", "save_pretrained", "supported_model_types"]
+__all__ = ["from_pretrained", "load_tokenizer", "model_info", "save_pretrained", "supported_model_types"]

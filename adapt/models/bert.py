@@ -17,7 +17,7 @@ from flax import nnx
 
 from adapt.errors import CheckpointError
 from adapt.models import layers as L
-from adapt.models.registry import Family, register
+from adapt.models.registry import Dims, Family, MethodTargets, register
 from adapt.sharding import shard
 
 
@@ -284,7 +284,25 @@ class BertForTokenClassification(nnx.Module):
         return shard(logits.astype(jnp.float32), ("batch", "length", "labels"))
 
 
-DROPOUT_KEYS = {"hidden": ("hidden_dropout_prob",), "attention": ("attention_probs_dropout_prob",)}
+def input_states(backbone: BertModel, ids):  # [B, T] -> [B, T, D]: word + position + type embeddings, LayerNorm
+    ones = jnp.ones_like(ids)
+    return backbone.embeddings(ids, 0 * ids, backbone.positions(ids, ones), None)
+
+
+# What BERT and RoBERTa declare alike (roberta.py reuses it).
+ENCODER = dict(
+    dropout_keys={"hidden": ("hidden_dropout_prob",), "attention": ("attention_probs_dropout_prob",)},
+    dims=lambda c: Dims(c.num_layers, c.hidden_size, c.vocab_size),
+    # PEFT's defaults; the feed-forward output is "output.dense" directly under a layer (not attention.output).
+    targets=MethodTargets(lora=("query", "value"), ia3=("key", "value", "output.dense"),
+                          ia3_feedforward=("output.dense",), after_attention=("attention.output.dense",),
+                          after_mlp=r".*\.layer\.\d+\.output\.dense"),
+    attention=BertSelfAttention,
+    kv_shape=lambda c: (c.num_heads, c.head_dim),
+    input_states=input_states,
+    layers="encoder.layer",
+    embeddings=("embeddings",),
+)
 # Non-persistent buffers that older checkpoints saved.
 BUFFERS = r"(^|\.)embeddings\.(position_ids|token_type_ids)$"
 
@@ -292,11 +310,11 @@ FAMILY = register(Family(
     name="bert",
     model_types=("bert",),
     config_from_hf=config_from_hf,
-    models={"base": BertModel, "masked_lm": BertForMaskedLM,
+    heads={"base": BertModel, "masked_lm": BertForMaskedLM,
             "sequence_classification": BertForSequenceClassification,
             "token_classification": BertForTokenClassification},
     base_prefix="bert",
-    dropout_keys=DROPOUT_KEYS,
+    **ENCODER,
     head_paths={"base": ("pooler",), "sequence_classification": ("classifier", "bert.pooler"),
                 "token_classification": ("classifier",)},
     warn_if_fresh=("cls",),

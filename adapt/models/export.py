@@ -11,33 +11,25 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from adapt import tasks
 from adapt.errors import CheckpointError
 from adapt.files import write_folder
 from adapt.models.checkpoint_io import save_safetensors
 from adapt.models.layers import Adapter
-from adapt.models.registry import family_for, hf_key, param_paths, to_hf
-
-_AUTO_NAMES = {"base": "MODEL_MAPPING_NAMES", "causal_lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
-               "masked_lm": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
-               "sequence_classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-               "token_classification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"}
+from adapt.models.registry import hf_key, model_info, param_paths, to_hf
 
 
-def architecture_name(model_type: str, task: str) -> str:
-    """transformers' class name for ``model_type`` and ``task`` (``LlamaForCausalLM``). The name tables are
-    read from the module itself: the ``transformers.models.auto`` package refuses them without PyTorch."""
+def architecture_name(model_type: str, head: str) -> str:
+    """transformers' class name for ``model_type`` and model ``head`` (``LlamaForCausalLM``), from the head
+    task's auto-class table. The name tables are read from the module itself: the
+    ``transformers.models.auto`` package refuses them without PyTorch."""
     names = importlib.import_module("transformers.models.auto.modeling_auto")
-    return getattr(names, _AUTO_NAMES[task])[model_type]
-
-
-def model_task(model: nnx.Module) -> str:
-    family = family_for(model.cfg.hf.model_type)
-    return next(task for task, cls in family.models.items() if type(model) is cls)
+    return getattr(names, tasks.get(head).auto_mapping)[model_type]
 
 
 def hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters as host arrays under their HF names and layouts."""
-    family = family_for(model.cfg.hf.model_type)
+    family = model_info(model).family
     tensors, params = {}, param_paths(nnx.state(model, nnx.Param))
     added = [".".join(map(str, path)) for path, var in params if isinstance(var, Adapter)]
     if added:
@@ -61,7 +53,7 @@ def save_pretrained(model: nnx.Module, folder: str, *, tokenizer=None, max_shard
     must call this (the gather is collective); process 0 writes.
     """
     hf = copy.deepcopy(model.cfg.hf)
-    hf.architectures = [architecture_name(hf.model_type, model_task(model))]
+    hf.architectures = [architecture_name(hf.model_type, model_info(model).head)]
     tensors = hf_state_dict(model)
     if jax.process_index() != 0:
         return folder
@@ -73,3 +65,4 @@ def save_pretrained(model: nnx.Module, folder: str, *, tokenizer=None, max_shard
             tokenizer.save_pretrained(tmp)
 
     return write_folder(folder, write)
+

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.models import layers as L
-from adapt.models.registry import Family, register
+from adapt.models.registry import Dims, Family, MethodTargets, register
 from adapt.sharding import shard
 
 
@@ -132,9 +132,17 @@ FAMILY = register(Family(
     name="gpt2",
     model_types=("gpt2",),
     config_from_hf=config_from_hf,
-    models={"base": GPT2Model, "causal_lm": GPT2LMHeadModel},
+    heads={"base": GPT2Model, "causal_lm": GPT2LMHeadModel},
     base_prefix="transformer",
     dropout_keys={"hidden": ("embd_pdrop", "resid_pdrop"), "attention": ("attn_pdrop",)},
+    dims=lambda c: Dims(c.n_layer, c.n_embd, c.vocab_size),
+    targets=MethodTargets(lora=("c_attn",), ia3=("c_attn", "mlp.c_proj"), ia3_feedforward=("mlp.c_proj",),
+                          after_attention=("attn.c_proj",), after_mlp=("mlp.c_proj",)),
+    attention=GPT2Attention,
+    kv_shape=lambda c: (c.n_head, c.n_embd // c.n_head),
+    input_states=lambda backbone, ids: backbone.wte(ids) + backbone.wpe(jnp.arange(ids.shape[1])[None]),
+    layers="h",
+    embeddings=("wte", "wpe"),
     transpose_kernels=False,
     # Causal-mask buffers of old checkpoints, and the tied head.
     ignore=(r"\.attn\.(masked_)?bias$", r"^lm_head\.weight$"),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.models import layers as L
-from adapt.models.registry import Family, register
+from adapt.models.registry import Dims, Family, MethodTargets, register
 from adapt.sharding import shard
 
 
@@ -167,8 +167,16 @@ FAMILY = register(Family(
     name="llama",
     model_types=("llama", "mistral", "qwen2", "qwen3"),
     config_from_hf=config_from_hf,
-    models={"base": LlamaModel, "causal_lm": LlamaForCausalLM},
+    heads={"base": LlamaModel, "causal_lm": LlamaForCausalLM},
     base_prefix="model",
     dropout_keys={"hidden": ("hidden_dropout",), "attention": ("attention_dropout",)},
+    dims=lambda c: Dims(c.num_layers, c.hidden_size, c.vocab_size),
+    targets=MethodTargets(lora=("q_proj", "v_proj"), ia3=("k_proj", "v_proj", "down_proj"),
+                          ia3_feedforward=("down_proj",), after_attention=("o_proj",), after_mlp=("down_proj",)),
+    attention=LlamaAttention,
+    kv_shape=lambda c: (c.num_kv_heads, c.head_dim),
+    input_states=lambda backbone, ids: backbone.embed_tokens(ids),
+    layers="layers",
+    embeddings=("embed_tokens",),
     ignore=(r"(^|\.)rotary_emb\.inv_freq$", r"^lm_head\.weight$"),  # the latter only reached when tied
 ))

@@ -22,19 +22,15 @@ import jax
 import numpy as np
 from flax import nnx
 
+from adapt import tasks
 from adapt.errors import CheckpointError
 from adapt.models import bundled
 from adapt.models.checkpoint_io import weight_refs
 from adapt.models.gguf_io import gguf_config, gguf_refs, gguf_tokenizer
-from adapt.models.registry import TASKS, Family, family_for, hf_key, param_paths
+from adapt.models.registry import Family, family_for, hf_key, param_paths
 from adapt.sharding import Rules, variable_sharding
 
 log = logging.getLogger(__name__)
-
-_TASK_SUFFIX = {"ForCausalLM": "causal_lm", "LMHeadModel": "causal_lm", "ForMaskedLM": "masked_lm",
-                "ForSequenceClassification": "sequence_classification",
-                "ForTokenClassification": "token_classification"}
-
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -43,7 +39,7 @@ class Source:
     gguf_file: str | None = None  # for GGUF checkpoints: the file, inside ``folder``
 
 
-def resolve(name_or_path: str, *, revision: str | None = None, allow_pickle: bool = False) -> Source:
+def locate(name_or_path: str, *, revision: str | None = None, allow_pickle: bool = False) -> Source:
     """Find the files of a bundled name, local folder, local ``.gguf`` file or Hub id."""
     name = str(name_or_path)
     path = bundled.bundled_path(name) if bundled.is_bundled(name) else os.path.expanduser(name)
@@ -85,14 +81,6 @@ def read_config(source: Source):
     return AutoConfig.for_model(**raw)
 
 
-def task_of(hf_config) -> str:
-    for arch in hf_config.architectures or ():
-        for suffix, task in _TASK_SUFFIX.items():
-            if arch.endswith(suffix):
-                return task
-    return "base"
-
-
 def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: int | None = None,
                     labels: list[str] | None = None, mesh: jax.sharding.Mesh | None = None,
                     rules: Rules | None = None, dtype: str = "float32", hidden_dropout: float | None = None,
@@ -100,18 +88,21 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
                     revision: str | None = None) -> nnx.Module:
     """Load a pretrained model as an NNX module.
 
-    ``task``: one of :data:`~adapt.models.registry.TASKS`; by default the checkpoint's own
-    (``config.architectures``). Classification heads take ``num_labels`` (or ``labels``, their names).
+    ``task``: a task kind of :mod:`adapt.tasks` whose model head the family has; by default the
+    checkpoint's own (``config.architectures``). Classification heads take ``num_labels`` (or ``labels``,
+    their names).
     ``mesh``/``rules``: place parameters sharded (by default on the first device). ``dtype``: the
     compute dtype (parameters stay float32). The dropout rates override the checkpoint's config.
     """
-    source = resolve(name_or_path, revision=revision, allow_pickle=allow_pickle)
+    source = locate(name_or_path, revision=revision, allow_pickle=allow_pickle)
     hf = read_config(source)
     family = family_for(hf.model_type)
-    task = task or task_of(hf)
-    if task not in family.models:
+    task = task or tasks.of_architecture(hf.architectures)
+    head = tasks.get(task, where="task").head
+    if head not in family.heads:
+        available = [t for t in tasks.names() if tasks.get(t).head in family.heads]
         raise CheckpointError(f"{source.name}: task {task!r} is not available for {hf.model_type}; "
-                              f"available: {', '.join(t for t in TASKS if t in family.models)}")
+                              f"available: {', '.join(available)}")
     if labels is not None:
         hf.id2label = dict(enumerate(labels))
         hf.label2id = {v: k for k, v in hf.id2label.items()}
@@ -126,11 +117,12 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
         refs = gguf_refs(os.path.join(source.folder, source.gguf_file), hf)
     else:
         refs = weight_refs(source.folder, allow_pickle=allow_pickle)
-    return build(family, family.models[task], cfg, task, refs, source.name, mesh=mesh, rules=rules, seed=seed)
+    return build(family, head, cfg, refs, source.name, mesh=mesh, rules=rules, seed=seed)
 
 
-def build(family: Family, cls, cfg, task: str, refs: dict, where: str, *, mesh=None, rules=None, seed: int = 0):
-    """Fill the skeleton of ``cls(cfg)`` from ``refs`` (HF name -> TensorRef); see the module doc."""
+def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, rules=None, seed: int = 0):
+    """Fill the skeleton of the family's ``head`` class from ``refs`` (HF name -> TensorRef); see the module doc."""
+    cls = family.heads[head]
     skeleton = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(seed)))
     graphdef, state = nnx.split(skeleton)
     leaves = param_paths(state)
@@ -142,7 +134,7 @@ def build(family: Family, cls, cfg, task: str, refs: dict, where: str, *, mesh=N
     available = {}
     for key, ref in refs.items():
         available.setdefault(canon(key), (key, ref))
-    fresh_ok = family.head_paths.get(task, ()) + family.warn_if_fresh
+    fresh_ok = family.head_paths.get(head, ()) + family.warn_if_fresh
     roots = {canon(hf_key(family, p)[0]).split(".")[0] for p, _ in leaves}
     missing, misshaped, fresh, found = [], [], [], {}
     for path, var in leaves:
@@ -174,13 +166,13 @@ def build(family: Family, cls, cfg, task: str, refs: dict, where: str, *, mesh=N
     arrays = {path: _place(ref, transpose, var, mesh, rules) for (path, var), (ref, transpose)
               in ((pv, found[pv[0]]) for pv in leaves if pv[0] in found)}
     if fresh:
-        heads = sorted({".".join(map(str, p[:2 if str(p[0]) == family.base_prefix else 1])) for p in fresh})
-        for head in heads:
-            if any(head.startswith(h) for h in family.warn_if_fresh):
-                warnings.warn(f"{where}: the checkpoint has no weights for {head}; they were initialised fresh",
+        fresh_heads = sorted({".".join(map(str, p[:2 if str(p[0]) == family.base_prefix else 1])) for p in fresh})
+        for fresh_head in fresh_heads:
+            if any(fresh_head.startswith(h) for h in family.warn_if_fresh):
+                warnings.warn(f"{where}: the checkpoint has no weights for {fresh_head}; they were initialised fresh",
                               stacklevel=3)
             else:
-                log.info("%s: %s initialised fresh for task %s", where, head, task)
+                log.info("%s: %s initialised fresh for the %s head", where, fresh_head, head)
         arrays.update(_init_fresh(cls, cfg, seed, fresh, dict(leaves), mesh, rules))
     for path, var in leaves:
         var.set_value(arrays[path])
@@ -220,7 +212,7 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     """The tokenizer stored with a checkpoint (for GGUF files, the one embedded in the file)."""
     from transformers import AutoTokenizer
 
-    source = resolve(name_or_path, revision=revision)
+    source = locate(name_or_path, revision=revision)
     try:
         if source.gguf_file:
             tok = gguf_tokenizer(os.path.join(source.folder, source.gguf_file))

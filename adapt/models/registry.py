@@ -1,10 +1,26 @@
-"""The model-family registry: which NNX model serves which HF ``model_type`` and task, and how its
-parameter paths map to HF tensor names.
+"""The model-family registry: which NNX model serves which HF ``model_type`` and model head, how its
+parameter paths map to HF tensor names, and the facts about its structure that the adaptation methods and
+the engine read (:class:`Family`; ``docs/adding_a_family.md`` walks through one).
 
 A family file (``llama.py``, ``gpt2.py``, ``bert.py``) ends with one :class:`Family` registration. The
-default mapping joins the NNX path with dots and renames the leaf (``kernel``/``embedding``/``scale`` ->
-``weight``, kernels transposed from ``[in, out]`` to PyTorch's ``[out, in]``); a family lists only the
+default name mapping joins the NNX path with dots and renames the leaf (``kernel``/``embedding``/``scale``
+-> ``weight``, kernels transposed from ``[in, out]`` to PyTorch's ``[out, in]``); a family lists only the
 exceptions to that rule.
+
+The contract a family's modules keep, besides what :class:`Family` declares:
+
+* Parameters carry logical axis names (``adapt.sharding``); the scale and bias of every normalisation
+  layer carry the ``norm`` axis, biases are leaves named ``bias`` and embedding tables leaves named
+  ``embedding`` (the kinds weight decay and BitFit read).
+* Linear layers are ``nnx.Linear`` (built with :func:`adapt.models.layers.linear`), so LoRA, (IA)^3 and
+  the adapters can wrap them by path.
+* The backbone calls :func:`adapt.models.layers.prepend_prompt` on the first layer's input and
+  :func:`adapt.models.layers.drop_prompt` after the last layer (prompt tuning), and every attention module
+  (:attr:`Family.attention`) calls :func:`adapt.models.layers.prepend_prefix` on its keys and values
+  (prefix tuning). Both are the identity until a method installs a ``prompt``/``prefix`` module.
+* Transformer layers sit in a numbered list (:attr:`Family.layers`), each run through
+  :func:`adapt.models.layers.run_layer` (rematerialisation).
+* Every model class has ``cfg``, the family config, whose ``hf`` is the HF config (export writes it).
 """
 
 from __future__ import annotations
@@ -16,24 +32,52 @@ from collections.abc import Callable
 import numpy as np
 from flax import nnx
 
-from adapt.errors import CheckpointError
+from adapt.errors import CheckpointError, ConfigError
 
-TASKS = ("base", "causal_lm", "masked_lm", "sequence_classification", "token_classification")
+Targets = tuple[str, ...] | str  # PEFT's target_modules: module-name suffixes, or one regex of the whole path
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodTargets:
+    """The family's linear layers the adaptation methods wrap by default (PEFT's defaults)."""
+    lora: Targets  # LoRA/DoRA: the attention query and value projections
+    ia3: Targets  # (IA)^3: keys, values and the feed-forward output projection...
+    ia3_feedforward: Targets  # ...of which these scale their input, not their output
+    after_attention: Targets  # Houlsby adapters: after the attention output projection...
+    after_mlp: Targets  # ...and after the feed-forward output projection (Pfeiffer: only there)
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
+    # ---- identity and checkpoint mapping
     name: str
     model_types: tuple[str, ...]
     config_from_hf: Callable  # (hf_config, dtype) -> the family's frozen config dataclass
-    models: dict[str, Callable]  # task -> class(config, *, rngs)
-    base_prefix: str  # HF prefix of the backbone ("model", "transformer", "bert", ...)
+    heads: dict[str, type]  # model head ("base", "causal_lm", ..., see adapt.tasks) -> class(config, *, rngs)
+    base_prefix: str  # attribute (and HF prefix) of the backbone under a head ("model", "transformer", "bert")
     # HF config keys the generic dropout overrides set: {"hidden": (...), "attention": (...)}.
     dropout_keys: dict[str, tuple[str, ...]]
+    # ---- what the adaptation methods and the engine read
+    dims: Callable  # family config -> Dims
+    targets: MethodTargets
+    attention: type  # the attention module class: prefix tuning gives each instance a ``prefix``
+    kv_shape: Callable  # family config -> (K, H): key/value heads and head width of every attention
+    input_states: Callable  # (backbone, ids [B, T]) -> [B, T, D]: the first layer's input at positions 0..T-1
+    layers: str  # dotted path of the numbered transformer layers under the backbone ("layers", "encoder.layer")
+    embeddings: tuple[str, ...]  # dotted paths of the input embeddings under the backbone ("embed_tokens")
+    # ---- checkpoint mapping details
     # (regex, replacement) applied in order to the dotted NNX path, after the leaf rename.
     renames: tuple[tuple[str, str], ...] = ()
     transpose_kernels: bool = True  # False for GPT-2, whose Conv1D already stores [in, out]
-    # NNX path prefixes per task that a checkpoint may lack: initialised fresh (task heads).
+    # NNX path prefixes per head that a checkpoint may lack: initialised fresh, and trained by the methods
+    # that freeze the backbone (a classifier).
     head_paths: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     # NNX path prefixes that are freshly initialised with a warning when missing (e.g. an MLM head).
     warn_if_fresh: tuple[str, ...] = ()
@@ -41,11 +85,14 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
+_CLASSES: dict[type, tuple[Family, str]] = {}  # model class -> (its family, its head)
 
 
 def register(family: Family) -> Family:
     for model_type in family.model_types:
         _FAMILIES[model_type] = family
+    for head, cls in family.heads.items():
+        _CLASSES[cls] = (family, head)
     return family
 
 
@@ -58,12 +105,71 @@ def family_for(model_type: str, where: str = "") -> Family:
     _import_families()
     if model_type not in _FAMILIES:
         raise CheckpointError(f"{where}unsupported architecture model_type={model_type!r}; "
-                         f"supported: {', '.join(sorted(_FAMILIES))}")
+                              f"supported: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[model_type]
 
 
 def _import_families():
     from adapt.models import bert, gpt2, llama, roberta  # noqa: F401  (each registers itself)
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a family declares, read for one model instance (see :func:`model_info`)."""
+    family: Family
+    head: str  # the model head it was built as ("causal_lm", "sequence_classification", ...)
+    dims: Dims
+    backbone_path: str  # "" for a bare backbone, else the family's base prefix
+
+    def backbone(self, model: nnx.Module) -> nnx.Module:
+        return getattr(model, self.backbone_path) if self.backbone_path else model
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """Dotted path prefixes of the task head (what a base checkpoint lacks: the classifier)."""
+        return self.family.head_paths.get(self.head, ())
+
+    def _inner(self, name: str) -> str | None:
+        """``name`` relative to the backbone, or None when it lies outside it."""
+        if not self.backbone_path:
+            return name
+        return name[len(self.backbone_path) + 1:] if name.startswith(self.backbone_path + ".") else None
+
+    def depth(self, path: tuple) -> int:
+        """0 for the input embeddings (and a prompt), i+1 for transformer layer i, ``num_layers + 1`` for what
+        sits on top (final norm, pooler, task heads): what layer-wise learning rates and gradual unfreezing
+        count from."""
+        inner = self._inner(".".join(str(p) for p in path))
+        if inner is not None:
+            match = re.match(re.escape(self.family.layers) + r"\.(\d+)(\.|$)", inner)
+            if match:
+                return int(match.group(1)) + 1
+            if _under(inner, (*self.family.embeddings, "prompt")):
+                return 0
+        return self.dims.num_layers + 1
+
+    def layer_linears(self) -> str:
+        """A regex of the linear layers inside the numbered transformer layers (never embeddings or heads)."""
+        return rf"(.*\.)?{re.escape(self.family.layers)}\.\d+\..+"
+
+    def attentions(self, model: nnx.Module) -> list[nnx.Module]:
+        """Every layer's attention module, in layer order."""
+        return [m for _, m in nnx.iter_modules(model) if isinstance(m, self.family.attention)]
+
+
+def model_info(model: nnx.Module) -> ModelInfo:
+    """The family facts of a model built by a registered family (``from_pretrained`` or the class itself)."""
+    _import_families()
+    if type(model) not in _CLASSES:
+        raise ConfigError(f"{type(model).__name__} is not a model head of a registered family "
+                          f"(adapt.models.registry.register)")
+    family, head = _CLASSES[type(model)]
+    has_backbone = isinstance(getattr(model, family.base_prefix, None), nnx.Module)
+    return ModelInfo(family, head, family.dims(model.cfg), family.base_prefix if has_backbone else "")
 
 
 _LEAF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.models import layers as L
-from adapt.models.bert import (BUFFERS, DROPOUT_KEYS, BertConfig, BertForTokenClassification, BertModel,
+from adapt.models.bert import (BUFFERS, ENCODER, BertConfig, BertForTokenClassification, BertModel,
                                VocabProjection, bert_dense, bert_norm, config_from_hf)
 from adapt.models.registry import Family, register
 from adapt.sharding import shard
@@ -85,11 +85,11 @@ FAMILY = register(Family(
     name="roberta",
     model_types=("roberta", "xlm-roberta"),
     config_from_hf=config_from_hf,
-    models={"base": RobertaModel, "masked_lm": RobertaForMaskedLM,
+    heads={"base": RobertaModel, "masked_lm": RobertaForMaskedLM,
             "sequence_classification": RobertaForSequenceClassification,
             "token_classification": RobertaForTokenClassification},
     base_prefix="roberta",
-    dropout_keys=DROPOUT_KEYS,
+    **ENCODER,
     head_paths={"base": ("pooler",), "sequence_classification": ("classifier",),
                 "token_classification": ("classifier",)},
     warn_if_fresh=("lm_head",),

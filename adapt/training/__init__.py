@@ -3,7 +3,7 @@ orbax checkpoints and the loop. ``Trainer(model, objective, cfg, workdir).fit(tr
 
 from adapt.training.config import defaults
 from adapt.training.loop import EarlyStopping, FitResult, Trainer
-from adapt.training.objectives import OBJECTIVES, CausalLM, MaskedLM, SequenceClassification, TokenClassification
+from adapt.training.objectives import CausalLM, MaskedLM, SequenceClassification, TokenClassification
 
-__all__ = ["OBJECTIVES", "CausalLM", "EarlyStopping", "FitResult", "MaskedLM", "SequenceClassification",
+__all__ = ["CausalLM", "EarlyStopping", "FitResult", "MaskedLM", "SequenceClassification",
            "TokenClassification", "Trainer", "defaults"]

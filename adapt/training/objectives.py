@@ -11,6 +11,9 @@ accumulated gradient of ``loss_sum`` divided by the total ``weight`` equals the 
 Batch keys: ``input_ids [B, T]``; ``attention_mask [B, T]`` (0 padding, else the document id);
 ``loss_mask [B, T]`` (causal LM: 1 where the token is a target, so SFT masks the prompt); ``labels``
 (``[B]`` for sequence classification, ``[B, T]`` for token classification and masked LM; -100 = ignore).
+
+Each objective's task kind (its data formats, model head, export names) is registered at the end of the
+file (:mod:`adapt.tasks`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from adapt import tasks
+from adapt.errors import ConfigError
 
 IGNORE = -100
 
@@ -76,7 +82,6 @@ class _LanguageModel(Objective):
 class CausalLM(_LanguageModel):
     """Next-token cross-entropy; a target counts when it is in the same document as its context and
     ``loss_mask`` (default all ones) marks it."""
-    task = "causal_lm"
 
     def loss(self, logits, batch):  # logits [B, T, V]
         # Position t predicts token t+1; the last position has no target. Targets and validity are shifted
@@ -100,7 +105,6 @@ class MaskedLM(_LanguageModel):
     vocab_size: int
     special_ids: tuple[int, ...] = ()
     probability: float = 0.15
-    task = "masked_lm"
 
     def prepare(self, batch, rng):
         if "labels" in batch:
@@ -143,7 +147,6 @@ class SequenceClassification(Objective):
     ``f1_ignore`` names label ids left out of the F1 averages (a "no relation" class, for instance)."""
     num_labels: int
     f1_ignore: tuple[int, ...] = ()
-    task = "sequence_classification"
 
     def loss(self, logits, batch):  # logits [B, C], labels [B]
         labels = batch["labels"]
@@ -165,7 +168,6 @@ class TokenClassification(Objective):
     padding). Evaluation adds entity-level precision/recall/F1 over BIO/IOBES spans, as conlleval and
     seqeval count them, from ``label_names`` (``B-Chemical``, ``I-Chemical``, ``O``, ...)."""
     label_names: tuple[str, ...]
-    task = "token_classification"
 
     def loss(self, logits, batch):  # logits [B, T, C]
         labels = batch["labels"]
@@ -209,4 +211,44 @@ def span_f1(predictions: list[tuple[np.ndarray, np.ndarray]], label_names) -> di
     return {"span_precision": precision, "span_recall": recall, "span_f1": f1}
 
 
-OBJECTIVES = {cls.task: cls for cls in (CausalLM, MaskedLM, SequenceClassification, TokenClassification)}
+# ---- the task kinds these objectives train (adapt.tasks): one registration each ----------------------------
+
+def _masked_lm(inputs: tasks.TaskInputs) -> MaskedLM:
+    tok = inputs.tokenizer
+    if tok.mask_token_id is None:
+        raise ConfigError(f"model.task='masked_lm': the tokenizer of {inputs.config.model.name} has no mask token")
+    return MaskedLM(mask_token_id=tok.mask_token_id, vocab_size=len(tok), special_ids=tuple(tok.all_special_ids),
+                    probability=inputs.config.objective.mlm_probability)
+
+
+def _f1_ignore(inputs: tasks.TaskInputs) -> tuple[int, ...]:
+    """The ids of the labels ``objective.f1_ignore`` names."""
+    labels, ignore = inputs.labels, inputs.config.objective.f1_ignore
+    unknown = set(ignore) - set(labels)
+    if unknown:
+        raise ConfigError(f"objective.f1_ignore has {sorted(unknown)}, not labels of the data; labels: {labels}")
+    return tuple(labels.index(x) for x in ignore)
+
+
+def _token_classification(inputs: tasks.TaskInputs) -> TokenClassification:
+    _f1_ignore(inputs)  # names checked; span F1 counts every entity type
+    return TokenClassification(label_names=tuple(inputs.labels))
+
+
+tasks.register(tasks.Task(
+    "causal_lm", formats=("lm", "sft"), objective=lambda inputs: CausalLM(),
+    architectures=("ForCausalLM", "LMHeadModel"), auto_mapping="MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    peft_task_type="CAUSAL_LM"))
+tasks.register(tasks.Task(
+    "masked_lm", formats=("lm",), objective=_masked_lm, head_args=lambda labels: {},
+    architectures=("ForMaskedLM",), auto_mapping="MODEL_FOR_MASKED_LM_MAPPING_NAMES"))
+tasks.register(tasks.Task(
+    "sequence_classification", formats=("classification",),
+    objective=lambda inputs: SequenceClassification(num_labels=len(inputs.labels), f1_ignore=_f1_ignore(inputs)),
+    architectures=("ForSequenceClassification",), auto_mapping="MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    peft_task_type="SEQ_CLS"))
+tasks.register(tasks.Task(
+    "token_classification", formats=("conll",),
+    objective=_token_classification,
+    architectures=("ForTokenClassification",), auto_mapping="MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    peft_task_type="TOKEN_CLS"))

@@ -16,8 +16,7 @@ import optax
 from flax import nnx
 
 from adapt.errors import ConfigError
-from adapt.methods.base import layer_depth
-from adapt.models.registry import param_paths
+from adapt.models.registry import model_info, param_paths
 from adapt.sharding import variable_axes
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
@@ -68,9 +67,10 @@ def method_settings(method, model: nnx.Module, state: nnx.State) -> dict:
     """What an adaptation method says of each trainable parameter in ``state``, as trees like it:
     ``decay`` (True/False, or None to follow ``decay_exclude``), ``scale`` (learning-rate multiplier) and
     ``unfreeze`` (the first step it updates). Depth counts 0 for embeddings, i+1 for layer i, L+1 on top."""
-    top = model.cfg.hf.num_hidden_layers + 1
+    info = model_info(model)
+    top = info.dims.num_layers + 1
     kinds = dict(param_paths_kinds(state))
-    rows = [(path, layer_depth(path, top - 1)) for path in kinds]
+    rows = [(path, info.depth(path)) for path in kinds]
 
     def tree(values):
         return nnx.to_pure_dict(nnx.from_flat_state(list(zip(kinds, values))))

@@ -17,11 +17,11 @@ domain corpus for the real experiment. ``:reduced`` is the budget this repositor
 
 import os
 
-from adapt import configs, tasks
+from adapt import benchmarks, configs
 from adapt.sweeps import grid, product, stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TASKS = {"chemprot": "biomed", "citation_intent": "cs", "sciie": "cs"}
+DOMAIN_OF = {"chemprot": "biomed", "citation_intent": "cs", "sciie": "cs"}
 METRICS = {"chemprot": "micro_f1", "citation_intent": "macro_f1", "sciie": "macro_f1"}
 BUDGET = {  # steps of 16 x max_length tokens; mlm_eval: the dev perplexity of each pretraining stage
     None: dict(dapt=12500, tapt=2000, finetune=0, epochs=10.0, max_length=256, seeds=[0, 1, 2, 3, 4],
@@ -48,18 +48,18 @@ def get_config(arg=None):
     return c
 
 
-def _task_text(task: str) -> dict:
+def _benchmark_text(task: str) -> dict:
     """Overrides that make a run read ``task``'s text for masked-LM pretraining."""
-    files = tasks.BENCHMARKS[task][0]()["files"]
+    files = benchmarks.BENCHMARKS[task][0]()["files"]
     return {"data.files": {"train": files["train"], "dev": files["dev"]}}
 
 
 def _domain_text(domain: str) -> dict:
     """The DAPT corpus of ``domain``: here the training texts of its tasks, mixed in equal parts."""
-    names = [t for t, d in TASKS.items() if d == domain]
-    mixture = {t: {"weight": 1.0 / len(names), "files": {"train": tasks.BENCHMARKS[t][0]()["files"]["train"]}}
+    names = [t for t, d in DOMAIN_OF.items() if d == domain]
+    mixture = {t: {"weight": 1.0 / len(names), "files": {"train": benchmarks.BENCHMARKS[t][0]()["files"]["train"]}}
                for t in names}
-    return {**_task_text(names[0]), "data.mixture": mixture}
+    return {**_benchmark_text(names[0]), "data.mixture": mixture}
 
 
 def _mlm(steps: int, evaluate: bool) -> dict:
@@ -69,20 +69,20 @@ def _mlm(steps: int, evaluate: bool) -> dict:
 
 
 def _finetune(task: str) -> dict:
-    return {**{f"data.{k}": v for k, v in tasks.BENCHMARKS[task][0]().items()}, "benchmark": task,
-            "meta.benchmark": task, "meta.domain": TASKS[task],
+    return {**{f"data.{k}": v for k, v in benchmarks.BENCHMARKS[task][0]().items()}, "benchmark": task,
+            "meta.benchmark": task, "meta.domain": DOMAIN_OF[task],
             "train.early_stopping.metric": f"dev/{METRICS[task]}"}
 
 
 def get_sweep(arg=None):
     b = BUDGET[arg]
     dapt_mlm, tapt_mlm = _mlm(b["dapt"], b["mlm_eval"]), _mlm(b["tapt"], b["mlm_eval"])
-    dapt = stage("dapt", [{**dapt_mlm, **_domain_text(d), "meta.domain": d} for d in sorted(set(TASKS.values()))])
-    tapt = stage("tapt", [{**tapt_mlm, **_task_text(t), "meta.benchmark": t} for t in TASKS])
-    dapt_tapt = stage("dapt_tapt", [{**tapt_mlm, **_task_text(t), "meta.benchmark": t,
-                                     "meta.domain": TASKS[t]} for t in TASKS], after="dapt", match=["meta.domain"])
+    dapt = stage("dapt", [{**dapt_mlm, **_domain_text(d), "meta.domain": d} for d in sorted(set(DOMAIN_OF.values()))])
+    tapt = stage("tapt", [{**tapt_mlm, **_benchmark_text(t), "meta.benchmark": t} for t in DOMAIN_OF])
+    dapt_tapt = stage("dapt_tapt", [{**tapt_mlm, **_benchmark_text(t), "meta.benchmark": t,
+                                     "meta.domain": DOMAIN_OF[t]} for t in DOMAIN_OF], after="dapt", match=["meta.domain"])
     grid_ = product(grid("optimizer.learning_rate", b["learning_rates"]), grid("train.seed", b["seeds"]))
-    runs = lambda cond: product([{**_finetune(t), "meta.condition": cond} for t in TASKS], grid_)  # noqa: E731
+    runs = lambda cond: product([{**_finetune(t), "meta.condition": cond} for t in DOMAIN_OF], grid_)  # noqa: E731
     return [dapt, tapt, dapt_tapt,
             stage("baseline", runs("Baseline")),
             stage("dapt_ft", runs("DAPT"), after="dapt", match=["meta.domain"]),
