@@ -294,8 +294,7 @@ def _train(name, folder, task, shape, tmp_path, steps=8):
         objective = SequenceClassification(num_labels=3)
     cfg = defaults()
     cfg.mesh.shape = shape
-    every_weight = name in ("full", "freeze", "llrd", "l2sp", "mixout", "gradual_unfreezing")
-    kind = "every" if every_weight else name if name in ("ia3", "bitfit", "qlora") else "added"
+    kind = "every" if methods.METHODS[name].trains_every_weight else name if name in ("ia3", "bitfit", "qlora") else "added"
     lr = LEARNING_RATES[task][kind]
     cfg.optimizer.update(learning_rate=lr,
                          schedule="constant", weight_decay=0.0 if name == "l2sp" else 0.01)
