@@ -1,7 +1,5 @@
-"""adapt: domain adaptation of pretrained language models in JAX."""
+"""adapt: domain adaptation of pretrained language models in JAX. Importing it changes nothing in the process."""
 
-from adapt.host_memory import one_arena
+from adapt.host_memory import use_kept_heap
 
 __version__ = "0.1.0"
-
-one_arena()  # before JAX starts its threads: see adapt/host_memory.py

@@ -56,10 +56,17 @@ def _mallopt(libc, settings) -> None:
             raise OSError(f"glibc mallopt({param}, {value}) failed")
 
 
-def one_arena(environ=os.environ) -> bool:
-    """Serve every thread from glibc's main arena, so a trim reaches all freed memory and XLA's worker
-    threads reuse the main thread's pages. Only threads that have not allocated yet follow it, hence the
-    call when ``adapt`` is imported. True when the setting was made."""
+def use_kept_heap(environ=os.environ) -> bool:
+    """Serve every thread from glibc's main arena (``mallopt(M_ARENA_MAX, 1)``), for the whole process, so
+    that XLA's worker threads, too, reuse the freed pages that :class:`KeptHeap` keeps. Only threads that have
+    not allocated yet follow it: call it first thing, before JAX computes anything (the scripts call it in
+    ``adapt.cli.run``). True when the setting was made; a no-op with ``ADAPT_SYSTEM_MALLOC=1`` or a libc other
+    than glibc.
+
+    Without it (a library user who never calls it) a CPU train loop still runs in a :class:`KeptHeap`,
+    whose settings are restored on exit, but glibc gives threads arenas of their own (up to 8 per core), whose
+    heaps are at most 64 MB: blocks of that size or more, allocated on such a thread, are still mapped afresh
+    and page-faulted in on every step."""
     libc = _enabled(environ)
     return libc is not None and libc.mallopt(_M_ARENA_MAX, 1) == 1
 

@@ -26,6 +26,9 @@ KNOBS = {"freeze": {"patterns": (r"embed_tokens", r"layers\.([0-9]|1[0-9])\.")},
 
 
 def one(name: str, steps: int) -> dict:
+    from adapt.host_memory import use_kept_heap
+
+    use_kept_heap()  # as the scripts do (adapt.cli.run): before JAX starts its threads
     import jax
     import numpy as np
     from flax import nnx

@@ -28,13 +28,12 @@ import sys
 import tempfile
 import time
 
-import adapt  # noqa: F401  first: it sets the host allocator up before numpy and JAX start threads
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adapt.host_memory import resident_bytes
+from adapt.host_memory import resident_bytes, use_kept_heap
 from adapt.models import from_pretrained, save_pretrained
 from adapt.sharding import DEFAULT_RULES, make_mesh
 from adapt.training import CausalLM, SequenceClassification, defaults, optim
@@ -199,6 +198,7 @@ def main():
     p.add_argument("--trace", help="write a jax.profiler trace of our timed steps to this folder")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
+    use_kept_heap()  # as the scripts do (adapt.cli.run): before JAX starts its threads
     peak = matmul_peak(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
     cpu = cpu_name()
     print(f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind}), {cpu}, "
