@@ -331,3 +331,9 @@ def test_mixture_from_config(tmp_path, smol_tok):
     from adapt.errors import ConfigError
     with pytest.raises(ConfigError, match=r"data.mixture.domain has unknown key\(s\) \['file'\]"):
         train_stream(cfg, smol_tok, 16, seed=0)
+
+
+def test_numeric_labels_are_regression_targets_and_a_word_is_an_error():
+    np.testing.assert_array_equal(formats.label_values([{"y": 1}, {"y": "2.5"}, {"y": True}], "y", "t.jsonl"), [1, 2.5, 1])
+    with pytest.raises(DataError, match=r"t.jsonl: example 2: field 'y' is 'high'; expected a number"):
+        formats.label_values([{"y": 1}, {"y": "high"}], "y", "t.jsonl")

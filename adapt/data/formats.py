@@ -108,13 +108,27 @@ def label_ids(records: list[dict], column: str, vocab: list[str], where: str) ->
     return np.asarray([index[str(r[column])] for r in records], np.int32)
 
 
-def encode_classification(records: list[dict], encoder: Encoder, *, text: str, label: str, vocab: list[str],
-                          max_length: int, where: str, pair: str | None = None,
+def label_values(records: list[dict], column: str, where: str) -> np.ndarray:
+    """``[N]`` float32 targets (``data.label_type="number"``: regression)."""
+    values = []
+    for n, r in enumerate(records, 1):
+        value = r[column]
+        try:
+            values.append(float(value))
+        except ValueError:
+            raise DataError(f"{where}: example {n}: field {column!r} is {value!r}; expected a number "
+                            f"(data.label_type='number')") from None
+    return np.asarray(values, np.float32)
+
+
+def encode_classification(records: list[dict], encoder: Encoder, *, text: str, label: str,
+                          vocab: list[str] | None, max_length: int, where: str, pair: str | None = None,
                           truncation: str = "head") -> dict:
-    """-> ``input_ids``, ``token_type_ids`` (ragged) and ``labels [N]``."""
+    """-> ``input_ids``, ``token_type_ids`` (ragged) and ``labels [N]``: ids into ``vocab`` (int32), or the
+    labels as numbers (float32) when ``vocab`` is None."""
     require_columns(records, {text: TEXT, label: LABEL, **({pair: TEXT} if pair else {})}, where)
     firsts = encoder.encode([str(r[text]) for r in records])
-    labels = label_ids(records, label, vocab, where)
+    labels = label_values(records, label, where) if vocab is None else label_ids(records, label, vocab, where)
     ids_out, types_out = [], []
     if pair:
         t = encoder.pair

@@ -3,9 +3,10 @@
     splits = prepare(cfg.data, tokenizer)   # {"train": columns, "dev": ..., "test": ..., "labels": [...]}
 
 ``format``: ``lm`` (raw text, packed into rows of ``max_length``; ``causal`` adds EOS, else the encoder's
-CLS/SEP), ``classification`` (text or text pair + label), ``conll`` (token classification) or ``sft``
+CLS/SEP), ``classification`` (text or text pair + label: a category of the label vocabulary built from train,
+or with ``label_type="number"`` a float target), ``conll`` (token classification) or ``sft``
 (prompt/response, packed or padded). Splits come from ``files`` (split name -> path) or from one
-``source`` carved by ``split_ratios`` with ``split_seed``. The label vocabulary is built from train.
+``source`` carved by ``split_ratios`` with ``split_seed``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from adapt.errors import ConfigError
 from adapt.files import write_json
 
 FORMATS = ("lm", "classification", "conll", "sft")
+LABEL_TYPES = ("category", "number")
 
 
 def data_defaults() -> ml_collections.ConfigDict:
@@ -33,6 +35,7 @@ def data_defaults() -> ml_collections.ConfigDict:
         split_ratios={},
         split_seed=0,
         text_column="text", text_pair_column="", label_column="label",
+        label_type="category",  # classification: category (a label vocabulary from train) | number (regression)
         prompt_column="prompt", response_column="response",
         sample_by="line",  # .txt sources: line | paragraph | document
         encoding="utf-8",  # of text files (the BBC News corpus is latin-1)
@@ -88,14 +91,16 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
         return out
     records = _records(cfg)
     if cfg.format == "classification":
-        if "train" not in records:
-            raise ConfigError("data has no 'train' split: the label vocabulary is built from it")
-        labels = formats.label_vocabulary(records["train"], cfg.label_column, where("train"))
+        labels = None
+        if cfg.label_type == "category":
+            if "train" not in records:
+                raise ConfigError("data has no 'train' split: the label vocabulary is built from it")
+            labels = formats.label_vocabulary(records["train"], cfg.label_column, where("train"))
+            out["labels"] = labels
         for s, recs in records.items():
             out[s] = formats.encode_classification(recs, encoder, text=cfg.text_column, label=cfg.label_column,
                                                    vocab=labels, max_length=cfg.max_length, where=where(s),
                                                    pair=cfg.text_pair_column or None, truncation=cfg.truncation)
-        out["labels"] = labels
         return out
     for s, recs in records.items():
         if cfg.format == "lm":
@@ -113,6 +118,8 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
     """The tokenised splits for ``cfg`` (the ``data`` section) and whether they came from the cache."""
     if cfg.format not in FORMATS:
         raise ConfigError(f"data.format={cfg.format!r}; expected one of {', '.join(FORMATS)}")
+    if cfg.label_type not in LABEL_TYPES:
+        raise ConfigError(f"data.label_type={cfg.label_type!r}; expected one of {', '.join(LABEL_TYPES)}")
     if bool(cfg.files) == bool(cfg.source):
         raise ConfigError("set exactly one of data.files (split -> path) and data.source (+ data.split_ratios)")
     files = list(cfg.files.values()) if cfg.files else [cfg.source]
