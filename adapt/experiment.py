@@ -8,7 +8,8 @@ that a later stage can start from.
 
 A run folder holds ``config.json`` (the resolved config), ``labels.json``, the trainer's ``checkpoints/``,
 ``best/``, ``metrics.jsonl`` and ``tb/``, ``export/`` (the trained model merged into plain weights, in HF
-layout, when ``export.model`` is set and the method can merge) and ``results.json`` (written last: its
+layout, when ``export.model`` is set; a method that cannot merge, prompt or prefix tuning or adapters, makes
+that an error) and ``results.json`` (written last: its
 presence means the trial finished). Running a trial again in the same folder resumes it.
 """
 

@@ -11,8 +11,9 @@ Stages: ``dapt`` (one MLM run per domain) -> ``dapt_tapt`` (MLM on each task's t
 learning-rate grid and seeds; the table selects the learning rate by dev metric and reports the test metric
 (micro-F1 for ChemProt, macro-F1 for the others, as the paper) with the paper's RoBERTa-base rows beside it.
 The paper's DAPT corpora (2.7M biomedical / 2.2M computer-science papers) are not shipped here: the DAPT corpus
-defaults to the training texts of the domain's tasks; point ``DOMAINS`` (or ``--config.data``) at a real
-domain corpus for the real experiment. ``:reduced`` is the budget this repository's CI machine runs.
+is the training texts of the domain's benchmarks (``_domain_text``); point that function (or the ``dapt`` stage's
+``data`` overrides) at a real domain corpus for the real experiment. ``:reduced`` is a budget 2 CPU cores run in under an hour (the README
+beside this file has its numbers); CI runs none of it.
 """
 
 import os
@@ -48,14 +49,14 @@ def get_config(arg=None):
     return c
 
 
-def _benchmark_text(task: str) -> dict:
-    """Overrides that make a run read ``task``'s text for masked-LM pretraining."""
-    files = benchmarks.BENCHMARKS[task][0]()["files"]
+def _benchmark_text(name: str) -> dict:
+    """Overrides that make a run read benchmark ``name``'s text for masked-LM pretraining."""
+    files = benchmarks.BENCHMARKS[name][0]()["files"]
     return {"data.files": {"train": files["train"], "dev": files["dev"]}}
 
 
 def _domain_text(domain: str) -> dict:
-    """The DAPT corpus of ``domain``: here the training texts of its tasks, mixed in equal parts."""
+    """The DAPT corpus of ``domain``: here the training texts of its benchmarks, mixed in equal parts."""
     names = [t for t, d in DOMAIN_OF.items() if d == domain]
     mixture = {t: {"weight": 1.0 / len(names), "files": {"train": benchmarks.BENCHMARKS[t][0]()["files"]["train"]}}
                for t in names}
@@ -68,10 +69,10 @@ def _mlm(steps: int, evaluate: bool) -> dict:
             "export.model": True, "train.early_stopping.metric": ""}
 
 
-def _finetune(task: str) -> dict:
-    return {**{f"data.{k}": v for k, v in benchmarks.BENCHMARKS[task][0]().items()}, "benchmark": task,
-            "meta.benchmark": task, "meta.domain": DOMAIN_OF[task],
-            "train.early_stopping.metric": f"dev/{METRICS[task]}"}
+def _finetune(name: str) -> dict:
+    return {**{f"data.{k}": v for k, v in benchmarks.BENCHMARKS[name][0]().items()}, "benchmark": name,
+            "meta.benchmark": name, "meta.domain": DOMAIN_OF[name],
+            "train.early_stopping.metric": f"dev/{METRICS[name]}"}
 
 
 def get_sweep(arg=None):
