@@ -133,7 +133,12 @@ class ResultsDB:
         self.conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        try:
+            self.conn.execute("PRAGMA journal_mode = WAL")  # the first statement that reads the file
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise AdaptError(f"{self.path}: not a results database ({e}); expected the SQLite file "
+                             f"scripts/sweep.py writes, or a path where none exists yet") from None
         self.conn.execute("PRAGMA synchronous = FULL")
         with self.tx() as c:
             for stmt in SCHEMA.strip().split(";"):

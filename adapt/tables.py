@@ -28,6 +28,7 @@ import re
 import statistics
 
 from adapt.errors import AdaptError
+from adapt.files import write_atomic
 from adapt.results import lower_is_better
 
 TRIAL_KEYS = ("id", "sweep", "stage", "condition", "status", "init")
@@ -408,8 +409,7 @@ def write_outputs(table: Table, db, trials: list[dict], out: str, curves=(), vs=
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     written = []
     for ext, write in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
-        with open(f"{out}.{ext}", "w") as f:
-            f.write(write(table))
+        write_atomic(f"{out}.{ext}", lambda f, text=write(table): f.write(text.encode()))
         written.append(f"{out}.{ext}")
     for metric in curves:
         written.append(plot_curves(table, db, metric, f"{out}_curves_{_slug(metric)}.png"))

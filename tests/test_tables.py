@@ -203,3 +203,11 @@ def test_a_staged_sweep_end_to_end(tmp_path):
     cell = table.cells["pretrain", "bio"]  # fake accuracy: 0.5 + 100 lr + 0.01 seed; test = dev - 0.05
     assert cell.selected == {"optimizer.learning_rate": 2e-3} and cell.mean == pytest.approx(0.7 + 0.005 - 0.05)
     assert cell.std == pytest.approx(0.01 / 2 ** 0.5)
+
+
+def test_a_file_that_is_not_a_results_database_is_one_error_and_stays_as_it_was(tmp_path):
+    path = tmp_path / "results.db"
+    path.write_text("not a database\n" * 200)
+    with pytest.raises(AdaptError, match=r"results.db: not a results database"):
+        results.ResultsDB(str(path))
+    assert path.read_text() == "not a database\n" * 200

@@ -15,9 +15,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from adapt import tasks
 from adapt.errors import ConfigError
 from adapt.files import write_folder
-from adapt import tasks
 from adapt.methods.base import under
 from adapt.methods.lora import LoRA, LoRALinear
 from adapt.models.checkpoint_io import save_safetensors

@@ -25,6 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from adapt.errors import CheckpointError, ConfigError, TrainingError
+from adapt.files import write_atomic
 from adapt.methods.base import Method
 from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import optim
@@ -83,8 +84,7 @@ class MetricsWriter:
         if os.path.exists(self.path):  # drop what a killed run logged after the checkpoint it resumes
             with open(self.path) as f:
                 keep = [line for line in f if resume_step is not None and json.loads(line)["step"] <= resume_step]
-            with open(self.path, "w") as f:
-                f.writelines(keep)
+            write_atomic(self.path, lambda f: f.write("".join(keep).encode()))  # a kill here keeps the old log
         from tensorboardX import SummaryWriter
         self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
