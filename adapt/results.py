@@ -4,7 +4,7 @@ and tables read.
 Schema (``PRAGMA user_version = 1``)::
 
     trials(id TEXT PRIMARY KEY,        -- hash of stage + resolved overrides (adapt.sweeps.Trial.id)
-           sweep TEXT,                 -- the sweep's label, "x.py:arg#name"
+           sweep TEXT,                 -- adapt.sweeps.sweep_label: "x.py:arg#name" (sweep.py), "x.py:arg" (study.py)
            stage TEXT, condition TEXT, -- condition: the trial's meta.condition override, else its stage
            depends TEXT,               -- JSON list of trial ids this one starts from
            overrides TEXT,             -- JSON {dotted key: value}, meta.* keys included
