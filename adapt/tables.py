@@ -390,6 +390,10 @@ def plot_sweep(table: Table, trials: list[dict], key: str, path: str, split: str
         xs_all = [value(t, key) for t in trials if isinstance(value(t, key), (int, float))]
         if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
             ax.set_xscale("log")
+            ticks = sorted(set(xs_all))
+            if len(ticks) <= 8:  # the swept values themselves (e.g. data.train_examples), not 2x10^1, 3x10^1, ...
+                ax.minorticks_off()
+                ax.set_xticks(ticks, [label(v) for v in ticks])
         ax.set(title=col, xlabel=key, ylabel=f"{split} {metric}")
         ax.legend(fontsize="small")
     return _save(plt, fig, path)

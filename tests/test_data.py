@@ -337,3 +337,44 @@ def test_numeric_labels_are_regression_targets_and_a_word_is_an_error():
     np.testing.assert_array_equal(formats.label_values([{"y": 1}, {"y": "2.5"}, {"y": True}], "y", "t.jsonl"), [1, 2.5, 1])
     with pytest.raises(DataError, match=r"t.jsonl: example 2: field 'y' is 'high'; expected a number"):
         formats.label_values([{"y": 1}, {"y": "high"}], "y", "t.jsonl")
+
+
+def test_train_examples_stratified_seeded_sample_and_its_pool(tmp_path, bert_tok):
+    """data.train_examples: a seeded sample of train that keeps the class proportions (each class at least one),
+    its pool (train_subset="pool") the rest, read by an lm-format (TAPT) stage as text; dev/test untouched."""
+    from adapt.errors import ConfigError
+
+    counts = {"business": 50, "sport": 30, "tech": 18, "rare": 2}
+    train = [{"text": f"{label} story {i}", "label": label} for label, n in counts.items() for i in range(n)]
+    files = {s: _write(tmp_path / f"{s}.jsonl", "\n".join(json.dumps(r) for r in recs)) for s, recs in
+             (("train", train), ("dev", [{"text": "dev story 1", "label": "tech"}]),
+              ("test", [{"text": "test story 1", "label": "sport"}]))}
+
+    def seqs(split):  # the examples as token sequences (each text is unique, so a sequence is a record)
+        return [tuple(x.tolist()) for x in split["input_ids"]]
+
+    def run(**kw):
+        return prepare(_cfg(tmp_path, files=files, max_length=32, **kw), bert_tok)
+
+    full, _ = run()
+    sample, hit = run(train_examples=20)
+    assert not hit and run(train_examples=20)[1] and not run(train_examples=20, train_seed=1)[1]  # the cache key
+    assert np.bincount(sample["train"]["labels"], minlength=4).tolist() == [10, 1, 6, 3]  # labels sorted: b, r, s, t
+    assert sample["labels"] == full["labels"]
+    for s in ("dev", "test"):
+        assert seqs(sample[s]) == seqs(full[s])
+    assert seqs(run(train_examples=0.2)[0]["train"]) == seqs(sample["train"])  # a fraction: 20 of 100
+    assert seqs(run(train_examples=20, train_seed=1)[0]["train"]) != seqs(sample["train"])
+    pool, _ = run(train_examples=20, train_subset="pool")
+    assert not set(seqs(pool["train"])) & set(seqs(sample["train"]))
+    assert sorted(seqs(pool["train"]) + seqs(sample["train"])) == sorted(seqs(full["train"]))
+    # The TAPT stage: the same files as text (lm, unpacked to compare documents); its labels still stratify
+    text_pool, _ = run(train_examples=20, train_subset="pool", format="lm", causal=False, pack=False)
+    assert seqs(text_pool["train"]) == seqs(pool["train"])
+    big = seqs(run(train_examples=50)[0]["train"])
+    assert set(seqs(sample["train"])) <= set(big)  # same seed: the smaller sample lies inside the larger
+    for kw, error in (({"train_examples": 3}, "fewer than the 4 labels"), ({"train_examples": 101}, "between 1 and 100"),
+                      ({"train_examples": 100, "train_subset": "pool"}, "'pool' is empty"),
+                      ({"train_subset": "pool"}, "set data.train_examples"), ({"train_examples": 2.5}, "whole number")):
+        with pytest.raises(ConfigError, match=error):
+            run(**kw)

@@ -7,6 +7,14 @@ CLS/SEP), ``classification`` (text or text pair + label: a category of the label
 or with ``label_type="number"`` a float target), ``conll`` (token classification) or ``sft``
 (prompt/response, packed or padded). Splits come from ``files`` (split name -> path) or from one
 ``source`` carved by ``split_ratios`` with ``split_seed``.
+
+Training-set size: ``train_examples`` (a number >= 1: that many train examples; in (0, 1): that fraction,
+rounded; 0: all) keeps a seeded (``train_seed``) sample of the train split, and ``train_subset="pool"`` keeps
+the train examples that sample leaves out instead (e.g. the unlabelled text of a TAPT stage). The sample is
+drawn from the raw train records before any formatting (:func:`split_train`), stratified by label whenever
+every train record has a label in ``label_column`` (and ``label_type`` is "category"): a classification stage
+and an ``lm`` stage over the same source, seed and size agree on it exactly, because the ``lm`` stage reads the
+same records, labels included. Dev and test are never touched.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from adapt.errors import ConfigError
 from adapt.files import write_json
 
 FORMATS = ("lm", "classification", "conll", "sft")
+TRAIN_SUBSETS = ("sample", "pool")
 LABEL_TYPES = ("category", "number")
 
 
@@ -49,6 +58,13 @@ def data_defaults() -> ml_collections.ConfigDict:
         # {"domain": {"weight": 0.75, "files": {"train": "bio.txt"}}, "general": {"weight": 0.25, ...}}.
         # Empty: train on this section's own train split.
         mixture={},
+        # Training-set size (see the module docstring): a number >= 1 is a count of train examples, one in
+        # (0, 1) a fraction of them, 0 all; the sample is seeded by train_seed (independent of train.seed) and
+        # stratified by label when the train records have labels; train_subset "sample" trains on it, "pool"
+        # on the rest of the train split.
+        train_examples=0.0,
+        train_seed=0,
+        train_subset="sample",  # sample | pool
     ))
 
 
@@ -73,6 +89,14 @@ def _records(cfg) -> dict[str, list[dict]]:
             for split, path in cfg.files.items()}
 
 
+def records(cfg) -> dict[str, list[dict]]:
+    """The raw examples of each split of ``cfg`` (the ``data`` section), as the trials read them: the same files,
+    or the same ``source`` carved by ``split_ratios`` and ``split_seed`` (the reference baselines use it)."""
+    if bool(cfg.files) == bool(cfg.source):
+        raise ConfigError("set exactly one of data.files (split -> path) and data.source (+ data.split_ratios)")
+    return _records(cfg)
+
+
 def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
     def where(split):
         return f"{cfg.files.get(split, cfg.source)} ({split})"
@@ -83,6 +107,7 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
                  for s, p in cfg.files.items()}
         if "train" not in sents:
             raise ConfigError("data.files has no 'train' split: the tag vocabulary is built from it")
+        sents["train"] = _train_subset(cfg, sents["train"], stratify=False)
         labels = sorted({tag for _, tags in sents["train"] for tag in tags})
         for s, sentences in sents.items():
             out[s] = formats.encode_token_classification(sentences, encoder, vocab=labels,
@@ -90,6 +115,11 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
         out["labels"] = labels
         return out
     records = _records(cfg)
+    if _sampled(cfg):
+        if "train" not in records:
+            raise ConfigError(f"data.train_examples={cfg.train_examples:g} needs a 'train' split; the data has "
+                              f"{', '.join(records) or 'none'}")
+        records["train"] = _train_subset(cfg, records["train"])
     if cfg.format == "classification":
         labels = None
         if cfg.label_type == "category":
@@ -124,10 +154,91 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
         raise ConfigError("set exactly one of data.files (split -> path) and data.source (+ data.split_ratios)")
     files = list(cfg.files.values()) if cfg.files else [cfg.source]
     encoder = formats.Encoder(tokenizer)
-    settings = {k: v for k, v in cfg.to_dict().items() if k != "cache_dir"}
+    _check_subset(cfg)
+    skip = {"cache_dir"} | ({"train_examples", "train_seed", "train_subset"} if not _sampled(cfg) else set())
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}  # all data: old cache entries stay valid
     key = cache_key(files, encoder.fingerprint(), settings)
     data, hit = cached(key, lambda: _flatten(_encode(cfg, tokenizer, encoder)), cfg.cache_dir or None)
     return _unflatten(data), hit
+
+
+def _sampled(cfg) -> bool:
+    return bool(cfg.get("train_examples", 0))
+
+
+def _check_subset(cfg) -> None:
+    n, subset = cfg.get("train_examples", 0), cfg.get("train_subset", "sample")
+    if subset not in TRAIN_SUBSETS:
+        raise ConfigError(f"data.train_subset={subset!r}; expected one of {', '.join(TRAIN_SUBSETS)}")
+    if n < 0 or (n > 1 and n != int(n)):
+        raise ConfigError(f"data.train_examples={n:g}; expected a count of examples (a whole number >= 1), a "
+                          f"fraction in (0, 1), or 0 for all")
+    if subset == "pool" and not n:
+        raise ConfigError("data.train_subset='pool' is the train examples that data.train_examples leaves out; "
+                          "set data.train_examples")
+
+
+def sample_size(train_examples: float, total: int) -> int:
+    """How many of ``total`` train examples ``data.train_examples`` keeps (a count, or a fraction rounded)."""
+    n = int(round(train_examples * total)) if 0 < train_examples < 1 else int(train_examples)
+    if not 1 <= n <= total:
+        raise ConfigError(f"data.train_examples={train_examples:g} keeps {n} of the {total} train examples; expected "
+                          f"between 1 and {total}")
+    return n
+
+
+def _allocate(counts: list[int], n: int) -> list[int]:
+    """``n`` split over strata of ``counts`` in proportion (largest remainders), at least one each."""
+    quotas = [n * c / sum(counts) for c in counts]
+    take = [min(c, max(1, int(q))) for c, q in zip(counts, quotas)]
+    while sum(take) < n:  # the largest remainders first (ties: the first stratum)
+        take[max((i for i, c in enumerate(counts) if take[i] < c), key=lambda i: (quotas[i] - take[i], -i))] += 1
+    while sum(take) > n:  # the one-each minimum went over: take back from the most over-allocated
+        take[max((i for i in range(len(counts)) if take[i] > 1), key=lambda i: (take[i] - quotas[i], -i))] -= 1
+    return take
+
+
+def split_train(n_or_fraction: float, strata: list | None, seed: int, total: int) -> np.ndarray:
+    """The sorted indices of the train sample of ``data.train_examples=n_or_fraction`` out of ``total`` records:
+    with ``strata`` (each record's label) every stratum keeps its share (rounded by largest remainders) and at
+    least one; without, a plain sample. Each stratum is shuffled by ``seed`` (all together when unstratified)
+    and its first records taken, so a smaller sample of the same seed lies inside a larger one (up to rounding)."""
+    n = sample_size(n_or_fraction, total)
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return np.sort(rng.permutation(total)[:n])
+    names = sorted(set(strata))
+    members = {s: [] for s in names}
+    for i, s in enumerate(strata):
+        members[s].append(i)
+    if n < len(names):
+        raise ConfigError(f"data.train_examples={n_or_fraction:g} keeps {n} train examples, fewer than the "
+                          f"{len(names)} labels; the stratified sample keeps at least one of each")
+    take = _allocate([len(members[s]) for s in names], n)
+    orders = [rng.permutation(members[s]) for s in names]  # drawn for every stratum, whatever n is
+    return np.sort(np.concatenate([order[:k] for order, k in zip(orders, take)]))
+
+
+def _strata(cfg, records: list[dict]) -> list[str] | None:
+    """Each train record's label, when every record has one and labels are categories; else None."""
+    col = cfg.label_column
+    if cfg.label_type != "category" or not all(isinstance(r, dict) and r.get(col) is not None for r in records):
+        return None
+    return [str(r[col]) for r in records]
+
+
+def _train_subset(cfg, records: list, stratify: bool = True) -> list:
+    """The train records ``cfg.train_subset`` names: the sample of ``split_train``, or the pool (the rest)."""
+    if not _sampled(cfg):
+        return records
+    keep = split_train(cfg.train_examples, _strata(cfg, records) if stratify else None, cfg.get("train_seed", 0),
+                       len(records))
+    if cfg.get("train_subset", "sample") == "pool":
+        keep = np.setdiff1d(np.arange(len(records)), keep)
+        if not len(keep):
+            raise ConfigError(f"data.train_subset='pool' is empty: data.train_examples={cfg.train_examples:g} keeps "
+                              f"all {len(records)} train examples")
+    return [records[i] for i in keep]
 
 
 def _flatten(splits: dict) -> dict:  # {"train": {"input_ids": ...}} -> {"train/input_ids": ...} for the cache
