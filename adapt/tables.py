@@ -83,6 +83,7 @@ class Cell:
     dev: float
     selected: dict  # the hyperparameters that vary in the cell, as selected
     trials: list[str]
+    tried: dict = dataclasses.field(default_factory=dict)  # selected key -> the sorted numeric values tried
 
 
 @dataclasses.dataclass
@@ -100,6 +101,7 @@ class Table:
     scale: float = 100.0
     digits: int = 1
     references: dict = dataclasses.field(default_factory=dict)  # name -> {column: (mean, std or None)}
+    baselines: list = dataclasses.field(default_factory=list)  # reference rows adapt.baselines computed
 
     def metric_of(self, column: str) -> str:
         return metric_of(self.metric, column)
@@ -195,11 +197,34 @@ def build(trials: list[dict], rows=("condition",), column: str | None = None, se
         tests = [t["metrics"][test_split][name] for t in group if name in t["metrics"].get(test_split, {})]
         varying = {k for t in ts for k, v in _hparams(t, exclude).items() if any(
             _hparams(u, exclude).get(k) != v for u in ts)}
+        selected = {k: v for k, v in hp.items() if k in varying}
+        tried = {k: sorted({v for t in ts if _number(v := _hparams(t, exclude).get(k))}) for k in selected}
         table.cells[row, col] = Cell(statistics.fmean(tests) if tests else None,
                                      statistics.stdev(tests) if len(tests) > 1 else None, len(tests), dev,
-                                     {k: v for k, v in hp.items() if k in varying}, [t["id"] for t in group])
+                                     selected, [t["id"] for t in group], tried)
     table.columns.sort()
     return table
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def edges(table: Table) -> list[str]:
+    """A line for each cell whose dev-selected value of a swept numeric key is the smallest or largest tried
+    (two values tried count too): the best may lie outside the grid."""
+    out = []
+    for row in table.rows:
+        for col in table.columns:
+            cell = table.cells.get((row, col))
+            for key, v in sorted(cell.selected.items()) if cell else ():
+                tried = cell.tried.get(key, [])
+                if _number(v) and len(tried) > 1 and v in (tried[0], tried[-1]):
+                    where = f"{row} on {col}" if len(table.columns) > 1 else row
+                    out.append(f"Edge of grid: {where} selected {key}={label(v)}, the "
+                               f"{'largest' if v == tried[-1] else 'smallest'} tried "
+                               f"({', '.join(label(x) for x in tried)}): the optimum may lie beyond.")
+    return out
 
 
 def add_references(table: Table, refs) -> Table:
@@ -248,11 +273,12 @@ def entries(table: Table) -> list[dict]:
         if len(table.columns) > 1 and table.avg(row) is not None:
             out.append(dict(row=row, column=AVG, source="ours", mean=table.avg(row) * s, std=None))
     for name, vals in table.references.items():
+        source = "baseline" if name in table.baselines else "reference"
         for col in table.columns:
             if col in vals:
-                out.append(dict(row=name, column=col, source="reference", mean=vals[col][0], std=vals[col][1]))
+                out.append(dict(row=name, column=col, source=source, mean=vals[col][0], std=vals[col][1]))
         if len(table.columns) > 1 and table.avg(name, "reference") is not None:
-            out.append(dict(row=name, column=AVG, source="reference", mean=table.avg(name, "reference"), std=None))
+            out.append(dict(row=name, column=AVG, source=source, mean=table.avg(name, "reference"), std=None))
     for e in out:
         e["text"] = _fmt(e["mean"], e["std"], table.digits)
     for col in {e["column"] for e in out}:
@@ -280,8 +306,11 @@ def caption(table: Table) -> str:
     else:
         metric = ", ".join(f"{n} for {', '.join(c for c in table.columns if names[c] == n)}"
                            for n in dict.fromkeys(names.values()))
-    return (f"Test metric ({metric}){scale}: mean ± std over seeds ({', '.join(table.seed_keys)}) of the "
-            f"hyperparameters with the best mean {table.dev_split} value of that metric; best per column in bold.")
+    baselines = (f" {', '.join(table.baselines)}: computed by the framework on the same splits and metric, "
+                 f"deterministic (one value, no ±).") if table.baselines else ""
+    return "\n".join([f"Test metric ({metric}){scale}: mean ± std over seeds ({', '.join(table.seed_keys)}) of the "
+                      f"hyperparameters with the best mean {table.dev_split} value of that metric; best per column "
+                      f"in bold.{baselines}", *edges(table)])
 
 
 def to_markdown(table: Table) -> str:

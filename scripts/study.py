@@ -3,7 +3,8 @@
     .venv/bin/python scripts/study.py --config=experiments/bbc_tapt/config.py --workdir=runs/bbc_tapt
 
 The config file defines ``get_config(arg)``, ``get_sweep(arg)`` and ``get_table(arg)`` (the keyword
-arguments of :func:`adapt.tables.build`, plus ``curves``, ``vs`` and ``reference``). Prints the table and
+arguments of :func:`adapt.tables.build`, plus ``curves``, ``vs``, ``reference`` and ``baselines``: e.g.
+``("majority", "tfidf")``, reference rows :mod:`adapt.baselines` computes on each column's data). Prints the table and
 writes it (Markdown, LaTeX, CSV) and the plots to ``WORKDIR/results/``. Running the same command again skips
 finished trials. Trials run in this process, so trials with the same shapes reuse the compiled steps (JAX's
 persistent compilation cache in ``WORKDIR/jax_cache`` keeps them across runs too).
@@ -16,7 +17,7 @@ import os
 import sys
 import time
 
-from adapt import cli, configs, files, results, tables
+from adapt import baselines, cli, configs, files, results, tables
 from adapt.runner import run_sweep
 from adapt.sweeps import load_sweep, sweep_label
 
@@ -34,6 +35,7 @@ def main():
     sweep, _ = load_sweep(module, arg, None)
     layout = dict(configs.call(module, "get_table", arg))
     curves, vs, references = layout.pop("curves", ()), layout.pop("vs", ()), layout.pop("reference", ())
+    floors = layout.pop("baselines", ())
 
     import jax  # the persistent cache: trials (and re-runs) with the same shapes compile once
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.workdir), "jax_cache"))
@@ -47,7 +49,11 @@ def main():
     table = tables.build(trials, **layout)
     for ref in references:
         tables.add_references(table, ref)
+    if floors:
+        baselines.add_to_table(table, trials, floors)
     print("\n" + tables.to_markdown(table))
+    for line in tables.edges(table):
+        print(f"warning: {line}", file=sys.stderr)
     written = tables.write_outputs(table, db, trials, os.path.join(args.workdir, "results", "table"), curves, vs)
     print(f"\n{sum(counts.values())} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "
           f"{(time.time() - started) / 60:.1f} min; wrote {', '.join(os.path.relpath(w) for w in written)}")

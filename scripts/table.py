@@ -2,18 +2,20 @@
 
     python scripts/table.py --db runs/x/results.db [--rows condition] [--column meta.benchmark]
                             [--metric accuracy|macro_f1,chemprot=micro_f1] [--reference paper.csv] [--out tables/x]
-                            [--curves train/loss] [--vs optimizer.learning_rate]
+                            [--curves train/loss] [--vs optimizer.learning_rate] [--baselines majority,tfidf]
 
 Per row (condition) and column (benchmark): the hyperparameters with the best mean dev metric over seeds, and
-their test metric as mean ± std over seeds; best per column in bold, an "Avg." column. Prints the Markdown table;
-with ``--out PREFIX`` writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png.
+their test metric as mean ± std over seeds; best per column in bold, an "Avg." column. Prints the Markdown table
+(and, on stderr, each row whose selected value of a swept key is the edge of its grid); with ``--out PREFIX``
+writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from adapt import cli, files, tables
+from adapt import baselines, cli, files, tables
 from adapt.results import ResultsDB
 
 
@@ -42,6 +44,8 @@ def main():
     parser.add_argument("--scale", type=float, default=100.0, help="multiply metrics by this (100: percent)")
     parser.add_argument("--digits", type=int, default=1)
     parser.add_argument("--reference", action="append", default=[], help="CSV or JSON of reference numbers")
+    parser.add_argument("--baselines", default="",
+                        help="comma-separated reference rows computed on each column's data: majority,tfidf")
     parser.add_argument("--out", default=None, help="write OUT.md, OUT.tex, OUT.csv (and OUT_*.png plots)")
     parser.add_argument("--curves", action="append", default=[], help="plot learning curves of this metric")
     parser.add_argument("--vs", action="append", default=[], help="plot the dev metric against this swept key")
@@ -56,7 +60,11 @@ def main():
                          lower=args.lower_is_better, scale=args.scale, digits=args.digits)
     for ref in args.reference:
         tables.add_references(table, ref)
+    if args.baselines:
+        baselines.add_to_table(table, trials, args.baselines.split(","))
     print(tables.to_markdown(table))
+    for line in tables.edges(table):
+        print(f"warning: {line}", file=sys.stderr)
     if (args.curves or args.vs) and not args.out:
         parser.error("--curves/--vs need --out")
     if args.out:

@@ -36,25 +36,31 @@ SWEEP = product(grid("meta.condition", ["A", "B"]), grid("meta.benchmark", ["X",
 REFERENCE = "name,X,Y\nPaper (reported),75.0 ± 0.5,58.2\n"
 
 
-@pytest.fixture
-def db(tmp_path):
-    trials = sweeps.expand(SWEEP)
+def make_db(tmp_path, accuracies=DATA, sweep=SWEEP, **config):
+    """A results database of ``sweep``'s trials, finished with the (dev, test) ``accuracies`` of each seed (by
+    condition, benchmark and learning rate; one not there fails); ``config``: more of the trials' base config."""
+    trials = sweeps.expand(sweep)
     base = ml_collections.ConfigDict(dict(optimizer=dict(learning_rate=1e-3), train=dict(seed=0), init_from="",
-                                          method=dict(name="full")))
+                                          method=dict(name="full"), **config))
     out = results.ResultsDB(str(tmp_path / "results.db"))
     out.register("paper", trials, {t.id: sweeps.trial_config(base, t.overrides) for t in trials}, str(tmp_path))
     by_id = {t.id: t.overrides for t in trials}
     while (tid := out.claim(list(by_id), os.getpid())) is not None:
         ov = by_id[tid]
         key = (ov["meta.condition"], ov["meta.benchmark"], ov["optimizer.learning_rate"])
-        if key not in DATA:
+        if key not in accuracies:
             out.fail(tid, "TrainingError: loss is nan at step 3")
             continue
-        (devs, tests), seed = DATA[key], ov["train.seed"]
+        (devs, tests), seed = accuracies[key], ov["train.seed"]
         curve = [(0, 2.0 + seed), (10, 1.0), (20, 0.5)] if seed else [(0, 2.0), (15, 0.8)]
         out.finish(tid, {s: {"accuracy": v[seed], "error": 1 - v[seed]} for s, v in (("dev", devs), ("test", tests))},
                    {"train/loss": curve})
     return out
+
+
+@pytest.fixture
+def db(tmp_path):
+    return make_db(tmp_path)
 
 
 def test_dev_selection_and_mean_std_match_a_hand_computation(db):
@@ -116,6 +122,24 @@ def test_markdown_latex_and_csv_agree(db, tmp_path):
     assert "| Paper | 75.0 ± 0.5 | 58.2 | 66.6 |" in tables.to_markdown(json_ref)
 
 
+def test_a_selection_at_the_edge_of_its_grid_is_told(db, tmp_path):
+    """Row A's dev metric rises to the largest learning rate tried: told in the caption; row B's peaks inside: not.
+    A 2-value grid's selection is always at an edge: told too."""
+    data = {("A", "X", lr): ([d, d], [.7, .7]) for lr, d in ((1e-5, .60), (3e-5, .70), (1e-4, .80))}
+    data |= {("B", "X", lr): ([d, d], [.7, .7]) for lr, d in ((1e-5, .60), (3e-5, .80), (1e-4, .70))}
+    sweep = product(grid("meta.condition", ["A", "B"]), grid("meta.benchmark", ["X"]),
+                    grid("optimizer.learning_rate", [1e-5, 3e-5, 1e-4]), grid("train.seed", [0, 1]))
+    (tmp_path / "three").mkdir()
+    table = tables.build(make_db(tmp_path / "three", data, sweep).trials())
+    line = ("Edge of grid: A selected optimizer.learning_rate=0.0001, the largest tried (1e-05, 3e-05, 0.0001): "
+            "the optimum may lie beyond.")
+    assert tables.edges(table) == [line] and table.cells["B", "X"].selected == {"optimizer.learning_rate": 3e-5}
+    assert line in tables.to_markdown(table) and line.replace("_", r"\_") in tables.to_latex(table)
+    two = tables.edges(tables.build(db.trials()))  # one line per cell, naming the column when there are several
+    assert len(two) == 4 and "Edge of grid: A on Y selected optimizer.learning_rate=1e-05, the smallest tried " \
+        "(1e-05, 3e-05): the optimum may lie beyond." in two
+
+
 def test_other_rows_keys_and_lower_is_better(db):
     trials = db.trials()
     assert {tables.value(t, "init") for t in trials} == {"none"} and tables.value(trials[0], "stage") == "main"
@@ -174,6 +198,7 @@ def test_table_command_line(db, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert "| B | **81.0 ± 1.0** | 56.0 ± 1.0 | **68.5** |" in out.stdout
+    assert "warning: Edge of grid: A on X selected optimizer.learning_rate=3e-05, the largest tried" in out.stderr
     for name in ("t.md", "t.tex", "t.csv", "t_curves_train_loss.png", "t_vs_optimizer.learning_rate.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "t.md").read_text() == tables.to_markdown(

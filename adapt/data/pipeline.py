@@ -91,10 +91,15 @@ def _records(cfg) -> dict[str, list[dict]]:
 
 def records(cfg) -> dict[str, list[dict]]:
     """The raw examples of each split of ``cfg`` (the ``data`` section), as the trials read them: the same files,
-    or the same ``source`` carved by ``split_ratios`` and ``split_seed`` (the reference baselines use it)."""
+    or the same ``source`` carved by ``split_ratios`` and ``split_seed``, and the same ``train_examples`` sample
+    of train (the reference baselines use it)."""
     if bool(cfg.files) == bool(cfg.source):
         raise ConfigError("set exactly one of data.files (split -> path) and data.source (+ data.split_ratios)")
-    return _records(cfg)
+    _check_subset(cfg)
+    out = _records(cfg)
+    if _sampled(cfg) and "train" in out:
+        out["train"] = _train_subset(cfg, out["train"])
+    return out
 
 
 def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:

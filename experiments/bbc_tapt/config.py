@@ -54,4 +54,4 @@ def get_sweep(arg=None):
 
 def get_table(arg=None):
     return dict(rows=("meta.condition", "meta.method"), column="benchmark", metric="accuracy",
-                curves=("train/loss",), vs=("optimizer.learning_rate",))
+                curves=("train/loss",), vs=("optimizer.learning_rate",), baselines=("majority", "tfidf"))

@@ -93,4 +93,4 @@ def get_sweep(arg=None):
 
 def get_table(arg=None):
     return dict(rows=("meta.condition",), column="meta.benchmark", metric=METRICS, reference=(PAPER,),
-                curves=("train/loss",), vs=("optimizer.learning_rate",))
+                curves=("train/loss",), vs=("optimizer.learning_rate",), baselines=("majority", "tfidf"))
