@@ -5,6 +5,7 @@ plot files, and a re-run skips every trial."""
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,6 +24,9 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     table = (tmp_path / "results" / "table.md").read_text()
     for row in ("Baseline", "TAPT"):
         assert row in table
+    # the reference baselines on the benchmark's own splits: one number each, no ± (TF-IDF + LR: 95-99% on BBC)
+    assert re.search(r"^\| Majority class \| \d+\.\d \|$", table, re.M) and re.search(
+        r"^\| TF-IDF \+ LR \| 9\d\.\d \|$", table, re.M), table
     assert "±" in table and "**" in table  # one benchmark column: no "Avg." column
     for name in ("table.tex", "table.csv", "table_curves_train_loss.png", "table_vs_optimizer.learning_rate.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
