@@ -9,7 +9,9 @@ overrides less the seed keys, ``init_from``, ``meta.*`` and the row/column keys)
 dev metric over seeds is selected, and the cell is its test metric: mean ± sample std (ddof=1) over seeds. The
 metric is one name, or one per column (``{"chemprot": "micro_f1", "*": "macro_f1"}``, as papers report).
 "Avg." is the mean of a row's cell means (when it has them all). The best of our rows per column is bold (ties
-at the shown precision too); reference rows (numbers from a paper, as printed) are shown below ours.
+at the shown precision too); reference rows (numbers from a paper, as printed) are shown below ours, and so are
+baseline rows (:mod:`adapt.baselines`: one number, no ±). A cell whose selected value of a swept numeric key is
+the smallest or largest tried is named in the caption (:func:`edges`): the optimum may lie beyond the grid.
 
     table = build(ResultsDB("runs/x/results.db").trials(), metric="macro_f1")
     add_references(table, {"BioBERT (paper)": {"chemprot": 76.5}})
