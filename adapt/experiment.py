@@ -29,6 +29,7 @@ from adapt.data.pipeline import data_defaults, prepare, save_labels, train_strea
 from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
+from adapt.models.loading import fresh_paths
 from adapt.training import Trainer, defaults
 
 
@@ -90,10 +91,13 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
     model = from_pretrained(source, task=task.name, dtype=config.model.dtype, seed=config.train.seed,
-                            **task.head_args(labels), **dropouts)
+                            head_warmup_steps=config.train.get("head_warmup_steps", 0), **task.head_args(labels),
+                            **dropouts)
+    fresh = fresh_paths(model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
     model = method.apply(model, nnx.Rngs(config.train.seed))
     objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
-    return TrialSetup(config, tokenizer, splits, method, Trainer(model, objective, config, workdir, method=method))
+    return TrialSetup(config, tokenizer, splits, method,
+                      Trainer(model, objective, config, workdir, method=method, fresh=fresh))
 
 
 def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -218,3 +218,46 @@ def test_learning_rate_and_weight_decay_are_runtime_state():
         p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(q)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_head_warmup_trains_only_the_fresh_head_first(tiny_bert, tmp_path):
+    """A BERT saved without its MLM head, loaded for masked LM: its fresh ``cls`` parameters are recorded on the
+    model (through split/merge too); with train.head_warmup_steps=2 the first 2 steps move only them (every other
+    parameter bitwise unchanged), and step 3 moves the rest too."""
+    from flax import nnx
+
+    from adapt.data.batches import array_batches
+    from adapt.models.loading import fresh_paths
+    from adapt.training import MaskedLM
+    from adapt.training.state import global_batch
+
+    with pytest.warns(UserWarning, match=r"no weights for cls.*set train.head_warmup_steps to train them alone"):
+        from_pretrained(tiny_bert, task="masked_lm")
+    with pytest.warns(UserWarning, match=r"no weights for cls; .* train alone for the first 2 steps"):
+        model = from_pretrained(tiny_bert, task="masked_lm", head_warmup_steps=2)
+    fresh = fresh_paths(model)
+    assert fresh and {p[0] for p in fresh} == {"cls"} and fresh_paths(nnx.merge(*nnx.split(model))) == fresh
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    cfg = _cfg((1, 1, 1), steps=3, head_warmup_steps=2)
+    cfg.optimizer.warmup_steps = 0  # else step 1's learning rate is 0
+    trainer = Trainer(model, MaskedLM(mask_token_id=3, vocab_size=128, probability=0.3), cfg, str(tmp_path), mesh=mesh)
+    with pytest.raises(ConfigError, match="head_warmup_steps=3 is not below the run's 3 steps"):
+        cfg.train.head_warmup_steps = 3
+        trainer.fit(array_batches(_data(), 8, seed=0))
+    cfg.train.head_warmup_steps = 2
+    state, _ = trainer._setup(3)
+    data = array_batches(_data(), 8, seed=0)
+
+    def flat(params):
+        return {p: np.array(v) for p, v in nnx.to_flat_state(nnx.State(params))}
+
+    seen = [flat(state.params)]
+    for _ in range(3):
+        state, _ = trainer.steps.train(state, global_batch(data.next_batch(), trainer.batch_sharding))
+        seen.append(flat(state.params))
+    rest = [p for p in seen[0] if p not in fresh]
+    assert len(rest) > 30 and len(fresh) >= 3
+    for step in (1, 2):
+        assert all(np.array_equal(seen[step][p], seen[0][p]) for p in rest), step
+        assert all(not np.array_equal(seen[step][p], seen[step - 1][p]) for p in fresh), step
+    assert all(not np.array_equal(seen[3][p], seen[2][p]) for p in rest)

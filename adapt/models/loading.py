@@ -6,7 +6,8 @@ found through the family's name mapping, its shape checked, and it is placed str
 sharding with ``jax.make_array_from_callback`` (each device reads only its slice of the memory-mapped
 file). Every missing, unexpected and mis-shaped tensor is reported together, before anything is
 built. Task heads the checkpoint lacks are initialised fresh, inside one jit whose outputs are just
-those heads.
+those heads; their parameter paths are recorded on the model (:func:`fresh_paths`, a static attribute, so
+it survives ``nnx.split``/``merge``), for ``train.head_warmup_steps`` to train them alone first.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ from adapt.models.registry import Family, family_for, hf_key, param_paths
 from adapt.sharding import Rules, variable_sharding
 
 log = logging.getLogger(__name__)
+FRESH_ATTR = "fresh_params"  # the model attribute holding the paths of the parameters initialised fresh
+
+
+def fresh_paths(model: nnx.Module) -> tuple[tuple, ...]:
+    """The paths (as ``nnx.State`` paths, e.g. ``("cls", "predictions", "bias")``) of the parameters that
+    :func:`from_pretrained` initialised fresh because the checkpoint lacks them; () for any other model."""
+    return tuple(getattr(model, FRESH_ATTR, ()))
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -85,7 +93,7 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
                     labels: list[str] | None = None, mesh: jax.sharding.Mesh | None = None,
                     rules: Rules | None = None, dtype: str = "float32", hidden_dropout: float | None = None,
                     attention_dropout: float | None = None, allow_pickle: bool = False, seed: int = 0,
-                    revision: str | None = None) -> nnx.Module:
+                    revision: str | None = None, head_warmup_steps: int = 0) -> nnx.Module:
     """Load a pretrained model as an NNX module.
 
     ``task``: a task kind of :mod:`adapt.tasks` whose model head the family has; by default the
@@ -93,6 +101,8 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     their names).
     ``mesh``/``rules``: place parameters sharded (by default on the first device). ``dtype``: the
     compute dtype (parameters stay float32). The dropout rates override the checkpoint's config.
+    Parameters the checkpoint lacks are initialised fresh and listed by :func:`fresh_paths`;
+    ``head_warmup_steps`` (the run's ``train.head_warmup_steps``) only words the warning about them.
     """
     source = locate(name_or_path, revision=revision, allow_pickle=allow_pickle)
     hf = read_config(source)
@@ -117,10 +127,12 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
         refs = gguf_refs(os.path.join(source.folder, source.gguf_file), hf)
     else:
         refs = weight_refs(source.folder, allow_pickle=allow_pickle)
-    return build(family, head, cfg, refs, source.name, mesh=mesh, rules=rules, seed=seed)
+    return build(family, head, cfg, refs, source.name, mesh=mesh, rules=rules, seed=seed,
+                 head_warmup_steps=head_warmup_steps)
 
 
-def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, rules=None, seed: int = 0):
+def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, rules=None, seed: int = 0,
+          head_warmup_steps: int = 0):
     """Fill the skeleton of the family's ``head`` class from ``refs`` (HF name -> TensorRef); see the module doc."""
     cls = family.heads[head]
     skeleton = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(seed)))
@@ -169,14 +181,18 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
         fresh_heads = sorted({".".join(map(str, p[:2 if str(p[0]) == family.base_prefix else 1])) for p in fresh})
         for fresh_head in fresh_heads:
             if any(fresh_head.startswith(h) for h in family.warn_if_fresh):
-                warnings.warn(f"{where}: the checkpoint has no weights for {fresh_head}; they were initialised fresh",
-                              stacklevel=3)
+                then = (f"they train alone for the first {head_warmup_steps} steps (train.head_warmup_steps)"
+                        if head_warmup_steps else "set train.head_warmup_steps to train them alone first")
+                warnings.warn(f"{where}: the checkpoint has no weights for {fresh_head}; they were initialised fresh; "
+                              f"{then}", stacklevel=3)
             else:
                 log.info("%s: %s initialised fresh for the %s head", where, fresh_head, head)
         arrays.update(_init_fresh(cls, cfg, seed, fresh, dict(leaves), mesh, rules))
     for path, var in leaves:
         var.set_value(arrays[path])
-    return nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, state)
+    setattr(model, FRESH_ATTR, tuple(fresh))  # static: part of the graphdef
+    return model
 
 
 def _place(ref, transpose: bool, var, mesh, rules) -> jax.Array:

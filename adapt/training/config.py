@@ -40,6 +40,9 @@ def defaults() -> ml_collections.ConfigDict:
         steps=0,  # optimizer steps; 0 = use epochs
         epochs=1.0,
         remat="none",  # none | full | dots: rematerialise each transformer layer
+        # The first N steps (of train.steps: the schedule spans both phases) train only the parameters loading
+        # initialised fresh (a missing MLM head or classifier), then everything the method trains; 0 = off.
+        head_warmup_steps=0,
         log_every=10,
         eval_every=0,  # steps; 0 = once per epoch
         checkpoint_every=0,  # steps; 0 = only at the end

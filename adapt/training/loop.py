@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from adapt.errors import CheckpointError, ConfigError, TrainingError
 from adapt.files import write_atomic
 from adapt.methods.base import Method
+from adapt.models.loading import fresh_paths
 from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import optim
 from adapt.training.checkpoints import Checkpointer
@@ -125,9 +126,12 @@ class Trainer:
     / ``restore(state)`` for its position, ``steps_per_epoch``. ``eval_data``: split name -> a callable
     returning an iterable of batches (see :func:`adapt.data.batches.eval_batches`). ``method``: the
     adaptation method (:mod:`adapt.methods`; full fine-tuning by default), already applied to ``model``.
+    ``fresh``: the paths of the parameters loading initialised fresh (default: those recorded on ``model``,
+    :func:`adapt.models.loading.fresh_paths`), which ``train.head_warmup_steps`` trains alone first.
     """
 
-    def __init__(self, model: nnx.Module, objective, cfg, workdir: str, *, method: Method | None = None, mesh=None):
+    def __init__(self, model: nnx.Module, objective, cfg, workdir: str, *, method: Method | None = None, mesh=None,
+                 fresh=None):
         self.objective, self.cfg, self.workdir = objective, cfg, workdir
         t = cfg.train
         self.mesh = mesh or make_mesh(cfg.mesh.shape)
@@ -136,6 +140,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
         self.batch_sharding = batch_sharding(self.mesh, self.rules, t.batch_size)
         self.model, self.method = model, method or Method()
+        self.fresh = fresh_paths(model) if fresh is None else tuple(fresh)
 
     def total_steps(self, train_data) -> int:
         t = self.cfg.train
@@ -149,7 +154,8 @@ class Trainer:
         if not jax.tree.leaves(trainable):
             raise ConfigError(f"method {self.method.name!r} leaves no parameter of {type(self.model).__name__} "
                               f"trainable")
-        settings = optim.method_settings(self.method, self.model, trainable)
+        settings = optim.method_settings(self.method, self.model, trainable, fresh=self.fresh,
+                                         head_warmup_steps=t.get("head_warmup_steps", 0))
         tx, schedule = optim.make_optimizer(self.cfg.optimizer, total, optim.param_kinds(trainable), settings)
         self.static, state, self.shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules,
                                                           seed=t.seed, method=self.method)
@@ -178,6 +184,9 @@ class Trainer:
     def fit(self, train_data, eval_data: dict | None = None) -> FitResult:
         t, eval_data = self.cfg.train, eval_data or {}
         total = self.total_steps(train_data)
+        if t.get("head_warmup_steps", 0) >= total > 0:
+            raise ConfigError(f"train.head_warmup_steps={t.head_warmup_steps} is not below the run's {total} steps: "
+                              f"only the fresh parameters would ever train (train.steps counts both phases)")
         state, schedule = self._setup(total)
         steps, shardings = self.steps, self.shardings
         stopper = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)

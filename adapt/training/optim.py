@@ -63,21 +63,32 @@ def param_kinds(state: nnx.State) -> dict:
     return nnx.to_pure_dict(nnx.from_flat_state(param_paths_kinds(state)))
 
 
-def method_settings(method, model: nnx.Module, state: nnx.State) -> dict:
+def method_settings(method, model: nnx.Module, state: nnx.State, *, fresh=(), head_warmup_steps: int = 0) -> dict:
     """What an adaptation method says of each trainable parameter in ``state``, as trees like it:
     ``decay`` (True/False, or None to follow ``decay_exclude``), ``scale`` (learning-rate multiplier) and
-    ``unfreeze`` (the first step it updates). Depth counts 0 for embeddings, i+1 for layer i, L+1 on top."""
+    ``unfreeze`` (the first step it updates). Depth counts 0 for embeddings, i+1 for layer i, L+1 on top.
+
+    Head warm-up (``train.head_warmup_steps``): with ``fresh`` (the paths loading initialised fresh,
+    :func:`adapt.models.loading.fresh_paths`) and ``head_warmup_steps`` N, every other parameter unfreezes at
+    max(the method's step, N), so the first N steps train only the fresh ones. When no trainable parameter is
+    fresh there is nothing to warm up, and N is ignored."""
     info = model_info(model)
     top = info.dims.num_layers + 1
     kinds = dict(param_paths_kinds(state))
     rows = [(path, info.depth(path)) for path in kinds]
+    fresh = {tuple(p) for p in fresh}
+    warm = int(head_warmup_steps) if fresh & set(kinds) else 0
+
+    def unfreeze(path, depth):
+        step = int(method.unfreeze_step(path, depth, top))
+        return step if path in fresh else max(step, warm)
 
     def tree(values):
         return nnx.to_pure_dict(nnx.from_flat_state(list(zip(kinds, values))))
 
     return {"decay": tree([method.decays(path, kinds[path]) for path, _ in rows]),
             "scale": tree([float(method.lr_scale(path, depth, top)) for path, depth in rows]),
-            "unfreeze": tree([int(method.unfreeze_step(path, depth, top)) for path, depth in rows])}
+            "unfreeze": tree([unfreeze(path, depth) for path, depth in rows])}
 
 
 def gate(unfreeze: dict, scale: dict | None = None) -> optax.GradientTransformation:
