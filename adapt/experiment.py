@@ -9,7 +9,8 @@ that a later stage can start from.
 A run folder holds ``config.json`` (the resolved config), ``labels.json``, the trainer's ``checkpoints/``,
 ``best/``, ``metrics.jsonl`` and ``tb/``, ``export/`` (the trained model merged into plain weights, in HF
 layout, when ``export.model`` is set; a method that cannot merge, prompt or prefix tuning or adapters, makes
-that an error) and ``results.json`` (written last: its
+that an error), ``predictions/`` (``<split>.jsonl``, one line per example of each evaluated split, and for
+classification ``<split>_confusion.png``: :mod:`adapt.predictions`) and ``results.json`` (written last: its
 presence means the trial finished). Running a trial again in the same folder resumes it.
 """
 
@@ -23,7 +24,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, methods, tasks
+from adapt import configs, methods, predictions, tasks
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import data_defaults, prepare, save_labels, train_stream
 from adapt.errors import ConfigError
@@ -76,6 +77,18 @@ class TrialSetup:
     def eval_batches(self, split: str):
         return eval_batches(self.splits[split], self.config.eval.batch_size, name=split)
 
+    def evaluate(self, state, split: str, known: dict | None = None) -> dict:
+        """``state``'s metrics on ``split`` (``known``: already computed ones, kept) and, for an objective with
+        per-example outputs, ``predictions/<split>.jsonl`` written (by process 0) and for classification
+        ``per_class`` and ``confusion`` added (:func:`adapt.predictions.save`)."""
+        trainer = self.trainer
+        if not predictions.has_outputs(trainer.objective):
+            return known or trainer.evaluate(state, trainer.steps, self.eval_batches(split))
+        metrics, rows = trainer.evaluate(state, trainer.steps, self.eval_batches(split), examples=True)
+        extra = predictions.save(trainer.workdir, split, rows, self.splits.get("labels"),
+                                 write_files=jax.process_index() == 0)
+        return {**(known or metrics), **extra}
+
 
 def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     task = tasks.get(config.model.task)
@@ -101,7 +114,8 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
 
 
 def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model."""
+    """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model (for
+    classification also ``per_class`` and ``confusion``: :mod:`adapt.predictions`), as ``results.json`` holds it."""
     os.makedirs(output_folder(workdir, "workdir"), exist_ok=True)
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     trial = build_trial(config, workdir)
@@ -116,7 +130,8 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best = trainer.best_state()
     known = {s: {k.split("/", 1)[1]: v for k, v in trainer.best_metrics.items() if k.startswith(f"{s}/")}
              for s in eval_splits}  # the dev split was evaluated on the best parameters during fit
-    results = {s: known[s] or trainer.evaluate(best, trainer.steps, trial.eval_batches(s)) for s in eval_splits}
+    # Metric keys as before; an objective with per-example outputs evaluates dev again for its predictions.
+    results = {s: trial.evaluate(best, s, known[s]) for s in eval_splits}
     if config.export.model:
         model = trainer.best_model(best)
         save_pretrained(trial.method.merge(model), os.path.join(workdir, "export"), tokenizer=trial.tokenizer)
@@ -143,13 +158,14 @@ def load_run(workdir: str, overrides: list[str] | dict = (), checkpoint: str = "
 
 
 def evaluate_run(workdir: str, splits=("test",), overrides=(), checkpoint: str = "best") -> dict:
-    """``{split: metrics}`` of a run folder's ``checkpoint`` on ``splits`` of its data (see :func:`load_run`)."""
+    """``{split: metrics}`` of a run folder's ``checkpoint`` on ``splits`` of its data (see :func:`load_run`); writes
+    (rewrites) ``predictions/<split>.jsonl`` of each (see :meth:`TrialSetup.evaluate`)."""
     trial, state = load_run(workdir, overrides, checkpoint)
     missing = [s for s in splits if s not in trial.splits or s == "labels"]
     if missing:
         raise ConfigError(f"{workdir}: the run's data has no split {', '.join(missing)}; it has "
                           f"{', '.join(s for s in trial.splits if s != 'labels')}")
-    return {s: trial.trainer.evaluate(state, trial.trainer.steps, trial.eval_batches(s)) for s in splits}
+    return {s: trial.evaluate(state, s) for s in splits}
 
 
 def export_run(workdir: str, out: str, *, peft: bool = False, checkpoint: str = "best") -> str:

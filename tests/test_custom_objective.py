@@ -8,6 +8,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import transformers
 
 from adapt import tasks
@@ -27,6 +28,9 @@ class MeanSquaredError(Objective):
                    (("pred", pred), ("gold", gold), ("pred2", pred * pred), ("gold2", gold * gold),
                     ("cross", pred * gold))}
         return {"loss_sum": jnp.sum(valid * (pred - gold) ** 2), "weight": jnp.sum(valid), **moments}, None
+
+    def outputs(self, outputs, batch):  # per example, for predictions/<split>.jsonl (evaluation only)
+        return {"prediction": outputs[:, 0]}
 
     def summarize(self, sums, predictions=None) -> dict:
         s = {k: float(v) for k, v in sums.items()}
@@ -75,3 +79,7 @@ def test_a_regression_objective_defined_here_runs_through_run_trial(tmp_path):
     assert results["dev"]["count"] == 64
     assert results["dev"]["loss"] < 0.3 * floor, (results, floor)
     assert results["dev"]["pearson"] > 0.9, results
+    lines = (tmp_path / "run" / "predictions" / "dev.jsonl").read_text().splitlines()
+    written = [json.loads(line) for line in lines]
+    assert [(r["index"], r["gold"]) for r in written] == list(enumerate(dev_y.tolist()))  # in order, no padding
+    assert np.mean([(r["prediction"] - r["gold"]) ** 2 for r in written]) == pytest.approx(results["dev"]["loss"])

@@ -31,6 +31,7 @@ from adapt.models.loading import fresh_paths
 from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import optim
 from adapt.training.checkpoints import Checkpointer
+from adapt.training.objectives import IGNORE
 from adapt.training.state import TrainState, batch_sharding, create_state, global_batch, merge_model
 from adapt.training.steps import Steps
 
@@ -108,6 +109,16 @@ def to_host(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def _example_rows(batch: dict, outputs: dict) -> list[dict]:
+    """The real rows of a (global) eval batch, each ``{"labels": ..., **outputs}`` of that row."""
+    labels = to_host(batch["labels"])
+    if "attention_mask" in batch:
+        real = to_host(batch["attention_mask"]).reshape(len(labels), -1).any(1)
+    else:
+        real = (labels.reshape(len(labels), -1) != IGNORE).any(1)
+    return [{"labels": labels[r], **{k: v[r] for k, v in outputs.items()}} for r in np.flatnonzero(real)]
 
 
 @dataclasses.dataclass
@@ -211,18 +222,23 @@ class Trainer:
         best = {"step": stopper.best_step, "value": stopper.best} if stopper.best_step is not None else None
         return FitResult(state, int(state.step), stopper.should_stop, best)
 
-    def evaluate(self, state: TrainState, steps: Steps, batches) -> dict:
-        """The objective's metrics over one pass of ``batches``."""
-        sums, predictions = None, []
+    def evaluate(self, state: TrainState, steps: Steps, batches, *, examples: bool = False):
+        """The objective's metrics over one pass of ``batches``. With ``examples``: (the metrics, one dict per
+        real example in order: its ``labels`` and the objective's per-example ``outputs``, numpy), padding rows
+        (no token in the attention mask; without one, no label) dropped; [] when the objective has none."""
+        sums, predictions, rows = None, [], []
         for i, local in enumerate(batches):
             batch = global_batch(local, self.batch_sharding)
-            out, pred = steps.eval(state, batch, i)
+            out, pred, per_example = steps.eval(state, batch, i)
             sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
             if pred is not None:
                 predictions.append((to_host(pred), to_host(batch["labels"])))
+            if examples and per_example is not None:
+                rows += _example_rows(batch, {k: to_host(v) for k, v in per_example.items()})
         if sums is None:
             raise ConfigError("an evaluation split has no batches")
-        return self.objective.summarize(jax.device_get(sums), predictions or None)
+        metrics = self.objective.summarize(jax.device_get(sums), predictions or None)
+        return (metrics, rows) if examples else metrics
 
     def best_state(self) -> TrainState:
         """The final train state with the parameters of the best evaluation (the last ones with no

@@ -7,6 +7,10 @@ micro-batches, batches and devices; ``sums["loss_sum"] / sums["weight"]`` is the
 accumulated gradient of ``loss_sum`` divided by the total ``weight`` equals the big-batch gradient).
 ``predictions`` is None, or per-example predictions the host needs (token classification spans).
 ``summarize(sums, predictions)`` gives the metrics (loss, accuracy, perplexity, F1...).
+``outputs(model_outputs, batch)`` (evaluation only; the train step never calls it) is None, or a dict of
+per-example arrays ``[B, ...]`` that the host writes out one line per example (``adapt/predictions.py``):
+sequence classification's ``probabilities [B, C]`` (float32) and ``prediction [B]``, token classification's
+``prediction [B, T]``.
 
 Batch keys: ``input_ids [B, T]``; ``attention_mask [B, T]`` (0 padding, else the document id);
 ``loss_mask [B, T]`` (causal LM: 1 where the token is a target, so SFT masks the prompt); ``labels``
@@ -66,6 +70,9 @@ class Objective:
 
     def prepare(self, batch, rng):
         return batch
+
+    def outputs(self, outputs, batch):
+        return None
 
     def summarize(self, sums, predictions=None) -> dict:
         return _mean_metrics(sums)
@@ -154,6 +161,9 @@ class SequenceClassification(Objective):
         sums["confusion"] = _confusion(logits, labels, self.num_labels)
         return sums, None
 
+    def outputs(self, logits, batch):  # the argmax too, so a written prediction is the one accuracy counted
+        return {"probabilities": jax.nn.softmax(logits.astype(jnp.float32), -1), "prediction": argmax(logits)}
+
     def summarize(self, sums, predictions=None) -> dict:
         out = _mean_metrics(sums)
         conf = np.asarray(sums["confusion"])
@@ -173,6 +183,9 @@ class TokenClassification(Objective):
         labels = batch["labels"]
         sums = _token_sums(logits, labels, labels != IGNORE)
         return sums, argmax(logits)
+
+    def outputs(self, logits, batch):
+        return {"prediction": argmax(logits)}
 
     def summarize(self, sums, predictions=None) -> dict:
         out = _mean_metrics(sums)

@@ -72,9 +72,15 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
 
 
 def make_eval_step(model: Model, objective):
+    """-> ``eval_step(state, batch, index) -> (sums, predictions, outputs)``: the objective's loss and its
+    per-example ``outputs`` (None for an objective without them); only evaluation computes these."""
+    per_example = getattr(objective, "outputs", None)
+
     def eval_step(state: TrainState, batch: dict, index: jax.Array):
         batch = objective.prepare(batch, jax.random.fold_in(jax.random.PRNGKey(0), index))
-        return objective.loss(model(state.params, state.frozen, batch, None), batch)
+        outputs = model(state.params, state.frozen, batch, None)
+        sums, predictions = objective.loss(outputs, batch)
+        return sums, predictions, per_example(outputs, batch) if per_example else None
 
     return eval_step
 
