@@ -57,7 +57,8 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     for split in saved:
         per_class = {k: saved[split].pop(k) for k in ("per_class", "confusion")}  # from predictions/<split>.jsonl
         assert per_class["confusion"] == evaluated[split].pop("confusion")
-        assert all(evaluated[split].pop("per_class")[c] == pytest.approx(m) for c, m in per_class["per_class"].items())
+        evaluated_per_class = evaluated[split].pop("per_class")
+        assert all(evaluated_per_class[c] == pytest.approx(m) for c, m in per_class["per_class"].items())
         assert evaluated[split] == pytest.approx(saved[split], abs=1e-6), split  # other batches, same numbers
     out = script("export.py", f"--out={tmp_path / 'adapter'}", "--peft")
     assert out.returncode == 0, out.stderr[-2000:]
