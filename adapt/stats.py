@@ -27,10 +27,13 @@ replicate, and the metric is computed on those sums: the same F1 code as the tri
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 
 from adapt.errors import AdaptError
+from adapt.files import write_atomic
 
 
 # ---- per-example counts and the metrics computed from their sums ---------------------------------------
@@ -94,6 +97,25 @@ def metric_fn(name: str, num_labels: int = 0, ignore: tuple[int, ...] = ()):
         micro, macro = _f1s(conf, ignore)
         return micro if name == "micro_f1" else macro
     return from_confusion
+
+
+def read_counts(workdir: str, split: str, metric: str, f1_ignore=()) -> tuple[np.ndarray, object]:
+    """A finished trial's per-example counts on ``split`` (from ``predictions/<split>.jsonl`` and its
+    ``labels.json``) and the function of their sums that gives ``metric``; ``f1_ignore``: label names left
+    out of the F1 averages, as the trial's ``objective.f1_ignore``."""
+    path = os.path.join(workdir, "predictions", f"{split}.jsonl")
+    if not os.path.isfile(path):
+        raise AdaptError(f"{path}: missing; the trial wrote no per-example predictions for {split!r} (trials "
+                         f"run before predictions were written need to be evaluated again)")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    gold, pred = [r["gold"] for r in rows], [r["prediction"] for r in rows]
+    if metric == "span_f1":
+        return span_counts(gold, pred), metric_fn(metric)
+    with open(os.path.join(workdir, "labels.json")) as f:
+        labels = json.load(f)
+    ignore = tuple(labels.index(x) for x in f1_ignore if x in labels)
+    return confusion_counts(gold, pred, labels), metric_fn(metric, len(labels), ignore)
 
 
 # ---- intervals and tests ---------------------------------------------------------------------------------
@@ -186,3 +208,97 @@ def compare(counts_a, counts_b, metric, *, replicates: int = 1000, permutations:
         p_seeds = float(ttest_ind(values_a, values_b, equal_var=False).pvalue)
     tail = 100 * (1 - level) / 2
     return Comparison(diff, float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail)), p, p_seeds)
+
+
+# ---- on a table (adapt.tables) ----------------------------------------------------------------------------
+
+def _cell_counts(table, cell, column: str, by_id: dict):
+    """The selected trials' per-example test counts of a cell and the metric of its column."""
+    metric, counts, fn = table.metric_of(column), [], None
+    for trial_id in cell.trials:
+        trial = by_id[trial_id]
+        ignore = trial["config"].get("objective", {}).get("f1_ignore", ())
+        c, fn = read_counts(trial["workdir"], table.test_split, metric, ignore)
+        counts.append(c)
+    return counts, fn
+
+
+def add_intervals(table, trials: list[dict], *, replicates: int = 1000, seed: int = 0) -> list[str]:
+    """Sets each cell's 95% interval (``Cell.interval``) from its selected trials' test predictions; returns
+    a note for each cell it could not (a trial without predictions, a metric with no interval)."""
+    by_id, notes = {t["id"]: t for t in trials}, []
+    for (row, col), cell in table.cells.items():
+        try:
+            counts, fn = _cell_counts(table, cell, col, by_id)
+            got = interval(counts, fn, replicates=replicates, seed=seed)
+        except AdaptError as e:
+            notes.append(f"no interval for {row} on {col}: {e}")
+            continue
+        if cell.mean is not None and abs(got.value - cell.mean) > 1e-6:
+            notes.append(f"no interval for {row} on {col}: its predictions give {got.value:.6f}, its results "
+                         f"{cell.mean:.6f} (were the trials evaluated again on other data?)")
+            continue
+        cell.interval = (got.low, got.high)
+    return notes
+
+
+def compare_rows(table, trials: list[dict], pairs, *, replicates: int = 1000, permutations: int = 1000,
+                 seed: int = 0) -> list[dict]:
+    """For each ``(row A, row B)`` of ``pairs`` and each column where both have a cell: :func:`compare` of
+    their selected trials (differences scaled as the table)."""
+    by_id, out = {t["id"]: t for t in trials}, []
+    for a, b in pairs:
+        missing = [r for r in (a, b) if r not in table.rows]
+        if missing:
+            raise AdaptError(f"compare: no row {missing[0]!r} in the table; rows: {', '.join(table.rows)}")
+        for col in table.columns:
+            if (a, col) not in table.cells or (b, col) not in table.cells:
+                continue
+            counts_a, fn = _cell_counts(table, table.cells[a, col], col, by_id)
+            counts_b, _ = _cell_counts(table, table.cells[b, col], col, by_id)
+            got = compare(counts_a, counts_b, fn, replicates=replicates, permutations=permutations, seed=seed)
+            s = table.scale
+            out.append(dict(a=a, b=b, column=col, difference=got.difference * s, low=got.low * s,
+                            high=got.high * s, p=got.p_value, p_seeds=got.p_seeds, seeds=len(counts_a)))
+    return out
+
+
+def _stars(p: float) -> str:
+    return "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+def comparisons_markdown(rows: list[dict], digits: int = 1) -> str:
+    """The comparison table: difference A - B with its 95% interval, the randomisation p-value (``*`` p < 0.05,
+    ``**`` p < 0.01) and, with >= 5 seeds a row, Welch's p over seeds."""
+    lines = ["| A | B | column | A - B | 95% interval | p | p (seeds) |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        seeds = "" if r["p_seeds"] is None else f"{r['p_seeds']:.3f}"
+        lines.append(f"| {r['a']} | {r['b']} | {r['column']} | {r['difference']:+.{digits}f}{_stars(r['p'])} | "
+                     f"[{r['low']:+.{digits}f}, {r['high']:+.{digits}f}] | {r['p']:.3f} | {seeds} |")
+    return "\n".join(lines) + ("\n\nA - B: difference of the cells' means (same test set, seed i of A paired with "
+                               "seed i of B); interval: paired bootstrap over test examples and seeds; p: two-sided "
+                               "approximate randomisation over test examples (all seeds' outputs swapped together), "
+                               "* p < 0.05, ** p < 0.01; p (seeds): Welch's t-test over the per-seed values, given "
+                               "5 or more seeds a row (adapt/stats.py).\n")
+
+
+def comparisons_latex(rows: list[dict], digits: int = 1) -> str:
+    out = [r"\begin{tabular}{lllrrr}", r"\toprule", r"A & B & column & $A - B$ & 95\% interval & $p$ \\", r"\midrule"]
+    for r in rows:
+        mark = {"*": "$^{*}$", "**": "$^{**}$", "": ""}[_stars(r["p"])]
+        out.append(f"{r['a']} & {r['b']} & {r['column']} & {r['difference']:+.{digits}f}{mark} & "
+                   f"[{r['low']:+.{digits}f}, {r['high']:+.{digits}f}] & {r['p']:.3f} \\\\".replace("_", r"\_"))
+    return "\n".join(out + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def annotate(table, trials: list[dict], pairs=(), out: str | None = None) -> tuple[list[str], list[dict]]:
+    """What the scripts do after building a table: its cells' intervals, then the comparisons of ``pairs``
+    (written as ``out``_comparisons.md/.tex when ``out`` is given and there are any). Returns the notes for
+    cells without an interval, and the comparison rows."""
+    notes = add_intervals(table, trials)
+    rows = compare_rows(table, trials, pairs) if pairs else []
+    if out and rows:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        for ext, render in (("md", comparisons_markdown), ("tex", comparisons_latex)):
+            write_atomic(f"{out}_comparisons.{ext}", lambda f, text=render(rows, table.digits): f.write(text.encode()))
+    return notes, rows

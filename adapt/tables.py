@@ -86,6 +86,7 @@ class Cell:
     selected: dict  # the hyperparameters that vary in the cell, as selected
     trials: list[str]
     tried: dict = dataclasses.field(default_factory=dict)  # selected key -> the sorted numeric values tried
+    interval: tuple | None = None  # 95% interval of the mean (adapt.stats.add_intervals), unscaled
 
 
 @dataclasses.dataclass
@@ -255,10 +256,11 @@ def add_references(table: Table, refs) -> Table:
     return table
 
 
-def _fmt(mean, std, digits) -> str:
+def _fmt(mean, std, digits, low=None, high=None) -> str:
     if mean is None:
         return ""
-    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+    return (f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+            + ("" if low is None else f" [{low:.{digits}f}, {high:.{digits}f}]"))
 
 
 def entries(table: Table) -> list[dict]:
@@ -268,8 +270,9 @@ def entries(table: Table) -> list[dict]:
         for col in table.columns:
             c = table.cells.get((row, col))
             if c is not None:
+                low, high = (None, None) if c.interval is None else (c.interval[0] * s, c.interval[1] * s)
                 out.append(dict(row=row, column=col, source="ours", mean=None if c.mean is None else c.mean * s,
-                                std=None if c.std is None else c.std * s, n=c.n, dev=c.dev * s,
+                                std=None if c.std is None else c.std * s, low=low, high=high, n=c.n, dev=c.dev * s,
                                 selected=", ".join(f"{k}={label(v)}" for k, v in sorted(c.selected.items())),
                                 trials=" ".join(c.trials)))
         if len(table.columns) > 1 and table.avg(row) is not None:
@@ -282,7 +285,7 @@ def entries(table: Table) -> list[dict]:
         if len(table.columns) > 1 and table.avg(name, "reference") is not None:
             out.append(dict(row=name, column=AVG, source=source, mean=table.avg(name, "reference"), std=None))
     for e in out:
-        e["text"] = _fmt(e["mean"], e["std"], table.digits)
+        e["text"] = _fmt(e["mean"], e["std"], table.digits, e.get("low"), e.get("high"))
     for col in {e["column"] for e in out}:
         ours = [e for e in out if e["column"] == col and e["source"] == "ours" and e["mean"] is not None]
         if ours:
@@ -310,9 +313,11 @@ def caption(table: Table) -> str:
                            for n in dict.fromkeys(names.values()))
     baselines = (f" {', '.join(table.baselines)}: computed by the framework on the same splits and metric, "
                  f"deterministic (one value, no ±).") if table.baselines else ""
+    intervals = (" [low, high]: 95% interval of the mean, percentile bootstrap over test examples and seeds "
+                 "(adapt/stats.py)." if any(c.interval for c in table.cells.values()) else "")
     return "\n".join([f"Test metric ({metric}){scale}: mean ± std over seeds ({', '.join(table.seed_keys)}) of the "
                       f"hyperparameters with the best mean {table.dev_split} value of that metric; best per column "
-                      f"in bold.{baselines}", *edges(table)])
+                      f"in bold.{intervals}{baselines}", *edges(table)])
 
 
 def to_markdown(table: Table) -> str:
@@ -345,7 +350,7 @@ def to_latex(table: Table) -> str:
 
 def to_csv(table: Table) -> str:
     buf = io.StringIO()
-    fields = ["row", "column", "source", "mean", "std", "n", "dev", "bold", "selected", "trials", "text"]
+    fields = ["row", "column", "source", "mean", "std", "low", "high", "n", "dev", "bold", "selected", "trials", "text"]
     writer = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for e in entries(table):

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from adapt import baselines, cli, configs, files, results, tables
+from adapt import baselines, cli, configs, files, results, stats, tables
 from adapt.runner import run_sweep
 from adapt.sweeps import load_sweep, sweep_label
 
@@ -35,7 +35,7 @@ def main():
     sweep, _ = load_sweep(module, arg, None)
     layout = dict(configs.call(module, "get_table", arg))
     curves, vs, references = layout.pop("curves", ()), layout.pop("vs", ()), layout.pop("reference", ())
-    floors = layout.pop("baselines", ())
+    floors, pairs = layout.pop("baselines", ()), layout.pop("compare", ())
 
     import jax  # the persistent cache: trials (and re-runs) with the same shapes compile once
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.workdir), "jax_cache"))
@@ -51,10 +51,15 @@ def main():
         tables.add_references(table, ref)
     if floors:
         baselines.add_to_table(table, trials, floors)
+    out = os.path.join(args.workdir, "results", "table")
+    notes, comparisons = stats.annotate(table, trials, pairs, out)
     print("\n" + tables.to_markdown(table))
-    for line in tables.edges(table):
+    if comparisons:
+        print(stats.comparisons_markdown(comparisons, table.digits))
+    for line in tables.edges(table) + notes:
         print(f"warning: {line}", file=sys.stderr)
-    written = tables.write_outputs(table, db, trials, os.path.join(args.workdir, "results", "table"), curves, vs)
+    written = tables.write_outputs(table, db, trials, out, curves, vs)
+    written += [f"{out}_comparisons.{ext}" for ext in ("md", "tex") if comparisons]
     print(f"\n{sum(counts.values())} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "
           f"{(time.time() - started) / 60:.1f} min; wrote {', '.join(os.path.relpath(w) for w in written)}")
     if set(counts) != {"done"}:

@@ -3,9 +3,11 @@
     python scripts/table.py --db runs/x/results.db [--rows condition] [--column meta.benchmark]
                             [--metric accuracy|macro_f1,chemprot=micro_f1] [--reference paper.csv] [--out tables/x]
                             [--curves train/loss] [--vs optimizer.learning_rate] [--baselines majority,tfidf]
+                            [--compare "TAPT / lora|Baseline / lora"]
 
 Per row (condition) and column (benchmark): the hyperparameters with the best mean dev metric over seeds, and
-their test metric as mean ± std over seeds; best per column in bold, an "Avg." column. Prints the Markdown table
+their test metric as mean ± std over seeds and its 95% interval (from the trials' test predictions, adapt.stats);
+best per column in bold, an "Avg." column; ``--compare A|B`` tests row A against row B. Prints the Markdown table
 (and, on stderr, each row whose selected value of a swept key is the edge of its grid); with ``--out PREFIX``
 writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adapt import baselines, cli, files, tables
+from adapt import baselines, cli, files, stats, tables
 from adapt.results import ResultsDB
 
 
@@ -46,6 +48,7 @@ def main():
     parser.add_argument("--reference", action="append", default=[], help="CSV or JSON of reference numbers")
     parser.add_argument("--baselines", default="",
                         help="comma-separated reference rows computed on each column's data: majority,tfidf")
+    parser.add_argument("--compare", action="append", default=[], help="'row A|row B': a paired test (repeatable)")
     parser.add_argument("--out", default=None, help="write OUT.md, OUT.tex, OUT.csv (and OUT_*.png plots)")
     parser.add_argument("--curves", action="append", default=[], help="plot learning curves of this metric")
     parser.add_argument("--vs", action="append", default=[], help="plot the dev metric against this swept key")
@@ -62,8 +65,14 @@ def main():
         tables.add_references(table, ref)
     if args.baselines:
         baselines.add_to_table(table, trials, args.baselines.split(","))
+    pairs = [tuple(p.split("|", 1)) for p in args.compare]
+    if any(len(p) != 2 for p in pairs):
+        parser.error("--compare takes 'row A|row B'")
+    notes, comparisons = stats.annotate(table, trials, pairs, args.out)
     print(tables.to_markdown(table))
-    for line in tables.edges(table):
+    if comparisons:
+        print(stats.comparisons_markdown(comparisons, table.digits))
+    for line in tables.edges(table) + notes:
         print(f"warning: {line}", file=sys.stderr)
     if (args.curves or args.vs) and not args.out:
         parser.error("--curves/--vs need --out")

@@ -111,3 +111,54 @@ def test_unpaired_rows_are_refused():
         stats.compare(one, one * 2, stats.metric_fn("accuracy", 4))
     with pytest.raises(stats.AdaptError, match="different test sets"):
         stats.compare(one, [stats.confusion_counts(["a"], ["a"], LABELS)], stats.metric_fn("accuracy", 4))
+
+
+def test_a_table_gets_intervals_and_comparisons_from_its_trials_predictions(tmp_path):
+    """A database of three conditions x 3 seeds on one test set: A right 85% of the time, B 60%, C like A; each
+    trial's predictions in its folder. The cells' intervals are stats.interval of those predictions, A vs B is
+    a difference (p < 0.01), A vs C is none (p > 0.05), and a trial without predictions is a note."""
+    import json
+    import os
+
+    import ml_collections
+
+    from adapt import results, sweeps, tables
+    from adapt.sweeps import grid, product
+
+    rng = np.random.default_rng(7)
+    gold = list(rng.choice(LABELS, 200))
+    accuracy = {"A": 0.85, "B": 0.6, "C": 0.85, "D": 0.7}
+    sweep = product(grid("meta.condition", list(accuracy)), grid("train.seed", [0, 1, 2]))
+    trials = sweeps.expand(sweep)
+    db = results.ResultsDB(str(tmp_path / "results.db"))
+    base = ml_collections.ConfigDict(dict(train=dict(seed=0), init_from="", objective=dict(f1_ignore=())))
+    db.register("s", trials, {t.id: sweeps.trial_config(base, t.overrides) for t in trials}, str(tmp_path))
+    by_id, preds = {t.id: t for t in trials}, {}
+    while (tid := db.claim(list(by_id), os.getpid())) is not None:
+        t = by_id[tid]
+        cond = t.overrides["meta.condition"]
+        pred = _system(rng, gold, accuracy[cond])
+        preds[cond, t.overrides["train.seed"]] = pred
+        workdir = tmp_path / t.stage / tid
+        if cond != "D":  # D's trials were run before predictions were written
+            (workdir / "predictions").mkdir(parents=True)
+            (workdir / "labels.json").write_text(json.dumps(LABELS))
+            (workdir / "predictions" / "test.jsonl").write_text("".join(
+                json.dumps({"index": i, "gold": g, "prediction": p}) + "\n" for i, (g, p) in enumerate(zip(gold, pred))))
+        acc = accuracy_score(gold, pred)
+        db.finish(tid, {"dev": {"accuracy": acc}, "test": {"accuracy": acc}}, {})
+    table = tables.build(db.trials(), rows=("meta.condition",))
+    notes, rows = stats.annotate(table, db.trials(), [("A", "B"), ("A", "C")], str(tmp_path / "out"))
+    counts = {c: [stats.confusion_counts(gold, preds[c, s], LABELS) for s in range(3)] for c in "ABC"}
+    for c in "ABC":
+        direct = stats.interval(counts[c], stats.metric_fn("accuracy", 4))
+        assert table.cells[c, "accuracy"].interval == pytest.approx((direct.low, direct.high))
+    assert table.cells["D", "accuracy"].interval is None and len(notes) == 1 and "D on accuracy" in notes[0]
+    (ab,), (ac,) = [r for r in rows if r["b"] == "B"], [r for r in rows if r["b"] == "C"]
+    assert ab["p"] < 0.01 and ab["low"] > 0 and ac["p"] > 0.05 and ac["low"] < 0 < ac["high"]
+    assert ab["difference"] == pytest.approx(100 * (np.mean([accuracy_score(gold, preds["A", s]) for s in range(3)])
+                                                    - np.mean([accuracy_score(gold, preds["B", s]) for s in range(3)])))
+    md = tables.to_markdown(table)
+    assert f"[{100 * direct.low:.1f}, {100 * direct.high:.1f}]" in md and "95% interval of the mean" in md
+    assert "**" in (tmp_path / "out_comparisons.md").read_text().splitlines()[2]  # A - B marked p < 0.01
+    assert (tmp_path / "out_comparisons.tex").exists()

@@ -28,6 +28,9 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     assert re.search(r"^\| Majority class \| \d+\.\d \|$", table, re.M) and re.search(
         r"^\| TF-IDF \+ LR \| 9\d\.\d \|$", table, re.M), table
     assert "±" in table and "**" in table  # one benchmark column: no "Avg." column
+    # 95% intervals on our rows (from each trial's test predictions), and the TAPT-vs-Baseline comparison
+    assert re.search(r"^\| TAPT / lora \| \d+\.\d ± \d+\.\d \[\d+\.\d, \d+\.\d\] \|$", table, re.M), table
+    assert "| TAPT / lora | Baseline / lora |" in (tmp_path / "results" / "table_comparisons.md").read_text()
     for name in ("table.tex", "table.csv", "table_curves_train_loss.png", "table_vs_optimizer.learning_rate.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
     assert "5 trials (5 done)" in out.stdout

@@ -54,4 +54,6 @@ def get_sweep(arg=None):
 
 def get_table(arg=None):
     return dict(rows=("meta.condition", "meta.method"), column="benchmark", metric="accuracy",
-                curves=("train/loss",), vs=("optimizer.learning_rate",), baselines=("majority", "tfidf"))
+                curves=("train/loss",), vs=("optimizer.learning_rate",), baselines=("majority", "tfidf"),
+                compare=[(f"TAPT / {m}", f"Baseline / {m}") for m in LEARNING_RATES[arg]]
+                + ([("Baseline / lora", "Baseline / full")] if len(LEARNING_RATES[arg]) > 1 else []))
