@@ -11,11 +11,15 @@ set. Two things make it vary: which test examples happened to be drawn, and whic
   1993). With one seed it is the test-set bootstrap alone.
 * **Paired comparison of two rows** on the same test set (:func:`compare`): the difference of their cell
   values (A - B). Its interval: the paired bootstrap (one draw of examples shared by both rows, seeds drawn
-  within each row). Its p-value (two-sided): approximate randomisation over examples (Noreen, 1989; the
-  test Dror et al., 2018, recommend for F1-type metrics): each of R permutations swaps, example by example
-  with probability 1/2, all of A's seeds' outputs with B's, and p = (1 + #{|d_perm| >= |d|}) / (1 + R).
-  This needs the same number of seeds in both rows (seed i of A is paired with seed i of B). With at least
-  5 seeds in each row, Welch's t-test on the per-seed metric values is reported too (a seed-level test).
+  within each row). Its p-value (two-sided) from the same replicates: p = min(1, 2 (1 + #{d* on the far
+  side of 0}) / (1 + B)), so p < 0.05 goes with a 95% interval that excludes 0; it counts both the test
+  set's and the seeds' variance. Two more are reported. Approximate randomisation over examples (Noreen,
+  1989; the test Dror et al., 2018, recommend for F1-type metrics): each of R permutations swaps, example by
+  example with probability 1/2, all of A's seeds' outputs with B's, and p = (1 + #{|d_perm| >= |d|}) / (1 + R);
+  it holds the trained models fixed, so it answers "do these models differ on this test set", not "does
+  the method differ", and with a few noisy seeds it can be far smaller than the bootstrap's p. With at least
+  5 seeds in each row, Welch's t-test on the per-seed metric values (a seed-level test). Pairing needs the
+  same number of seeds in both rows (seed i of A with seed i of B).
 
 Every metric here is a function of counts that add up over examples: a confusion matrix for classification
 (``[C, C]``, rows gold), ``(correct, predicted, gold)`` entity counts for span F1. So a resample is a
@@ -171,14 +175,15 @@ class Comparison:
     difference: float  # A - B
     low: float
     high: float
-    p_value: float  # approximate randomisation over examples, two-sided
+    p_value: float  # paired bootstrap over examples and seeds, two-sided (agrees with the interval)
+    p_examples: float  # approximate randomisation over examples, the trained models held fixed
     p_seeds: float | None  # Welch's t-test over per-seed values, with >= 5 seeds a row; else None
 
 
 def compare(counts_a, counts_b, metric, *, replicates: int = 1000, permutations: int = 1000, level: float = 0.95,
             seed: int = 0) -> Comparison:
     """Paired comparison of two rows on one test set (module doc): the difference A - B with its paired
-    bootstrap interval and the randomisation p-value. Draws, in order: ``example_weights``, A's seeds, B's
+    bootstrap interval and p-value, and the randomisation and seed-level p-values. Draws, in order: ``example_weights``, A's seeds, B's
     seeds, then the permutations' swap masks ``[R, n]``."""
     a, b = _stack(counts_a), _stack(counts_b)
     if a.shape[1:] != b.shape[1:]:
@@ -200,14 +205,17 @@ def compare(counts_a, counts_b, metric, *, replicates: int = 1000, permutations:
     for sa, sb in zip(a, b):  # seed i of A against seed i of B
         perm += metric(keep @ sa + swap @ sb) - metric(keep @ sb + swap @ sa)
     perm /= s
-    p = float((1 + np.sum(np.abs(perm) >= abs(diff) - 1e-12)) / (1 + permutations))
+    p_examples = float((1 + np.sum(np.abs(perm) >= abs(diff) - 1e-12)) / (1 + permutations))
+    far = np.sum(boot <= 0) if diff > 0 else np.sum(boot >= 0) if diff < 0 else replicates
+    p_boot = min(1.0, 2 * (1 + float(far)) / (1 + replicates))
     p_seeds = None
     if s >= 5:
         from scipy.stats import ttest_ind
 
         p_seeds = float(ttest_ind(values_a, values_b, equal_var=False).pvalue)
     tail = 100 * (1 - level) / 2
-    return Comparison(diff, float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail)), p, p_seeds)
+    return Comparison(diff, float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail)), p_boot,
+                      p_examples, p_seeds)
 
 
 # ---- on a table (adapt.tables) ----------------------------------------------------------------------------
@@ -259,7 +267,8 @@ def compare_rows(table, trials: list[dict], pairs, *, replicates: int = 1000, pe
             got = compare(counts_a, counts_b, fn, replicates=replicates, permutations=permutations, seed=seed)
             s = table.scale
             out.append(dict(a=a, b=b, column=col, difference=got.difference * s, low=got.low * s,
-                            high=got.high * s, p=got.p_value, p_seeds=got.p_seeds, seeds=len(counts_a)))
+                            high=got.high * s, p=got.p_value, p_examples=got.p_examples, p_seeds=got.p_seeds,
+                            seeds=len(counts_a)))
     return out
 
 
@@ -268,26 +277,31 @@ def _stars(p: float) -> str:
 
 
 def comparisons_markdown(rows: list[dict], digits: int = 1) -> str:
-    """The comparison table: difference A - B with its 95% interval, the randomisation p-value (``*`` p < 0.05,
-    ``**`` p < 0.01) and, with >= 5 seeds a row, Welch's p over seeds."""
-    lines = ["| A | B | column | A - B | 95% interval | p | p (seeds) |", "|---|---|---|---:|---:|---:|---:|"]
+    """The comparison table: difference A - B with its 95% interval and bootstrap p-value (``*`` p < 0.05,
+    ``**`` p < 0.01), the randomisation p-value over examples and, with >= 5 seeds a row, Welch's p over seeds."""
+    lines = ["| A | B | column | A - B | 95% interval | p | p (examples) | p (seeds) |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         seeds = "" if r["p_seeds"] is None else f"{r['p_seeds']:.3f}"
         lines.append(f"| {r['a']} | {r['b']} | {r['column']} | {r['difference']:+.{digits}f}{_stars(r['p'])} | "
-                     f"[{r['low']:+.{digits}f}, {r['high']:+.{digits}f}] | {r['p']:.3f} | {seeds} |")
+                     f"[{r['low']:+.{digits}f}, {r['high']:+.{digits}f}] | {r['p']:.3f} | {r['p_examples']:.3f} | "
+                     f"{seeds} |")
     return "\n".join(lines) + ("\n\nA - B: difference of the cells' means (same test set, seed i of A paired with "
-                               "seed i of B); interval: paired bootstrap over test examples and seeds; p: two-sided "
-                               "approximate randomisation over test examples (all seeds' outputs swapped together), "
-                               "* p < 0.05, ** p < 0.01; p (seeds): Welch's t-test over the per-seed values, given "
-                               "5 or more seeds a row (adapt/stats.py).\n")
+                               "seed i of B); interval and p: paired bootstrap over test examples and seeds, "
+                               "two-sided, * p < 0.05, ** p < 0.01; p (examples): approximate randomisation over "
+                               "test examples with the trained models held fixed (all seeds' outputs swapped "
+                               "together); p (seeds): Welch's t-test over the per-seed values, given 5 or more "
+                               "seeds a row (adapt/stats.py).\n")
 
 
 def comparisons_latex(rows: list[dict], digits: int = 1) -> str:
-    out = [r"\begin{tabular}{lllrrr}", r"\toprule", r"A & B & column & $A - B$ & 95\% interval & $p$ \\", r"\midrule"]
+    out = [r"\begin{tabular}{lllrrrr}", r"\toprule",
+           r"A & B & column & $A - B$ & 95\% interval & $p$ & $p$ (examples) \\", r"\midrule"]
     for r in rows:
         mark = {"*": "$^{*}$", "**": "$^{**}$", "": ""}[_stars(r["p"])]
         out.append(f"{r['a']} & {r['b']} & {r['column']} & {r['difference']:+.{digits}f}{mark} & "
-                   f"[{r['low']:+.{digits}f}, {r['high']:+.{digits}f}] & {r['p']:.3f} \\\\".replace("_", r"\_"))
+                   f"[{r['low']:+.{digits}f}, {r['high']:+.{digits}f}] & {r['p']:.3f} & {r['p_examples']:.3f} \\\\"
+                   .replace("_", r"\_"))
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 

@@ -81,8 +81,10 @@ def _direct_comparison(gold, preds_a, preds_b, replicates, permutations, seed):
             for b, i in enumerate(index)]
     perm = [np.mean([acc(g, np.where(m, pb[k], pa[k])) - acc(g, np.where(m, pa[k], pb[k])) for k in range(s)])
             for m in swap]
-    p = (1 + sum(abs(d) >= abs(diff) - 1e-12 for d in perm)) / (1 + permutations)
-    return diff, np.percentile(boot, 2.5), np.percentile(boot, 97.5), p
+    p_examples = (1 + sum(abs(d) >= abs(diff) - 1e-12 for d in perm)) / (1 + permutations)
+    far = sum(d <= 0 for d in boot) if diff > 0 else sum(d >= 0 for d in boot)
+    p = min(1.0, 2 * (1 + far) / (1 + replicates))
+    return diff, np.percentile(boot, 2.5), np.percentile(boot, 97.5), p, p_examples
 
 
 @pytest.mark.parametrize("accuracy_b, significant", [(0.6, True), (0.8, False)])
@@ -94,14 +96,15 @@ def test_paired_comparison_equals_a_direct_computation(accuracy_b, significant):
     count = lambda ps: [stats.confusion_counts(gold, p, LABELS) for p in ps]  # noqa: E731
     got = stats.compare(count(preds_a), count(preds_b), stats.metric_fn("accuracy", 4), replicates=150,
                         permutations=150, seed=3)
-    diff, low, high, p = _direct_comparison(gold, preds_a, preds_b, 150, 150, 3)
-    assert (got.difference, got.low, got.high, got.p_value) == pytest.approx((diff, low, high, p))
+    diff, low, high, p, p_examples = _direct_comparison(gold, preds_a, preds_b, 150, 150, 3)
+    assert (got.difference, got.low, got.high, got.p_value, got.p_examples) == pytest.approx(
+        (diff, low, high, p, p_examples))
     per_seed = lambda ps: [accuracy_score(gold, x) for x in ps]  # noqa: E731
     assert got.p_seeds == pytest.approx(ttest_ind(per_seed(preds_a), per_seed(preds_b), equal_var=False).pvalue)
-    if significant:
-        assert got.p_value < 0.01 and got.low > 0 and got.p_seeds < 0.01
+    if significant:  # 150 replicates: the smallest bootstrap p is 2 / 151
+        assert got.p_value < 0.02 and got.p_examples < 0.01 and got.low > 0 and got.p_seeds < 0.01
     else:
-        assert got.p_value > 0.05 and got.low < 0 < got.high
+        assert got.p_value > 0.05 and got.p_examples > 0.05 and got.low < 0 < got.high
 
 
 def test_unpaired_rows_are_refused():
@@ -155,7 +158,8 @@ def test_a_table_gets_intervals_and_comparisons_from_its_trials_predictions(tmp_
         assert table.cells[c, "accuracy"].interval == pytest.approx((direct.low, direct.high))
     assert table.cells["D", "accuracy"].interval is None and len(notes) == 1 and "D on accuracy" in notes[0]
     (ab,), (ac,) = [r for r in rows if r["b"] == "B"], [r for r in rows if r["b"] == "C"]
-    assert ab["p"] < 0.01 and ab["low"] > 0 and ac["p"] > 0.05 and ac["low"] < 0 < ac["high"]
+    assert ab["p"] < 0.01 and ab["p_examples"] < 0.01 and ab["low"] > 0
+    assert ac["p"] > 0.05 and ac["p_examples"] > 0.05 and ac["low"] < 0 < ac["high"]
     assert ab["difference"] == pytest.approx(100 * (np.mean([accuracy_score(gold, preds["A", s]) for s in range(3)])
                                                     - np.mean([accuracy_score(gold, preds["B", s]) for s in range(3)])))
     md = tables.to_markdown(table)
