@@ -72,7 +72,7 @@ def test_a_regression_objective_defined_here_runs_through_run_trial(tmp_path):
     c.data.files = {"train": train, "dev": dev}
     c.data.update(format="classification", label_type="number", label_column="score", max_length=16, cache_dir="")
     c.optimizer.update(learning_rate=3e-3, warmup_ratio=0.1)
-    c.train.update(batch_size=32, steps=192, log_every=64)
+    c.train.update(batch_size=32, steps=96, log_every=32)
     c.eval.splits = ("dev",)
     results = run_trial(c, str(tmp_path / "run"))
     floor = float(np.mean((dev_y - train_y.mean()) ** 2))  # predicting the train mean
