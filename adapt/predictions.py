@@ -118,6 +118,16 @@ def read(workdir: str, split: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def label_order(workdir: str, recs: list[dict]) -> list[str]:
+    """The run's ``labels.json`` (the label ids' order), or, without one, the labels the records name, sorted."""
+    p = os.path.join(workdir, "labels.json")
+    if os.path.isfile(p):
+        with open(p) as f:
+            return json.load(f)
+    gold, pred = pairs(recs)
+    return sorted(set(gold) | set(pred))
+
+
 def plot_confusion(out: str, confusion: dict, title: str = "") -> str:
     """The confusion matrix as a heat map (each row normalised to 1) with the counts in the cells."""
     import matplotlib

@@ -31,7 +31,6 @@ replicate, and the metric is computed on those sums: the same F1 code as the tri
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -107,17 +106,13 @@ def read_counts(workdir: str, split: str, metric: str, f1_ignore=()) -> tuple[np
     """A finished trial's per-example counts on ``split`` (from ``predictions/<split>.jsonl`` and its
     ``labels.json``) and the function of their sums that gives ``metric``; ``f1_ignore``: label names left
     out of the F1 averages, as the trial's ``objective.f1_ignore``."""
-    path = os.path.join(workdir, "predictions", f"{split}.jsonl")
-    if not os.path.isfile(path):
-        raise AdaptError(f"{path}: missing; the trial wrote no per-example predictions for {split!r} (trials "
-                         f"run before predictions were written need to be evaluated again)")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    from adapt import predictions
+
+    rows = predictions.read(workdir, split)
     gold, pred = [r["gold"] for r in rows], [r["prediction"] for r in rows]
     if metric == "span_f1":
         return span_counts(gold, pred), metric_fn(metric)
-    with open(os.path.join(workdir, "labels.json")) as f:
-        labels = json.load(f)
+    labels = predictions.label_order(workdir, rows)
     ignore = tuple(labels.index(x) for x in f1_ignore if x in labels)
     return confusion_counts(gold, pred, labels), metric_fn(metric, len(labels), ignore)
 

@@ -58,7 +58,7 @@ def texts(workdir: str, split: str, overrides: dict) -> tuple[list[str] | None, 
                 return None, f"the run's data has no file for split {split!r}"
             data = ml_collections.ConfigDict(data.to_dict())
             data.files = {split: data.files[split]}
-        records = pipeline._records(data).get(split)
+        records = pipeline.records(data).get(split)
     except AdaptError as e:
         return None, str(e)
     if records is None:
@@ -102,7 +102,7 @@ def report(workdir: str, split: str, top: int, overrides: dict, title: str = "")
         lines += [f"  #{r['index']}  gold {r['gold']:.4g}, predicted {r['prediction']:.4g}{quote(r['index'])}"
                   for r in errors[:top]]
         return "\n".join(lines)
-    labels = _labels(workdir, recs)
+    labels = predictions.label_order(workdir, recs)
     stats = predictions.per_class(recs, labels)
     gold, pred = predictions.pairs(recs)
     accuracy = sum(g == p for g, p in zip(gold, pred)) / max(len(gold), 1)
@@ -131,18 +131,6 @@ def report(workdir: str, split: str, top: int, overrides: dict, title: str = "")
         if not worst:
             lines.append("  (none)")
     return "\n".join(lines)
-
-
-def _labels(workdir: str, recs: list[dict]) -> list[str]:
-    """The run's labels.json (the label order), or the labels the predictions name."""
-    path = os.path.join(workdir, "labels.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    from adapt import predictions
-
-    gold, pred = predictions.pairs(recs)
-    return sorted(set(gold) | set(pred))
 
 
 def best_trials(db_path: str, split: str, metric: str, dev_split: str = "dev") -> list[tuple[str, dict]]:

@@ -89,13 +89,17 @@ def _records(cfg) -> dict[str, list[dict]]:
             for split, path in cfg.files.items()}
 
 
-def records(cfg) -> dict[str, list[dict]]:
-    """The raw examples of each split of ``cfg`` (the ``data`` section), as the trials read them: the same files,
-    or the same ``source`` carved by ``split_ratios`` and ``split_seed``, and the same ``train_examples`` sample
-    of train (the reference baselines use it)."""
+def _check_sources(cfg) -> None:
     if bool(cfg.files) == bool(cfg.source):
         raise ConfigError("set exactly one of data.files (split -> path) and data.source (+ data.split_ratios)")
     _check_subset(cfg)
+
+
+def records(cfg) -> dict[str, list[dict]]:
+    """The raw examples of each split of ``cfg`` (the ``data`` section), as the trials read them: the same files,
+    or the same ``source`` carved by ``split_ratios`` and ``split_seed``, and the same ``train_examples`` sample
+    of train (the trials' text formats, the reference baselines and scripts/report.py use it)."""
+    _check_sources(cfg)
     out = _records(cfg)
     if _sampled(cfg) and "train" in out:
         out["train"] = _train_subset(cfg, out["train"])
@@ -119,25 +123,23 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
                                                          max_length=cfg.max_length, where=where(s))
         out["labels"] = labels
         return out
-    records = _records(cfg)
-    if _sampled(cfg):
-        if "train" not in records:
-            raise ConfigError(f"data.train_examples={cfg.train_examples:g} needs a 'train' split; the data has "
-                              f"{', '.join(records) or 'none'}")
-        records["train"] = _train_subset(cfg, records["train"])
+    splits = records(cfg)
+    if _sampled(cfg) and "train" not in splits:
+        raise ConfigError(f"data.train_examples={cfg.train_examples:g} needs a 'train' split; the data has "
+                          f"{', '.join(splits) or 'none'}")
     if cfg.format == "classification":
         labels = None
         if cfg.label_type == "category":
-            if "train" not in records:
+            if "train" not in splits:
                 raise ConfigError("data has no 'train' split: the label vocabulary is built from it")
-            labels = formats.label_vocabulary(records["train"], cfg.label_column, where("train"))
+            labels = formats.label_vocabulary(splits["train"], cfg.label_column, where("train"))
             out["labels"] = labels
-        for s, recs in records.items():
+        for s, recs in splits.items():
             out[s] = formats.encode_classification(recs, encoder, text=cfg.text_column, label=cfg.label_column,
                                                    vocab=labels, max_length=cfg.max_length, where=where(s),
                                                    pair=cfg.text_pair_column or None, truncation=cfg.truncation)
         return out
-    for s, recs in records.items():
+    for s, recs in splits.items():
         if cfg.format == "lm":
             sources.require_columns(recs, {cfg.text_column: sources.TEXT}, where(s))
             cols = {"input_ids": formats.encode_documents([str(r[cfg.text_column]) for r in recs], encoder,
@@ -155,11 +157,9 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
         raise ConfigError(f"data.format={cfg.format!r}; expected one of {', '.join(FORMATS)}")
     if cfg.label_type not in LABEL_TYPES:
         raise ConfigError(f"data.label_type={cfg.label_type!r}; expected one of {', '.join(LABEL_TYPES)}")
-    if bool(cfg.files) == bool(cfg.source):
-        raise ConfigError("set exactly one of data.files (split -> path) and data.source (+ data.split_ratios)")
+    _check_sources(cfg)
     files = list(cfg.files.values()) if cfg.files else [cfg.source]
     encoder = formats.Encoder(tokenizer)
-    _check_subset(cfg)
     skip = {"cache_dir"} | ({"train_examples", "train_seed", "train_subset"} if not _sampled(cfg) else set())
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}  # all data: old cache entries stay valid
     key = cache_key(files, encoder.fingerprint(), settings)
