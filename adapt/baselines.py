@@ -15,7 +15,8 @@ carved by ``split_ratios`` and ``split_seed``), the labels their vocabulary (sor
 metrics come from the trials' own code path: the confusion counts of the predictions go to
 :class:`adapt.training.objectives.SequenceClassification`'s ``summarize``, built by the task registry as a trial
 builds it (``objective.f1_ignore`` included), so the numbers are comparable by construction. Both baselines are
-deterministic: one value per split, no spread over seeds.
+deterministic: one value per split, no spread over seeds; in a table they carry the 95% bootstrap interval over
+the test examples (:func:`intervals`), the part of the noise they share with the trials.
 
 Only single-label classification (``data.format="classification"``, ``label_type="category"``) has baselines;
 token classification, regression and language-model data have none (:func:`compute` returns ``{}``). A training
@@ -56,10 +57,9 @@ def _texts(cfg, recs) -> list[str]:
     return [str(r[cfg.text_column]) for r in recs]
 
 
-def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_split: str = "dev") -> dict:
-    """``{row name: {split: {metric: value}}}`` (``METRICS``, as fractions) for each baseline in ``names``
-    (``majority``, ``tfidf``) on every split of ``data`` but train; ``select`` (one of ``METRICS``) on
-    ``dev_split`` picks TF-IDF's C; ``{}`` for data that is not single-label classification (see the module)."""
+def _fit(data, names, f1_ignore, select: str, dev_split: str):
+    """``(labels, gold {split: ids}, predicted {row: {split: ids}}, score(predicted, split) -> metrics)`` of the
+    baselines in ``names`` on every split of ``data`` but train; ``None`` for data baselines are not for."""
     from sklearn.dummy import DummyClassifier
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -71,7 +71,7 @@ def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_s
     if select not in METRICS:
         raise ConfigError(f"baselines: select={select!r}; they report {', '.join(METRICS)}")
     if not applies(data):
-        return {}
+        return None
     cfg = _section(data)
     splits = pipeline.records(cfg)
     if "train" not in splits:
@@ -94,7 +94,7 @@ def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_s
     out = {}
     if "majority" in names:
         model = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(gold["train"]), 1)), gold["train"])
-        out[NAMES["majority"]] = {s: score(model.predict(np.zeros((len(gold[s]), 1))), s) for s in evals}
+        out[NAMES["majority"]] = {s: model.predict(np.zeros((len(gold[s]), 1))) for s in evals}
     if "tfidf" in names:
         vectorizer = TfidfVectorizer(**TFIDF)
         x_train = vectorizer.fit_transform(_texts(cfg, splits["train"]))
@@ -105,17 +105,45 @@ def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_s
                 model = LogisticRegression(C=c, max_iter=1000).fit(x_train, gold["train"])
                 fits[c] = (model, score(model.predict(x[dev_split]), dev_split)[select] if dev_split in evals else 0)
         best = max(fits, key=lambda c: fits[c][1])  # the first (smallest) C of the best dev score
-        out[NAMES["tfidf"]] = {s: score(fits[best][0].predict(x[s]), s) for s in evals}
-    return out
+        out[NAMES["tfidf"]] = {s: fits[best][0].predict(x[s]) for s in evals}
+    return vocab, gold, out, score
+
+
+def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_split: str = "dev") -> dict:
+    """``{row name: {split: {metric: value}}}`` (``METRICS``, as fractions) for each baseline in ``names``
+    (``majority``, ``tfidf``) on every split of ``data`` but train; ``select`` (one of ``METRICS``) on
+    ``dev_split`` picks TF-IDF's C; ``{}`` for data that is not single-label classification (see the module)."""
+    fitted = _fit(data, names, f1_ignore, select, dev_split)
+    if fitted is None:
+        return {}
+    _, _, predicted, score = fitted
+    return {row: {s: score(p, s) for s, p in by_split.items()} for row, by_split in predicted.items()}
+
+
+def intervals(data, names=BASELINES, f1_ignore=(), metric: str = "accuracy", dev_split: str = "dev",
+                  test_split: str = "test") -> dict:
+    """``{row name: stats.Interval}``: each baseline's ``metric`` on ``test_split`` with its 95% percentile
+    bootstrap interval over the test examples (:func:`adapt.stats.interval` with one seed: a deterministic
+    baseline has no seed spread, but its number is still one draw of a test set)."""
+    from adapt import stats
+
+    fitted = _fit(data, names, f1_ignore, metric, dev_split)
+    if fitted is None:
+        return {}
+    vocab, gold, predicted, _ = fitted
+    ignore = tuple(vocab.index(x) for x in f1_ignore if x in vocab)
+    fn = stats.metric_fn(metric, len(vocab), ignore)
+    return {row: stats.interval([stats.confusion_counts(gold[test_split], by_split[test_split], range(len(vocab)))],
+                                fn) for row, by_split in predicted.items() if test_split in by_split}
 
 
 def add_to_table(table, trials: list[dict], names=BASELINES):
     """Adds a row per baseline in ``names`` to ``table`` (:mod:`adapt.tables`), below ours as reference rows are
     (``table.baselines`` names them; the CSV's source is "baseline"): in each column, the baselines on the data
     section (and ``objective.f1_ignore``) of the resolved config of one of the column's selected fine-tuning
-    trials in ``trials``, C picked by the column's metric on the dev split, the column's metric on the test split,
-    scaled as the table. One value per cell: no ±. A column whose data is not single-label classification gets
-    none."""
+    trials in ``trials``, C picked by the column's metric on the dev split, the column's metric on the test split
+    with its interval over test examples (:func:`intervals`), scaled as the table. No ±: one fit, no seeds.
+    A column whose data is not single-label classification gets none."""
     from adapt import tables
 
     by_id = {t["id"]: t for t in trials}
@@ -126,12 +154,11 @@ def add_to_table(table, trials: list[dict], names=BASELINES):
         config = next((c for c in configs if "data" in c and applies(c["data"])), None)
         if config is None:
             continue
-        metric = table.metric_of(col)
-        got = compute(config["data"], names, config.get("objective", {}).get("f1_ignore", ()), metric,
-                      table.dev_split)
-        for name, splits in got.items():
-            if table.test_split in splits:
-                rows[name][col] = splits[table.test_split][metric] * table.scale
+        got = intervals(config["data"], names, config.get("objective", {}).get("f1_ignore", ()),
+                            table.metric_of(col), table.dev_split, table.test_split)
+        s = table.scale
+        for name, i in got.items():
+            rows[name][col] = (i.value * s, None, i.low * s, i.high * s)
     tables.add_references(table, rows)
     table.baselines += [n for n in rows if n not in table.baselines]
     return table

@@ -8,7 +8,8 @@ none). Keys are a trial's columns (stage, condition, sweep), its overrides (``op
 overrides less the seed keys, ``init_from``, ``meta.*`` and the row/column keys); the group with the best mean
 dev metric over seeds is selected, and the cell is its test metric: mean ± sample std (ddof=1) over seeds. The
 metric is one name, or one per column (``{"chemprot": "micro_f1", "*": "macro_f1"}``, as papers report).
-"Avg." is the mean of a row's cell means (when it has them all). The best of our rows per column is bold (ties
+"Avg." is the mean of a row's cell means (when it has them all; ``average=False`` leaves it out, for columns
+that are not benchmarks to average, such as training-set sizes). The best of our rows per column is bold (ties
 at the shown precision too); reference rows (numbers from a paper, as printed) are shown below ours, and so are
 baseline rows (:mod:`adapt.baselines`: one number, no ±). A cell whose selected value of a swept numeric key is
 the smallest or largest tried is named in the caption (:func:`edges`): the optimum may lie beyond the grid.
@@ -103,6 +104,7 @@ class Table:
     lower: bool | None = None  # None: from the metric's name
     scale: float = 100.0
     digits: int = 1
+    average: bool = True  # an "Avg." column when there are several columns
     references: dict = dataclasses.field(default_factory=dict)  # name -> {column: (mean, std or None)}
     baselines: list = dataclasses.field(default_factory=list)  # reference rows adapt.baselines computed
 
@@ -115,6 +117,8 @@ class Table:
     def avg(self, row: str, source: str = "ours"):
         got = self.references.get(row, {}) if source == "reference" else \
             {c: (self.cells[row, c].mean, None) for c in self.columns if (row, c) in self.cells}
+        if not self.average:
+            return None
         if AVG in got:
             return got[AVG][0]
         means = [got[c][0] for c in self.columns if c in got and got[c][0] is not None]
@@ -169,7 +173,7 @@ def _cells(trials, row_keys, column_key, default_column) -> dict:
 
 def build(trials: list[dict], rows=("condition",), column: str | None = None, seed_keys=("train.seed",),
           metric: str = "accuracy", dev_split: str = "dev", test_split: str = "test", lower: bool | None = None,
-          scale: float = 100.0, digits: int = 1) -> Table:
+          scale: float = 100.0, digits: int = 1, average: bool = True) -> Table:
     trials = [t for t in trials if t["status"] == "done"]
     if not trials:
         raise AdaptError("no finished trials in the results database (or none match the filters)")
@@ -188,7 +192,8 @@ def build(trials: list[dict], rows=("condition",), column: str | None = None, se
                 raise AdaptError(f"no finished trial has the metric {split}/{name}; "
                                  + (f"closest: {', '.join(close)}" if close else f"there are: {', '.join(have)}"))
     exclude = set(seed_keys) | {"init_from", *rows, column}
-    table = Table([], [], {}, rows, column, tuple(seed_keys), metric, dev_split, test_split, lower, scale, digits)
+    table = Table([], [], {}, rows, column, tuple(seed_keys), metric, dev_split, test_split, lower, scale, digits,
+                  average)
     for (row, col), ts in cells.items():
         if (name := names[col]) is None:
             continue
@@ -231,7 +236,8 @@ def edges(table: Table) -> list[str]:
 
 
 def add_references(table: Table, refs) -> Table:
-    """Adds rows of reference numbers (as printed: already scaled): a dict {name: {column: mean or (mean, std)}},
+    """Adds rows of reference numbers (as printed: already scaled): a dict {name: {column: mean, (mean, std) or
+    (mean, std, low, high) with std None for a number without a spread}},
     a JSON file of one, or a CSV file with a header ``name,<column>,...`` and cells like ``85.3`` or ``85.3 ± 0.4``."""
     if isinstance(refs, (str, os.PathLike)):
         if not os.path.isfile(refs):
@@ -250,8 +256,9 @@ def add_references(table: Table, refs) -> Table:
                 nums = [float(x) for x in re.findall(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", v)]
                 v = tuple(nums[:2]) if nums else None
             if v is not None and v != ():
-                mean, std = (v if len(v) == 2 else (v[0], None)) if isinstance(v, (list, tuple)) else (v, None)
-                row[col] = (float(mean), None if std is None else float(std))
+                v = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+                v = v if len(v) == 4 else (v + (None,))[:2]  # (mean, std) or (mean, std, low, high)
+                row[col] = tuple(None if x is None else float(x) for x in v)
         table.references[name] = row
     return table
 
@@ -281,7 +288,9 @@ def entries(table: Table) -> list[dict]:
         source = "baseline" if name in table.baselines else "reference"
         for col in table.columns:
             if col in vals:
-                out.append(dict(row=name, column=col, source=source, mean=vals[col][0], std=vals[col][1]))
+                low, high = vals[col][2:] or (None, None)
+                out.append(dict(row=name, column=col, source=source, mean=vals[col][0], std=vals[col][1],
+                                low=low, high=high))
         if len(table.columns) > 1 and table.avg(name, "reference") is not None:
             out.append(dict(row=name, column=AVG, source=source, mean=table.avg(name, "reference"), std=None))
     for e in out:
@@ -298,7 +307,7 @@ def entries(table: Table) -> list[dict]:
 
 
 def _grid(table: Table):
-    cols = table.columns + ([AVG] if len(table.columns) > 1 else [])
+    cols = table.columns + ([AVG] if len(table.columns) > 1 and table.average else [])
     by = {(e["row"], e["column"]): e for e in entries(table)}
     return cols, [(r, [by.get((r, c)) for c in cols]) for r in table.rows + list(table.references)]
 
@@ -311,8 +320,10 @@ def caption(table: Table) -> str:
     else:
         metric = ", ".join(f"{n} for {', '.join(c for c in table.columns if names[c] == n)}"
                            for n in dict.fromkeys(names.values()))
+    bounded = any(len(v) > 2 for name in table.baselines for v in table.references.get(name, {}).values())
     baselines = (f" {', '.join(table.baselines)}: computed by the framework on the same splits and metric, "
-                 f"deterministic (one value, no ±).") if table.baselines else ""
+                 f"deterministic (one value, no ±)" + ("; [low, high]: bootstrap over test examples alone."
+                                                       if bounded else ".")) if table.baselines else ""
     intervals = (" [low, high]: 95% interval of the mean, percentile bootstrap over test examples and seeds "
                  "(adapt/stats.py)." if any(c.interval for c in table.cells.values()) else "")
     return "\n".join([f"Test metric ({metric}){scale}: mean ± std over seeds ({', '.join(table.seed_keys)}) of the "

@@ -1,6 +1,7 @@
 """The reference baselines (adapt/baselines.py) equal scikit-learn run directly on the same splits (C picked on
 dev the same way, metrics from sklearn.metrics), f1_ignore included; carved sources give the trials' splits;
-the rows land in a table built from a results database."""
+the rows land in a table built from a results database, with a bootstrap interval over test examples that equals
+one computed by hand."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from test_tables import DATA, make_db
 
-from adapt import baselines, tables
+from adapt import baselines, stats, tables
 from adapt.data import pipeline, sources
 from adapt.models import load_tokenizer
 
@@ -41,8 +42,9 @@ def _write(path, records):
     return str(path)
 
 
-def _sklearn(splits: dict, select: str, ignore=()) -> dict:
-    """The two baselines with scikit-learn alone: {row: {split: {metric: value}}}."""
+def _sklearn(splits: dict, select: str, ignore=(), predictions: bool = False) -> dict:
+    """The two baselines with scikit-learn alone: {row: {split: {metric: value}}} (or, with ``predictions``,
+    {row: {split: predicted labels}})."""
     x_of = lambda s: [r["text"] for r in splits[s]]  # noqa: E731
     y_of = lambda s: [r["label"] for r in splits[s]]  # noqa: E731
 
@@ -53,7 +55,7 @@ def _sklearn(splits: dict, select: str, ignore=()) -> dict:
 
     evals = [s for s in splits if s != "train"]
     dummy = DummyClassifier(strategy="most_frequent").fit(np.zeros((len(splits["train"]), 1)), y_of("train"))
-    out = {"Majority class": {s: metrics(y_of(s), dummy.predict(np.zeros((len(splits[s]), 1)))) for s in evals}}
+    preds = {"Majority class": {s: dummy.predict(np.zeros((len(splits[s]), 1))) for s in evals}}
     vectorizer = TfidfVectorizer(sublinear_tf=True)
     x_train = vectorizer.fit_transform(x_of("train"))
     best = None
@@ -62,8 +64,10 @@ def _sklearn(splits: dict, select: str, ignore=()) -> dict:
         score = metrics(y_of("dev"), model.predict(vectorizer.transform(x_of("dev"))))[select]
         if best is None or score > best[0]:
             best = (score, model)
-    out["TF-IDF + LR"] = {s: metrics(y_of(s), best[1].predict(vectorizer.transform(x_of(s)))) for s in evals}
-    return out
+    preds["TF-IDF + LR"] = {s: best[1].predict(vectorizer.transform(x_of(s))) for s in evals}
+    if predictions:
+        return preds
+    return {row: {s: metrics(y_of(s), p) for s, p in by_split.items()} for row, by_split in preds.items()}
 
 
 def _assert_equal(got: dict, expected: dict):
@@ -104,9 +108,18 @@ def test_baseline_rows_in_a_table(tmp_path):
     table = baselines.add_to_table(tables.build(db.trials()), db.trials())
     expected = baselines.compute(data)
     md = tables.to_markdown(table)
+    gold = np.asarray([r["label"] for r in splits["test"]])
     for row, by_split in expected.items():
+        # the interval: a percentile bootstrap of the test examples, done here by hand on scikit-learn's own
+        # predictions, with the draws stats.interval makes (1000 replicates, seed 0)
+        correct = (_sklearn(splits, "accuracy", predictions=True)[row]["test"] == gold).astype(np.float64)
+        weights = stats.example_weights(np.random.default_rng(0), 1000, len(gold))
+        low, high = 100 * np.percentile(weights @ correct / len(gold), [2.5, 97.5])
         v = f"{100 * by_split['test']['accuracy']:.1f}"
-        assert f"| {row} | {v} | {v} | {v} |" in md  # the same data in both columns: no ±, not bold
+        cell = f"{v} [{low:.1f}, {high:.1f}]"
+        assert f"| {row} | {cell} | {cell} | {v} |" in md  # the same data in both columns: no ±, not bold
     assert "Majority class, TF-IDF + LR: computed by the framework" in md
+    assert "[low, high]: bootstrap over test examples alone" in md
     rows = [r for r in csv.DictReader(io.StringIO(tables.to_csv(table))) if r["source"] == "baseline"]
-    assert len(rows) == 6 and all(r["std"] == "" for r in rows)
+    assert len(rows) == 6 and all(r["std"] == "" for r in rows)  # two columns and the average, per baseline
+    assert all(float(r["low"]) <= float(r["mean"]) <= float(r["high"]) for r in rows if r["column"] != tables.AVG)
