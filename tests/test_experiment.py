@@ -13,16 +13,19 @@ from adapt.errors import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")) +
                       glob.glob(os.path.join(ROOT, "experiments", "*", "*.py")))
+SETTINGS = {"experiments/bbc_tapt/config.py": ["smoke"],  # the named settings of the experiments, beside the default
+            "experiments/dont_stop_pretraining/config.py": ["cpu", "reduced"]}
+CASES = [(p, None) for p in CONFIG_FILES] + [(os.path.join(ROOT, p), a) for p, args in SETTINGS.items() for a in args]
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, ROOT))
-def test_every_config_resolves(path):
-    config = configs.load(path)
+@pytest.mark.parametrize("path,arg", CASES, ids=[os.path.relpath(p, ROOT) + (f":{a}" if a else "") for p, a in CASES])
+def test_every_config_resolves(path, arg):
+    config = configs.load(path + (f":{arg}" if arg else ""))
     assert config.model.name and config.data.format and config.method.name
     json.loads(config.to_json_best_effort())  # what run folders save
     module = configs.load_module(path)
     if hasattr(module, "get_sweep"):  # every trial of every sweep beside it sets known keys
-        sweep = module.get_sweep()
+        sweep = module.get_sweep(arg) if arg else module.get_sweep()
         for part in sweep.values() if isinstance(sweep, dict) else [sweep]:
             trials = sweeps.expand(part)
             assert trials
