@@ -121,7 +121,7 @@ def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_s
 
 
 def intervals(data, names=BASELINES, f1_ignore=(), metric: str = "accuracy", dev_split: str = "dev",
-                  test_split: str = "test") -> dict:
+              test_split: str = "test") -> dict:
     """``{row name: stats.Interval}``: each baseline's ``metric`` on ``test_split`` with its 95% percentile
     bootstrap interval over the test examples (:func:`adapt.stats.interval` with one seed: a deterministic
     baseline has no seed spread, but its number is still one draw of a test set)."""
@@ -155,7 +155,7 @@ def add_to_table(table, trials: list[dict], names=BASELINES):
         if config is None:
             continue
         got = intervals(config["data"], names, config.get("objective", {}).get("f1_ignore", ()),
-                            table.metric_of(col), table.dev_split, table.test_split)
+                        table.metric_of(col), table.dev_split, table.test_split)
         s = table.scale
         for name, i in got.items():
             rows[name][col] = (i.value * s, None, i.low * s, i.high * s)

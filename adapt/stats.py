@@ -178,8 +178,8 @@ class Comparison:
 def compare(counts_a, counts_b, metric, *, replicates: int = 1000, permutations: int = 1000, level: float = 0.95,
             seed: int = 0) -> Comparison:
     """Paired comparison of two rows on one test set (module doc): the difference A - B with its paired
-    bootstrap interval and p-value, and the randomisation and seed-level p-values. Draws, in order: ``example_weights``, A's seeds, B's
-    seeds, then the permutations' swap masks ``[R, n]``."""
+    bootstrap interval and p-value, and the randomisation and seed-level p-values. Draws, in order:
+    ``example_weights``, A's seeds, B's seeds, then the permutations' swap masks ``[R, n]``."""
     a, b = _stack(counts_a), _stack(counts_b)
     if a.shape[1:] != b.shape[1:]:
         raise AdaptError(f"the two rows were evaluated on different test sets ({a.shape[1]} and {b.shape[1]} "

@@ -11,8 +11,9 @@ metric is one name, or one per column (``{"chemprot": "micro_f1", "*": "macro_f1
 "Avg." is the mean of a row's cell means (when it has them all; ``average=False`` leaves it out, for columns
 that are not benchmarks to average, such as training-set sizes). The best of our rows per column is bold (ties
 at the shown precision too); reference rows (numbers from a paper, as printed) are shown below ours, and so are
-baseline rows (:mod:`adapt.baselines`: one number, no ±). A cell whose selected value of a swept numeric key is
-the smallest or largest tried is named in the caption (:func:`edges`): the optimum may lie beyond the grid.
+baseline rows (:mod:`adapt.baselines`: one number, no ±, with its interval over test examples). A cell whose
+selected value of a swept numeric key is the smallest or largest tried is named in the caption (:func:`edges`):
+the optimum may lie beyond the grid.
 
     table = build(ResultsDB("runs/x/results.db").trials(), metric="macro_f1")
     add_references(table, {"BioBERT (paper)": {"chemprot": 76.5}})
@@ -105,7 +106,7 @@ class Table:
     scale: float = 100.0
     digits: int = 1
     average: bool = True  # an "Avg." column when there are several columns
-    references: dict = dataclasses.field(default_factory=dict)  # name -> {column: (mean, std or None)}
+    references: dict = dataclasses.field(default_factory=dict)  # name -> {column: (mean, std or None[, low, high])}
     baselines: list = dataclasses.field(default_factory=list)  # reference rows adapt.baselines computed
 
     def metric_of(self, column: str) -> str:
@@ -115,10 +116,10 @@ class Table:
         return lower_is_better(self.metric_of(column)) if self.lower is None else self.lower
 
     def avg(self, row: str, source: str = "ours"):
-        got = self.references.get(row, {}) if source == "reference" else \
-            {c: (self.cells[row, c].mean, None) for c in self.columns if (row, c) in self.cells}
         if not self.average:
             return None
+        got = self.references.get(row, {}) if source == "reference" else \
+            {c: (self.cells[row, c].mean, None) for c in self.columns if (row, c) in self.cells}
         if AVG in got:
             return got[AVG][0]
         means = [got[c][0] for c in self.columns if c in got and got[c][0] is not None]

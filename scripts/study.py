@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from adapt import baselines, cli, configs, files, results, stats, tables
+from adapt import cli, configs, files, results, tables
 from adapt.runner import run_sweep
 from adapt.sweeps import load_sweep, sweep_label
 
@@ -47,17 +47,9 @@ def main():
     db = results.ResultsDB(os.path.join(args.workdir, "results.db"))
     trials = db.trials(sweep=name)
     table = tables.build(trials, **layout)
-    for ref in references:
-        tables.add_references(table, ref)
-    if floors:
-        baselines.add_to_table(table, trials, floors)
     out = os.path.join(args.workdir, "results", "table")
-    notes, comparisons = stats.annotate(table, trials, pairs, out)
-    print("\n" + tables.to_markdown(table))
-    if comparisons:
-        print(stats.comparisons_markdown(comparisons, table.digits))
-    for line in tables.edges(table) + notes:
-        print(f"warning: {line}", file=sys.stderr)
+    print()
+    comparisons = cli.show_table(table, trials, references=references, baselines=floors, pairs=pairs, out=out)
     written = tables.write_outputs(table, db, trials, out, curves, vs)
     written += [f"{out}_comparisons.{ext}" for ext in ("md", "tex") if comparisons]
     print(f"\n{sum(counts.values())} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "

@@ -15,9 +15,8 @@ writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from adapt import baselines, cli, files, stats, tables
+from adapt import cli, files, tables
 from adapt.results import ResultsDB
 
 
@@ -61,19 +60,11 @@ def main():
     table = tables.build(trials, rows=args.rows.split(","), column=args.column, seed_keys=args.seed_keys.split(","),
                          metric=parse_metric(args.metric), dev_split=args.dev_split, test_split=args.test_split,
                          lower=args.lower_is_better, scale=args.scale, digits=args.digits)
-    for ref in args.reference:
-        tables.add_references(table, ref)
-    if args.baselines:
-        baselines.add_to_table(table, trials, args.baselines.split(","))
     pairs = [tuple(p.split("|", 1)) for p in args.compare]
     if any(len(p) != 2 for p in pairs):
         parser.error("--compare takes 'row A|row B'")
-    notes, comparisons = stats.annotate(table, trials, pairs, args.out)
-    print(tables.to_markdown(table))
-    if comparisons:
-        print(stats.comparisons_markdown(comparisons, table.digits))
-    for line in tables.edges(table) + notes:
-        print(f"warning: {line}", file=sys.stderr)
+    cli.show_table(table, trials, references=args.reference, baselines=args.baselines.split(",") if args.baselines
+                   else (), pairs=pairs, out=args.out)
     if (args.curves or args.vs) and not args.out:
         parser.error("--curves/--vs need --out")
     if args.out:
