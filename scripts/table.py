@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from adapt import cli, files, tables
+from adapt.errors import ConfigError
 from adapt.results import ResultsDB
 
 
@@ -55,14 +56,15 @@ def main():
     if args.out:
         files.output_files(args.out, "--out")
 
+    pairs = [tuple(p.split("|", 1)) for p in args.compare]
+    bad = [p[0] for p in pairs if len(p) != 2]
+    if bad:
+        raise ConfigError(f"--compare {bad[0]!r}: expected 'row A|row B'")
     db = ResultsDB.open_existing(args.db)
     trials = [t for t in db.trials(sweep=args.sweep) if args.stage is None or t["stage"] in args.stage]
     table = tables.build(trials, rows=args.rows.split(","), column=args.column, seed_keys=args.seed_keys.split(","),
                          metric=parse_metric(args.metric), dev_split=args.dev_split, test_split=args.test_split,
                          lower=args.lower_is_better, scale=args.scale, digits=args.digits)
-    pairs = [tuple(p.split("|", 1)) for p in args.compare]
-    if any(len(p) != 2 for p in pairs):
-        parser.error("--compare takes 'row A|row B'")
     cli.show_table(table, trials, references=args.reference, baselines=args.baselines.split(",") if args.baselines
                    else (), pairs=pairs, out=args.out)
     if (args.curves or args.vs) and not args.out:

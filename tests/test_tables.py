@@ -209,6 +209,8 @@ def test_table_command_line(db, tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and re.search(r"metric dev/f1", out.stderr)
     out = subprocess.run(cmd[:2] + ["--db", str(tmp_path / "nope.db")], capture_output=True, text=True, check=False)
     assert out.returncode == 2 and "no results database" in out.stderr
+    out = subprocess.run(cmd[:3] + ["--compare", "A"], capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and out.stderr == "error: --compare 'A': expected 'row A|row B'\n", out.stderr
 
 
 def test_a_staged_sweep_end_to_end(tmp_path):
