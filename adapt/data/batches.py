@@ -5,15 +5,19 @@ Examples are columns of equal-length rows (``np.ndarray [N, T]``, e.g. packed LM
 that fits its longest example (so the jitted step compiles once per bucket, not per length).
 
 Training reads a :class:`Mixture` of endless, per-epoch reshuffled :class:`RowStream` s: each row of a
-global batch comes from a source drawn with the configured weights from ``(seed, step)``, so the stream
-is deterministic, and its position (the step and each source's row count) is saved with each checkpoint
-and restored exactly. Every process draws the same choices and reads only its own slice of rows.
+global batch comes from a source drawn from ``(seed, step)`` with the weights of the stage that step is in
+(one stage, or a schedule of ``(first step, weights)`` stages), so the stream is deterministic. Weights are
+shares of rows (sequences), not of tokens; for packed LM rows the two coincide, and the mixture counts the
+tokens each source gave the global batches (``tokens``, ``token_shares()``). Its position (the step, each
+source's row count and token count) is saved with each checkpoint and restored exactly; the stage is a
+function of the step. Every process draws the same choices and reads only its own slice of rows.
 ``eval_batches`` walks a split once in order; the last batch is padded with rows that count for nothing
 (labels -100, no tokens).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
 import jax
@@ -94,33 +98,67 @@ class RowStream:
         return np.asarray([self._order(e)[o] for e, o in zip(epochs, offsets)], np.int64)
 
 
-class Mixture:
-    """Global batches of ``batch_size`` rows drawn from ``streams`` with ``weights`` (normalised)."""
+def _tokens(arrays: dict, rows: np.ndarray) -> int:
+    """The tokens in rows ``rows`` of ``arrays``: the non-zero ``attention_mask`` entries when there is one,
+    else the lengths of the ragged ``input_ids`` rows, else the row width."""
+    if "attention_mask" in arrays:
+        mask = arrays["attention_mask"]
+        return int(sum(np.count_nonzero(mask[i]) for i in rows) if isinstance(mask, list)
+                   else np.count_nonzero(mask[rows]))
+    ids = arrays["input_ids"] if "input_ids" in arrays else next(iter(arrays.values()))
+    return int(sum(len(ids[i]) for i in rows)) if isinstance(ids, list) else len(rows) * int(np.prod(ids.shape[1:]))
 
-    def __init__(self, streams: dict[str, RowStream], weights: dict[str, float], batch_size: int, *, seed: int,
-                 buckets=DEFAULT_BUCKETS, process_index: int | None = None, process_count: int | None = None):
-        if set(weights) != set(streams) or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-            raise DataError(f"mixture weights {weights} must be non-negative, not all 0, one per source "
-                            f"({', '.join(streams)})")
+
+Weights = dict[str, float]
+
+
+class Mixture:
+    """Global batches of ``batch_size`` rows drawn from ``streams``.
+
+    ``weights``: ``{source: weight}`` (normalised), or stages ``[(step, {source: weight}), ...]`` whose steps
+    start at 0 and increase: a stage weighs the batches from its step (the mixture's ``step``: batches drawn
+    before) to the next stage's; a source it leaves out has weight 0 there. Weights are shares of rows
+    (sequences), not of tokens; for packed LM rows, whose every position is a token, the two coincide.
+    ``tokens``: the tokens each source gave the global batches so far (:func:`_tokens`; every process counts
+    the whole batch, so all agree), ``token_shares()`` their shares. ``steps_per_epoch``: one pass over the
+    most-weighted source of the first stage."""
+
+    def __init__(self, streams: dict[str, RowStream], weights: Weights | list[tuple[int, Weights]], batch_size: int,
+                 *, seed: int, buckets=DEFAULT_BUCKETS, process_index: int | None = None,
+                 process_count: int | None = None):
         self.streams, self.batch_size, self.seed, self.buckets = streams, batch_size, seed, buckets
         self.names = list(streams)
-        total = sum(weights.values())
-        self.probs = np.asarray([weights[n] / total for n in self.names])
+        stages = [(0, weights)] if isinstance(weights, dict) else list(weights)
+        self.starts = [int(step) for step, _ in stages]
+        if not stages or self.starts[0] != 0 or any(a >= b for a, b in zip(self.starts, self.starts[1:])):
+            raise DataError(f"mixture stages start at steps {self.starts}; expected 0 first, then increasing")
+        self.probs = [self._probs(w) for _, w in stages]  # per stage: [sources], summing to 1
         self.local = _local_rows(batch_size, process_index, process_count)
         self.step = 0
-        first = self.names[int(np.argmax(self.probs))]
-        # An epoch: one pass over the most-weighted source.
-        self.steps_per_epoch = max(1, int(streams[first].num_examples / (batch_size * self.probs.max())))
+        self.tokens = {n: 0 for n in self.names}
+        first = self.probs[0]
+        self.steps_per_epoch = max(1, int(streams[self.names[int(np.argmax(first))]].num_examples
+                                          / (batch_size * first.max())))
+
+    def _probs(self, weights: Weights) -> np.ndarray:
+        if set(weights) - set(self.names) or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise DataError(f"mixture weights {weights} must be non-negative, not all 0, for sources among "
+                            f"{', '.join(self.names)}")
+        total = sum(weights.values())
+        return np.asarray([weights.get(n, 0.0) / total for n in self.names])
 
     def next_batch(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.step, 7])
-        choice = rng.choice(len(self.names), size=self.batch_size, p=self.probs) if len(self.names) > 1 \
+        probs = self.probs[bisect.bisect_right(self.starts, self.step) - 1]  # the stage this step is in
+        choice = rng.choice(len(self.names), size=self.batch_size, p=probs) if len(self.names) > 1 \
             else np.zeros(self.batch_size, np.int64)
         self.step += 1
         picked = []
         for s, name in enumerate(self.names):
             where = np.flatnonzero(choice == s)
-            picked.append((where, name, self.streams[name].take(len(where))))  # all processes advance alike
+            rows = self.streams[name].take(len(where))  # all processes advance alike
+            self.tokens[name] += _tokens(self.streams[name].arrays, rows)
+            picked.append((where, name, rows))
         lengths = [len(self.streams[n].arrays[k][i]) for _, n, rows in picked
                    for k in _ragged(self.streams[n].arrays)[:1] for i in rows]
         width = bucket_width(lengths, self.buckets) if lengths else None  # over the global batch
@@ -132,8 +170,13 @@ class Mixture:
         order = np.argsort(np.concatenate([w for w, _ in parts]))
         return {k: np.concatenate([b[k] for _, b in parts])[order] for k in parts[0][1]}
 
+    def token_shares(self) -> dict[str, float]:
+        total = sum(self.tokens.values())
+        return {n: t / total if total else 0.0 for n, t in self.tokens.items()}
+
     def state(self) -> dict:
-        return {"step": self.step, "positions": {n: s.position for n, s in self.streams.items()}}
+        return {"step": self.step, "positions": {n: s.position for n, s in self.streams.items()},
+                "tokens": dict(self.tokens), "token_shares": self.token_shares()}
 
     def restore(self, state: dict) -> None:
         self.step = int(state["step"])
@@ -142,7 +185,8 @@ class Mixture:
                 raise DataError(f"the checkpoint's data position names source {n!r}; this run's sources: "
                                 f"{', '.join(self.streams)}")
             self.streams[n].position = int(p)
-
+        saved = state.get("tokens", {})  # a checkpoint from before token counts: they restart at 0
+        self.tokens = {n: int(saved.get(n, 0)) for n in self.names}  # the shares follow from them
 
 def array_batches(arrays: dict, batch_size: int, *, seed: int, shuffle: bool = True, name: str = "train",
                   buckets=DEFAULT_BUCKETS, **process) -> Mixture:
