@@ -15,15 +15,24 @@ drawn from the raw train records before any formatting (:func:`split_train`), st
 every train record has a label in ``label_column`` (and ``label_type`` is "category"): a classification stage
 and an ``lm`` stage over the same source, seed and size agree on it exactly, because the ``lm`` stage reads the
 same records, labels included. Dev and test are never touched.
+
+Training on a mixture: ``mixture`` names sources, each this section with its own keys (:func:`section`; a
+``benchmark`` key stands for that benchmark's data keys), weighted by their ``weight`` or, for weights that
+change with the training step, by ``mixture_stages``. Weights are shares of rows (sequences), not tokens; the
+:class:`~adapt.data.batches.Mixture` counts the tokens. :func:`check_mixture` checks both keys before anything is
+read; :func:`train_stream` builds the mixture.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import ml_collections
 import numpy as np
 
+from adapt.benchmarks import BENCHMARKS
 from adapt.data import formats, sources
 from adapt.data.batches import Mixture, RowStream, array_batches
 from adapt.data.cache import DEFAULT_DIR, cache_key, cached
@@ -34,6 +43,8 @@ from adapt.files import write_json
 FORMATS = ("lm", "classification", "conll", "sft")
 TRAIN_SUBSETS = ("sample", "pool")
 LABEL_TYPES = ("category", "number")
+_MAPS = (dict, ml_collections.ConfigDict)
+_NOT_SECTION_KEYS = ("mixture", "mixture_stages")  # a source or an evaluation set is one set of data
 
 
 def data_defaults() -> ml_collections.ConfigDict:
@@ -54,10 +65,17 @@ def data_defaults() -> ml_collections.ConfigDict:
         pack=True,  # lm/sft: pack into rows of max_length
         conll_token_column=0, conll_tag_column=-1,
         cache_dir=DEFAULT_DIR,  # "" disables the cache
-        # Training mixture: name -> {"weight": w, plus any keys above for that source}; e.g.
-        # {"domain": {"weight": 0.75, "files": {"train": "bio.txt"}}, "general": {"weight": 0.25, ...}}.
-        # Empty: train on this section's own train split.
+        # Training mixture: name -> {"weight": w, plus any keys of this section for that source (each replaces
+        # this section's value whole), or "benchmark": a name of adapt.benchmarks, standing for its data keys};
+        # e.g. {"domain": {"weight": 0.75, "files": {"train": "bio.txt"}}, "general": {"weight": 0.25,
+        # "benchmark": "bbc"}}. Each row of a batch comes from a source drawn with these weights: shares of
+        # rows (sequences), not of tokens (for packed lm rows the two coincide). Empty: train on this
+        # section's own train split.
         mixture={},
+        # Or weights that change during training, instead of the sources' own: [[step, {source: weight}], ...],
+        # the first at step 0, steps increasing; a stage weighs the batches from its step (optimizer steps done
+        # before the batch) until the next stage's, and a source it leaves out weighs 0 there.
+        mixture_stages=[],
         # Training-set size (see the module docstring): a number >= 1 is a count of train examples, one in
         # (0, 1) a fraction of them, 0 all; the sample is seeded by train_seed (independent of train.seed) and
         # stratified by label when the train records have labels; train_subset "sample" trains on it, "pool"
@@ -160,7 +178,8 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
     _check_sources(cfg)
     files = list(cfg.files.values()) if cfg.files else [cfg.source]
     encoder = formats.Encoder(tokenizer)
-    skip = {"cache_dir"} | ({"train_examples", "train_seed", "train_subset"} if not _sampled(cfg) else set())
+    skip = {"cache_dir", "mixture_stages"}  # the stages only weigh the training mixture's batches
+    skip |= {"train_examples", "train_seed", "train_subset"} if not _sampled(cfg) else set()
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}  # all data: old cache entries stay valid
     key = cache_key(files, encoder.fingerprint(), settings)
     data, hit = cached(key, lambda: _flatten(_encode(cfg, tokenizer, encoder)), cfg.cache_dir or None)
@@ -270,36 +289,117 @@ def save_labels(workdir: str, labels: list[str]) -> None:
     write_json(os.path.join(workdir, "labels.json"), labels, indent=1)
 
 
-def component(cfg, name: str) -> ml_collections.ConfigDict:
-    """The ``data`` section for mixture source ``name``: this section with the source's own keys."""
-    spec = dict(cfg.mixture[name])
-    spec.pop("weight", None)
-    sub = ml_collections.ConfigDict(cfg.to_dict())
-    sub.mixture = {}
-    unknown = set(spec) - set(sub)
+def _check_keys(cfg, spec, where: str, *extra: str) -> None:
+    """``spec``'s keys must be keys of the data section ``cfg`` (or ``benchmark``, naming one; or ``extra``)."""
+    known = sorted({*cfg.keys(), "benchmark", *extra} - set(_NOT_SECTION_KEYS))
+    unknown = sorted(set(spec) - set(known))
     if unknown:
-        raise ConfigError(f"data.mixture.{name} has unknown key(s) {sorted(unknown)}; expected weight or any of "
-                          f"{', '.join(sorted(sub))}")
-    if "source" in spec:
-        sub.files = {}
-    if "files" in spec:
-        sub.source = ""
-    sub.update(spec)
+        raise ConfigError(f"{where} has unknown key(s) {unknown}; expected any of {', '.join(known)}")
+    name = spec.get("benchmark")
+    if name is not None and (not isinstance(name, str) or name not in BENCHMARKS):
+        raise ConfigError(f"{where}.benchmark={name!r} is not a known benchmark; known: {', '.join(BENCHMARKS)}")
+
+
+def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
+    """The data section ``cfg`` with ``spec``'s keys set: the data of one mixture source or one named evaluation
+    set (``where``: its config key, for errors). A ``benchmark`` key sets that benchmark's data keys first
+    (:data:`adapt.benchmarks.BENCHMARKS`), the spec's other keys then override them; each key replaces the
+    section's value whole, and ``files`` clears ``source`` and the other way round. The result has no
+    ``mixture`` or ``mixture_stages``."""
+    spec = dict(spec)
+    _check_keys(cfg, spec, where)
+    sub = ml_collections.ConfigDict(cfg.to_dict())
+    sub.mixture, sub.mixture_stages = {}, []
+    benchmark = spec.pop("benchmark", None)
+    for keys in ([BENCHMARKS[benchmark][0]()] if benchmark else []) + [spec]:
+        if "source" in keys:
+            sub.files = {}
+        if "files" in keys:
+            sub.source = ""
+        for k, v in keys.items():
+            try:
+                sub[k] = v
+            except (TypeError, ValueError) as e:  # the type of this section's value
+                raise ConfigError(f"{where}.{k}={v!r}: {e}") from None
     return sub
 
 
+def component(cfg, name: str) -> ml_collections.ConfigDict:
+    """The ``data`` section for mixture source ``name``: this section with the source's own keys (see
+    :func:`section`)."""
+    return section(cfg, {k: v for k, v in cfg.mixture[name].items() if k != "weight"}, f"data.mixture.{name}")
+
+
+def _check_weights(weights: dict, where: str, key) -> None:
+    """Each weight a finite number >= 0 (``key(source)``: its name in errors), not all 0."""
+    for n, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (w >= 0 and math.isfinite(w)):
+            raise ConfigError(f"{key(n)}={w!r}; expected a finite number >= 0")
+    if not sum(weights.values()) > 0:
+        raise ConfigError(f"{where}: every weight is 0 ({', '.join(f'{n}={w}' for n, w in weights.items())}); "
+                          f"at least one source needs a positive weight")
+
+
+def _check_stages(stages, names: list[str]) -> None:
+    pair = "[step, {source: weight}]"
+    if not isinstance(stages, (list, tuple)):
+        raise ConfigError(f"data.mixture_stages={stages!r}; expected a list of {pair} pairs")
+    for i, stage in enumerate(stages):
+        where = f"data.mixture_stages[{i}]"
+        if not (isinstance(stage, (list, tuple)) and len(stage) == 2 and isinstance(stage[0], int)
+                and not isinstance(stage[0], bool) and isinstance(stage[1], _MAPS)):
+            raise ConfigError(f"{where}={stage!r}; expected a {pair} pair")
+        step, weights = stage
+        if i == 0 and step != 0:
+            raise ConfigError(f"{where} starts at step {step}; the first stage starts at step 0")
+        if i and step <= stages[i - 1][0]:
+            raise ConfigError(f"{where} starts at step {step}, not after data.mixture_stages[{i - 1}]'s step "
+                              f"{stages[i - 1][0]}; the steps must increase")
+        unknown = [n for n in weights if n not in names]
+        if unknown:
+            raise ConfigError(f"{where} weighs {', '.join(map(repr, unknown))}, not a source of data.mixture; its "
+                              f"sources: {', '.join(names)}")
+        _check_weights(dict(weights), where, lambda n, where=where: f"{where}: {n}")
+
+
+def check_mixture(cfg) -> None:
+    """Check the training mixture of ``cfg`` (the ``data`` section) before anything is read: each source's keys,
+    and either every source's weight or ``mixture_stages``. Raises a one-line ConfigError naming the key."""
+    mixture, stages = cfg.get("mixture", {}), cfg.get("mixture_stages", [])
+    if stages and not mixture:
+        raise ConfigError("data.mixture_stages weighs the sources of data.mixture, which names none")
+    for name, spec in mixture.items():
+        where = f"data.mixture.{name}"
+        if not isinstance(spec, _MAPS):
+            raise ConfigError(f"{where}={spec!r}; expected the source's keys (weight, files or source, ...)")
+        _check_keys(cfg, {k: v for k, v in spec.items() if k != "weight"}, where, "weight")
+        if stages and "weight" in spec:
+            raise ConfigError(f"{where}.weight and data.mixture_stages are both set; use one (a weight per source, "
+                              f"or weights per stage)")
+        if not stages and "weight" not in spec:
+            raise ConfigError(f"{where} has no weight; give each source of data.mixture one, or weigh them per "
+                              f"stage in data.mixture_stages")
+    if stages:
+        _check_stages(stages, list(mixture))
+    elif mixture:
+        _check_weights({n: spec["weight"] for n, spec in mixture.items()}, "data.mixture",
+                       lambda n: f"data.mixture.{n}.weight")
+
+
 def train_stream(cfg, tokenizer, batch_size: int, seed: int, train: dict | None = None):
-    """The training batches: the weighted mixture of ``cfg.mixture``'s sources (each one's train split),
-    or ``train`` (this section's prepared train split)."""
+    """The training batches: the mixture of ``cfg.mixture``'s sources (each one's train split), weighted by
+    their weights or by ``cfg.mixture_stages`` (checked first: :func:`check_mixture`), or ``train`` (this
+    section's prepared train split)."""
+    check_mixture(cfg)
     if not cfg.mixture:
         return array_batches(train, batch_size, seed=seed)
-    streams, weights = {}, {}
+    streams = {}
     for i, name in enumerate(cfg.mixture):
-        if "weight" not in cfg.mixture[name]:
-            raise ConfigError(f"data.mixture.{name} has no weight")
         splits, _ = prepare(component(cfg, name), tokenizer)
         if "train" not in splits:
             raise ConfigError(f"data.mixture.{name} has no train split")
         streams[name] = RowStream(splits["train"], seed=seed + 1000 * i, name=name)
-        weights[name] = float(cfg.mixture[name]["weight"])
+    stages = cfg.get("mixture_stages", [])
+    weights = ([(step, {n: float(w) for n, w in ws.items()}) for step, ws in stages] if stages
+               else {n: float(spec["weight"]) for n, spec in cfg.mixture.items()})
     return Mixture(streams, weights, batch_size, seed=seed)
