@@ -4,10 +4,13 @@
 
 The config file defines ``get_config(arg)``, ``get_sweep(arg)`` and ``get_table(arg)`` (the keyword
 arguments of :func:`adapt.tables.build`, plus ``curves``, ``vs``, ``reference`` and ``baselines``: e.g.
-``("majority", "tfidf")``, reference rows :mod:`adapt.baselines` computes on each column's data). Prints the table and
-writes it (Markdown, LaTeX, CSV) and the plots to ``WORKDIR/results/``. Running the same command again skips
-finished trials. Trials run in this process, so trials with the same shapes reuse the compiled steps (JAX's
-persistent compilation cache in ``WORKDIR/jax_cache`` keeps them across runs too).
+``("majority", "tfidf")``, reference rows :mod:`adapt.baselines` computes on each column's data; ``forgetting``:
+``("domain", "general")``, two evaluation sets of language-model trials, adds the forgetting report of
+:mod:`adapt.forgetting`, and a layout with it and no ``metric`` is that report alone: see
+:func:`adapt.cli.show_layout`). Prints the table and writes it (Markdown, LaTeX, CSV) and the plots to
+``WORKDIR/results/`` (``table_forgetting.md`` and ``table_pareto.png`` for the forgetting report). Running the
+same command again skips finished trials. Trials run in this process, so trials with the same shapes reuse the
+compiled steps (JAX's persistent compilation cache in ``WORKDIR/jax_cache`` keeps them across runs too).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import sys
 import time
 
-from adapt import cli, configs, files, results, tables
+from adapt import cli, configs, files, results
 from adapt.runner import run_sweep
 from adapt.sweeps import load_sweep, sweep_label
 
@@ -34,8 +37,6 @@ def main():
     config = configs.from_module(module, arg, overrides)
     sweep, _ = load_sweep(module, arg, None)
     layout = dict(configs.call(module, "get_table", arg))
-    curves, vs, references = layout.pop("curves", ()), layout.pop("vs", ()), layout.pop("reference", ())
-    floors, pairs = layout.pop("baselines", ()), layout.pop("compare", ())
 
     import jax  # the persistent cache: trials (and re-runs) with the same shapes compile once
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.workdir), "jax_cache"))
@@ -46,12 +47,8 @@ def main():
     counts = run_sweep(config, sweep, args.workdir, workers=args.workers, name=name)
     db = results.ResultsDB(os.path.join(args.workdir, "results.db"))
     trials = db.trials(sweep=name)
-    table = tables.build(trials, **layout)
-    out = os.path.join(args.workdir, "results", "table")
     print()
-    comparisons = cli.show_table(table, trials, references=references, baselines=floors, pairs=pairs, out=out)
-    written = tables.write_outputs(table, db, trials, out, curves, vs)
-    written += [f"{out}_comparisons.{ext}" for ext in ("md", "tex") if comparisons]
+    written = cli.show_layout(layout, db, trials, os.path.join(args.workdir, "results", "table"))
     print(f"\n{sum(counts.values())} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "
           f"{(time.time() - started) / 60:.1f} min; wrote {', '.join(os.path.relpath(w) for w in written)}")
     if set(counts) != {"done"}:

@@ -4,19 +4,24 @@
                             [--metric accuracy|macro_f1,chemprot=micro_f1] [--reference paper.csv] [--out tables/x]
                             [--curves train/loss] [--vs optimizer.learning_rate] [--baselines majority,tfidf]
                             [--compare "TAPT / lora|Baseline / lora"]
+    python scripts/table.py --db runs/x/results.db --forgetting domain,general [--out tables/x]
 
 Per row (condition) and column (benchmark): the hyperparameters with the best mean dev metric over seeds, and
 their test metric as mean ± std over seeds and its 95% interval (from the trials' test predictions, adapt.stats);
 best per column in bold, an "Avg." column; ``--compare A|B`` tests row A against row B. Prints the Markdown table
 (and, on stderr, each row whose selected value of a swept key is the edge of its grid); with ``--out PREFIX``
-writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png.
+writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png. ``--forgetting DOMAIN,GENERAL`` (two
+evaluation sets of language-model trials) prints the forgetting report of adapt.forgetting, per row: domain
+perplexity before -> after and its gain, general-text loss before -> after and the forgetting, with t-intervals
+over seeds (PREFIX_forgetting.md/.tex/.csv and PREFIX_pareto.png with --out); without --metric it is all that is
+shown. A named set is a metric too: ``--metric general/perplexity --test-split dev --scale 1``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from adapt import cli, files, tables
+from adapt import cli, files, forgetting, tables
 from adapt.errors import ConfigError
 from adapt.results import ResultsDB
 
@@ -38,8 +43,9 @@ def main():
     parser.add_argument("--rows", default="condition", help="comma-separated keys whose values make a row")
     parser.add_argument("--column", default=None, help="key whose value makes a column (default: meta.benchmark)")
     parser.add_argument("--seed-keys", default="train.seed", help="comma-separated keys that are seeds")
-    parser.add_argument("--metric", default="accuracy",
-                        help="the metric, or one per column: 'macro_f1,chemprot=micro_f1' (the bare name: the rest)")
+    parser.add_argument("--metric", default=None,
+                        help="the metric, or one per column: 'macro_f1,chemprot=micro_f1' (the bare name: the rest); "
+                             "default accuracy, or none with --forgetting")
     parser.add_argument("--dev-split", default="dev", help="split that selects hyperparameters")
     parser.add_argument("--test-split", default="test", help="split that is reported")
     parser.add_argument("--lower-is-better", action="store_true", default=None)
@@ -52,6 +58,8 @@ def main():
     parser.add_argument("--out", default=None, help="write OUT.md, OUT.tex, OUT.csv (and OUT_*.png plots)")
     parser.add_argument("--curves", action="append", default=[], help="plot learning curves of this metric")
     parser.add_argument("--vs", action="append", default=[], help="plot the dev metric against this swept key")
+    parser.add_argument("--forgetting", default=None, metavar="DOMAIN,GENERAL",
+                        help="the forgetting report of these two evaluation sets (language-model trials)")
     args = parser.parse_args()
     if args.out:
         files.output_files(args.out, "--out")
@@ -60,17 +68,30 @@ def main():
     bad = [p[0] for p in pairs if len(p) != 2]
     if bad:
         raise ConfigError(f"--compare {bad[0]!r}: expected 'row A|row B'")
-    db = ResultsDB.open_existing(args.db)
-    trials = [t for t in db.trials(sweep=args.sweep) if args.stage is None or t["stage"] in args.stage]
-    table = tables.build(trials, rows=args.rows.split(","), column=args.column, seed_keys=args.seed_keys.split(","),
-                         metric=parse_metric(args.metric), dev_split=args.dev_split, test_split=args.test_split,
-                         lower=args.lower_is_better, scale=args.scale, digits=args.digits)
-    cli.show_table(table, trials, references=args.reference, baselines=args.baselines.split(",") if args.baselines
-                   else (), pairs=pairs, out=args.out)
+    sets = forgetting.parse_sets(args.forgetting) if args.forgetting else None
+    if sets and args.metric is None and (args.curves or args.vs or args.compare or args.reference or args.baselines):
+        parser.error("--curves/--vs/--compare/--reference/--baselines need the main table: give --metric")
     if (args.curves or args.vs) and not args.out:
         parser.error("--curves/--vs need --out")
-    if args.out:
-        print("wrote " + ", ".join(tables.write_outputs(table, db, trials, args.out, args.curves, args.vs)))
+    db = ResultsDB.open_existing(args.db)
+    trials = [t for t in db.trials(sweep=args.sweep) if args.stage is None or t["stage"] in args.stage]
+    rows, seed_keys = args.rows.split(","), args.seed_keys.split(",")
+    report = forgetting.report(trials, domain=sets[0], general=sets[1], rows=rows, seed_keys=seed_keys) if sets \
+        else None
+    written = []
+    if args.metric is not None or not sets:
+        table = tables.build(trials, rows=rows, column=args.column, seed_keys=seed_keys,
+                             metric=parse_metric(args.metric or "accuracy"), dev_split=args.dev_split,
+                             test_split=args.test_split, lower=args.lower_is_better, scale=args.scale,
+                             digits=args.digits)
+        cli.show_table(table, trials, references=args.reference, baselines=args.baselines.split(",")
+                       if args.baselines else (), pairs=pairs, out=args.out)
+        if args.out:
+            written += tables.write_outputs(table, db, trials, args.out, args.curves, args.vs)
+    if report is not None:
+        written += cli.show_forgetting(report, args.out)
+    if written:
+        print("wrote " + ", ".join(written))
 
 
 if __name__ == "__main__":
