@@ -289,6 +289,11 @@ def save_labels(workdir: str, labels: list[str]) -> None:
     write_json(os.path.join(workdir, "labels.json"), labels, indent=1)
 
 
+def _show(value) -> str:
+    """``value`` (a config value) on one line, a section as the dict it holds."""
+    return " ".join(repr(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value).split())
+
+
 def _check_keys(cfg, spec, where: str, *extra: str) -> None:
     """``spec``'s keys must be keys of the data section ``cfg`` (or ``benchmark``, naming one; or ``extra``)."""
     known = sorted({*cfg.keys(), "benchmark", *extra} - set(_NOT_SECTION_KEYS))
@@ -297,7 +302,7 @@ def _check_keys(cfg, spec, where: str, *extra: str) -> None:
         raise ConfigError(f"{where} has unknown key(s) {unknown}; expected any of {', '.join(known)}")
     name = spec.get("benchmark")
     if name is not None and (not isinstance(name, str) or name not in BENCHMARKS):
-        raise ConfigError(f"{where}.benchmark={name!r} is not a known benchmark; known: {', '.join(BENCHMARKS)}")
+        raise ConfigError(f"{where}.benchmark={_show(name)} is not a known benchmark; known: {', '.join(BENCHMARKS)}")
 
 
 def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
@@ -320,7 +325,7 @@ def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
             try:
                 sub[k] = v
             except (TypeError, ValueError) as e:  # the type of this section's value
-                raise ConfigError(f"{where}.{k}={v!r}: {e}") from None
+                raise ConfigError(f"{where}.{k}={_show(v)}: {e}") from None
     return sub
 
 
@@ -334,7 +339,7 @@ def _check_weights(weights: dict, where: str, key) -> None:
     """Each weight a finite number >= 0 (``key(source)``: its name in errors), not all 0."""
     for n, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (w >= 0 and math.isfinite(w)):
-            raise ConfigError(f"{key(n)}={w!r}; expected a finite number >= 0")
+            raise ConfigError(f"{key(n)}={_show(w)}; expected a finite number >= 0")
     if not sum(weights.values()) > 0:
         raise ConfigError(f"{where}: every weight is 0 ({', '.join(f'{n}={w}' for n, w in weights.items())}); "
                           f"at least one source needs a positive weight")
@@ -343,12 +348,12 @@ def _check_weights(weights: dict, where: str, key) -> None:
 def _check_stages(stages, names: list[str]) -> None:
     pair = "[step, {source: weight}]"
     if not isinstance(stages, (list, tuple)):
-        raise ConfigError(f"data.mixture_stages={stages!r}; expected a list of {pair} pairs")
+        raise ConfigError(f"data.mixture_stages={_show(stages)}; expected a list of {pair} pairs")
     for i, stage in enumerate(stages):
         where = f"data.mixture_stages[{i}]"
         if not (isinstance(stage, (list, tuple)) and len(stage) == 2 and isinstance(stage[0], int)
                 and not isinstance(stage[0], bool) and isinstance(stage[1], _MAPS)):
-            raise ConfigError(f"{where}={stage!r}; expected a {pair} pair")
+            raise ConfigError(f"{where}={_show(stage)}; expected a {pair} pair")
         step, weights = stage
         if i == 0 and step != 0:
             raise ConfigError(f"{where} starts at step {step}; the first stage starts at step 0")
@@ -371,7 +376,7 @@ def check_mixture(cfg) -> None:
     for name, spec in mixture.items():
         where = f"data.mixture.{name}"
         if not isinstance(spec, _MAPS):
-            raise ConfigError(f"{where}={spec!r}; expected the source's keys (weight, files or source, ...)")
+            raise ConfigError(f"{where}={_show(spec)}; expected the source's keys (weight, files or source, ...)")
         _check_keys(cfg, {k: v for k, v in spec.items() if k != "weight"}, where, "weight")
         if stages and "weight" in spec:
             raise ConfigError(f"{where}.weight and data.mixture_stages are both set; use one (a weight per source, "
