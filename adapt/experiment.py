@@ -24,9 +24,9 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, methods, predictions, tasks
+from adapt import configs, evalsets, methods, predictions, tasks
 from adapt.data.batches import eval_batches
-from adapt.data.pipeline import data_defaults, prepare, save_labels, train_stream
+from adapt.data.pipeline import check_mixture, data_defaults, prepare, save_labels, train_stream
 from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
@@ -50,7 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
         mlm_probability=0.15,  # masked LM
         f1_ignore=(),  # label names left out of the F1 averages (e.g. a "no relation" class)
     ))
-    c.eval = ml_collections.ConfigDict(dict(splits=("dev", "test"), batch_size=64))
+    # sets: named evaluation sets (adapt.evalsets), name -> data keys (or a benchmark name or a dev file),
+    # evaluated at step 0 and with every evaluation; e.g. {"general": {"benchmark": "bbc"}}
+    c.eval = ml_collections.ConfigDict(dict(splits=("dev", "test"), batch_size=64, sets={}))
     c.export = ml_collections.ConfigDict(dict(model=False))  # write export/ (a later stage starts from it)
     c.init_from = ""  # a previous stage's export folder: the model (and tokenizer) to start from
     c.benchmark = ""  # the named benchmark (adapt.benchmarks) whose data the config reads, if any
@@ -67,12 +69,13 @@ def _read_json(path: str):
 @dataclasses.dataclass
 class TrialSetup:
     """What a trial is built from: its config, the tokenizer, the prepared splits, the adaptation method, the
-    model (the method applied) and the trainer over ``workdir``."""
+    model (the method applied), the trainer over ``workdir`` and the named evaluation sets."""
     config: ml_collections.ConfigDict
     tokenizer: object
     splits: dict
     method: methods.Method
     trainer: Trainer
+    sets: dict  # name -> adapt.evalsets.EvalSet
 
     def eval_batches(self, split: str):
         return eval_batches(self.splits[split], self.config.eval.batch_size, name=split)
@@ -90,6 +93,11 @@ class TrialSetup:
         return {**(known or metrics), **extra}
 
 
+def _under(metrics: dict, prefix: str) -> dict:
+    """``{"dev/general/loss": x}``, "dev/general" -> ``{"loss": x}``."""
+    return {k[len(prefix) + 1:]: v for k, v in metrics.items() if k.startswith(f"{prefix}/")}
+
+
 def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     task = tasks.get(config.model.task)
     if config.data.format not in task.formats:
@@ -97,6 +105,9 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
                           f"{task.formats}")
     if task.objective is None:
         raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
+    check_mixture(config.data)  # bad weights, stages or sets: one line each, before anything is read
+    for name, spec in evalsets.specs(config).items():
+        evalsets.data_section(config, name, spec)
     source = config.init_from or config.model.name
     tokenizer = load_tokenizer(source)
     splits, _ = prepare(config.data, tokenizer)
@@ -108,9 +119,10 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
                             **dropouts)
     fresh = fresh_paths(model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
     model = method.apply(model, nnx.Rngs(config.train.seed))
+    sets = evalsets.build(config, tokenizer, model, source)
     objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
     return TrialSetup(config, tokenizer, splits, method,
-                      Trainer(model, objective, config, workdir, method=method, fresh=fresh))
+                      Trainer(model, objective, config, workdir, method=method, fresh=fresh), sets)
 
 
 def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -125,13 +137,23 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_splits = [s for s in config.eval.splits if s in splits]
     train = train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
-    first = {s: (lambda s=s: trial.eval_batches(s)) for s in eval_splits[:1]}  # the first is dev
-    trainer.fit(train, first if during else None)
+    watched = {f"dev/{name}": s for name, s in trial.sets.items()}  # at step 0 and at every evaluation
+    first = {s: (lambda s=s: trial.eval_batches(s)) for s in eval_splits[:1] if during}  # the first is dev
+    fit = trainer.fit(train, {**first, **watched})
     best = trainer.best_state()
-    known = {s: {k.split("/", 1)[1]: v for k, v in trainer.best_metrics.items() if k.startswith(f"{s}/")}
+    known = {s: {k: v for k, v in _under(trainer.best_metrics, s).items() if k.split("/")[0] not in trial.sets}
              for s in eval_splits}  # the dev split was evaluated on the best parameters during fit
     # Metric keys as before; an objective with per-example outputs evaluates dev again for its predictions.
     results = {s: trial.evaluate(best, s, known[s]) for s in eval_splits}
+    if watched:  # the sets after training: the best evaluation's, else the last one (at the last step)
+        last = trainer.last_eval[1] if trainer.last_eval and trainer.last_eval[0] == fit.steps else {}
+        after = {key[4:]: _under(trainer.best_metrics, key) or _under(last, key) or s.evaluate(trainer, best)
+                 for key, s in watched.items()}
+        results["dev"] = {**results.get("dev", {}), **after}
+        results["start"] = {key[4:]: _under(trainer.start_metrics, key) for key in watched}
+    if hasattr(train, "token_shares") and len(train.tokens) > 1:
+        results["mixture"] = {n: {"tokens": train.tokens[n], "share": share}
+                              for n, share in train.token_shares().items()}
     if config.export.model:
         model = trainer.best_model(best)
         save_pretrained(trial.method.merge(model), os.path.join(workdir, "export"), tokenizer=trial.tokenizer)

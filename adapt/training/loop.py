@@ -134,8 +134,13 @@ class Trainer:
     sections, see :mod:`adapt.training.config`).
 
     ``train_data``: ``next_batch()`` -> this process's rows of the next global batch (numpy), ``state()``
-    / ``restore(state)`` for its position, ``steps_per_epoch``. ``eval_data``: split name -> a callable
-    returning an iterable of batches (see :func:`adapt.data.batches.eval_batches`). ``method``: the
+    / ``restore(state)`` for its position, ``steps_per_epoch`` (and ``token_shares()`` for a mixture: logged
+    as ``train/share/<source>``). ``eval_data``: name -> a callable returning an iterable of batches (see
+    :func:`adapt.data.batches.eval_batches`), evaluated by the run's objective, or an object with
+    ``evaluate(trainer, state) -> metrics`` and ``at_start`` (a named set, :mod:`adapt.evalsets`: with
+    ``at_start`` also evaluated before the first step). After :meth:`fit`, ``start_metrics`` holds the step-0
+    evaluation (kept in every checkpoint, so a resumed run has it) and ``last_eval`` the (step, metrics) of
+    the last evaluation this process ran (None if none). ``method``: the
     adaptation method (:mod:`adapt.methods`; full fine-tuning by default), already applied to ``model``.
     ``fresh``: the paths of the parameters loading initialised fresh (default: those recorded on ``model``,
     :func:`adapt.models.loading.fresh_paths`), which ``train.head_warmup_steps`` trains alone first.
@@ -203,14 +208,18 @@ class Trainer:
         stopper = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)
         ckpt = Checkpointer(self.workdir, keep=t.keep_checkpoints)
         start = ckpt.latest_step()
+        self.start_metrics, self.last_eval = {}, None
         if start is not None:
             state, extra = ckpt.restore(state, shardings, start)
             train_data.restore(extra["data"])
             stopper.restore(extra["early_stopping"])
+            self.start_metrics = extra.get("start", {})
         writer = MetricsWriter(self.workdir, start)
         eval_every = t.eval_every or train_data.steps_per_epoch
         run = _Run(self, steps, ckpt, writer, stopper, train_data, eval_data, total, schedule)
         try:
+            if start is None and any(getattr(d, "at_start", False) for d in eval_data.values()):
+                self.start_metrics = run.evaluate(state, 0, at_start=True)
             state = run.loop(state, start or 0, eval_every)
         finally:
             ckpt.wait()
@@ -311,11 +320,15 @@ class _Run:
                         "train/learning_rate": float(self.schedule(step - 1)),  # the last step's rate
                         "train/tokens_per_second": w["tokens"] / elapsed,
                         "train/steps_per_second": w["timed_steps"] / elapsed})
+        shares = self.train_data.token_shares() if hasattr(self.train_data, "token_shares") else {}
+        if len(shares) > 1:  # a mixture: each source's share of the tokens trained on so far
+            metrics.update({f"train/share/{name}": share for name, share in shares.items()})
         self.writer.write(step, metrics)
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_second']:.0f}")
 
     def extra(self) -> dict:
-        return {"data": self.train_data.state(), "early_stopping": self.stopper.state()}
+        return {"data": self.train_data.state(), "early_stopping": self.stopper.state(),
+                "start": self.trainer.start_metrics}
 
     def save(self, state) -> None:
         self.check()
@@ -329,17 +342,25 @@ class _Run:
         if self.since is not None:
             self.since += time.time() - started
 
-    def evaluate(self, state, step: int) -> None:
+    def evaluate(self, state, step: int, at_start: bool = False) -> dict:
+        """Evaluate ``eval_data`` (with ``at_start``: only what is evaluated before the first step), log it, keep
+        the best for early stopping (when its metric is among them); returns the metrics."""
         self.check()
         started = time.time()
         metrics = {}
-        for name, batches in self.eval_data.items():
-            result = self.trainer.evaluate(state, self.steps, batches())
-            metrics.update({f"{name}/{k}": v for k, v in result.items()})
+        for name, data in self.eval_data.items():
+            if hasattr(data, "evaluate"):
+                result = data.evaluate(self.trainer, state) if data.at_start or not at_start else None
+            else:
+                result = None if at_start else self.trainer.evaluate(state, self.steps, data())
+            metrics.update({f"{name}/{k}": v for k, v in (result or {}).items()})
         self.writer.write(step, metrics)
-        if self.stopper.metric and self.stopper.update(step, metrics):
+        self.trainer.last_eval = (step, metrics)
+        if self.stopper.metric and (self.stopper.metric in metrics or not at_start) \
+                and self.stopper.update(step, metrics):
             self.ckpt.save_best(state, {"step": step, "metrics": metrics})
         self.pause(started)
+        return metrics
 
     def loop(self, state, start: int, eval_every: int):
         from tqdm.auto import tqdm

@@ -104,7 +104,8 @@ class Steps:
         self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), set()
         self._last_eval = None  # the last eval step's outputs, waited for before the next step in the heap
 
-    def _context(self):
+    def context(self):
+        """The mesh, sharding rules and remat policy the steps are traced under (a probe evaluates in it too)."""
         stack = contextlib.ExitStack()
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(axis_rules(self.rules))
@@ -112,13 +113,13 @@ class Steps:
         return stack
 
     def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        with self._context():
+        with self.context():
             self._between_steps(self._train, state, batch)
             return self._train(state, batch)
 
     def eval(self, state: TrainState, batch: dict, index: int):
         index = jnp.asarray(index, jnp.int32)
-        with self._context():
+        with self.context():
             self._between_steps(self._eval, state, batch, index)
             self._last_eval = self._eval(state, batch, index)
             return self._last_eval
