@@ -52,6 +52,12 @@ def test_every_source_kind(tmp_path):
     assert [r["text"] for r in sources.read_source(txt, sample_by="paragraph")] == ["line one\nline two",
                                                                                     "second paragraph"]
     assert len(sources.read_source(txt, sample_by="document")) == 1
+    conll = "-DOCSTART- (1)\n\nAspirin\tNN\tB-Chem\nworks\tVB\tO\n.\t.\tO\n\nIt\tPRP\tO\nhelps\tVB\tO\n\n" \
+            "-DOCSTART- (2)\n\nCox\tNN\tB-Gene\n"
+    conll_file = _write(tmp_path / "c.txt", conll)  # a CoNLL file's running text: one example per document
+    assert [r["text"] for r in sources.read_source(conll_file, sample_by="conll")] == ["Aspirin works . It helps", "Cox"]
+    no_docs = _write(tmp_path / "d.txt", "A\tO\nc\tO\n\nD O\n")  # no -DOCSTART-: one per sentence
+    assert [r["text"] for r in sources.read_source(no_docs, sample_by="conll")] == ["A c", "D"]
     for label, doc in (("sport", "001"), ("sport", "002"), ("tech", "001")):
         os.makedirs(tmp_path / "bbc" / label, exist_ok=True)
         _write(tmp_path / "bbc" / label / f"{doc}.txt", f"{label} article {doc}")

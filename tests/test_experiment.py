@@ -7,14 +7,16 @@ import os
 
 import pytest
 
-from adapt import configs, sweeps
+from adapt import configs, evalsets, sweeps
+from adapt.data.pipeline import check_mixture
 from adapt.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")) +
                       glob.glob(os.path.join(ROOT, "experiments", "*", "*.py")))
 SETTINGS = {"experiments/bbc_tapt/config.py": ["smoke"],  # the named settings of the experiments, beside the default
-            "experiments/dont_stop_pretraining/config.py": ["cpu", "reduced"]}
+            "experiments/dont_stop_pretraining/config.py": ["cpu", "reduced", "cpu,mix"],
+            "experiments/replay_forgetting/config.py": ["cpu", "smoke"]}
 CASES = [(p, None) for p in CONFIG_FILES] + [(os.path.join(ROOT, p), a) for p, args in SETTINGS.items() for a in args]
 
 
@@ -29,8 +31,11 @@ def test_every_config_resolves(path, arg):
         for part in sweep.values() if isinstance(sweep, dict) else [sweep]:
             trials = sweeps.expand(part)
             assert trials
-            for t in trials:
-                sweeps.trial_config(config, t.overrides)
+            for t in trials:  # and its mixture and named sets pass the checks run_trial makes before it loads
+                trial = sweeps.trial_config(config, t.overrides)
+                check_mixture(trial.data)
+                for name, spec in evalsets.specs(trial).items():
+                    evalsets.data_section(trial, name, spec)
 
 
 def test_overrides_and_misspelt_keys():

