@@ -80,21 +80,24 @@ def _lm_config(model, corpus):
 
 @pytest.mark.slow
 def test_sets_are_evaluated_at_step_0_and_every_n_steps_stored_and_tabulated(small_llama, corpus, tmp_path):
-    sweep = grid("train.seed", [0, 1])
-    counts = runner.run_sweep(_lm_config(small_llama, corpus), sweep, str(tmp_path / "runs"), name="sets",
+    config = _lm_config(small_llama, corpus)
+    config.train.early_stopping.update(metric="dev/domain/loss", mode="min")  # early stopping names a set
+    counts = runner.run_sweep(config, grid("train.seed", [0, 1]), str(tmp_path / "runs"), name="sets",
                               progress=False)
     assert counts == {"done": 2}
     db = ResultsDB.open_existing(str(tmp_path / "runs" / "results.db"))
     trials = db.trials()
     for t in trials:
         logged = [json.loads(line) for line in open(os.path.join(t["workdir"], "metrics.jsonl"))]
+        evals = [r for r in logged if "dev/domain/loss" in r]
+        best = min(evals, key=lambda r: r["dev/domain/loss"])["step"]  # the model results.json holds
         for name in ("domain", "general"):
             steps = [r["step"] for r in logged if f"dev/{name}/loss" in r]
             assert steps == [0, 2, 4]
             assert all(f"dev/{name}/perplexity" in r for r in logged if f"dev/{name}/loss" in r)
             saved = json.load(open(os.path.join(t["workdir"], "results.json")))
             assert saved["start"][name]["loss"] == next(r[f"dev/{name}/loss"] for r in logged if r["step"] == 0 and f"dev/{name}/loss" in r)
-            assert saved["dev"][name]["loss"] == next(r[f"dev/{name}/loss"] for r in logged if r["step"] == 4 and f"dev/{name}/loss" in r)
+            assert saved["dev"][name]["loss"] == next(r[f"dev/{name}/loss"] for r in evals if r["step"] == best)
             assert t["metrics"]["start"][f"{name}/loss"] == saved["start"][name]["loss"]  # in the database
             assert t["metrics"]["dev"][f"{name}/perplexity"] == pytest.approx(np.exp(saved["dev"][name]["loss"]))
         assert [p[0] for p in db.curve(t["id"], "dev/domain/loss")] == [0, 2, 4]

@@ -51,3 +51,7 @@ def test_replay_smoke_produces_the_forgetting_table_and_pareto_plot(tmp_path):
         assert shares["domain"]["share"] + shares["general"]["share"] == pytest.approx(1.0)
         if config["data"]["mixture"]["general"]["weight"] == 0:
             assert shares["general"]["tokens"] == 0
+        logged = [json.loads(line) for line in open(os.path.join(os.path.dirname(run), "metrics.jsonl"))]
+        assert logged[-1]["dev/general/loss"] == saved["dev"]["general"]["loss"]
+        last = [r for r in logged if "train/share/general" in r][-1]  # the shares, logged as they accrue
+        assert last["train/share/general"] == pytest.approx(shares["general"]["share"])

@@ -188,6 +188,7 @@ class Mixture:
         saved = state.get("tokens", {})  # a checkpoint from before token counts: they restart at 0
         self.tokens = {n: int(saved.get(n, 0)) for n in self.names}  # the shares follow from them
 
+
 def array_batches(arrays: dict, batch_size: int, *, seed: int, shuffle: bool = True, name: str = "train",
                   buckets=DEFAULT_BUCKETS, **process) -> Mixture:
     """Endless shuffled batches of one source."""

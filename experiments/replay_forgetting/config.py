@@ -69,7 +69,7 @@ def get_sweep(arg=None):
                   grid("meta.replay", [f"{r:.0%}" for r in b["replay"]]))
     methods = [{"method": method_config(m, **({"rank": 16} if m == "lora" else {})).to_dict(), "meta.method": m,
                 "optimizer.learning_rate": LEARNING_RATE[m]} for m in b["methods"]]
-    return product(replay, methods, grid("train.seed", b["seeds"]))
+    return product(methods, replay, grid("train.seed", b["seeds"]))
 
 
 def get_table(arg=None):
