@@ -38,7 +38,7 @@ _EXPORTS = {
     "run_sweep": "adapt.runner",
     "use_kept_heap": "adapt.host_memory",
 }
-_MODULES = ("benchmarks", "configs", "methods", "tables", "tasks")  # adapt.methods.build, adapt.configs.load, ...
+_MODULES = ("benchmarks", "configs", "forgetting", "methods", "tables", "tasks")  # adapt.methods.build, ...
 
 __all__ = sorted([*_EXPORTS, *_MODULES])
 

@@ -11,6 +11,7 @@ def test_every_public_name_resolves():
     for name in adapt.__all__:
         assert getattr(adapt, name) is not None, name
     assert adapt.methods.build and adapt.configs.load and adapt.tables.build and adapt.tasks.get
+    assert adapt.forgetting.report
 
 
 def test_importing_adapt_loads_nothing_heavy():
