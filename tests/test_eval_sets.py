@@ -82,9 +82,8 @@ def _lm_config(model, corpus):
 def test_sets_are_evaluated_at_step_0_and_every_n_steps_stored_and_tabulated(small_llama, corpus, tmp_path):
     config = _lm_config(small_llama, corpus)
     config.train.early_stopping.update(metric="dev/domain/loss", mode="min")  # early stopping names a set
-    counts = runner.run_sweep(config, grid("train.seed", [0, 1]), str(tmp_path / "runs"), name="sets",
-                              progress=False)
-    assert counts == {"done": 2}
+    counts = runner.run_sweep(config, grid("train.seed", [0]), str(tmp_path / "runs"), name="sets", progress=False)
+    assert counts == {"done": 1}
     db = ResultsDB.open_existing(str(tmp_path / "runs" / "results.db"))
     trials = db.trials()
     for t in trials:
@@ -104,8 +103,7 @@ def test_sets_are_evaluated_at_step_0_and_every_n_steps_stored_and_tabulated(sma
         # it trained on domain text: domain loss fell
         assert t["metrics"]["dev"]["domain/loss"] < t["metrics"]["start"]["domain/loss"]
 
-    # step 0 is the pretrained model: the same for both seeds, and what the model's own evaluation gives
-    assert trials[0]["metrics"]["start"] == trials[1]["metrics"]["start"]
+    # step 0 is the pretrained model: what its own evaluation gives
     trial = build_trial(_lm_config(small_llama, corpus), str(tmp_path / "direct"))
     trial.trainer._setup(1)
     direct = trial.trainer.evaluate(trial.trainer.state, trial.trainer.steps, trial.sets["domain"].batches())
@@ -113,7 +111,7 @@ def test_sets_are_evaluated_at_step_0_and_every_n_steps_stored_and_tabulated(sma
 
     table = tables.build(trials, metric="general/perplexity", test_split="dev", scale=1.0)  # a set as the column
     cell = table.cells[table.rows[0], "general/perplexity"]
-    assert cell.n == 2 and cell.mean == pytest.approx(np.mean([t["metrics"]["dev"]["general/perplexity"]
+    assert cell.n == 1 and cell.mean == pytest.approx(np.mean([t["metrics"]["dev"]["general/perplexity"]
                                                                for t in trials]))
 
 

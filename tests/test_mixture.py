@@ -1,14 +1,8 @@
 """Data-mix sweeps: a swept mixture weight gives its token share, staged mixtures switch weights at their steps
-and resume exactly (in process, and through a SIGKILLed scripts/train.py run), and every bad mixture key is a
-one-line error naming it before anything is read."""
+and resume exactly (in process here; a SIGKILLed run of a staged mixture: test_resume.py), and every bad mixture
+key is a one-line error naming it before anything is read."""
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import ml_collections
 import numpy as np
@@ -19,7 +13,6 @@ from adapt.data.batches import Mixture, RowStream
 from adapt.data.pipeline import check_mixture, data_defaults, section, train_stream
 from adapt.errors import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAIN = "the enzyme binds the receptor in the cell\n"
 GENERAL = "stocks fell as the market closed lower today\n"
 
@@ -181,95 +174,3 @@ def test_a_bad_mixture_is_a_one_line_error_naming_the_key(mixture, stages, error
     with pytest.raises(ConfigError) as e:  # before anything is read: there is no tokenizer to read with
         train_stream(data, None, 8, seed=0)
     assert str(e.value).startswith(error)
-
-
-# The resume test's run, as a user runs it: scripts/train.py on a config with a staged mixture of two text files.
-# SLOW_DATA (set for the run to kill) slows each batch, as train_tiny.py --slow does, so it dies between steps.
-CONFIG = """
-import os
-import time
-
-from adapt.data.batches import Mixture
-from adapt.experiment import base_config
-
-if os.environ.get("SLOW_DATA"):
-    _next = Mixture.next_batch
-
-    def _slow(self):
-        time.sleep(0.3)
-        return _next(self)
-
-    Mixture.next_batch = _slow
-
-
-def get_config(arg=None):
-    c = base_config()
-    c.model.update(name={model!r}, task="causal_lm", hidden_dropout=0.1, attention_dropout=0.1)
-    c.data.update(format="lm", max_length=16, cache_dir="")
-    c.data.files = {{"train": {domain!r}}}
-    c.data.mixture = {{"domain": {{"files": {{"train": {domain!r}}}}}, "general": {{"files": {{"train": {general!r}}}}}}}
-    c.data.mixture_stages = [[0, {{"domain": 0.8, "general": 0.2}}], [6, {{"domain": 0.2, "general": 0.8}}]]
-    c.train.update(batch_size=8, steps=12, checkpoint_every=2, log_every=2, seed=3)
-    c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
-    c.eval.splits = ()
-    c.export.model = True
-    return c
-"""
-
-
-def _word_tokenizer(folder, text):
-    """A word-level tokenizer of ``text``'s words (ids below the tiny Llama's 128) saved into ``folder``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(sorted(set(text.split())))}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>").save_pretrained(folder)
-
-
-def _train(config, workdir, **env):
-    """scripts/train.py started on ``config`` in ``workdir``; its output goes to ``<workdir>.log``."""
-    with open(f"{workdir}.log", "a") as log:
-        return subprocess.Popen([sys.executable, "scripts/train.py", f"--config={config}", f"--workdir={workdir}"],
-                                cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _log(workdir):
-    return open(f"{workdir}.log").read()[-3000:]
-
-
-def _final(workdir):
-    """The trained parameters (the export) and the last checkpoint's data position."""
-    from safetensors.numpy import load_file
-
-    extra = workdir / "checkpoints" / "12" / "extra" / "metadata"  # orbax's JsonSave
-    return load_file(workdir / "export" / "model.safetensors"), json.loads(extra.read_text())["data"]
-
-
-@pytest.mark.slow
-def test_a_staged_mixture_killed_mid_stage_resumes_to_the_same_run(tiny_llama, tmp_path):
-    model = shutil.copytree(tiny_llama, tmp_path / "model")
-    _word_tokenizer(model, DOMAIN + GENERAL)
-    config = tmp_path / "config.py"
-    config.write_text(CONFIG.format(model=str(model), domain=_write(tmp_path / "domain.txt", DOMAIN * 40),
-                                    general=_write(tmp_path / "general.txt", GENERAL * 40)))
-    straight = _train(config, tmp_path / "straight")  # alongside the run to kill
-    workdir = tmp_path / "killed"
-    proc = _train(config, workdir, SLOW_DATA="1")
-    deadline = time.time() + 300
-    while not (workdir / "checkpoints" / "8").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
-    assert 8 in saved and max(saved) < 12, saved  # killed in the second stage (from step 6), after step 8 was saved
-    assert straight.wait(600) == 0, _log(tmp_path / "straight")
-
-    resumed = _train(config, workdir)
-    assert resumed.wait(600) == 0, _log(workdir)
-    (want, want_data), (got, got_data) = _final(tmp_path / "straight"), _final(workdir)
-    assert want.keys() == got.keys()
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-    assert got_data == want_data and got_data["step"] == 12 and min(got_data["tokens"].values()) > 0

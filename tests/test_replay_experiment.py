@@ -1,5 +1,5 @@
 """The replay experiment's pipeline on its smoke setting (experiments/replay_forgetting): continued causal-LM
-pretraining on BC5CDR's abstracts with BBC News replayed at 0 and 25%, full and LoRA, run by scripts/study.py on a
+pretraining on BC5CDR's abstracts with BBC News replayed at 25%, full and LoRA, run by scripts/study.py on a
 small random Llama with SmolLM2's tokenizer (the bundled model's own run is the README's); every trial has its
 sets before and after and its sources' token shares, and the study ends with the forgetting report and the Pareto
 plot."""
@@ -34,10 +34,10 @@ def test_replay_smoke_produces_the_forgetting_table_and_pareto_plot(tmp_path):
     out = subprocess.run(command, cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "4 trials (4 done)" in out.stdout
+    assert "2 trials (2 done)" in out.stdout
     results = tmp_path / "runs" / "results"
     report = (results / "table_forgetting.md").read_text()
-    for row in ("full / 0%", "full / 25%", "lora / 0%", "lora / 25%"):
+    for row in ("full / 25%", "lora / 25%"):
         assert f"| {row} |" in report, report
     assert "domain ppl before" in report and "forgetting" in report
     assert (results / "table_pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -49,8 +49,7 @@ def test_replay_smoke_produces_the_forgetting_table_and_pareto_plot(tmp_path):
         assert saved["start"]["domain"]["count"] == saved["dev"]["domain"]["count"] > 0  # the same held-out tokens
         shares = saved["mixture"]
         assert shares["domain"]["share"] + shares["general"]["share"] == pytest.approx(1.0)
-        if config["data"]["mixture"]["general"]["weight"] == 0:
-            assert shares["general"]["tokens"] == 0
+        assert config["data"]["mixture"]["general"]["weight"] == 0.25  # (a weight of 0 gives 0 tokens: test_mixture)
         logged = [json.loads(line) for line in open(os.path.join(os.path.dirname(run), "metrics.jsonl"))]
         assert logged[-1]["dev/general/loss"] == saved["dev"]["general"]["loss"]
         last = [r for r in logged if "train/share/general" in r][-1]  # the shares, logged as they accrue

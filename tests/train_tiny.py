@@ -3,8 +3,9 @@
     python tests/train_tiny.py CHECKPOINT WORKDIR OUT.npz [--slow] [--poison-step K]
 
 Trains the tiny Llama at CHECKPOINT for 16 steps on a (2, 2, 2) mesh of 8 fake CPU devices,
-checkpointing every 2 steps, with dropout on (so the step RNG matters) and a mixed packed batch; writes
-the final parameters to OUT.npz. ``--slow`` sleeps in the data iterator so a test can kill the process
+checkpointing every 2 steps, with dropout on (so the step RNG matters) and a mixed packed batch drawn from a
+staged mixture of two sources (weights change at step 4); writes the final parameters and the tokens each
+source gave to OUT.npz. ``--slow`` sleeps in the data iterator so a test can kill the process
 mid-run; ``--poison-step K`` makes the loss of step K non-finite.
 """
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from adapt.cli import run  # noqa: E402
-from adapt.data.batches import array_batches  # noqa: E402
+from adapt.data.batches import Mixture, RowStream, array_batches  # noqa: E402
 from adapt.models import from_pretrained  # noqa: E402
 from adapt.training import CausalLM, Trainer, defaults  # noqa: E402
 
@@ -59,6 +60,13 @@ def data(poison_step=None):
     return {"input_ids": ids, "attention_mask": segments}
 
 
+def staged(arrays):
+    """The rows as two sources in a staged mixture whose weights change at step 4 (data.mixture_stages)."""
+    halves = {name: {k: v[i * 32:(i + 1) * 32] for k, v in arrays.items()} for i, name in enumerate(("a", "b"))}
+    streams = {name: RowStream(rows, seed=i, name=name) for i, (name, rows) in enumerate(halves.items())}
+    return Mixture(streams, [(0, {"a": 0.8, "b": 0.2}), (4, {"a": 0.2, "b": 0.8})], 8, seed=0)
+
+
 def main():
     checkpoint, workdir, out = sys.argv[1:4]
     poison = int(sys.argv[sys.argv.index("--poison-step") + 1]) if "--poison-step" in sys.argv else None
@@ -67,12 +75,13 @@ def main():
     cfg.train.update(batch_size=8, steps=16, checkpoint_every=2, log_every=2, seed=3)
     cfg.optimizer.update(learning_rate=1e-3, warmup_steps=2)
     model = from_pretrained(checkpoint, task="causal_lm", hidden_dropout=0.1, attention_dropout=0.1)
-    source = array_batches(data(poison), 8, seed=0)
+    source = array_batches(data(poison), 8, seed=0) if poison else staged(data())
     source = Slow(source) if "--slow" in sys.argv else source
     trainer = Trainer(model, Poisoned() if poison else CausalLM(), cfg, workdir)
     result = trainer.fit(source)
     flat = jax.tree_util.tree_flatten_with_path(result.state.params)[0]
-    np.savez(out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+    tokens = {f"tokens/{n}": np.asarray(t) for n, t in getattr(source, "tokens", {}).items()}  # the data drawn
+    np.savez(out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}, **tokens)
 
 
 if __name__ == "__main__":
