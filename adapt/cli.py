@@ -61,13 +61,14 @@ def show_forgetting(report, out: str | None = None) -> list[str]:
     return written + [forgetting.pareto_plot(report, f"{out}_pareto.png")]
 
 
-def show_layout(layout: dict, db, trials: list[dict], out: str) -> list[str]:
+def show_layout(layout: dict, db, trials: list[dict], out: str | None) -> list[str]:
     """What scripts/study.py makes of its config's ``get_table(arg)``: the keyword arguments of
     :func:`adapt.tables.build` plus ``curves``, ``vs``, ``reference``, ``baselines``, ``compare`` (see
     :func:`show_table`) and ``forgetting``: two evaluation set names, (domain, general), for the forgetting report
     (:func:`show_forgetting`) beside the table. A layout with ``forgetting`` and no ``metric`` (a language-model
     study, no classification metric) is the forgetting report alone, with its ``rows`` and ``seed_keys``.
-    Prints it all and writes ``out``.md/.tex/.csv, ``out``_*.png and the rest; returns the paths written."""
+    Prints it all and, with ``out``, writes ``out``.md/.tex/.csv, ``out``_*.png and the rest; returns the paths
+    written."""
     from adapt import forgetting, tables
 
     layout = dict(layout)
@@ -87,8 +88,8 @@ def show_layout(layout: dict, db, trials: list[dict], out: str) -> list[str]:
     table = tables.build(trials, **layout)
     comparisons = show_table(table, trials, references=extras["reference"], baselines=extras["baselines"],
                              pairs=extras["compare"], out=out)
-    written = tables.write_outputs(table, db, trials, out, extras["curves"], extras["vs"])
-    written += [f"{out}_comparisons.{ext}" for ext in ("md", "tex") if comparisons]
+    written = tables.write_outputs(table, db, trials, out, extras["curves"], extras["vs"]) if out else []
+    written += [f"{out}_comparisons.{ext}" for ext in ("md", "tex") if comparisons and out]
     if report is not None:
         print()
         written += show_forgetting(report, out)

@@ -151,7 +151,7 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  for key, s in watched.items()}
         results["dev"] = {**results.get("dev", {}), **after}
         results["start"] = {key[4:]: _under(trainer.start_metrics, key) for key in watched}
-    if hasattr(train, "token_shares") and len(train.tokens) > 1:
+    if len(train.tokens) > 1:  # a mixture: the tokens each source gave
         results["mixture"] = {n: {"tokens": train.tokens[n], "share": share}
                               for n, share in train.token_shares().items()}
     if config.export.model:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from adapt import cli, files, forgetting, tables
+from adapt import cli, files, forgetting
 from adapt.errors import ConfigError
 from adapt.results import ResultsDB
 
@@ -75,24 +75,17 @@ def main():
         parser.error("--curves/--vs need --out")
     db = ResultsDB.open_existing(args.db)
     trials = [t for t in db.trials(sweep=args.sweep) if args.stage is None or t["stage"] in args.stage]
-    rows, seed_keys = args.rows.split(","), args.seed_keys.split(",")
-    report = forgetting.report(trials, domain=sets[0], general=sets[1], rows=rows, seed_keys=seed_keys) if sets \
-        else None
-    written = []
-    if args.metric is not None or not sets:
-        table = tables.build(trials, rows=rows, column=args.column, seed_keys=seed_keys,
-                             metric=parse_metric(args.metric or "accuracy"), dev_split=args.dev_split,
-                             test_split=args.test_split, lower=args.lower_is_better, scale=args.scale,
-                             digits=args.digits)
-        cli.show_table(table, trials, references=args.reference, baselines=args.baselines.split(",")
-                       if args.baselines else (), pairs=pairs, out=args.out)
-        if args.out:
-            written += tables.write_outputs(table, db, trials, args.out, args.curves, args.vs)
-    if report is not None:
-        written += cli.show_forgetting(report, args.out)
+    layout = dict(rows=args.rows.split(","), seed_keys=args.seed_keys.split(","))
+    if sets:
+        layout["forgetting"] = sets
+    if args.metric is not None or not sets:  # the main table; with --forgetting alone, the report alone
+        layout.update(column=args.column, metric=parse_metric(args.metric or "accuracy"), dev_split=args.dev_split,
+                      test_split=args.test_split, lower=args.lower_is_better, scale=args.scale, digits=args.digits,
+                      curves=args.curves, vs=args.vs, reference=args.reference, compare=pairs,
+                      baselines=args.baselines.split(",") if args.baselines else ())
+    written = cli.show_layout(layout, db, trials, args.out)
     if written:
         print("wrote " + ", ".join(written))
-
 
 if __name__ == "__main__":
     cli.run(main)
