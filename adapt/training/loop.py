@@ -349,11 +349,11 @@ class _Run:
         started = time.time()
         metrics = {}
         for name, data in self.eval_data.items():
-            if hasattr(data, "evaluate"):
-                result = data.evaluate(self.trainer, state) if data.at_start or not at_start else None
-            else:
-                result = None if at_start else self.trainer.evaluate(state, self.steps, data())
-            metrics.update({f"{name}/{k}": v for k, v in (result or {}).items()})
+            if at_start and not getattr(data, "at_start", False):
+                continue
+            result = data.evaluate(self.trainer, state) if hasattr(data, "evaluate") else \
+                self.trainer.evaluate(state, self.steps, data())
+            metrics.update({f"{name}/{k}": v for k, v in result.items()})
         self.writer.write(step, metrics)
         self.trainer.last_eval = (step, metrics)
         if self.stopper.metric and (self.stopper.metric in metrics or not at_start) \
