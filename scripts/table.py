@@ -70,9 +70,9 @@ def main():
         raise ConfigError(f"--compare {bad[0]!r}: expected 'row A|row B'")
     sets = forgetting.parse_sets(args.forgetting) if args.forgetting else None
     if sets and args.metric is None and (args.curves or args.vs or args.compare or args.reference or args.baselines):
-        parser.error("--curves/--vs/--compare/--reference/--baselines need the main table: give --metric")
+        raise ConfigError("--curves/--vs/--compare/--reference/--baselines need the main table: give --metric")
     if (args.curves or args.vs) and not args.out:
-        parser.error("--curves/--vs need --out")
+        raise ConfigError("--curves/--vs write plots: give --out")
     db = ResultsDB.open_existing(args.db)
     trials = [t for t in db.trials(sweep=args.sweep) if args.stage is None or t["stage"] in args.stage]
     layout = dict(rows=args.rows.split(","), seed_keys=args.seed_keys.split(","))
