@@ -125,13 +125,16 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
                       Trainer(model, objective, config, workdir, method=method, fresh=fresh), sets)
 
 
-def run_trial(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) -> dict:
     """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model (for
-    classification also ``per_class`` and ``confusion``: :mod:`adapt.predictions`), as ``results.json`` holds it."""
+    classification also ``per_class`` and ``confusion``: :mod:`adapt.predictions`), as ``results.json`` holds it.
+    ``on_eval(step, metrics)``: called after each evaluation during training (see :class:`adapt.training.Trainer`).
+    """
     os.makedirs(output_folder(workdir, "workdir"), exist_ok=True)
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     trial = build_trial(config, workdir)
     trainer, splits = trial.trainer, trial.splits
+    trainer.on_eval = on_eval
     if splits.get("labels"):
         save_labels(workdir, splits["labels"])
     eval_splits = [s for s in config.eval.splits if s in splits]

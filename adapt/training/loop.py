@@ -140,7 +140,9 @@ class Trainer:
     ``evaluate(trainer, state) -> metrics`` and ``at_start`` (a named set, :mod:`adapt.evalsets`: with
     ``at_start`` also evaluated before the first step). After :meth:`fit`, ``start_metrics`` holds the step-0
     evaluation (kept in every checkpoint, so a resumed run has it) and ``last_eval`` the (step, metrics) of
-    the last evaluation this process ran (None if none). ``method``: the
+    the last evaluation this process ran (None if none). ``on_eval`` (None by default): called as
+    ``on_eval(step, metrics)`` after each evaluation, step 0's included (adaptive search's pruning raises from
+    it, which ends :meth:`fit` after the checkpoints in flight are written). ``method``: the
     adaptation method (:mod:`adapt.methods`; full fine-tuning by default), already applied to ``model``.
     ``fresh``: the paths of the parameters loading initialised fresh (default: those recorded on ``model``,
     :func:`adapt.models.loading.fresh_paths`), which ``train.head_warmup_steps`` trains alone first.
@@ -157,6 +159,7 @@ class Trainer:
         self.batch_sharding = batch_sharding(self.mesh, self.rules, t.batch_size)
         self.model, self.method = model, method or Method()
         self.fresh = fresh_paths(model) if fresh is None else tuple(fresh)
+        self.on_eval = None  # called as on_eval(step, metrics) after each evaluation; may raise to end the run
 
     def total_steps(self, train_data) -> int:
         t = self.cfg.train
@@ -360,6 +363,8 @@ class _Run:
                 and self.stopper.update(step, metrics):
             self.ckpt.save_best(state, {"step": step, "metrics": metrics})
         self.pause(started)
+        if self.trainer.on_eval is not None:
+            self.trainer.on_eval(step, metrics)
         return metrics
 
     def loop(self, state, start: int, eval_every: int):
