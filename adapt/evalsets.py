@@ -120,7 +120,7 @@ class Probe:
         trained = merge_model(trainer.static, state.params, state.frozen)
         setattr(self.model, self.path, getattr(trained, self.path))  # shares the arrays: nothing is copied
         graphdef, params = nnx.split(self.model)
-        if not self._placed:  # the head's own parameters onto the mesh, once (the backbone's already are)
+        if not self._placed:  # the head's own parameters onto the run's mesh, once (a no-op when loaded there)
             params = jax.device_put(params, state_shardings(params, trainer.mesh, trainer.rules))
             nnx.update(self.model, params)
             self._placed = True
@@ -132,8 +132,9 @@ class Probe:
         return self.objective.summarize(jax.device_get(sums))
 
 
-def build(config, tokenizer, model: nnx.Module, source: str) -> dict[str, EvalSet]:
-    """The run's named sets, read and tokenised; a probe is loaded for a set of another task. Every problem
+def build(config, tokenizer, model: nnx.Module, source: str, *, mesh=None, rules=None) -> dict[str, EvalSet]:
+    """The run's named sets, read and tokenised; a probe is loaded for a set of another task (onto ``mesh``,
+    sharded by ``rules``, as the run's model). Every problem
     (a format or task that does not fit, a missing split, a head the checkpoint lacks) is a one-line error
     naming the set, raised before anything trains."""
     from adapt.models import from_pretrained
@@ -155,7 +156,7 @@ def build(config, tokenizer, model: nnx.Module, source: str) -> dict[str, EvalSe
                                   f"head on a backbone")
             with warnings.catch_warnings():  # a fresh head is refused below, in one line
                 warnings.simplefilter("ignore")
-                head = from_pretrained(source, task=task.name, dtype=config.model.dtype)
+                head = from_pretrained(source, task=task.name, dtype=config.model.dtype, mesh=mesh, rules=rules)
             if fresh := fresh_paths(head):
                 raise ConfigError(f"{where}.task={task.name!r}: {source} has no trained {task.name} head ("
                                   f"{'.'.join(map(str, fresh[0]))} and {len(fresh) - 1} more would be random); "

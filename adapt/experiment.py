@@ -31,7 +31,9 @@ from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
 from adapt.models.loading import fresh_paths
+from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import Trainer, defaults
+from adapt.training.state import batch_sharding
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -108,21 +110,34 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     check_mixture(config.data)  # bad weights, stages or sets: one line each, before anything is read
     for name, spec in evalsets.specs(config).items():
         evalsets.data_section(config, name, spec)
+    mesh, rules = run_mesh(config), normalize_rules(config.mesh.rules)
+    batch_sharding(mesh, rules, config.train.batch_size)  # a batch the data axes do not divide: one line, now
     source = config.init_from or config.model.name
     tokenizer = load_tokenizer(source)
     splits, _ = prepare(config.data, tokenizer)
     labels = splits.get("labels")
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
+    # Straight onto the mesh: each device receives only its shards, one tensor read at a time.
     model = from_pretrained(source, task=task.name, dtype=config.model.dtype, seed=config.train.seed,
-                            head_warmup_steps=config.train.get("head_warmup_steps", 0), **task.head_args(labels),
-                            **dropouts)
+                            head_warmup_steps=config.train.get("head_warmup_steps", 0), mesh=mesh, rules=rules,
+                            **task.head_args(labels), **dropouts)
     fresh = fresh_paths(model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
     model = method.apply(model, nnx.Rngs(config.train.seed))
-    sets = evalsets.build(config, tokenizer, model, source)
+    sets = evalsets.build(config, tokenizer, model, source, mesh=mesh, rules=rules)
     objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
     return TrialSetup(config, tokenizer, splits, method,
-                      Trainer(model, objective, config, workdir, method=method, fresh=fresh), sets)
+                      Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh), sets)
+
+
+def run_mesh(config: ml_collections.ConfigDict):
+    """The mesh ``mesh.shape`` asks for over every device of the job; a shape the devices do not fill is a
+    one-line error naming the key."""
+    try:
+        return make_mesh(tuple(config.mesh.shape))
+    except ValueError as e:
+        raise ConfigError(f"mesh.shape={tuple(config.mesh.shape)}: {e} (devices: {jax.device_count()} "
+                          f"{jax.devices()[0].platform})") from None
 
 
 def run_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) -> dict:

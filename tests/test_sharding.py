@@ -1,5 +1,6 @@
 """Logical-axis rules -> shardings, and models loaded straight onto an 8-device CPU mesh."""
 
+import math
 import jax
 import numpy as np
 import pytest
@@ -56,3 +57,48 @@ def test_sharded_forward_matches_single_device(tiny_llama):
         logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, ids)
     assert logits.sharding.spec == P(("data", "fsdp"), None, "tensor")
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5)
+
+
+def _device_bytes(tree) -> dict:
+    """Bytes of ``tree``'s arrays resident on each device (each shard counted where it lives)."""
+    out = {}
+    for leaf in jax.tree.leaves(tree):  # from the sharding alone: reading shard.data would make new arrays
+        nbytes = math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+        for device in leaf.sharding.addressable_devices:
+            out[device] = out.get(device, 0) + nbytes
+    return out
+
+
+def test_a_trial_loads_straight_onto_its_mesh(tmp_path):
+    import json
+
+    from adapt.errors import ConfigError
+    from adapt.experiment import base_config, build_trial
+
+    rows = [{"text": f"article {i} about {'markets' if i % 2 else 'football'}", "label": str(i % 2)} for i in range(16)]
+    (tmp_path / "train.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    c = base_config()
+    c.data.files = {"train": str(tmp_path / "train.jsonl")}
+    c.data.update(max_length=16, cache_dir="")
+    c.mesh.shape = (1, 8, 1)  # fsdp over all 8 devices
+    before = _device_bytes(jax.live_arrays())
+    trial = build_trial(c, str(tmp_path / "run"))  # run_trial's own path: bundled MiniLM-L6, 22.7M parameters
+    params = nnx.state(trial.trainer.model, nnx.Param)
+    total = sum(x.nbytes for x in jax.tree.leaves(params))
+    per_device = _device_bytes(params)
+    assert total > 80e6 and len(per_device) == 8
+    for device, n in per_device.items():  # 1/8 of the total, plus the replicated norms, biases and head (~1%)
+        assert total / 8 <= n < 1.02 * total / 8, (device, n / total)
+    # nothing else was left on a device: no unsharded copy of the model survived the loading
+    after = _device_bytes(jax.live_arrays())
+    assert after[jax.devices()[0]] - before.get(jax.devices()[0], 0) < 1.05 * total / 8
+    # the train state keeps them where they are: optimizer moments sharded alike
+    state, _ = trial.trainer._setup(1)
+    assert _device_bytes(state.params) == per_device
+
+    c.mesh.shape = (3, 1, 1)  # a mesh the 8 devices do not fill, a batch the data axis does not divide
+    with pytest.raises(ConfigError, match=r"^mesh.shape=\(3, 1, 1\): mesh shape \(3, 1, 1\) needs 3 devices"):
+        build_trial(c, str(tmp_path / "bad"))
+    c.mesh.shape, c.train.batch_size = (8, 1, 1), 12
+    with pytest.raises(ConfigError, match="train.batch_size=12 is not divisible by the 8 batch shards"):
+        build_trial(c, str(tmp_path / "bad"))
