@@ -140,16 +140,25 @@ def run_mesh(config: ml_collections.ConfigDict):
                           f"{jax.devices()[0].platform})") from None
 
 
-def run_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) -> dict:
-    """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model (for
-    classification also ``per_class`` and ``confusion``: :mod:`adapt.predictions`), as ``results.json`` holds it.
-    ``on_eval(step, metrics)``: called after each evaluation during training (see :class:`adapt.training.Trainer`).
-    """
+@dataclasses.dataclass
+class StartedTrial:
+    """A trial built and its run folder written, ready to train: the setup, its train stream, what is evaluated
+    during training (name -> batches, or a named set), the splits evaluated at the end and the named sets."""
+    trial: TrialSetup
+    train: object  # adapt.data.batches.Mixture
+    eval_data: dict
+    eval_splits: list
+    watched: dict  # "dev/<set>" -> adapt.evalsets.EvalSet
+
+
+def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) -> StartedTrial:
+    """The part of :func:`run_trial` before training: ``config.json`` and ``labels.json`` written, the trial built
+    (:func:`build_trial`), its train stream and evaluations laid out."""
     os.makedirs(output_folder(workdir, "workdir"), exist_ok=True)
     write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     trial = build_trial(config, workdir)
-    trainer, splits = trial.trainer, trial.splits
-    trainer.on_eval = on_eval
+    trial.trainer.on_eval = on_eval
+    splits = trial.splits
     if splits.get("labels"):
         save_labels(workdir, splits["labels"])
     eval_splits = [s for s in config.eval.splits if s in splits]
@@ -157,7 +166,14 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) 
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
     watched = {f"dev/{name}": s for name, s in trial.sets.items()}  # at step 0 and at every evaluation
     first = {s: (lambda s=s: trial.eval_batches(s)) for s in eval_splits[:1] if during}  # the first is dev
-    fit = trainer.fit(train, {**first, **watched})
+    return StartedTrial(trial, train, {**first, **watched}, eval_splits, watched)
+
+
+def finish_trial(started: StartedTrial, fit) -> dict:
+    """The part of :func:`run_trial` after training (``fit``: its :class:`~adapt.training.FitResult`): the best
+    model evaluated, exported when asked, ``results.json`` written (by process 0); returns the results."""
+    trial, watched, eval_splits, train = started.trial, started.watched, started.eval_splits, started.train
+    trainer, config, workdir = trial.trainer, trial.config, trial.trainer.workdir
     best = trainer.best_state()
     known = {s: {k: v for k, v in _under(trainer.best_metrics, s).items() if k.split("/")[0] not in trial.sets}
              for s in eval_splits}  # the dev split was evaluated on the best parameters during fit
@@ -178,6 +194,16 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) 
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "results.json"), results)
     return results
+
+
+def run_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) -> dict:
+    """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model (for
+    classification also ``per_class`` and ``confusion``: :mod:`adapt.predictions`), as ``results.json`` holds it.
+    ``on_eval(step, metrics)``: called after each evaluation during training (see :class:`adapt.training.Trainer`).
+    A sweep's trials can also train together: :func:`adapt.population.run_population`.
+    """
+    started = start_trial(config, workdir, on_eval=on_eval)
+    return finish_trial(started, started.trial.trainer.fit(started.train, started.eval_data))
 
 
 def load_run(workdir: str, overrides: list[str] | dict = (), checkpoint: str = "best") -> tuple[TrialSetup, object]:

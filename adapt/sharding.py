@@ -40,6 +40,7 @@ DEFAULT_RULES: Rules = (
     ("position", None),
     ("labels", None),
     ("adapter", None),  # the small inner dimension of adaptation methods (LoRA rank, adapter bottleneck)
+    ("trial", None),  # a population's members (adapt.training.population); "data" spreads them over that axis
 )
 
 _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("adapt_axis_rules", default=DEFAULT_RULES)

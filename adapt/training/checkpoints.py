@@ -55,6 +55,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """The steps of the complete checkpoints kept."""
+        return list(self.latest.all_steps())
+
     def best_step(self) -> int | None:
         return self.best.latest_step()
 

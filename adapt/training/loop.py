@@ -176,6 +176,7 @@ class Trainer:
         settings = optim.method_settings(self.method, self.model, trainable, fresh=self.fresh,
                                          head_warmup_steps=t.get("head_warmup_steps", 0))
         tx, schedule = optim.make_optimizer(self.cfg.optimizer, total, optim.param_kinds(trainable), settings)
+        self.tx = tx
         self.static, state, self.shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules,
                                                           seed=t.seed, method=self.method)
         self.steps = Steps(self.static, self.objective, tx, self.shardings, self.batch_sharding, rules=self.rules,
@@ -201,36 +202,44 @@ class Trainer:
         return self.best_state() if checkpoint == "best" else self.state
 
     def fit(self, train_data, eval_data: dict | None = None) -> FitResult:
+        run, state = self.begin(train_data, eval_data)
+        try:
+            state = run.loop(run.evaluate_at_start(state))
+        finally:
+            run.close()
+        return self.end(run, state)
+
+    def begin(self, train_data, eval_data: dict | None = None, start: int | None | str = "latest"):
+        """What :meth:`fit` does before its loop: the optimizer, the sharded train state, restored from the
+        checkpoint at ``start`` ("latest": the latest one, None: none, from step 0) with the data position, the
+        early-stopping record and the step-0 evaluation. Returns (the run's loop, the state); a population
+        (:mod:`adapt.training.population`) begins each member at a common step."""
         t, eval_data = self.cfg.train, eval_data or {}
         total = self.total_steps(train_data)
         if t.get("head_warmup_steps", 0) >= total > 0:
             raise ConfigError(f"train.head_warmup_steps={t.head_warmup_steps} is not below the run's {total} steps: "
                               f"only the fresh parameters would ever train (train.steps counts both phases)")
         state, schedule = self._setup(total)
-        steps, shardings = self.steps, self.shardings
         stopper = EarlyStopping(t.early_stopping.metric, t.early_stopping.mode, t.early_stopping.patience)
         ckpt = Checkpointer(self.workdir, keep=t.keep_checkpoints)
-        start = ckpt.latest_step()
+        start = ckpt.latest_step() if start == "latest" else start
         self.start_metrics, self.last_eval = {}, None
         if start is not None:
-            state, extra = ckpt.restore(state, shardings, start)
+            state, extra = ckpt.restore(state, self.shardings, start)
             train_data.restore(extra["data"])
             stopper.restore(extra["early_stopping"])
             self.start_metrics = extra.get("start", {})
         writer = MetricsWriter(self.workdir, start)
-        eval_every = t.eval_every or train_data.steps_per_epoch
-        run = _Run(self, steps, ckpt, writer, stopper, train_data, eval_data, total, schedule)
-        try:
-            if start is None and any(getattr(d, "at_start", False) for d in eval_data.values()):
-                self.start_metrics = run.evaluate(state, 0, at_start=True)
-            state = run.loop(state, start or 0, eval_every)
-        finally:
-            ckpt.wait()
-            ckpt.close()
-            writer.close()
+        run = _Run(self, self.steps, ckpt, writer, stopper, train_data, eval_data, total, schedule, start,
+                   t.eval_every or train_data.steps_per_epoch)
+        return run, state
+
+    def end(self, run, state: TrainState) -> FitResult:
+        """After the loop: ``state`` is the trainer's (and the model's) and the fit's result is returned."""
         self.state = state
         # The step donated the model's own buffers: hand the trained ones back, so ``model`` is trained in place.
         nnx.update(self.model, nnx.State(state.params), nnx.State(state.frozen))
+        stopper = run.stopper
         best = {"step": stopper.best_step, "value": stopper.best} if stopper.best_step is not None else None
         return FitResult(state, int(state.step), stopper.should_stop, best)
 
@@ -276,9 +285,10 @@ class Trainer:
 class _Run:
     """One call of :meth:`Trainer.fit`: the loop and its host-side bookkeeping."""
 
-    def __init__(self, trainer, steps, ckpt, writer, stopper, train_data, eval_data, total, schedule):
+    def __init__(self, trainer, steps, ckpt, writer, stopper, train_data, eval_data, total, schedule, start,
+                 eval_every):
         self.trainer, self.steps, self.ckpt, self.writer, self.stopper = trainer, steps, ckpt, writer, stopper
-        self.schedule = schedule
+        self.schedule, self.start, self.eval_every = schedule, start, eval_every  # start: the step resumed (or None)
         self.train_data, self.eval_data, self.total = train_data, eval_data, total
         self.pending, self.window, self.since = None, None, None
         self.last_saved = ckpt.latest_step()
@@ -329,6 +339,20 @@ class _Run:
         self.writer.write(step, metrics)
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_second']:.0f}")
 
+    def evaluate_at_start(self, state):
+        """A run from step 0 evaluates what is evaluated before the first step (``at_start``); returns ``state``."""
+        if self.start is None and any(getattr(d, "at_start", False) for d in self.eval_data.values()):
+            self.trainer.start_metrics = self.evaluate(state, 0, at_start=True)
+        return state
+
+    def close(self) -> None:
+        """Waits for the checkpoints in flight and closes the files."""
+        try:
+            self.ckpt.wait()
+            self.ckpt.close()
+        finally:
+            self.writer.close()
+
     def extra(self) -> dict:
         return {"data": self.train_data.state(), "early_stopping": self.stopper.state(),
                 "start": self.trainer.start_metrics}
@@ -367,27 +391,32 @@ class _Run:
             self.trainer.on_eval(step, metrics)
         return metrics
 
-    def loop(self, state, start: int, eval_every: int):
+    def loop(self, state):
         from tqdm.auto import tqdm
 
-        t = self.trainer.cfg.train
-        bar = tqdm(total=self.total, initial=start, disable=jax.process_index() != 0, unit="step", dynamic_ncols=True)
-        step = start
+        step = self.start or 0
+        bar = tqdm(total=self.total, initial=step, disable=jax.process_index() != 0, unit="step", dynamic_ncols=True)
         with bar, self.steps.heap:
             while step < self.total and not self.stopper.should_stop:
                 batch = global_batch(self.train_data.next_batch(), self.trainer.batch_sharding)
                 state, metrics = self.steps.train(state, batch)
-                self.check()  # the previous step's, while this one runs
                 step += 1
-                self.pending = (step, metrics)
                 bar.update(1)
-                last = step == self.total
-                if step % t.log_every == 0 or last:
-                    self.check()
-                    self.log(step, bar)
-                if self.eval_data and (step % eval_every == 0 or last):
-                    self.evaluate(state, step)
-                if (t.checkpoint_every and step % t.checkpoint_every == 0) or last or self.stopper.should_stop:
-                    self.save(state)
+                self.record(step, metrics, lambda: state, bar)
         self.check()
         return state
+
+    def record(self, step: int, metrics: dict, state, bar) -> None:
+        """After train step ``step`` was dispatched: check the previous step's metrics (while this one runs), then
+        log, evaluate and save as the schedule says. ``state()`` gives the train state after the step."""
+        t = self.trainer.cfg.train
+        self.check()
+        self.pending = (step, metrics)
+        last = step == self.total
+        if step % t.log_every == 0 or last:
+            self.check()
+            self.log(step, bar)
+        if self.eval_data and (step % self.eval_every == 0 or last):
+            self.evaluate(state(), step)
+        if (t.checkpoint_every and step % t.checkpoint_every == 0) or last or self.stopper.should_stop:
+            self.save(state())

@@ -103,6 +103,36 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation, *, mesh: M
     return static, state, shardings
 
 
+STACKED = ("step", "params", "opt_state", "rng", "anchors")  # a population's per-member fields: all but frozen
+
+
+def _axes(entry) -> tuple:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def trial_axes(mesh: Mesh, rules: Rules, members: int) -> tuple:
+    """The mesh axes a population's trial axis is split over (the ``trial`` rule); ``members`` must divide."""
+    axes = _axes(logical_to_spec(("trial",), None, mesh, rules)[0])
+    ways = math.prod(mesh.shape[a] for a in axes)
+    if members % ways:
+        raise ConfigError(f"a population of {members} trials does not divide over the {ways} shards of mesh axes "
+                          f"{axes} (rule trial -> {axes}); pack a multiple of {ways}")
+    return axes
+
+
+def stacked_shardings(shardings: TrainState, mesh: Mesh, rules: Rules, members: int) -> TrainState:
+    """The shardings of a population's state: each field of :data:`STACKED` gains a leading trial axis on the
+    ``trial`` rule's mesh axes (those its leaf does not already use); ``frozen`` stays as it is, shared."""
+    axes = trial_axes(mesh, rules, members)
+
+    def add(sh: NamedSharding) -> NamedSharding:
+        used = {a for entry in sh.spec for a in _axes(entry)}
+        free = tuple(a for a in axes if a not in used)
+        return NamedSharding(mesh, PartitionSpec(free if len(free) > 1 else free[0] if free else None, *sh.spec))
+
+    return shardings.replace(**{f: jax.tree.map(add, getattr(shardings, f)) for f in STACKED})
+
+
 def batch_sharding(mesh: Mesh, rules: Rules, global_batch: int) -> NamedSharding:
     """Batches are split along their first dimension by the ``batch`` rule (``data`` x ``fsdp``)."""
     spec = logical_to_spec(("batch",), None, mesh, rules)
@@ -111,6 +141,19 @@ def batch_sharding(mesh: Mesh, rules: Rules, global_batch: int) -> NamedSharding
     if global_batch % ways:
         raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {ways} batch shards of the "
                           f"mesh {dict(mesh.shape)} (rule batch -> {spec[0]})")
+    return NamedSharding(mesh, spec)
+
+
+def population_batch_sharding(mesh: Mesh, rules: Rules, members: int, global_batch: int) -> NamedSharding:
+    """A population's batches ``[members, batch, ...]``: the trial axis by the ``trial`` rule, each member's rows
+    by the ``batch`` rule over the mesh axes left."""
+    trial_axes(mesh, rules, members)
+    batch_sharding(mesh, rules, global_batch)  # the members' own batches divide as a trial's would
+    spec = logical_to_spec(("trial", "batch"), None, mesh, rules)
+    ways = math.prod(mesh.shape[a] for a in _axes(spec[1]))
+    if global_batch % ways:
+        raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {ways} batch shards left beside a "
+                          f"population's trial axis on the mesh {dict(mesh.shape)}")
     return NamedSharding(mesh, spec)
 
 

@@ -21,7 +21,7 @@ from adapt.host_memory import KeptHeap
 from adapt.methods.base import Method
 from adapt.models import layers
 from adapt.sharding import Rules, axis_rules
-from adapt.training.state import Model, TrainState
+from adapt.training.state import STACKED, Model, TrainState, stacked_shardings, trial_axes
 
 
 def _micro_batches(batch: dict, accum: int) -> dict:  # [B, ...] -> [A, B/A, ...]
@@ -71,6 +71,25 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
     return train_step
 
 
+def make_population_step(train_step, spmd_axes: tuple = ()):
+    """``train_step`` over a population: every field of the state but ``frozen`` (shared) and the batch carry a
+    leading trial axis ``[N, ...]``, and ``active`` (bool ``[N]``) keeps a member that has stopped (early
+    stopping, a non-finite loss) exactly where it was. The members share one program: what differs between
+    them (learning rate and weight decay in the optimizer state, seeds, initial values, data) is data."""
+    axes = TrainState(step=0, params=0, frozen=None, opt_state=0, rng=0, anchors=0)
+    members = jax.vmap(train_step, in_axes=(axes, 0), out_axes=(axes, 0), spmd_axis_name=spmd_axes or None)
+
+    def population_step(state: TrainState, batch: dict, active: jax.Array) -> tuple[TrainState, dict]:
+        new, metrics = members(state, batch)
+
+        def keep(n, o):  # [N, ...]
+            return jnp.where(active.reshape(-1, *(1,) * (n.ndim - 1)), n, o)
+
+        return new.replace(**{f: jax.tree.map(keep, getattr(new, f), getattr(state, f)) for f in STACKED}), metrics
+
+    return population_step
+
+
 def make_eval_step(model: Model, objective):
     """-> ``eval_step(state, batch, index) -> (sums, predictions, outputs)``: the objective's loss and its
     per-example ``outputs`` (None for an objective without them); only evaluation computes these."""
@@ -89,16 +108,26 @@ class Steps:
     """The jitted train and eval steps for one model, objective, optimizer and mesh.
 
     Tracing happens under the mesh, the sharding rules and the remat policy, so activation constraints
-    and rematerialisation are baked into the compiled steps.
+    and rematerialisation are baked into the compiled steps. With ``population`` (the number of members and
+    their batches' sharding) the train step is the population's (:func:`make_population_step`) over the stacked
+    state; evaluation is always one member's.
     """
 
     def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
-                 *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None):
+                 *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None,
+                 population: tuple[int, NamedSharding] | None = None):
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._train = jax.jit(make_train_step(model, objective, tx, accum, method),
-                              in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
-                              donate_argnums=0)
+        train_step = make_train_step(model, objective, tx, accum, method)
+        if population is None:
+            self._train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
+                                  out_shardings=(shardings, replicated), donate_argnums=0)
+        else:  # (members, their batches' sharding): train(state, batch, active) on the stacked state
+            members, members_batch = population
+            stacked = stacked_shardings(shardings, self.mesh, rules, members)
+            self._train = jax.jit(make_population_step(train_step, trial_axes(self.mesh, rules, members)),
+                                  in_shardings=(stacked, members_batch, replicated),
+                                  out_shardings=(stacked, replicated), donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
         # Enter it around a loop of train steps on the CPU: see adapt/host_memory.py.
         self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), set()
@@ -112,10 +141,11 @@ class Steps:
         stack.enter_context(layers.remat(self.remat))
         return stack
 
-    def train(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train(self, state: TrainState, batch: dict, *active) -> tuple[TrainState, dict]:
+        """One train step; a population's also takes ``active`` (bool ``[N]``, see :func:`make_population_step`)."""
         with self.context():
-            self._between_steps(self._train, state, batch)
-            return self._train(state, batch)
+            self._between_steps(self._train, state, batch, *active)
+            return self._train(state, batch, *active)
 
     def eval(self, state: TrainState, batch: dict, index: int):
         index = jnp.asarray(index, jnp.int32)

@@ -1,0 +1,137 @@
+"""Populations: several trials trained as one compiled program, the train step ``vmap``ped over a trial axis.
+
+Trials that differ only in values the program does not depend on (the learning rate and weight decay, which
+live in the optimizer state; seeds, hence initial values, dropout masks and data order; mixture weights,
+hence data) train as *members* of one population. Each member's :class:`~adapt.training.Trainer` begins as for
+:meth:`~adapt.training.Trainer.fit` (its own optimizer state, checkpoints, metrics, early stopping and data);
+then every field of their train states but ``frozen`` is stacked on a leading trial axis ``[N, ...]`` (sharded by
+the ``trial`` rule of the mesh rules), the frozen parameters (the base model under LoRA and the like) are one
+shared copy, and one step (:func:`adapt.training.steps.make_population_step`) trains them all. After each step
+every member logs, evaluates, stops early and saves its checkpoints as it would alone (its slice of the state);
+a member that stops (early stopping, a non-finite loss) is held where it was while the others go on. The
+result equals training each member alone within float32 rounding: the step is the same function, batched.
+
+    fits = fit_population(trainers, train_streams, eval_data)   # one FitResult (or the member's error) each
+
+A killed population resumes from the last step that every member kept a checkpoint of.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from adapt.errors import AdaptError, ConfigError
+from adapt.training.checkpoints import Checkpointer
+from adapt.training.loop import Trainer
+from adapt.training.objectives import IGNORE
+from adapt.training.state import STACKED, TrainState, global_batch, population_batch_sharding, stacked_shardings
+from adapt.training.steps import Steps
+
+
+def stack_batches(batches: list[dict]) -> dict:
+    """Members' batches (numpy ``[B, ...]``) as one ``[N, B, ...]``; sequence columns of different bucket widths
+    are padded to the widest (0, or -100 for labels), which the attention mask and the loss ignore."""
+    out = {}
+    for k in batches[0]:
+        arrays = [b[k] for b in batches]
+        width = max(a.shape[1] for a in arrays) if arrays[0].ndim > 1 else None
+        if width is not None:
+            pad = IGNORE if k == "labels" else 0
+            arrays = [np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=pad)
+                      for a in arrays]
+        out[k] = np.stack(arrays)
+    return out
+
+
+def common_start(trainers: list[Trainer]) -> int | None:
+    """The last step every member kept a checkpoint of (None: none, the population starts from step 0)."""
+    kept = []
+    for t in trainers:
+        ckpt = Checkpointer(t.workdir, keep=t.cfg.train.keep_checkpoints)
+        kept.append(set(ckpt.all_steps()))
+        ckpt.close()
+    both = set.intersection(*kept)
+    return max(both) if both else None
+
+
+def _shared_frozen(states: list[TrainState], trainers: list[Trainer]) -> dict:
+    """Member 0's frozen parameters, which every member must have alike (they come from one checkpoint)."""
+    first = states[0].frozen
+    for state, t in zip(states[1:], trainers[1:]):
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(first)[0], jax.tree.leaves(state.frozen)):
+            if a is not b and not bool(jnp.array_equal(a, b)):
+                raise ConfigError(f"{t.workdir}: its frozen parameter {jax.tree_util.keystr(path)} differs from "
+                                  f"{trainers[0].workdir}'s; members of a population share their frozen model")
+    return first
+
+
+def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[dict]) -> list:
+    """Train the members ``trainers`` (each with its ``train_data`` stream and ``eval_data``, as for
+    :meth:`Trainer.fit`) as one population; returns each member's :class:`FitResult`, or the
+    :class:`~adapt.errors.AdaptError` that ended that member (the others go on)."""
+    n, first = len(trainers), trainers[0]
+    totals = [t.total_steps(d) for t, d in zip(trainers, train_data)]
+    if len(set(totals)) > 1:
+        raise ConfigError(f"the members of a population run {sorted(set(totals))} steps; they train in lockstep, so "
+                          f"they must run the same number")
+    members_batch = population_batch_sharding(first.mesh, first.rules, n, first.cfg.train.batch_size)
+    start = common_start(trainers)
+    runs, states = [], []
+    for t, data, evals in zip(trainers, train_data, eval_data):
+        run, state = t.begin(data, evals, start)
+        runs.append(run)
+        states.append(state)
+    frozen = _shared_frozen(states, trainers)
+    t = first.cfg.train
+    steps = Steps(first.static, first.objective, first.tx, first.shardings, first.batch_sharding, rules=first.rules,
+                  accum=t.grad_accum, remat=t.remat, method=first.method, population=(n, members_batch))
+    for trainer, run in zip(trainers, runs):  # one compiled program for all: member 0's (evaluation included)
+        trainer.steps = run.steps = steps
+    sharding = stacked_shardings(first.shardings, first.mesh, first.rules, n)
+    state = TrainState(frozen=frozen, **{f: jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs),
+                                                                         *[getattr(s, f) for s in states]),
+                                                            getattr(sharding, f)) for f in STACKED})
+    del states  # the members' own copies: only the stacked state stays
+    take = jax.jit(lambda fields, i: jax.tree.map(lambda x: x[i], fields),
+                   out_shardings={f: getattr(first.shardings, f) for f in STACKED})
+
+    def member(i: int) -> TrainState:  # member i's train state now (its slice; the frozen model shared)
+        return TrainState(frozen=state.frozen, **take({f: getattr(state, f) for f in STACKED}, jnp.int32(i)))
+
+    active, errors = [True] * n, [None] * n
+
+    def guarded(i: int, call) -> None:  # a member's own bad input or non-finite loss ends that member alone
+        try:
+            call()
+        except AdaptError as e:
+            errors[i], active[i] = e, False
+
+    step = start or 0
+    bar = tqdm(total=totals[0], initial=step, disable=jax.process_index() != 0, unit="step", dynamic_ncols=True)
+    try:
+        for i, run in enumerate(runs):
+            guarded(i, lambda: run.evaluate_at_start(member(i)))
+        with bar, steps.heap:
+            while step < totals[0] and any(active):
+                local = [run.train_data.next_batch() if on else None for run, on in zip(runs, active)]
+                filler = next(b for b in local if b is not None)  # a stopped member's slot: computed, not kept
+                batch = global_batch(stack_batches([b if b is not None else filler for b in local]), members_batch)
+                state, metrics = steps.train(state, batch, jnp.asarray(active))
+                step += 1
+                bar.update(1)
+                for i, run in enumerate(runs):
+                    if active[i]:
+                        mine = jax.tree.map(lambda x: x[i], metrics)
+                        guarded(i, lambda: run.record(step, mine, lambda: member(i), bar))
+                        active[i] = active[i] and not run.stopper.should_stop
+        for i, run in enumerate(runs):
+            if errors[i] is None:
+                guarded(i, run.check)
+    finally:
+        for run in runs:
+            run.close()
+    return [errors[i] or trainers[i].end(runs[i], member(i)) for i in range(n)]
+

@@ -1,0 +1,93 @@
+"""Populations: trials trained as one vmapped program equal the same trials trained alone."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from adapt.errors import ConfigError
+from adapt.experiment import base_config, run_trial
+from adapt.models import load_tokenizer
+from adapt.population import check_packable, pack, run_population
+from adapt.results import read_metrics_jsonl
+
+WORDS = {"0": "market shares profit bank economy".split(), "1": "match goal season club player".split()}
+
+
+@pytest.fixture(scope="module")
+def small_bert(tmp_path_factory):
+    import torch
+    import transformers
+
+    folder = tmp_path_factory.mktemp("bert")
+    tok = load_tokenizer("bundled:minilm-l6")
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=64, num_labels=2)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("dev", 16)):
+        rows = [{"text": " ".join(rng.choice(WORDS[y], rng.integers(3, 12))), "label": y}
+                for y in rng.choice(["0", "1"], n)]
+        (d / f"{split}.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    return {s: str(d / f"{s}.jsonl") for s in ("train", "dev")}
+
+
+def _config(model, data, **over):
+    c = base_config()
+    c.model.name = model
+    c.data.files = dict(data)
+    c.data.update(max_length=32, cache_dir="")
+    c.eval.update(splits=("dev",), batch_size=8)
+    c.optimizer.update(learning_rate=3e-3, warmup_steps=0)
+    c.train.update(batch_size=8, steps=6, eval_every=2, log_every=1, checkpoint_every=2, keep_checkpoints=3)
+    c.train.early_stopping.update(metric="dev/accuracy", mode="max", patience=0)
+    c.mesh.shape = (-1, 1, 1)
+    for k, v in over.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def _losses(workdir):
+    return [v for _, v in read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl"))["train/loss"]]
+
+
+MEMBERS = [{"optimizer.learning_rate": 3e-3, "train.seed": 0}, {"optimizer.learning_rate": 1e-3, "train.seed": 1},
+           {"optimizer.learning_rate": 3e-3, "train.seed": 2, "optimizer.weight_decay": 0.1}]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_path, method):
+    configs = [_config(small_bert, data, **m) for m in MEMBERS]
+    for c in configs:
+        c.method = {"name": method} if method == "full" else {"name": "lora", "rank": 4, "alpha": 8.0}
+    together = run_population(configs, [str(tmp_path / f"pop{i}") for i in range(3)])
+    for i, c in enumerate(configs):
+        alone = run_trial(c, str(tmp_path / f"alone{i}"))
+        assert together[i]["dev"]["accuracy"] == alone["dev"]["accuracy"]
+        assert together[i]["dev"]["loss"] == pytest.approx(alone["dev"]["loss"], rel=1e-5)
+        np.testing.assert_allclose(_losses(tmp_path / f"pop{i}"), _losses(tmp_path / f"alone{i}"), rtol=1e-5)
+        assert json.load(open(tmp_path / f"pop{i}" / "results.json")) == together[i]
+    assert len({json.dumps(r["dev"]) for r in together}) > 1  # the members did differ
+
+
+def test_packing_groups_trials_by_program_and_refuses_the_rest(small_bert, data):
+    a, b = _config(small_bert, data), _config(small_bert, data, **{"optimizer.learning_rate": 1e-4, "train.seed": 3})
+    c = _config(small_bert, data, **{"train.batch_size": 16})
+    assert pack([a, c, b, a, b], 2) == [[0, 2], [3, 4], [1]]
+    check_packable([a, b])
+    with pytest.raises(ConfigError, match=r"differ in train.batch_size \(8 vs 16\), which needs its own compiled"):
+        check_packable([a, c])
