@@ -9,8 +9,9 @@ Schema (``PRAGMA user_version = 1``)::
            depends TEXT,               -- JSON list of trial ids this one starts from
            overrides TEXT,             -- JSON {dotted key: value}, meta.* keys included
            config TEXT,                -- JSON of the full resolved config the trial ran with
-           status TEXT,                -- pending | running | done | failed | skipped | interrupted
-           error TEXT,                 -- "Type: message" (plus the traceback for non-AdaptError bugs)
+           status TEXT,                -- pending | running | done | failed | skipped | interrupted | pruned
+           error TEXT,                 -- "Type: message" (plus the traceback for non-AdaptError bugs); for a
+                                       -- pruned trial, where it stopped: "pruned at step 40: dev/accuracy=0.41"
            workdir TEXT, start_time REAL, end_time REAL, wall_s REAL, heartbeat REAL,  -- unix seconds
            pid INTEGER, host TEXT,     -- the worker that ran (or runs) it
            attempts INTEGER)           -- how many times it was started
@@ -18,12 +19,16 @@ Schema (``PRAGMA user_version = 1``)::
     curve_summary(trial, metric, n, first_step, last_step, first, last, min, max, best, best_step)
     curves(trial, metric, step, value)               -- metrics.jsonl points (at most MAX_POINTS per metric)
 
+A ``pruned`` trial is one an adaptive search (:mod:`adapt.search`) stopped early: its curves up to there are
+recorded, it has no final metrics, and tables never use it (they read ``done`` trials only).
+
 ``best`` is the minimum for loss-like metrics (name contains loss, perplexity, ppl or error) and the maximum
 otherwise. Every write is one ``BEGIN IMMEDIATE`` transaction (WAL journal, synchronous=FULL, a busy timeout), so
 worker processes can share the file, a finished trial's metrics and its ``done`` status land together, and a
 crash or Ctrl-C mid-write leaves the previous state. A ``running`` trial whose worker is gone (its pid no longer
 exists on this host, or its heartbeat is older than ``stale_after`` seconds) is reset to ``pending`` by
-:meth:`ResultsDB.register`, as are ``failed``, ``skipped`` and ``interrupted`` ones; ``done`` trials are kept.
+:meth:`ResultsDB.register`, as are ``failed``, ``skipped`` and ``interrupted`` ones; ``done`` and ``pruned`` trials
+are kept.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ CREATE TABLE IF NOT EXISTS curves (
   PRIMARY KEY (trial, metric, step));
 PRAGMA user_version = 1;
 """
-FINISHED = ("done", "failed", "skipped", "interrupted")
+FINISHED = ("done", "failed", "skipped", "interrupted", "pruned")
 MAX_POINTS = 1000
 HOST = socket.gethostname()
 
@@ -169,7 +174,7 @@ class ResultsDB:
     # ---- the sweep side
     def register(self, sweep: str, trials, configs: dict, workdir: str, stale_after: float = 300.0) -> int:
         """Adds the trials (adapt.sweeps.Trial) that are new as pending, resets unfinished ones (failed, skipped,
-        interrupted, or running with a dead worker) to pending; returns how many are not done."""
+        interrupted, or running with a dead worker) to pending; returns how many are neither done nor pruned."""
         now = time.time()
         with self.tx() as c:
             for t in trials:
@@ -179,16 +184,27 @@ class ResultsDB:
                 c.execute("INSERT OR IGNORE INTO trials (id, sweep, stage, condition, depends, overrides, config, "
                           "workdir) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (t.id, sweep, t.stage, t.condition, *row))
                 c.execute("UPDATE trials SET depends = ?, overrides = ?, config = ?, workdir = ? "
-                          "WHERE id = ? AND status != 'done'", (*row, t.id))
+                          "WHERE id = ? AND status NOT IN ('done', 'pruned')", (*row, t.id))
             ids = [t.id for t in trials]
             todo = 0
             for r in self._rows(c, ids):
-                stale = r["status"] == "running" and (
-                    (r["host"] == HOST and not pid_alive(r["pid"])) or now - (r["heartbeat"] or 0) > stale_after)
-                if r["status"] in ("failed", "skipped", "interrupted") or stale:
+                if r["status"] in ("failed", "skipped", "interrupted") or self._stale(r, now, stale_after):
                     c.execute("UPDATE trials SET status = 'pending' WHERE id = ?", (r["id"],))
-                todo += r["status"] != "done"
+                todo += r["status"] not in ("done", "pruned")
         return todo
+
+    @staticmethod
+    def _stale(r, now: float, stale_after: float) -> bool:
+        """Whether row ``r`` is a running trial whose worker is gone (see the module docstring)."""
+        return r["status"] == "running" and (
+            (r["host"] == HOST and not pid_alive(r["pid"])) or now - (r["heartbeat"] or 0) > stale_after)
+
+    def statuses(self, ids, stale_after: float = 300.0) -> dict[str, str]:
+        """{trial id: status} of those of ``ids`` the database holds; a running trial whose worker is gone (as
+        :meth:`register` judges it, and would reset it) reads "stale"."""
+        now = time.time()
+        return {r["id"]: "stale" if self._stale(r, now, stale_after) else r["status"]
+                for r in self._rows(self.conn, ids)}
 
     @staticmethod
     def _rows(c, ids) -> list:
@@ -207,7 +223,7 @@ class ResultsDB:
                 if r["status"] != "pending":
                     continue
                 deps = json.loads(r["depends"])
-                bad = [d for d in deps if status.get(d) in ("failed", "skipped", "interrupted")]
+                bad = [d for d in deps if status.get(d) in ("failed", "skipped", "interrupted", "pruned")]
                 if bad:
                     c.execute("UPDATE trials SET status = 'skipped', error = ? WHERE id = ?",
                               (f"skipped: depends on trial {bad[0]}, which is {status[bad[0]]}", r["id"]))
@@ -229,6 +245,14 @@ class ResultsDB:
 
     def finish(self, trial: str, metrics: dict, curves: dict[str, list[tuple[int, float]]]):
         """Records a finished trial: its final metrics, its curves and status done, all in one transaction."""
+        self._record(trial, metrics, curves, "done", None)
+
+    def prune(self, trial: str, curves: dict[str, list[tuple[int, float]]], note: str):
+        """Records a trial an adaptive search stopped early: its curves up to there and status pruned, with
+        ``note`` (where it stopped, the last value reported) as its error; it has no final metrics."""
+        self._record(trial, {}, curves, "pruned", note)
+
+    def _record(self, trial: str, metrics: dict, curves: dict, status: str, error: str | None):
         flat = _flat_metrics(metrics)
         with self.tx() as c:
             for table in ("metrics", "curve_summary", "curves"):
@@ -242,7 +266,7 @@ class ResultsDB:
                               (trial, metric, *_summary(metric, pts)))
                     c.executemany("INSERT INTO curves VALUES (?, ?, ?, ?)",
                                   [(trial, metric, s, v) for s, v in _thin(pts)])
-            self._end(c, trial, "done", None)
+            self._end(c, trial, status, error)
 
     def fail(self, trial: str, error: str, status: str = "failed"):
         with self.tx() as c:
@@ -290,6 +314,13 @@ class ResultsDB:
             if r["trial"] in out:
                 out[r["trial"]]["metrics"].setdefault(r["split"], {})[r["metric"]] = r["value"]
         return list(out.values())
+
+    def metric(self, trial: str, name: str) -> float | None:
+        """A trial's final metric ``name`` ("dev/accuracy", split as :meth:`finish` splits it); None if it has none."""
+        split, metric = name.split("/", 1) if "/" in name else ("final", name)
+        row = self.conn.execute("SELECT value FROM metrics WHERE trial = ? AND split = ? AND metric = ?",
+                                (trial, split, metric)).fetchone()
+        return None if row is None else row[0]
 
     def curve(self, trial: str, metric: str) -> list[tuple[int, float]]:
         return [(r[0], r[1]) for r in self.conn.execute(
