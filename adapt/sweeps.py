@@ -10,6 +10,12 @@ value}), or a list of :class:`Stage` s. Building blocks (each returns a list of 
     random("optimizer.learning_rate", loguniform(1e-5, 1e-3), n=8, seed=0)   # also uniform(lo, hi), choice(xs)
     a + b                                           # both lists
 
+A sweep may instead be an adaptive search (:func:`search`; :mod:`adapt.search` runs it): Optuna's TPE sampler
+picks each trial's values of the ``space`` keys from the results so far, and a pruner may stop trials early::
+
+    search(space={"optimizer.learning_rate": loguniform(1e-5, 1e-3), "method.rank": choice([4, 8])}, n=16,
+           metric="dev/accuracy", mode="max", pruner="median", fixed={"train.eval_every": 50})
+
 Keys must exist in the config (a misspelt key is a one-line error naming the closest ones), except below a
 section that is empty in the config (``data.mixture.bio.weight`` when ``mixture={}``) or one the same trial
 replaces whole (``{"method": {...}, "method.rank": 8}``). Keys starting with ``meta.`` are not config keys: they
@@ -85,6 +91,8 @@ class Distribution:
 
 
 def uniform(lo: float, hi: float) -> Distribution:
+    if not lo < hi:
+        raise ConfigError(f"uniform({lo}, {hi}) needs lo < hi")
     return Distribution("uniform", (lo, hi))
 
 
@@ -95,7 +103,9 @@ def loguniform(lo: float, hi: float) -> Distribution:
 
 
 def choice(values) -> Distribution:
-    return Distribution("choice", tuple(values))
+    if not (values := tuple(values)):
+        raise ConfigError("choice([...]) has no values")
+    return Distribution("choice", values)
 
 
 def random(key: str, distribution: Distribution, n: int, seed: int = 0) -> list[dict]:
@@ -135,7 +145,53 @@ class Trial:
         return str(self.overrides.get("meta.condition", self.stage))
 
 
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """An adaptive search (see :func:`search`); its trials run in ``<workdir>/search/<trial id>``."""
+    space: dict  # {config key: Distribution}
+    n: int
+    metric: str  # "dev/<metric>": a key of the trial's evaluations and of its final metrics
+    mode: str  # "max" or "min"
+    pruner: str | None  # "median", "asha" or None
+    seed: int
+    fixed: dict  # the overrides every trial has
+
+
+PRUNERS = ("median", "asha")
+
+
+def search(space: dict, n: int, metric: str, mode: str = "max", pruner: str | None = None, seed: int = 0,
+           fixed: dict | None = None) -> Search:
+    """An adaptive search of ``n`` trials: each trial's overrides are ``fixed`` plus a value of each ``space`` key
+    (a :class:`Distribution`: ``uniform``, ``loguniform``, ``choice``) that Optuna's TPE sampler (seeded by
+    ``seed``) picks to maximise (``mode="max"``) or minimise the final ``metric`` ("dev/accuracy": the trial's
+    dev metric). ``pruner``: "median" (Optuna's MedianPruner) or "asha" (its SuccessiveHalvingPruner) stops a
+    trial whose dev ``metric`` at an evaluation during training falls behind the other trials' at that step;
+    None runs every trial to the end."""
+    where = "search"
+    if not isinstance(space, _MAPS) or not space or not all(isinstance(d, Distribution) for d in space.values()):
+        raise ConfigError(f"{where}: space must be a non-empty dict {{config key: uniform/loguniform/choice(...)}}, "
+                          f"got {space!r:.120}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{where}: n={n!r}; expected the number of trials, an integer of at least 1")
+    if not isinstance(metric, str) or not metric.startswith("dev/") or metric == "dev/":
+        raise ConfigError(f"{where}: metric={metric!r}; expected a dev metric such as 'dev/accuracy'")
+    if mode not in ("min", "max"):
+        raise ConfigError(f"{where}: mode={mode!r}; expected 'max' or 'min'")
+    if pruner is not None and pruner not in PRUNERS:
+        raise ConfigError(f"{where}: pruner={pruner!r}; expected one of {', '.join(map(repr, PRUNERS))} or None")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}: seed={seed!r}; expected an integer")
+    fixed = dict(fixed or {})
+    if both := sorted(set(fixed) & set(space)):
+        raise ConfigError(f"{where}: {', '.join(both)} both fixed and searched; give each key in one of them")
+    return Search(dict(space), n, metric, mode, pruner, seed, fixed)
+
+
 def as_stages(sweep) -> list[Stage]:
+    if isinstance(sweep, Search):
+        raise ConfigError("an adaptive search is not a grid of trials: run it with scripts/sweep.py "
+                          "(adapt.search.run_search)")
     items = [sweep] if isinstance(sweep, Stage) else list(sweep) if isinstance(sweep, (list, tuple)) else None
     if items and all(isinstance(s, Stage) for s in items):
         return items
@@ -166,6 +222,12 @@ def load_sweep(module, arg: str, name: str | None):
     return sweep[name], name
 
 
+def trial_id(stage_name: str, overrides: dict) -> str:
+    """A trial's id: a hash of its stage and overrides, the same in every run."""
+    blob = json.dumps({"stage": stage_name, "overrides": overrides}, sort_keys=True, default=repr)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
 def expand(sweep) -> list[Trial]:
     """The trials of a sweep, stage by stage (so a trial comes after the trials it depends on)."""
     done: dict[str, list[Trial]] = {}
@@ -188,8 +250,7 @@ def expand(sweep) -> list[Trial]:
                 pairs = [({**{k: p.overrides[k] for k in st.match if k not in ov and k in p.overrides}, **ov,
                            "init_from": f"{p.stage}/{p.id}/export"}, (p.id,)) for p in parents]
             for o, deps in pairs:
-                blob = json.dumps({"stage": st.name, "overrides": o}, sort_keys=True, default=repr)
-                t = Trial(hashlib.sha1(blob.encode()).hexdigest()[:12], st.name, o, deps)
+                t = Trial(trial_id(st.name, o), st.name, o, deps)
                 if t.id in out:
                     raise ConfigError(f"stage {st.name!r} has the same trial twice: {o}")
                 out[t.id] = t
