@@ -1,6 +1,8 @@
 """Paper tables and plots from a results database (:mod:`adapt.results`).
 
-Rows are conditions, columns benchmarks. A row is the values of the ``rows`` keys (default: the trial's
+Only ``done`` trials are read: failed, interrupted and skipped ones, and the trials an adaptive search pruned
+(:mod:`adapt.search`), neither make a cell nor count among the values a cell tried. Rows are conditions, columns
+benchmarks. A row is the values of the ``rows`` keys (default: the trial's
 ``condition``), a column the value of the ``column`` key (default ``meta.benchmark``; one column when trials have
 none). Keys are a trial's columns (stage, condition, sweep), its overrides (``optimizer.learning_rate``,
 ``meta.benchmark``), its full config (``model.name``) or ``init`` (the stage it started from, "external" for an

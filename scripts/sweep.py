@@ -10,11 +10,18 @@ order. A failed trial is recorded with its error and the others go on (trials th
 Running the same command again runs only what is not done: failed, skipped, interrupted or never started trials.
 Ctrl-C marks the running trials interrupted. Exit code: 0 when every trial is done, 1 when some are not, 2 on bad
 input. ``python scripts/table.py --db runs/x/results.db`` turns the results into tables.
+
+When the selected sweep is an adaptive search (:func:`adapt.sweeps.search`), its trials run one at a time in this
+process (no ``--workers`` or ``--ray-address``), Optuna's TPE sampler picking each one's values
+(:mod:`adapt.search`); the study is kept in ``optuna.db`` beside the results database. It prints the trials per
+status and the best trial; running the same command again goes on until ``n`` trials are finished (done or
+pruned). Exit code: 0 when ``n`` are, 1 when fewer are, 2 on bad input. Its ``--trial-fn`` also takes ``on_eval``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -22,7 +29,7 @@ import sys
 from adapt import cli, configs, files, results
 from adapt.errors import ConfigError
 from adapt.runner import DEFAULT_TRIAL_FN, run_sweep
-from adapt.sweeps import expand, load_sweep, sweep_label, trial_config
+from adapt.sweeps import Search, expand, load_sweep, sweep_label, trial_config
 
 
 def main():
@@ -49,6 +56,8 @@ def main():
     config = configs.from_module(module, arg, overrides)
     sweep, name = load_sweep(module, arg, args.sweep)
     label = sweep_label(path, arg, name)
+    if isinstance(sweep, Search):
+        return main_search(args, config, sweep, label)
     if args.dry_run:
         for t in expand(sweep):
             trial_config(config, t.overrides)  # a bad key fails here too
@@ -70,6 +79,39 @@ def main():
         if t["status"] in ("failed", "interrupted"):
             print(f"  {t['stage']}/{t['id']} {t['status']}: {(t['error'] or '').splitlines()[0]}")
     if set(counts) != {"done"}:
+        sys.exit(1)
+
+
+def main_search(args, config, search: Search, label: str) -> None:
+    """The adaptive-search path of :func:`main`: runs ``search``, prints the trials per status and the best."""
+    from adapt.search import check, run_search
+
+    if args.workers or args.ray_address:
+        raise ConfigError(f"--{'workers' if args.workers else 'ray-address'}: an adaptive search runs its trials one "
+                          f"at a time in this process; leave it out")
+    if args.dry_run:
+        check(config, search)
+        print(f"{label}: search of {search.n} trials, {search.mode} {search.metric}, pruner {search.pruner}, over "
+              + ", ".join(f"{k}: {d.kind}{d.args}" for k, d in search.space.items()) + f"; fixed {search.fixed}")
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        outcome = run_search(config, search, args.workdir, db_path=args.db, trial_fn=args.trial_fn, name=label,
+                             progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: the running trial is marked interrupted; run the same command again to go on",
+              file=sys.stderr)
+        sys.exit(130)
+    db_path = args.db or os.path.join(args.workdir, "results.db")
+    print(f"{label}: {outcome.finished} of {search.n} search trials finished; "
+          + ", ".join(f"{n} {s}" for s, n in outcome.counts.items()) + f" ({db_path})")
+    if outcome.best:
+        print(f"  best {search.metric}={outcome.best['value']:.6g}: trial {outcome.best['id']} "
+              f"{json.dumps(outcome.best['overrides'], sort_keys=True, default=repr)}")
+    for t in results.ResultsDB(db_path).trials(sweep=label):
+        if t["status"] in ("failed", "interrupted"):
+            print(f"  {t['stage']}/{t['id']} {t['status']}: {(t['error'] or '').splitlines()[0]}")
+    if outcome.finished < search.n:
         sys.exit(1)
 
 
