@@ -8,6 +8,7 @@ import os
 import pytest
 
 from adapt import configs, evalsets, sweeps
+from adapt import search as adaptive
 from adapt.data.pipeline import check_mixture
 from adapt.errors import ConfigError
 
@@ -29,10 +30,12 @@ def test_every_config_resolves(path, arg):
     if hasattr(module, "get_sweep"):  # every trial of every sweep beside it sets known keys
         sweep = module.get_sweep(arg) if arg else module.get_sweep()
         for part in sweep.values() if isinstance(sweep, dict) else [sweep]:
-            trials = sweeps.expand(part)
-            assert trials
-            for t in trials:  # and its mixture and named sets pass the checks run_trial makes before it loads
-                trial = sweeps.trial_config(config, t.overrides)
+            if isinstance(part, sweeps.Search):  # an adaptive search: its first values (and its pruner's needs)
+                resolved = [adaptive.check(config, part)]
+            else:
+                resolved = [sweeps.trial_config(config, t.overrides) for t in sweeps.expand(part)]
+            assert resolved
+            for trial in resolved:  # and its mixture and named sets pass the checks run_trial makes before it loads
                 check_mixture(trial.data)
                 for name, spec in evalsets.specs(trial).items():
                     evalsets.data_section(trial, name, spec)
