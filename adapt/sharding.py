@@ -70,6 +70,16 @@ def normalize_rules(rules) -> Rules:
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
 
 
+def without_axes(rules: Rules, axes: tuple[str, ...]) -> Rules:
+    """``rules`` with the mesh ``axes`` taken out of every target but the ``trial`` rule's: what a population's
+    member sees inside the ``vmap`` whose trial axis those mesh axes split."""
+    def drop(target):
+        kept = tuple(a for a in ((target,) if isinstance(target, str) else target or ()) if a not in axes)
+        return None if not kept else kept[0] if len(kept) == 1 else kept
+
+    return tuple((name, target if name == "trial" else drop(target)) for name, target in normalize_rules(rules))
+
+
 @contextlib.contextmanager
 def axis_rules(rules: Rules):
     """Use ``rules`` for :func:`shard` and :func:`logical_to_spec` inside the block."""

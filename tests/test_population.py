@@ -2,11 +2,12 @@
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
 
-from adapt.errors import ConfigError
+from adapt.errors import ConfigError, TrainingError
 from adapt.experiment import base_config, run_trial
 from adapt.models import load_tokenizer
 from adapt.population import check_packable, pack, run_population
@@ -64,24 +65,57 @@ def _losses(workdir):
     return [v for _, v in read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl"))["train/loss"]]
 
 
-MEMBERS = [{"optimizer.learning_rate": 3e-3, "train.seed": 0}, {"optimizer.learning_rate": 1e-3, "train.seed": 1},
-           {"optimizer.learning_rate": 3e-3, "train.seed": 2, "optimizer.weight_decay": 0.1}]
+MEMBERS = [{"optimizer.learning_rate": 3e-3, "train.seed": 0},
+           {"optimizer.learning_rate": 1e-3, "train.seed": 1, "optimizer.weight_decay": 0.1}]
+
+
+class Killed(Exception):
+    """Stands for a kill between two members' checkpoint saves of one step."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_path, method):
-    configs = [_config(small_bert, data, **m) for m in MEMBERS]
-    for c in configs:
+def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_path, method, monkeypatch):
+    from adapt.training import loop, population
+
+    def config(**over):
+        c = _config(small_bert, data, **over)
         c.method = {"name": method} if method == "full" else {"name": "lora", "rank": 4, "alpha": 8.0}
-    together = run_population(configs, [str(tmp_path / f"pop{i}") for i in range(3)])
-    for i, c in enumerate(configs):
-        alone = run_trial(c, str(tmp_path / f"alone{i}"))
+        if method == "full":  # the trial axis split over the mesh's data axis, each member's rows over fsdp
+            c.mesh.shape, c.mesh.rules = (2, 4, 1), tuple(c.mesh.rules) + (("trial", "data"),)
+        return c
+
+    configs = [config(**m) for m in MEMBERS]
+    folders = [str(tmp_path / f"pop{i}") for i in range(len(MEMBERS))]
+    if method == "full":  # killed between the two members' saves of step 4: the population resumes from step 2
+        save, saved = loop._Run.save, []
+
+        def save_or_die(run, state):
+            if int(state.step) == 4 and saved.count(4) == 1:
+                raise Killed
+            saved.append(int(state.step))
+            save(run, state)
+
+        monkeypatch.setattr(loop._Run, "save", save_or_die)
+        with pytest.raises(Killed):
+            run_population(configs, folders)
+        monkeypatch.undo()
+        members = [types.SimpleNamespace(workdir=f, cfg=c) for c, f in zip(configs, folders)]
+        assert population.common_start(members) == 2
+    else:
+        configs.append(config(**{"optimizer.learning_rate": 1e30}))  # a member whose loss goes non-finite
+        folders.append(str(tmp_path / "diverges"))
+    together = run_population(configs, folders)
+    for i in range(len(MEMBERS)):
+        alone = run_trial(configs[i], str(tmp_path / f"alone{i}"))
         assert together[i]["dev"]["accuracy"] == alone["dev"]["accuracy"]
         assert together[i]["dev"]["loss"] == pytest.approx(alone["dev"]["loss"], rel=1e-5)
-        np.testing.assert_allclose(_losses(tmp_path / f"pop{i}"), _losses(tmp_path / f"alone{i}"), rtol=1e-5)
-        assert json.load(open(tmp_path / f"pop{i}" / "results.json")) == together[i]
-    assert len({json.dumps(r["dev"]) for r in together}) > 1  # the members did differ
+        np.testing.assert_allclose(_losses(folders[i]), _losses(tmp_path / f"alone{i}"), rtol=1e-5)
+        assert json.load(open(os.path.join(folders[i], "results.json"))) == together[i]
+    assert together[0]["dev"]["loss"] != together[1]["dev"]["loss"]  # the members did differ
+    if method == "lora":  # the diverging member failed alone, with the step named; the others went on
+        assert isinstance(together[2], TrainingError) and "non-finite loss" in str(together[2])
+        assert not os.path.exists(os.path.join(folders[2], "results.json"))
 
 
 def test_packing_groups_trials_by_program_and_refuses_the_rest(small_bert, data):

@@ -207,17 +207,22 @@ def _place(ref, transpose: bool, var, mesh, rules) -> jax.Array:
     return jax.make_array_from_callback(tuple(var.shape), variable_sharding(var, mesh, rules), read)
 
 
+_FRESH_INITS: dict = {}  # (class, config, paths, shardings) -> the jitted initialiser, traced once per process
+
+
 def _init_fresh(cls, cfg, seed, paths, variables, mesh, rules) -> dict:
     """Initialise only ``paths`` of ``cls(cfg)``: one jit over the whole constructor, whose outputs are
-    just those parameters, so XLA drops the rest of the initialisation."""
-    shardings = [variable_sharding(variables[p], mesh, rules) for p in paths]
+    just those parameters, so XLA drops the rest of the initialisation. The seed is an argument, so trials
+    of a sweep (seeds, learning rates) reuse one traced initialiser."""
+    shardings = tuple(variable_sharding(variables[p], mesh, rules) for p in paths)
+    key = (cls, cfg, tuple(paths), shardings)
+    if key not in _FRESH_INITS:
+        def init(key):  # nnx.Rngs(seed) is nnx.Rngs(jax.random.key(seed))
+            flat = dict(param_paths(nnx.state(cls(cfg, rngs=nnx.Rngs(key)))))
+            return [flat[p].get_value() for p in paths]
 
-    def init():
-        flat = dict(param_paths(nnx.state(cls(cfg, rngs=nnx.Rngs(seed)))))
-        return [flat[p].get_value() for p in paths]
-
-    init = jax.jit(init, out_shardings=shardings)
-    return dict(zip(paths, init()))
+        _FRESH_INITS[key] = jax.jit(init, out_shardings=list(shardings))
+    return dict(zip(paths, _FRESH_INITS[key](jax.random.key(seed))))
 
 
 def _short(items: list[str], n: int = 8) -> str:

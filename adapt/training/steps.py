@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from adapt.host_memory import KeptHeap
 from adapt.methods.base import Method
 from adapt.models import layers
-from adapt.sharding import Rules, axis_rules
+from adapt.sharding import Rules, axis_rules, without_axes
 from adapt.training.state import STACKED, Model, TrainState, stacked_shardings, trial_axes
 
 
@@ -119,13 +119,16 @@ class Steps:
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
         replicated = NamedSharding(self.mesh, PartitionSpec())
         train_step = make_train_step(model, objective, tx, accum, method)
+        self._train_rules = rules
         if population is None:
             self._train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                                   out_shardings=(shardings, replicated), donate_argnums=0)
         else:  # (members, their batches' sharding): train(state, batch, active) on the stacked state
             members, members_batch = population
             stacked = stacked_shardings(shardings, self.mesh, rules, members)
-            self._train = jax.jit(make_population_step(train_step, trial_axes(self.mesh, rules, members)),
+            axes = trial_axes(self.mesh, rules, members)
+            self._train_rules = without_axes(rules, axes)  # inside vmap, a member's activations leave them out
+            self._train = jax.jit(make_population_step(train_step, axes),
                                   in_shardings=(stacked, members_batch, replicated),
                                   out_shardings=(stacked, replicated), donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
@@ -133,17 +136,18 @@ class Steps:
         self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), set()
         self._last_eval = None  # the last eval step's outputs, waited for before the next step in the heap
 
-    def context(self):
-        """The mesh, sharding rules and remat policy the steps are traced under (a probe evaluates in it too)."""
+    def context(self, rules: Rules | None = None):
+        """The mesh, sharding rules (default the run's) and remat policy the steps are traced under (a probe
+        evaluates in it too)."""
         stack = contextlib.ExitStack()
         stack.enter_context(jax.set_mesh(self.mesh))
-        stack.enter_context(axis_rules(self.rules))
+        stack.enter_context(axis_rules(self.rules if rules is None else rules))
         stack.enter_context(layers.remat(self.remat))
         return stack
 
     def train(self, state: TrainState, batch: dict, *active) -> tuple[TrainState, dict]:
         """One train step; a population's also takes ``active`` (bool ``[N]``, see :func:`make_population_step`)."""
-        with self.context():
+        with self.context(self._train_rules):
             self._between_steps(self._train, state, batch, *active)
             return self._train(state, batch, *active)
 
