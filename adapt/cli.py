@@ -1,4 +1,5 @@
-"""What every entry point in ``scripts/`` shares: the kept heap for train loops on the CPU, bad input
+"""What every entry point in ``scripts/`` shares: the kept heap for train loops on the CPU, JAX's distributed
+runtime started when the environment describes a multi-process job (:mod:`adapt.distributed`), bad input
 ending the run with one line and exit code 2, how a results table is completed and shown, and the forgetting
 report of language-model trials (:mod:`adapt.forgetting`) beside it."""
 
@@ -8,13 +9,17 @@ import os
 import sys
 from collections.abc import Callable
 
+from adapt import distributed
 from adapt.errors import AdaptError, ConfigError
 from adapt.host_memory import use_kept_heap
 
 
 def run(main: Callable[[], None]) -> None:
-    use_kept_heap()  # before main starts JAX's threads: see adapt/host_memory.py
+    """Runs a script's ``main``: a multi-process job's runtime started first (a partial cluster environment is
+    a one-line error), an :class:`~adapt.errors.AdaptError` printed as one line with exit code 2."""
+    use_kept_heap()  # before JAX's threads start: see adapt/host_memory.py
     try:
+        distributed.initialize()  # imports JAX only for a multi-process job
         main()
     except AdaptError as e:
         print(f"error: {e}", file=sys.stderr)
