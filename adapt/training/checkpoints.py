@@ -11,6 +11,7 @@ leaves only a temporary folder, which :meth:`Checkpointer.latest_step` never ret
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
@@ -31,14 +32,22 @@ def _abstract(state: TrainState, shardings: TrainState, fields=_FIELDS) -> dict:
                             getattr(state, f), getattr(shardings, f)) for f in fields}
 
 
+def _options(workdir: str, name: str, **kw) -> ocp.CheckpointManagerOptions:
+    """Async saves; in a multi-process job the processes meet at barriers named by step, so each manager gets
+    its own names (``latest`` and ``best`` save the same step at once, as do a population's members)."""
+    prefix = hashlib.sha1(os.path.join(workdir, name).encode()).hexdigest()[:16]
+    return ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True, **kw,
+                                        multiprocessing_options=ocp.options.MultiprocessingOptions(
+                                            barrier_sync_key_prefix=prefix))
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int):
         self.workdir = os.path.abspath(workdir)
-        options = dict(create=True, enable_async_checkpointing=True)
         self.latest = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"),
-                                            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options))
+                                            options=_options(self.workdir, "checkpoints", max_to_keep=keep))
         self.best = ocp.CheckpointManager(os.path.join(self.workdir, "best"),
-                                          options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+                                          options=_options(self.workdir, "best", max_to_keep=1))
 
     def save(self, state: TrainState, extra: dict) -> None:
         step = int(state.step)
