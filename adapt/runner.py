@@ -5,6 +5,11 @@
 
 A trial runs in ``<workdir>/<stage>/<trial id>``; a failed trial is recorded with its error and the rest go on;
 running the same sweep again runs only the trials not yet done.
+
+In a multi-process JAX job (:mod:`adapt.distributed`: every process runs the same sweep command) each trial runs
+over all processes at once: process 0 alone opens the database, claims each trial and hands its id to the others
+(:func:`adapt.distributed.share`), runs it with them and records how it ended; the others only run the trials
+they are handed.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import json
 import multiprocessing
 import os
 import signal
@@ -23,8 +29,8 @@ from collections.abc import Callable
 
 import ml_collections
 
-from adapt import results, sweeps
-from adapt.errors import AdaptError
+from adapt import distributed, results, sweeps
+from adapt.errors import AdaptError, ConfigError
 
 DEFAULT_TRIAL_FN = "adapt.experiment:run_trial"
 
@@ -72,7 +78,8 @@ def run_one(plan: Plan, trial_id: str, *, db: results.ResultsDB, fn: Callable) -
 
 def work(plan: Plan, *, on_done: Callable[[], None] | None = None) -> None:
     """A worker: claims ready trials from the database and runs them until none is left (``on_done`` after each);
-    a thread marks its running trial alive every ``plan.heartbeat_s`` seconds."""
+    a thread marks its running trial alive every ``plan.heartbeat_s`` seconds. In a multi-process job (process 0)
+    each claimed trial's id, then "" for the end, goes to the other processes (:func:`follow`)."""
     db, fn, pid = results.ResultsDB(plan.db_path), _trial_fn(plan.trial_fn), os.getpid()
     stop = threading.Event()
 
@@ -87,11 +94,26 @@ def work(plan: Plan, *, on_done: Callable[[], None] | None = None) -> None:
             if t == "wait":
                 time.sleep(0.5)
             else:
+                distributed.share(t)
                 run_one(plan, t, db=db, fn=fn)
                 if on_done:
                     on_done()
+        distributed.share("")
     finally:
         stop.set()
+
+
+def follow(plan: Plan) -> None:
+    """A process other than 0 of a multi-process job: runs each trial process 0 hands it (:func:`work`), with
+    process 0 and the rest, until it is handed ""; never opens the database (process 0 records every trial)."""
+    fn = _trial_fn(plan.trial_fn)
+    while t := distributed.share():
+        workdir = plan.workdir(t)
+        os.makedirs(workdir, exist_ok=True)
+        try:
+            fn(plan.jobs[t][1], workdir)
+        except (Exception, SystemExit) as e:  # noqa: BLE001  (process 0 records the trial; the sweep goes on)
+            print(f"trial {t} failed on process {distributed.process_index()}: {_error_text(e)}", file=sys.stderr)
 
 
 def _worker_main(plan: Plan) -> None:
@@ -201,11 +223,21 @@ def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path
 
     ``trial_fn(config, workdir) -> metrics`` (a callable importable by name, or "module:function") defaults to
     ``adapt.experiment.run_trial``. Every config is resolved before anything runs, so a bad key fails at once.
+    In a multi-process JAX job every process calls this and gets the same counts; trials run in this process.
     """
+    processes = distributed.process_count()
+    if processes > 1 and (workers or ray_address):
+        flags = " and ".join(f for f, on in ((f"--workers={workers}", workers), ("--ray-address", ray_address)) if on)
+        raise ConfigError(f"{flags} with {processes} JAX processes: a multi-process job runs each trial over all "
+                          f"its processes, one trial at a time; leave {'it' if ' and ' not in flags else 'them'} out")
     trials = sweeps.expand(sweep)
     root = os.path.abspath(workdir)
     jobs = {t.id: (t.stage, sweeps.trial_config(config, t.overrides, root)) for t in trials}
-    db = results.ResultsDB(db_path or os.path.join(root, "results.db"))
+    db_path = db_path or os.path.join(root, "results.db")
+    if distributed.process_index() > 0:
+        follow(Plan(db_path, tuple(t.id for t in trials), jobs, root, trial_fn or DEFAULT_TRIAL_FN, heartbeat_s))
+        return json.loads(distributed.share())
+    db = results.ResultsDB(db_path)
     todo = db.register(name, trials, {i: j[1] for i, j in jobs.items()}, root, stale_after)
     plan = Plan(db.path, tuple(t.id for t in trials), jobs, root, trial_fn or DEFAULT_TRIAL_FN, heartbeat_s)
     done0 = db.counts(plan.ids).get("done", 0)
@@ -223,11 +255,11 @@ def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path
             _ray(plan, db=db, workers=workers, address=ray_address, gpus=ray_gpus, tick=tick)
         elif todo and workers > 0:
             _pool(plan, db=db, workers=min(workers, todo), tick=tick)
-        elif todo:
+        elif todo or processes > 1:  # the other processes wait for work()'s word, even when nothing is left
             work(plan, on_done=tick)
         tick()
     finally:
         bar.close()
     counts = db.counts(plan.ids)
     db.close()
-    return counts
+    return json.loads(distributed.share(json.dumps(counts)))

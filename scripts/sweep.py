@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 
-from adapt import cli, configs, files, results
+from adapt import cli, configs, distributed, files, results
 from adapt.errors import ConfigError
 from adapt.runner import DEFAULT_TRIAL_FN, run_sweep
 from adapt.sweeps import Search, expand, load_sweep, sweep_label, trial_config
@@ -74,10 +74,11 @@ def main():
         sys.exit(130)
     db_path = args.db or os.path.join(args.workdir, "results.db")
     print(f"{label}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" ({db_path})")
-    db = results.ResultsDB(db_path)
-    for t in db.trials(sweep=label):
-        if t["status"] in ("failed", "interrupted"):
-            print(f"  {t['stage']}/{t['id']} {t['status']}: {(t['error'] or '').splitlines()[0]}")
+    if distributed.process_index() == 0:  # in a multi-process job the database is process 0's alone
+        db = results.ResultsDB(db_path)
+        for t in db.trials(sweep=label):
+            if t["status"] in ("failed", "interrupted"):
+                print(f"  {t['stage']}/{t['id']} {t['status']}: {(t['error'] or '').splitlines()[0]}")
     if set(counts) != {"done"}:
         sys.exit(1)
 
