@@ -1,7 +1,8 @@
 """Multi-host runs through JAX's own runtime.
 
 Launch the same command on every host (one process per host, or per GPU): under SLURM (``srun``),
-Open MPI (``mpirun``), on a Cloud TPU pod slice, or anywhere by setting ``JAX_COORDINATOR_ADDRESS``
+Open MPI (``mpirun``), on a Cloud TPU VM slice (GKE's ``TPU_WORKER_HOSTNAMES``, or the TPU chips themselves on a
+TPU VM), or anywhere by setting ``JAX_COORDINATOR_ADDRESS``
 (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. :func:`initialize` (which every
 script calls first, through :func:`adapt.cli.run`) then calls ``jax.distributed.initialize()``, which reads
 those environments; every process builds the same global mesh over all devices and feeds only its own slice of
@@ -14,6 +15,8 @@ key-value store: no device computation, no collective that times out while proce
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import itertools
 import logging
 import os
@@ -36,6 +39,16 @@ def cluster_size(environ=os.environ) -> int:
             return int(environ[var])
     hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
     return len(hosts.split(",")) if hosts else 1
+
+
+def cloud_tpu_vm(environ=os.environ) -> bool:
+    """Whether this is a Cloud TPU VM that JAX will use (JAX's TPU runtime installed, TPU chips attached:
+    ``/dev/accel*`` for v2-v4, ``/dev/vfio/<n>`` from v5 on; ``JAX_PLATFORMS``, if set, naming tpu), where the
+    slice's hosts are known only to its metadata server, which ``jax.distributed.initialize()`` asks (a
+    one-host slice gets a one-process runtime)."""
+    if "tpu" not in environ.get("JAX_PLATFORMS", "tpu") or importlib.util.find_spec("libtpu") is None:
+        return False
+    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def _explicit(environ) -> dict:
@@ -63,12 +76,13 @@ def _explicit(environ) -> dict:
 
 
 def initialize(environ=os.environ) -> None:
-    """``jax.distributed.initialize()`` when the environment describes more than one process; nothing (not even
-    importing JAX) for one. On the CPU, processes exchange data through gloo (``jax_cpu_collectives_implementation``,
-    unless ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` names another); without cross-process collectives a
-    multi-process CPU run fails at its first gather."""
+    """``jax.distributed.initialize()`` when the environment describes more than one process, or on a Cloud TPU
+    VM (:func:`cloud_tpu_vm`); nothing (not even importing JAX) for one process elsewhere. On the CPU, the
+    processes exchange data through gloo (``jax_cpu_collectives_implementation``, unless
+    ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` names another): without cross-process collectives a multi-process CPU
+    run fails at its first gather."""
     kwargs = _explicit(environ)
-    if not kwargs and cluster_size(environ) <= 1:
+    if not kwargs and cluster_size(environ) <= 1 and not cloud_tpu_vm(environ):
         return
     import jax
 
