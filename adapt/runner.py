@@ -45,42 +45,77 @@ class Plan:
     root: str  # the sweep folder (absolute)
     trial_fn: str | Callable = DEFAULT_TRIAL_FN  # fn(config, workdir) -> metrics, or "module:function"
     heartbeat_s: float = 30.0  # how often a worker marks its running trials alive
+    pack: int = 1  # trials trained together at most (adapt.population), those of one program
+    programs: dict = dataclasses.field(default_factory=dict)  # {trial id: its program key}, with pack > 1
 
     def workdir(self, trial_id: str) -> str:
         return os.path.join(self.root, self.jobs[trial_id][0], trial_id)
 
+    def claim(self, db: results.ResultsDB, pid: int):
+        """The ids claimed: the next ready trial's and, with ``pack`` > 1, those of more ready trials of its
+        program (up to ``pack``); or "wait" (the ready trials wait on others) or None (nothing is left)."""
+        t = db.claim(self.ids, pid)
+        if t in (None, "wait"):
+            return t
+        group, same = [t], [i for i in self.ids if i != t and self.programs.get(i) == self.programs.get(t)]
+        while self.pack > 1 and len(group) < self.pack and (u := db.claim(same, pid)) not in (None, "wait"):
+            group.append(u)
+        return group
 
-def _trial_fn(fn: str | Callable) -> Callable:
+
+def trial_function(fn: str | Callable) -> Callable:
+    """``fn``, or the function "module:function" names."""
     if callable(fn):
         return fn
     module, _, attr = fn.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def _error_text(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
+    """How a trial's error is recorded: the one-line message of bad input, else with the traceback's end."""
     text = f"{type(e).__name__}: {e}".strip()
     return text if isinstance(e, AdaptError) else text + "\n" + "".join(traceback.format_exception(e))[-4000:]
 
 
-def run_one(plan: Plan, trial_id: str, *, db: results.ResultsDB, fn: Callable) -> None:
-    """Runs one claimed trial and records how it ended (Ctrl-C: interrupted, then re-raised)."""
-    workdir = plan.workdir(trial_id)
-    os.makedirs(workdir, exist_ok=True)
+def _run(plan: Plan, group: list[str], fn: Callable) -> list:
+    """Runs claimed trials: alone with ``fn``, or more than one as a population (:mod:`adapt.population`);
+    returns each one's metrics or the error that ended it."""
+    workdirs = [plan.workdir(t) for t in group]
+    for w in workdirs:
+        os.makedirs(w, exist_ok=True)
+    if len(group) == 1:
+        try:
+            return [fn(plan.jobs[group[0]][1], workdirs[0])]
+        except (Exception, SystemExit) as e:  # noqa: BLE001  (a failed trial is recorded; the sweep goes on)
+            return [e]
+    from adapt.population import run_population
+
     try:
-        metrics = fn(plan.jobs[trial_id][1], workdir)
-        db.finish(trial_id, metrics or {}, results.read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl")))
+        return run_population([plan.jobs[t][1] for t in group], workdirs)
+    except (Exception, SystemExit) as e:  # noqa: BLE001  (the population as a whole failed: each trial records it)
+        return [e] * len(group)
+
+
+def run_group(plan: Plan, group: list[str], *, db: results.ResultsDB, fn: Callable) -> None:
+    """Runs claimed trials (one, or a population) and records how each ended (Ctrl-C: interrupted, re-raised)."""
+    try:
+        outcomes = _run(plan, group, fn)
     except KeyboardInterrupt:
-        db.fail(trial_id, "interrupted (Ctrl-C or SIGTERM)", "interrupted")
+        for t in group:
+            db.fail(t, "interrupted (Ctrl-C or SIGTERM)", "interrupted")
         raise
-    except (Exception, SystemExit) as e:  # noqa: BLE001  (a failed trial is recorded; the sweep goes on)
-        db.fail(trial_id, _error_text(e))
+    for t, out in zip(group, outcomes):
+        if isinstance(out, BaseException):
+            db.fail(t, error_text(out))
+        else:
+            db.finish(t, out or {}, results.read_metrics_jsonl(os.path.join(plan.workdir(t), "metrics.jsonl")))
 
 
 def work(plan: Plan, *, on_done: Callable[[], None] | None = None) -> None:
     """A worker: claims ready trials from the database and runs them until none is left (``on_done`` after each);
     a thread marks its running trial alive every ``plan.heartbeat_s`` seconds. In a multi-process job (process 0)
     each claimed trial's id, then "" for the end, goes to the other processes (:func:`follow`)."""
-    db, fn, pid = results.ResultsDB(plan.db_path), _trial_fn(plan.trial_fn), os.getpid()
+    db, fn, pid = results.ResultsDB(plan.db_path), trial_function(plan.trial_fn), os.getpid()
     stop = threading.Event()
 
     def beat():
@@ -90,12 +125,12 @@ def work(plan: Plan, *, on_done: Callable[[], None] | None = None) -> None:
 
     threading.Thread(target=beat, daemon=True).start()
     try:
-        while (t := db.claim(plan.ids, pid)) is not None:
-            if t == "wait":
+        while (group := plan.claim(db, pid)) is not None:
+            if group == "wait":
                 time.sleep(0.5)
             else:
-                distributed.share(t)
-                run_one(plan, t, db=db, fn=fn)
+                distributed.share(",".join(group))
+                run_group(plan, group, db=db, fn=fn)
                 if on_done:
                     on_done()
         distributed.share("")
@@ -106,14 +141,13 @@ def work(plan: Plan, *, on_done: Callable[[], None] | None = None) -> None:
 def follow(plan: Plan) -> None:
     """A process other than 0 of a multi-process job: runs each trial process 0 hands it (:func:`work`), with
     process 0 and the rest, until it is handed ""; never opens the database (process 0 records every trial)."""
-    fn = _trial_fn(plan.trial_fn)
-    while t := distributed.share():
-        workdir = plan.workdir(t)
-        os.makedirs(workdir, exist_ok=True)
-        try:
-            fn(plan.jobs[t][1], workdir)
-        except (Exception, SystemExit) as e:  # noqa: BLE001  (process 0 records the trial; the sweep goes on)
-            print(f"trial {t} failed on process {distributed.process_index()}: {_error_text(e)}", file=sys.stderr)
+    fn = trial_function(plan.trial_fn)
+    while shared := distributed.share():
+        group = shared.split(",")
+        for t, out in zip(group, _run(plan, group, fn)):  # process 0 records the trials; the sweep goes on
+            if isinstance(out, BaseException):
+                print(f"trial {t} failed on process {distributed.process_index()}: {error_text(out)}",
+                      file=sys.stderr)
 
 
 def _worker_main(plan: Plan) -> None:
@@ -195,7 +229,7 @@ def _ray(plan: Plan, *, db: results.ResultsDB, workers: int, address: str, gpus:
                     metrics, curves = ray.get(ref)
                     db.finish(t, metrics, curves)
                 except Exception as e:  # noqa: BLE001
-                    db.fail(t, _error_text(getattr(e, "cause", None) or e))
+                    db.fail(t, error_text(getattr(e, "cause", None) or e))
             db.heartbeat(pid)
             tick()
     finally:
@@ -209,14 +243,14 @@ def _ray(plan: Plan, *, db: results.ResultsDB, workers: int, address: str, gpus:
 def _ray_task(trial_fn: str | Callable, config: ml_collections.ConfigDict, workdir: str):
     """One trial on a Ray worker (found by module path): (its metrics, its metrics.jsonl curves)."""
     os.makedirs(workdir, exist_ok=True)
-    metrics = _trial_fn(trial_fn)(config, workdir)
+    metrics = trial_function(trial_fn)(config, workdir)
     return metrics or {}, results.read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
 def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path: str | None = None,
               workers: int = 0, trial_fn: str | Callable | None = None, name: str = "sweep",
               ray_address: str | None = None, ray_gpus: float = 0.0, progress: bool = True,
-              heartbeat_s: float = 30.0, stale_after: float = 300.0) -> dict[str, int]:
+              heartbeat_s: float = 30.0, stale_after: float = 300.0, pack: int = 1) -> dict[str, int]:
     """Runs the sweep's unfinished trials (in this process when ``workers`` is 0, else in that many spawned
     worker processes, or as Ray tasks) and returns the number of trials per status; ``name`` labels them in the
     database (:func:`adapt.sweeps.sweep_label`).
@@ -224,22 +258,36 @@ def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path
     ``trial_fn(config, workdir) -> metrics`` (a callable importable by name, or "module:function") defaults to
     ``adapt.experiment.run_trial``. Every config is resolved before anything runs, so a bad key fails at once.
     In a multi-process JAX job every process calls this and gets the same counts; trials run in this process.
+    ``pack`` > 1 trains up to that many ready trials of one program together (:mod:`adapt.population`: those
+    differing only in learning rate, weight decay, seed or mixture weights), each still its own trial here.
     """
     processes = distributed.process_count()
     if processes > 1 and (workers or ray_address):
         flags = " and ".join(f for f, on in ((f"--workers={workers}", workers), ("--ray-address", ray_address)) if on)
         raise ConfigError(f"{flags} with {processes} JAX processes: a multi-process job runs each trial over all "
                           f"its processes, one trial at a time; leave {'it' if ' and ' not in flags else 'them'} out")
+    if pack > 1 and (ray_address or (trial_fn or DEFAULT_TRIAL_FN) != DEFAULT_TRIAL_FN):
+        raise ConfigError(f"--pack={pack} trains trials together with adapt.population; it runs in this process or "
+                          f"--workers, with the default trial function, not with --ray-address or --trial-fn")
+    if pack < 1:
+        raise ConfigError(f"--pack={pack}: expected 1 (trials one by one) or more")
     trials = sweeps.expand(sweep)
     root = os.path.abspath(workdir)
     jobs = {t.id: (t.stage, sweeps.trial_config(config, t.overrides, root)) for t in trials}
+    programs = {}
+    if pack > 1:
+        from adapt.population import program_key
+
+        programs = {i: program_key(c) for i, (_, c) in jobs.items()}
     db_path = db_path or os.path.join(root, "results.db")
     if distributed.process_index() > 0:
-        follow(Plan(db_path, tuple(t.id for t in trials), jobs, root, trial_fn or DEFAULT_TRIAL_FN, heartbeat_s))
+        follow(Plan(db_path, tuple(t.id for t in trials), jobs, root, trial_fn or DEFAULT_TRIAL_FN, heartbeat_s,
+                    pack, programs))
         return json.loads(distributed.share())
     db = results.ResultsDB(db_path)
     todo = db.register(name, trials, {i: j[1] for i, j in jobs.items()}, root, stale_after)
-    plan = Plan(db.path, tuple(t.id for t in trials), jobs, root, trial_fn or DEFAULT_TRIAL_FN, heartbeat_s)
+    plan = Plan(db.path, tuple(t.id for t in trials), jobs, root, trial_fn or DEFAULT_TRIAL_FN, heartbeat_s, pack,
+                programs)
     done0 = db.counts(plan.ids).get("done", 0)
     from tqdm import tqdm
 

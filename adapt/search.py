@@ -189,7 +189,7 @@ def _run(trial, search: sweeps.Search, config, root: str, db: results.ResultsDB,
         db.fail(t.id, f"{type(e).__name__}: {e}")
         raise
     except (Exception, SystemExit) as e:  # noqa: BLE001  (a failed trial is recorded; the search goes on)
-        db.fail(t.id, runner._error_text(e))
+        db.fail(t.id, runner.error_text(e))
         return TrialState.FAIL, None
     db.finish(t.id, metrics, results.read_metrics_jsonl(jsonl))
     if db.metric(t.id, metric) is None:
@@ -221,7 +221,7 @@ def run_search(config, search: sweeps.Search, workdir: str, *, db_path: str | No
     db = results.ResultsDB(db_path or os.path.join(root, "results.db"))
     study = _study(search, name, os.path.dirname(os.path.abspath(db.path)))
     _recover(study, search, db, stale_after)
-    fn, distributions = runner._trial_fn(trial_fn or runner.DEFAULT_TRIAL_FN), _distributions(search)
+    fn, distributions = runner.trial_function(trial_fn or runner.DEFAULT_TRIAL_FN), _distributions(search)
     finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     bar = tqdm(total=search.n, initial=finished, unit="trial", disable=not progress, dynamic_ncols=True)
     stop = threading.Event()

@@ -10,7 +10,8 @@ arguments of :func:`adapt.tables.build`, plus ``curves``, ``vs``, ``reference`` 
 :func:`adapt.cli.show_layout`). Prints the table and writes it (Markdown, LaTeX, CSV) and the plots to
 ``WORKDIR/results/`` (``table_forgetting.md`` and ``table_pareto.png`` for the forgetting report). Running the
 same command again skips finished trials. Trials run in this process, so trials with the same shapes reuse the
-compiled steps (JAX's persistent compilation cache in ``WORKDIR/jax_cache`` keeps them across runs too).
+compiled steps (JAX's persistent compilation cache in ``WORKDIR/jax_cache`` keeps them across runs too);
+``--pack N`` trains up to N trials of one program together (:mod:`adapt.population`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 runs trials in this process")
+    parser.add_argument("--pack", type=int, default=1, help="train up to N trials of one program together "
+                                                            "(adapt.population)")
     args = parser.parse_args(rest)
     files.output_folder(args.workdir, "--workdir")
     path, arg = configs.split_spec(spec)
@@ -44,7 +47,7 @@ def main():
 
     started = time.time()
     name = sweep_label(path, arg)  # no "#<sweep name>": trials of earlier runs/ folders keep this label
-    counts = run_sweep(config, sweep, args.workdir, workers=args.workers, name=name)
+    counts = run_sweep(config, sweep, args.workdir, workers=args.workers, name=name, pack=args.pack)
     db = results.ResultsDB(os.path.join(args.workdir, "results.db"))
     trials = db.trials(sweep=name)
     print()

@@ -125,3 +125,26 @@ def test_packing_groups_trials_by_program_and_refuses_the_rest(small_bert, data)
     check_packable([a, b])
     with pytest.raises(ConfigError, match=r"differ in train.batch_size \(8 vs 16\), which needs its own compiled"):
         check_packable([a, c])
+
+
+@pytest.mark.slow
+def test_the_sweep_runner_packs_the_trials_of_one_program(small_bert, data, tmp_path, monkeypatch):
+    import adapt.population
+    from adapt import runner
+    from adapt.results import ResultsDB
+    from adapt.sweeps import grid, product
+
+    calls = []
+    real = adapt.population.run_population
+    monkeypatch.setattr(adapt.population, "run_population", lambda cs, ws: calls.append(len(cs)) or real(cs, ws))
+    config = _config(small_bert, data, **{"train.steps": 2, "train.eval_every": 0, "train.checkpoint_every": 0})
+    config.train.early_stopping.metric = ""
+    sweep = product(grid("optimizer.learning_rate", [1e-3, 3e-3]), grid("train.seed", [0, 1])) + [
+        {"train.batch_size": 16}]  # another program: it runs alone
+    counts = runner.run_sweep(config, sweep, str(tmp_path), pack=3, progress=False)
+    assert counts == {"done": 5} and calls == [3]  # 4 trials of one program: 3 packed, the 4th alone; then batch 16
+    db = ResultsDB(str(tmp_path / "results.db"))
+    assert all(0 <= t["metrics"]["dev"]["accuracy"] <= 1 and len(db.curve(t["id"], "train/loss")) == 2
+               for t in db.trials())
+    with pytest.raises(ConfigError, match="--pack=2 trains trials together with adapt.population"):
+        runner.run_sweep(config, sweep, str(tmp_path), pack=2, trial_fn=lambda c, w: {})
