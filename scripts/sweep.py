@@ -1,12 +1,13 @@
 """Run a sweep: the trials a config's get_sweep describes, each in its own folder, results in one SQLite file.
 
     python scripts/sweep.py --config=configs/x.py:arg [--config.key=value ...] [--sweep=name] --workdir=runs/x
-                            [--workers N] [--ray-address local|ADDR] [--db runs/x/results.db]
+                            [--workers N] [--ray-address local|ADDR] [--db runs/x/results.db] [--pack N]
 
 ``--config.key=value`` overrides a key of the config every trial starts from, as in scripts/train.py (a misspelt
 key or method knob stops the command before any trial runs).
 Trials run in this process (``--workers 0``), in N worker processes, or as Ray tasks; stages run in dependency
-order. A failed trial is recorded with its error and the others go on (trials that start from it are skipped).
+order. ``--pack N`` trains up to N ready trials together as one compiled program when they differ only in learning
+rate, weight decay, seed or mixture weights (:mod:`adapt.population`; each is still its own trial and folder). A failed trial is recorded with its error and the others go on (trials that start from it are skipped).
 Running the same command again runs only what is not done: failed, skipped, interrupted or never started trials.
 Ctrl-C marks the running trials interrupted. Exit code: 0 when every trial is done, 1 when some are not, 2 on bad
 input. ``python scripts/table.py --db runs/x/results.db`` turns the results into tables.
@@ -42,6 +43,7 @@ def main():
     parser.add_argument("--ray-address", default=None, help="run trials as Ray tasks: 'local' or a cluster address")
     parser.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per Ray task")
     parser.add_argument("--trial-fn", default=DEFAULT_TRIAL_FN, help="module:function(config, workdir) -> metrics")
+    parser.add_argument("--pack", type=int, default=1, help="train up to N trials of one program together")
     parser.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(rest)
@@ -67,7 +69,7 @@ def main():
     try:
         counts = run_sweep(config, sweep, args.workdir, db_path=args.db, workers=args.workers,
                            trial_fn=args.trial_fn, name=label, ray_address=args.ray_address,
-                           ray_gpus=args.ray_gpus, progress=not args.no_progress)
+                           ray_gpus=args.ray_gpus, progress=not args.no_progress, pack=args.pack)
     except KeyboardInterrupt:
         print("interrupted: running trials are marked interrupted; run the same command again to go on",
               file=sys.stderr)
