@@ -114,7 +114,8 @@ def run_group(plan: Plan, group: list[str], *, db: results.ResultsDB, fn: Callab
 def work(plan: Plan, *, on_done: Callable[[], None] | None = None) -> None:
     """A worker: claims ready trials from the database and runs them until none is left (``on_done`` after each);
     a thread marks its running trial alive every ``plan.heartbeat_s`` seconds. In a multi-process job (process 0)
-    each claimed trial's id, then "" for the end, goes to the other processes (:func:`follow`)."""
+    the ids of each claimed trial (or packed group), then "" for the end, go to the other processes
+    (:func:`follow`)."""
     db, fn, pid = results.ResultsDB(plan.db_path), trial_function(plan.trial_fn), os.getpid()
     stop = threading.Event()
 
@@ -139,8 +140,9 @@ def work(plan: Plan, *, on_done: Callable[[], None] | None = None) -> None:
 
 
 def follow(plan: Plan) -> None:
-    """A process other than 0 of a multi-process job: runs each trial process 0 hands it (:func:`work`), with
-    process 0 and the rest, until it is handed ""; never opens the database (process 0 records every trial)."""
+    """A process other than 0 of a multi-process job: runs each trial (or packed group) process 0 hands it
+    (:func:`work`), with process 0 and the rest, until it is handed ""; never opens the database (process 0
+    records every trial)."""
     fn = trial_function(plan.trial_fn)
     while shared := distributed.share():
         group = shared.split(",")
