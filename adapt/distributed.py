@@ -114,7 +114,7 @@ def process_count() -> int:
 def share(value: str | None = None) -> str:
     """Process 0's ``value`` on every process. Like a collective, every process calls it, in the same order:
     process 0 passes ``value`` (and gets it back), the others wait for it (through the distributed runtime's
-    key-value store, which process 0 hosts: if it dies, the wait ends with an error). With one process,
+    key-value store, which process 0 hosts: if it dies, JAX's runtime ends the others). With one process,
     ``value`` itself."""
     if process_count() == 1:
         return value
