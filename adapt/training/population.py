@@ -101,7 +101,7 @@ def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[di
     def member(i: int) -> TrainState:  # member i's train state now (its slice; the frozen model shared)
         return TrainState(frozen=state.frozen, **take({f: getattr(state, f) for f in STACKED}, jnp.int32(i)))
 
-    active, errors = [True] * n, [None] * n
+    active, errors = [not run.stopper.should_stop for run in runs], [None] * n  # resumed: some may have stopped
 
     def guarded(i: int, call) -> None:  # a member's own bad input or non-finite loss ends that member alone
         try:
