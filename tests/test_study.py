@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"), "--config=experiments/bbc_tapt/config.py:smoke",
-               f"--workdir={tmp_path}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+               f"--workdir={tmp_path}", f"--config.data.cache_dir={tmp_path / 'cache'}",
+               "--pack=2"]  # each stage's two seeds train as one population (adapt.population), as --pack runs them
     env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as the README's command runs
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
