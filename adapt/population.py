@@ -24,9 +24,10 @@ from adapt.errors import AdaptError, ConfigError
 from adapt.models.registry import param_paths
 
 # Keys whose values are data to the train step: the optimizer's peak rate and decay live in its state, the seed
-# draws initial values, dropout masks and the data order, and mixture weights draw the data.
+# draws initial values, dropout masks and the data order, mixture weights draw the data, and LoRA's alpha sets its
+# scale, a frozen variable (adapt.methods.lora.LoRAScale) that a population stacks per member.
 PACKABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "train.seed", "data.mixture.*.weight",
-            "data.mixture_stages")
+            "data.mixture_stages", "method.alpha")
 
 
 def _flat(config) -> dict:

@@ -82,14 +82,17 @@ def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_pat
     from adapt.training import loop, population
 
     def config(**over):
+        alpha = over.pop("method.alpha", 8.0)
         c = _config(small_bert, data, **over)
-        c.method = {"name": method} if method == "full" else {"name": "lora", "rank": 4, "alpha": 8.0}
+        c.method = {"name": method} if method == "full" else {"name": "lora", "rank": 4, "alpha": alpha}
         if method == "full":  # the trial axis split over the mesh's data axis, each member's rows over fsdp
             c.mesh.shape, c.mesh.rules = (2, 4, 1), tuple(c.mesh.rules) + (("trial", "data"),)
         return c
 
-    configs = [config(**m) for m in MEMBERS]
-    folders = [str(tmp_path / f"pop{i}") for i in range(len(MEMBERS))]
+    # LoRA's members differ in alpha too: its scale is a frozen variable that the population stacks per member
+    members = MEMBERS if method == "full" else [MEMBERS[0], {**MEMBERS[1], "method.alpha": 16.0}]
+    configs = [config(**m) for m in members]
+    folders = [str(tmp_path / f"pop{i}") for i in range(len(members))]
     if method == "full":  # killed between the two members' saves of step 4: the population resumes from step 2
         save, saved = loop._Run.save, []
 
@@ -103,23 +106,23 @@ def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_pat
         with pytest.raises(Killed):
             run_population(configs, folders)
         monkeypatch.undo()
-        members = [types.SimpleNamespace(workdir=f, cfg=c) for c, f in zip(configs, folders)]
-        assert population.common_start(members) == 2
+        trainers = [types.SimpleNamespace(workdir=f, cfg=c) for c, f in zip(configs, folders)]
+        assert population.common_start(trainers) == 2
         together = run_population(configs, folders)
     else:  # through the sweep runner: the three trials of one program packed (one diverges), another alone
         calls, real = [], adapt.population.run_population
         monkeypatch.setattr(adapt.population, "run_population", lambda cs, ws: calls.append(len(cs)) or real(cs, ws))
-        sweep = MEMBERS + [{"optimizer.learning_rate": 1e30}, {"train.batch_size": 16}]
+        sweep = members + [{"optimizer.learning_rate": 1e30}, {"train.batch_size": 16}]
         counts = runner.run_sweep(config(), sweep, str(tmp_path / "sweep"), pack=4, progress=False)
         assert counts == {"done": 3, "failed": 1} and calls == [3]
         trials = ResultsDB(str(tmp_path / "sweep" / "results.db")).trials()
         diverged = next(t for t in trials if t["overrides"].get("optimizer.learning_rate") == 1e30)
         assert diverged["status"] == "failed" and "non-finite loss" in diverged["error"]  # it alone failed
-        folders = [next(t["workdir"] for t in trials if t["overrides"] == m) for m in MEMBERS]
+        folders = [next(t["workdir"] for t in trials if t["overrides"] == m) for m in members]
         together = [json.load(open(os.path.join(f, "results.json"))) for f in folders]
-        assert [next(t["metrics"]["dev"]["loss"] for t in trials if t["overrides"] == m) for m in MEMBERS] == \
+        assert [next(t["metrics"]["dev"]["loss"] for t in trials if t["overrides"] == m) for m in members] == \
             [r["dev"]["loss"] for r in together]  # recorded in the database as each member's own
-    for i in [1] if method == "full" else [0]:  # one member alone per case (the other case checks the other)
+    for i in [1]:  # the member differing from the defaults in every packable key (member 0 differs in none)
         alone = run_trial(configs[i], str(tmp_path / f"alone{i}"))
         assert together[i]["dev"]["accuracy"] == alone["dev"]["accuracy"]
         assert together[i]["dev"]["loss"] == pytest.approx(alone["dev"]["loss"], rel=1e-5)

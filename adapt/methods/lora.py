@@ -35,6 +35,10 @@ from adapt.models import layers as L
 from adapt.models.registry import model_info
 
 
+class LoRAScale(nnx.Variable):
+    """LoRA's ``s`` (alpha / r, or alpha / sqrt(r)): never trained, not a parameter of the checkpoint."""
+
+
 class LoRALinear(nnx.Module):
     """A linear layer with a low-rank update; ``kernel`` and ``bias`` keep the base layer's names, so the
     checkpoint mapping and the sharding rules see the same parameters as before."""
@@ -51,10 +55,13 @@ class LoRALinear(nnx.Module):
         if dora:
             self.magnitude = Adapter(jnp.linalg.norm(base.kernel[...].astype(jnp.float32), axis=0),
                                      logical_axes=(ax_out,))
-        self.name, self.scaling, self.dropout, self.dora = name, scaling, dropout, dora
+        # A frozen variable, not a constant of the traced program: trials differing only in alpha share a program
+        # (a population stacks it per member, adapt.population).
+        self.scaling = LoRAScale(jnp.asarray(scaling, jnp.float32))
+        self.name, self.dropout, self.dora = name, dropout, dora
 
     def delta(self) -> jax.Array:  # [in, out]
-        return self.scaling * (self.lora_a[...] @ self.lora_b[...])
+        return self.scaling[...] * (self.lora_a[...] @ self.lora_b[...])
 
     def direction_scale(self) -> jax.Array:  # DoRA: m / ||W + s A B|| per output unit, [out]
         norm = jnp.linalg.norm(self.kernel[...].astype(jnp.float32) + self.delta(), axis=0)
@@ -65,7 +72,8 @@ class LoRALinear(nnx.Module):
         x = x.astype(dt)
         y = x @ self.kernel[...].astype(dt)
         dropped = L.module_dropout(x, self.dropout, self.name)
-        y = y + self.scaling * ((dropped @ self.lora_a[...].astype(dt)) @ self.lora_b[...].astype(dt))
+        low_rank = (dropped @ self.lora_a[...].astype(dt)) @ self.lora_b[...].astype(dt)  # [..., out]
+        y = y + self.scaling[...].astype(dt) * low_rank
         if self.dora:
             y = y * self.direction_scale().astype(dt)
         return y if self.bias is None else y + self.bias[...].astype(dt)

@@ -2,14 +2,16 @@
 
 Trials that differ only in values the program does not depend on (the learning rate and weight decay, which
 live in the optimizer state; seeds, hence initial values, dropout masks and data order; mixture weights,
-hence data) train as *members* of one population. Each member's :class:`~adapt.training.Trainer` begins as for
-:meth:`~adapt.training.Trainer.fit` (its own optimizer state, checkpoints, metrics, early stopping and data);
-then every field of their train states but ``frozen`` is stacked on a leading trial axis ``[N, ...]`` (sharded by
-the ``trial`` rule of the mesh rules), the frozen parameters (the base model under LoRA and the like) are one
-shared copy, and one step (:func:`adapt.training.steps.make_population_step`) trains them all. After each step
-every member logs, evaluates, stops early and saves its checkpoints as it would alone (its slice of the state);
-a member that stops (early stopping, a non-finite loss) is held where it was while the others go on. The
-result equals training each member alone within float32 rounding: the step is the same function, batched.
+hence data; LoRA's alpha, a frozen variable) train as *members* of one population. Each member's
+:class:`~adapt.training.Trainer` begins as for :meth:`~adapt.training.Trainer.fit` (its own optimizer state,
+checkpoints, metrics, early stopping and data); then every field of their train states but ``frozen`` is
+stacked on a leading trial axis ``[N, ...]`` (sharded by the ``trial`` rule of the mesh rules), the frozen
+parameters (the base model under LoRA and the like) are one shared copy (a frozen leaf that differs between
+members, like LoRA's scale, is stacked too), and one step (:func:`adapt.training.steps.make_population_step`)
+trains them all. After each step every member logs, evaluates, stops early and saves its checkpoints as it would
+alone (its slice of the state); a member that stops (early stopping, a non-finite loss) is held where it was
+while the others go on. The result equals training each member alone within float32 rounding: the step is the
+same function, batched.
 
     fits = fit_population(trainers, train_streams, eval_data)   # one FitResult (or the member's error) each
 
@@ -57,15 +59,18 @@ def common_start(trainers: list[Trainer]) -> int | None:
     return max(both) if both else None
 
 
-def _shared_frozen(states: list[TrainState], trainers: list[Trainer]) -> dict:
-    """Member 0's frozen parameters, which every member must have alike (they come from one checkpoint)."""
-    first = states[0].frozen
-    for state, t in zip(states[1:], trainers[1:]):
-        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(first)[0], jax.tree.leaves(state.frozen)):
-            if a is not b and not bool(jnp.array_equal(a, b)):
-                raise ConfigError(f"{t.workdir}: its frozen parameter {jax.tree_util.keystr(path)} differs from "
-                                  f"{trainers[0].workdir}'s; members of a population share their frozen model")
-    return first
+def _frozen(states: list[TrainState]) -> tuple[dict, dict]:
+    """The population's frozen parameters and their vmap axes: a leaf every member has alike (the pretrained
+    weights) is member 0's, shared (axis None); one that differs (LoRA's scale under different alphas) is stacked
+    (axis 0)."""
+    leaves = [jax.tree.leaves(s.frozen) for s in states]
+    treedef = jax.tree.structure(states[0].frozen)
+    out, axes = [], []
+    for column in zip(*leaves):
+        same = all(x is column[0] or bool(jnp.array_equal(x, column[0])) for x in column[1:])
+        out.append(column[0] if same else jnp.stack(column))
+        axes.append(None if same else 0)
+    return jax.tree.unflatten(treedef, out), jax.tree.unflatten(treedef, axes)
 
 
 def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[dict]) -> list:
@@ -84,22 +89,25 @@ def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[di
         run, state = t.begin(data, evals, start)
         runs.append(run)
         states.append(state)
-    frozen = _shared_frozen(states, trainers)
+    frozen, frozen_axes = _frozen(states)
     t = first.cfg.train
     steps = Steps(first.static, first.objective, first.tx, first.shardings, first.batch_sharding, rules=first.rules,
-                  accum=t.grad_accum, remat=t.remat, method=first.method, population=(n, members_batch))
+                  accum=t.grad_accum, remat=t.remat, method=first.method, population=(n, members_batch, frozen_axes))
     for trainer, run in zip(trainers, runs):  # one compiled program for all: member 0's (evaluation included)
         trainer.steps = run.steps = steps
-    sharding = stacked_shardings(first.shardings, first.mesh, first.rules, n)
-    state = TrainState(frozen=frozen, **{f: jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs),
-                                                                         *[getattr(s, f) for s in states]),
-                                                            getattr(sharding, f)) for f in STACKED})
+    sharding = stacked_shardings(first.shardings, first.mesh, first.rules, n, frozen_axes)
+    state = TrainState(frozen=jax.device_put(frozen, sharding.frozen),
+                       **{f: jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *[getattr(s, f) for s in states]),
+                                            getattr(sharding, f)) for f in STACKED})
     del states  # the members' own copies: only the stacked state stays
     take = jax.jit(lambda fields, i: jax.tree.map(lambda x: x[i], fields),
                    out_shardings={f: getattr(first.shardings, f) for f in STACKED})
 
-    def member(i: int) -> TrainState:  # member i's train state now (its slice; the frozen model shared)
-        return TrainState(frozen=state.frozen, **take({f: getattr(state, f) for f in STACKED}, jnp.int32(i)))
+    def member(i: int) -> TrainState:  # member i's train state now (its slice; the shared frozen leaves as they are)
+        own = take({f: getattr(state, f) for f in STACKED}, jnp.int32(i))
+        frozen_i = jax.tree.map(lambda x, a, sh: x if a is None else jax.device_put(x[i], sh), state.frozen,
+                                frozen_axes, first.shardings.frozen)
+        return TrainState(frozen=frozen_i, **own)
 
     active, errors = [not run.stopper.should_stop for run in runs], [None] * n  # resumed: some may have stopped
 

@@ -120,9 +120,10 @@ def trial_axes(mesh: Mesh, rules: Rules, members: int) -> tuple:
     return axes
 
 
-def stacked_shardings(shardings: TrainState, mesh: Mesh, rules: Rules, members: int) -> TrainState:
-    """The shardings of a population's state: each field of :data:`STACKED` gains a leading trial axis on the
-    ``trial`` rule's mesh axes (those its leaf does not already use); ``frozen`` stays as it is, shared."""
+def stacked_shardings(shardings: TrainState, mesh: Mesh, rules: Rules, members: int, frozen_axes) -> TrainState:
+    """The shardings of a population's state: each field of :data:`STACKED`, and each leaf of ``frozen`` whose
+    ``frozen_axes`` entry is 0 (one that differs between members), gains a leading trial axis on the ``trial``
+    rule's mesh axes (those its leaf does not already use); the other frozen leaves stay as they are, shared."""
     axes = trial_axes(mesh, rules, members)
 
     def add(sh: NamedSharding) -> NamedSharding:
@@ -130,7 +131,9 @@ def stacked_shardings(shardings: TrainState, mesh: Mesh, rules: Rules, members: 
         free = tuple(a for a in axes if a not in used)
         return NamedSharding(mesh, PartitionSpec(free if len(free) > 1 else free[0] if free else None, *sh.spec))
 
-    return shardings.replace(**{f: jax.tree.map(add, getattr(shardings, f)) for f in STACKED})
+    frozen = jax.tree.map(lambda sh, axis: sh if axis is None else add(sh), shardings.frozen, frozen_axes,
+                          is_leaf=lambda x: x is None)
+    return shardings.replace(frozen=frozen, **{f: jax.tree.map(add, getattr(shardings, f)) for f in STACKED})
 
 
 def batch_sharding(mesh: Mesh, rules: Rules, global_batch: int) -> NamedSharding:

@@ -71,12 +71,13 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
     return train_step
 
 
-def make_population_step(train_step, spmd_axes: tuple = ()):
-    """``train_step`` over a population: every field of the state but ``frozen`` (shared) and the batch carry a
-    leading trial axis ``[N, ...]``, and ``active`` (bool ``[N]``) keeps a member that has stopped (early
-    stopping, a non-finite loss) exactly where it was. The members share one program: what differs between
-    them (learning rate and weight decay in the optimizer state, seeds, initial values, data) is data."""
-    axes = TrainState(step=0, params=0, frozen=None, opt_state=0, rng=0, anchors=0)
+def make_population_step(train_step, spmd_axes: tuple = (), frozen_axes=None):
+    """``train_step`` over a population: every field of the state but ``frozen`` and the batch carry a leading
+    trial axis ``[N, ...]``; of ``frozen``, the leaves whose ``frozen_axes`` entry is 0 do (those that differ
+    between members, like LoRA's scale), the others are shared. ``active`` (bool ``[N]``) keeps a member that has
+    stopped (early stopping, a non-finite loss) exactly where it was. The members share one program: what differs
+    between them (learning rate and weight decay in the optimizer state, seeds, initial values, data) is data."""
+    axes = TrainState(step=0, params=0, frozen=frozen_axes, opt_state=0, rng=0, anchors=0)
     members = jax.vmap(train_step, in_axes=(axes, 0), out_axes=(axes, 0), spmd_axis_name=spmd_axes or None)
 
     def population_step(state: TrainState, batch: dict, active: jax.Array) -> tuple[TrainState, dict]:
@@ -108,9 +109,9 @@ class Steps:
     """The jitted train and eval steps for one model, objective, optimizer and mesh.
 
     Tracing happens under the mesh, the sharding rules and the remat policy, so activation constraints
-    and rematerialisation are baked into the compiled steps. With ``population`` (the number of members and
-    their batches' sharding) the train step is the population's (:func:`make_population_step`) over the stacked
-    state; evaluation is always one member's.
+    and rematerialisation are baked into the compiled steps. With ``population`` (the number of members, their
+    batches' sharding and which frozen leaves they stack) the train step is the population's
+    (:func:`make_population_step`) over the stacked state; evaluation is always one member's.
     """
 
     def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
@@ -123,12 +124,12 @@ class Steps:
         if population is None:
             self._train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                                   out_shardings=(shardings, replicated), donate_argnums=0)
-        else:  # (members, their batches' sharding): train(state, batch, active) on the stacked state
-            members, members_batch = population
-            stacked = stacked_shardings(shardings, self.mesh, rules, members)
+        else:  # (members, their batches' sharding, frozen_axes): train(state, batch, active) on the stacked state
+            members, members_batch, frozen_axes = population
+            stacked = stacked_shardings(shardings, self.mesh, rules, members, frozen_axes)
             axes = trial_axes(self.mesh, rules, members)
             self._train_rules = without_axes(rules, axes)  # inside vmap, a member's activations leave them out
-            self._train = jax.jit(make_population_step(train_step, axes),
+            self._train = jax.jit(make_population_step(train_step, axes, frozen_axes),
                                   in_shardings=(stacked, members_batch, replicated),
                                   out_shardings=(stacked, replicated), donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
