@@ -10,6 +10,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# XLA's optimisation passes cost more than they save on the suite's tiny models (its compile time dominates: the
+# methods' mesh tests ran 30% faster without them); the scripts the tests start keep them, as users run them.
+jax.config.update("jax_disable_most_optimizations", True)
 
 import pytest  # noqa: E402
 
