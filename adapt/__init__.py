@@ -35,8 +35,7 @@ _EXPORTS = {
     "export_run": "adapt.experiment",
     "grid": "adapt.sweeps", "product": "adapt.sweeps", "zip_": "adapt.sweeps", "random": "adapt.sweeps",
     "uniform": "adapt.sweeps", "loguniform": "adapt.sweeps", "choice": "adapt.sweeps", "stage": "adapt.sweeps",
-    "search": "adapt.sweeps", "run_sweep": "adapt.runner", "run_search": "adapt.search",
-    "run_population": "adapt.population",
+    "run_sweep": "adapt.runner", "run_population": "adapt.population",
     "use_kept_heap": "adapt.host_memory",
 }
 _MODULES = ("benchmarks", "configs", "forgetting", "methods", "tables", "tasks")  # adapt.methods.build, ...

@@ -8,8 +8,12 @@ import adapt
 
 
 def test_every_public_name_resolves():
+    import importlib.util
+
     for name in adapt.__all__:
         assert getattr(adapt, name) is not None, name
+        if name in adapt._EXPORTS:  # a function named like a submodule would hide it: `from adapt import search`
+            assert importlib.util.find_spec(f"adapt.{name}") is None, f"adapt.{name} is a module and an export"
     assert adapt.methods.build and adapt.configs.load and adapt.tables.build and adapt.tasks.get
     assert adapt.forgetting.report
 
