@@ -5,7 +5,7 @@ Two trials share a program when their configs differ only in :data:`PACKABLE` ke
 step as data, never as its shape or structure. Everything else (the model, method and its knobs, batch size,
 steps, schedule shape, dropout rates, which are constants of the traced model) must be equal.
 
-    groups = pack(configs, 8)                    # lists of indices, each list one program, at most 8 each
+    program_key(a) == program_key(b)             # one program: they can train together (run_sweep(pack=N))
     results = run_population(configs, workdirs)  # one run_trial result (or the member's error) per trial
 
 Each member is still its own trial: its own folder with ``config.json``, checkpoints, ``metrics.jsonl``, best
@@ -64,19 +64,6 @@ def check_packable(configs: list) -> None:
                 raise ConfigError(f"trials 0 and {i} of the population differ in {key} ({flats[0].get(key)!r} vs "
                                   f"{flat.get(key)!r}), which needs its own compiled program; only "
                                   f"{', '.join(PACKABLE)} may differ")
-
-
-def pack(configs: list, size: int) -> list[list[int]]:
-    """The configs' indices grouped by :func:`program_key`, in order of first appearance, ``size`` at most each."""
-    if size < 1:
-        raise ConfigError(f"--pack={size}: expected 1 or more trials per program")
-    groups: dict[str, list[list[int]]] = {}
-    for i, c in enumerate(configs):
-        chunks = groups.setdefault(program_key(c), [[]])
-        if len(chunks[-1]) == size:
-            chunks.append([])
-        chunks[-1].append(i)
-    return [chunk for chunks in groups.values() for chunk in chunks]
 
 
 def _share_parameters(model: nnx.Module, base: nnx.Module) -> None:

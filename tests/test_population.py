@@ -10,7 +10,7 @@ import pytest
 from adapt.errors import ConfigError
 from adapt.experiment import base_config, run_trial
 from adapt.models import load_tokenizer
-from adapt.population import check_packable, pack, run_population
+from adapt.population import check_packable, program_key, run_population
 from adapt.results import read_metrics_jsonl
 
 WORDS = {"0": "market shares profit bank economy".split(), "1": "match goal season club player".split()}
@@ -134,7 +134,7 @@ def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_pat
 def test_packing_groups_trials_by_program_and_refuses_the_rest(small_bert, data):
     a, b = _config(small_bert, data), _config(small_bert, data, **{"optimizer.learning_rate": 1e-4, "train.seed": 3})
     c = _config(small_bert, data, **{"train.batch_size": 16})
-    assert pack([a, c, b, a, b], 2) == [[0, 2], [3, 4], [1]]
+    assert program_key(a) == program_key(b) != program_key(c)  # the runner packs trials by this key
     check_packable([a, b])
     with pytest.raises(ConfigError, match=r"differ in train.batch_size \(8 vs 16\), which needs its own compiled"):
         check_packable([a, c])

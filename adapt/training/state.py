@@ -139,8 +139,7 @@ def stacked_shardings(shardings: TrainState, mesh: Mesh, rules: Rules, members: 
 def batch_sharding(mesh: Mesh, rules: Rules, global_batch: int) -> NamedSharding:
     """Batches are split along their first dimension by the ``batch`` rule (``data`` x ``fsdp``)."""
     spec = logical_to_spec(("batch",), None, mesh, rules)
-    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
-    ways = math.prod(mesh.shape[a] for a in axes)
+    ways = math.prod(mesh.shape[a] for a in _axes(spec[0]))
     if global_batch % ways:
         raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {ways} batch shards of the "
                           f"mesh {dict(mesh.shape)} (rule batch -> {spec[0]})")
@@ -151,7 +150,6 @@ def population_batch_sharding(mesh: Mesh, rules: Rules, members: int, global_bat
     """A population's batches ``[members, batch, ...]``: the trial axis by the ``trial`` rule, each member's rows
     by the ``batch`` rule over the mesh axes left."""
     trial_axes(mesh, rules, members)
-    batch_sharding(mesh, rules, global_batch)  # the members' own batches divide as a trial's would
     spec = logical_to_spec(("trial", "batch"), None, mesh, rules)
     ways = math.prod(mesh.shape[a] for a in _axes(spec[1]))
     if global_batch % ways:
