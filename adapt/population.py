@@ -2,8 +2,8 @@
 population (:mod:`adapt.training.population`).
 
 Two trials share a program when their configs differ only in :data:`PACKABLE` keys: values that reach the train
-step as data, never as its shape or structure. Everything else (the model, method and its knobs, batch size,
-steps, schedule shape, dropout rates, which are constants of the traced model) must be equal.
+step as data, never as its shape or structure. Everything else (the model, method and its other knobs, batch
+size, steps, schedule shape) must be equal.
 
     program_key(a) == program_key(b)             # one program: they can train together (run_sweep(pack=N))
     results = run_population(configs, workdirs)  # one run_trial result (or the member's error) per trial
@@ -24,10 +24,12 @@ from adapt.errors import AdaptError, ConfigError
 from adapt.models.registry import param_paths
 
 # Keys whose values are data to the train step: the optimizer's peak rate and decay live in its state, the seed
-# draws initial values, dropout masks and the data order, mixture weights draw the data, and LoRA's alpha sets its
-# scale, a frozen variable (adapt.methods.lora.LoRAScale) that a population stacks per member.
+# draws initial values, dropout masks and the data order, mixture weights draw the data, LoRA's alpha sets its
+# scale, a frozen variable (adapt.methods.lora.LoRAScale) that a population stacks per member, and dropout rates
+# (the model's, LoRA's) become data where members differ in them (adapt.models.layers.Rate).
 PACKABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "train.seed", "data.mixture.*.weight",
-            "data.mixture_stages", "method.alpha")
+            "data.mixture_stages", "method.alpha", "model.hidden_dropout", "model.attention_dropout",
+            "method.dropout")
 
 
 def _flat(config) -> dict:

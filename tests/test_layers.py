@@ -10,8 +10,8 @@ from jax.ad_checkpoint import print_saved_residuals
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adapt.models.layers import (REMAT_POLICIES, attention_mask, dense_dot_general, dot_product_attention, dropout,
-                                 hashed_bits, keep_mask)
+from adapt.models.layers import (REMAT_POLICIES, Rate, attention_mask, dense_dot_general, dot_product_attention,
+                                 dropout, dropout_rates, hashed_bits, keep_mask, rate_values)
 from adapt.sharding import make_mesh
 
 
@@ -97,6 +97,37 @@ def test_attention_backward_with_dropout_equals_autodiff():
     grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * weights), argnums=(0, 1, 2))(q, k, v) for f in (ours, plain)]
     for mine, ref in zip(*grads):
         np.testing.assert_allclose(mine, ref, atol=2e-5)
+
+
+def test_a_rate_that_is_data_drops_exactly_as_the_constant_under_vmap():
+    """A population's dropout rates are data (``Rate``): vmapped over members with rates 0.3 and 0, dropout and
+    the attention give each member bitwise the constant rate's outputs (the same elements dropped, the same
+    scale) and its gradients within float32 rounding (vmap batches the matmuls differently)."""
+    b, t, n, h = 2, 16, 2, 8
+    rng = np.random.default_rng(2)
+    q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32) for _ in range(3))
+    mask = attention_mask(jnp.ones((b, t), jnp.int32), causal=True)
+
+    def f(q, k, v, rate):  # one stream: a rate of 0 draws no key, so the next dropout's key is the same
+        rngs = nnx.Rngs(dropout=3)
+        out = dot_product_attention(q, k, v, mask, scale=h ** -0.5, dropout_rate=rate, rngs=rngs)
+        return dropout(dropout(out, rate, rngs), 0.2, rngs)
+
+    def loss(q, k, v, rate):
+        return jnp.sum(jnp.sin(f(q, k, v, rate)))
+
+    def member(q, values):
+        with dropout_rates({"p": values}):
+            return f(q, k, v, Rate("p")), jax.grad(loss, argnums=(0, 1, 2))(q, k, v, Rate("p"))
+
+    rates = [0.3, 0.0]
+    values = tuple(np.array(x) for x in zip(*map(rate_values, rates)))
+    outs, grads = jax.jit(jax.vmap(member, in_axes=(None, 0)))(q, values)
+    for i, rate in enumerate(rates):
+        np.testing.assert_array_equal(outs[i], jax.jit(f, static_argnums=3)(q, k, v, rate))
+        for mine, ref in zip(grads, jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(q, k, v, rate)):
+            np.testing.assert_allclose(mine[i], ref, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(outs[0], outs[1])
 
 
 def test_dense_backward_equals_autodiff():

@@ -65,8 +65,10 @@ def _losses(workdir):
     return [v for _, v in read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl"))["train/loss"]]
 
 
+# member 1 differs in dropout rates too (the checkpoint's are 0.1): they become data in the population's model
 MEMBERS = [{"optimizer.learning_rate": 3e-3, "train.seed": 0},
-           {"optimizer.learning_rate": 1e-3, "train.seed": 1, "optimizer.weight_decay": 0.1}]
+           {"optimizer.learning_rate": 1e-3, "train.seed": 1, "optimizer.weight_decay": 0.1,
+            "model.hidden_dropout": 0.3, "model.attention_dropout": 0.0}]
 
 
 class Killed(Exception):
@@ -82,15 +84,16 @@ def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_pat
     from adapt.training import loop, population
 
     def config(**over):
-        alpha = over.pop("method.alpha", 8.0)
+        lora = {"name": "lora", "rank": 4, "alpha": over.pop("method.alpha", 8.0), "dropout": over.pop("method.dropout", 0.0)}
         c = _config(small_bert, data, **over)
-        c.method = {"name": method} if method == "full" else {"name": "lora", "rank": 4, "alpha": alpha}
+        c.method = {"name": method} if method == "full" else lora
         if method == "full":  # the trial axis split over the mesh's data axis, each member's rows over fsdp
             c.mesh.shape, c.mesh.rules = (2, 4, 1), tuple(c.mesh.rules) + (("trial", "data"),)
         return c
 
-    # LoRA's members differ in alpha too: its scale is a frozen variable that the population stacks per member
-    members = MEMBERS if method == "full" else [MEMBERS[0], {**MEMBERS[1], "method.alpha": 16.0}]
+    # LoRA's members differ in alpha (its scale is a frozen variable that the population stacks per member) and in
+    # LoRA's own dropout rate too
+    members = MEMBERS if method == "full" else [MEMBERS[0], {**MEMBERS[1], "method.alpha": 16.0, "method.dropout": 0.2}]
     configs = [config(**m) for m in members]
     folders = [str(tmp_path / f"pop{i}") for i in range(len(members))]
     if method == "full":  # killed between the two members' saves of step 4: the population resumes from step 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import math
 import zlib
@@ -151,21 +152,72 @@ def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return _mix32(_mix32(index * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1])
 
 
-def keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    """A dropout rate that is data, not a constant of the traced model: where a population's members differ in a
+    rate (``hidden_dropout`` of a family's config, a LoRA layer's ``dropout``), the population's model holds
+    ``Rate(name)`` instead, and each member's value comes from :func:`dropout_rates` inside its step."""
+    name: str
+
+
+_RATES: contextvars.ContextVar[dict] = contextvars.ContextVar("adapt_rates", default={})
+
+
+def rate_values(rate: float) -> tuple[np.uint32, np.float32]:
+    """What dropout at ``rate`` computes with: the keep threshold on :func:`hashed_bits` and the divisor
+    ``1 - rate``, both as a constant rate gives them (so a rate as data drops exactly the same elements)."""
+    return np.uint32(round(rate * 2**32)), np.float32(1.0 - rate)
+
+
+@contextlib.contextmanager
+def dropout_rates(values: dict):
+    """Inside the block, ``Rate(name)`` drops with ``values[name]``: a pair from :func:`rate_values` (arrays, a
+    population member's, traced)."""
+    token = _RATES.set(values)
+    try:
+        yield
+    finally:
+        _RATES.reset(token)
+
+
+def _values(rate):
+    """``rate``'s (threshold, divisor): traced for a :class:`Rate`, else constants."""
+    if isinstance(rate, Rate):
+        if rate.name not in _RATES.get():
+            raise ValueError(f"dropout rate {rate.name!r} is data, but no value was given for it (dropout_rates)")
+        return _RATES.get()[rate.name]
+    return jnp.uint32(round(rate * 2**32)), 1.0 - rate
+
+
+def keep_mask(key: jax.Array, shape: tuple[int, ...], rate) -> jax.Array:
     """Dropout's boolean mask: each element kept with probability ``1 - rate``."""
-    return hashed_bits(key, shape) >= jnp.uint32(round(rate * 2**32))
+    return hashed_bits(key, shape) >= _values(rate)[0]
 
 
-def _drop(x: jax.Array, keep: jax.Array | None, rate: float) -> jax.Array:
-    """``x`` where ``keep``, scaled by ``1 / (1 - rate)``, else 0; ``x`` itself at rate 0."""
+def _drop(x: jax.Array, keep: jax.Array | None, rate) -> jax.Array:
+    """``x`` where ``keep``, scaled by ``1 / (1 - rate)``, else 0; ``x`` itself at a constant rate of 0."""
+    if isinstance(rate, Rate):
+        return jnp.where(keep, x / _values(rate)[1].astype(x.dtype), 0).astype(x.dtype)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype) if rate else x
 
 
-def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
-    """Inverted dropout; the identity when ``rngs`` is None (evaluation) or the rate is 0."""
+def _draw(rngs: nnx.Rngs, rate) -> jax.Array:
+    """The next dropout key of ``rngs``. A constant rate of 0 draws none; a :class:`Rate` always draws one, so
+    where its member's value is 0 the stream's count is set back: the keys after it are those the member alone
+    draws."""
+    key = rngs.dropout()
+    if isinstance(rate, Rate):
+        count = rngs.dropout.count
+        count[...] = count[...] - (_values(rate)[0] == 0).astype(count[...].dtype)
+    return key
+
+
+def dropout(x: jax.Array, rate, rngs: nnx.Rngs | None) -> jax.Array:
+    """Inverted dropout at ``rate`` (a float or a :class:`Rate`); the identity when ``rngs`` is None
+    (evaluation) or the rate is a constant 0."""
     if rngs is None or rate == 0.0:
         return x
-    return _drop(x, keep_mask(rngs.dropout(), x.shape, rate), rate)
+    return _drop(x, keep_mask(_draw(rngs, rate), x.shape, rate), rate)
 
 
 _STEP_KEY: contextvars.ContextVar = contextvars.ContextVar("adapt_step_key", default=None)
@@ -282,6 +334,7 @@ def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, r
     s, kv = k.shape[1], k.shape[2]
     g = n // kv
     rate = dropout_rate if rngs is not None else 0.0
+    drop = _values(rate) if isinstance(rate, Rate) else None  # a rate that is data enters as an operand
     q = q.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b * kv, g, t, h)
     k = k.transpose(0, 2, 1, 3).reshape(b * kv, s, h)
     v = v.transpose(0, 2, 1, 3).reshape(b * kv, s, h)
@@ -289,41 +342,49 @@ def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, r
     for start, stop in _query_blocks(t, s, causal):
         rows, keys = stop - start, (stop + s - t if causal and t <= s else s)
         block = q[:, :, start:stop].reshape(b * kv, g * rows, h)
-        key = rngs.dropout() if rate else None
-        out = _attend(block, k[:, :keys], v[:, :keys], mask[:, start:stop, :keys], key, scale, rate, (b, kv, g))
+        key = _draw(rngs, rate) if rate else None
+        out = _attend(block, k[:, :keys], v[:, :keys], mask[:, start:stop, :keys], key, drop, scale, rate, (b, kv, g))
         outs.append(out.reshape(b, kv, g, rows, h))  # out [B*K, G*rows, H]
     out = jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
     return shard(out, ("batch", "length", "heads", "head_dim"))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _attend(q, k, v, mask, key, scale: float, rate: float, heads: tuple[int, int, int]):
+def _given(rate, drop):
+    """Inside the custom VJP a :class:`Rate`'s values are its operand ``drop``, never a traced value from outside."""
+    return dropout_rates({rate.name: drop}) if isinstance(rate, Rate) else contextlib.nullcontext()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _attend(q, k, v, mask, key, drop, scale: float, rate, heads: tuple[int, int, int]):
     """One query block: q ``[B*K, G*R, H]``, k/v ``[B*K, S, H]``, mask ``[B, R, S]``, ``heads`` = (B, K, G)
-    -> ``[B*K, G*R, H]``; attention dropout at ``rate`` with masks drawn from ``key``."""
-    return _attend_fwd(q, k, v, mask, key, scale, rate, heads)[0]
+    -> ``[B*K, G*R, H]``; attention dropout at ``rate`` with masks drawn from ``key`` (``drop``: a
+    :class:`Rate`'s values, else None)."""
+    return _attend_fwd(q, k, v, mask, key, drop, scale, rate, heads)[0]
 
 
-def _attend_fwd(q, k, v, mask, key, scale, rate, heads):
+def _attend_fwd(q, k, v, mask, key, drop, scale, rate, heads):
     b, kv, g = heads
     logits = jnp.matmul(q, k.swapaxes(1, 2), preferred_element_type=jnp.float32)
     logits = logits.reshape(b, kv, g, -1, k.shape[1]) * scale  # [B, K, G, R, S]
     probs = jax.nn.softmax(jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min), axis=-1)
-    keep = keep_mask(key, probs.shape, rate) if rate else None
-    out = jnp.matmul(_drop(probs, keep, rate).reshape(*q.shape[:2], -1).astype(v.dtype), v)
-    return out, (q, k, v, mask, keep, probs, out)
+    with _given(rate, drop):
+        keep = keep_mask(key, probs.shape, rate) if rate else None
+        out = jnp.matmul(_drop(probs, keep, rate).reshape(*q.shape[:2], -1).astype(v.dtype), v)
+    return out, (q, k, v, mask, keep, probs, out, drop)
 
 
 def _attend_bwd(scale, rate, heads, residuals, d_out):
     """FlashAttention's backward: d_logits = P * (dP - rowsum(dO * O)), which skips the softmax's own
     autodiff graph (its max, exp and normalisation) and reuses the saved dropout mask."""
-    q, k, v, mask, keep, probs, out = residuals
+    q, k, v, mask, keep, probs, out, drop = residuals
     flat = (*q.shape[:2], k.shape[1])  # [B*K, G*R, S]
-    d_v = jnp.matmul(_drop(probs, keep, rate).reshape(flat).swapaxes(1, 2).astype(d_out.dtype), d_out)
     d_dropped = jnp.matmul(d_out, v.swapaxes(1, 2), preferred_element_type=jnp.float32).reshape(probs.shape)
-    d_probs = _drop(d_dropped, keep, rate)
+    with _given(rate, drop):
+        d_v = jnp.matmul(_drop(probs, keep, rate).reshape(flat).swapaxes(1, 2).astype(d_out.dtype), d_out)
+        d_probs = _drop(d_dropped, keep, rate)
     row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).reshape(*probs.shape[:-1], 1)
     d_logits = jnp.where(mask[:, None, None], probs * (d_probs - row) * scale, 0).reshape(flat).astype(q.dtype)
-    return jnp.matmul(d_logits, k), jnp.matmul(d_logits.swapaxes(1, 2), q), d_v, None, None
+    return jnp.matmul(d_logits, k), jnp.matmul(d_logits.swapaxes(1, 2), q), d_v, None, None, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)

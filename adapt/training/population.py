@@ -20,16 +20,20 @@ A killed population resumes from the last step that every member kept a checkpoi
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from adapt.errors import AdaptError, ConfigError
+from adapt.models import layers
 from adapt.training.checkpoints import Checkpointer
 from adapt.training.loop import Trainer
 from adapt.training.objectives import IGNORE
-from adapt.training.state import STACKED, TrainState, global_batch, population_batch_sharding, stacked_shardings
+from adapt.training.state import STACKED, Model, TrainState, global_batch, population_batch_sharding, stacked_shardings
 from adapt.training.steps import Steps
 
 
@@ -73,6 +77,58 @@ def _frozen(states: list[TrainState]) -> tuple[dict, dict]:
     return jax.tree.unflatten(treedef, out), jax.tree.unflatten(treedef, axes)
 
 
+def _statics(module: nnx.Module) -> dict:
+    """``{(module path, attribute, field): value}``: the float constants of each module (a float attribute, a
+    float field of a dataclass attribute such as a family's config), which may be dropout rates."""
+    out = {}
+    for path, node in nnx.iter_graph(module):
+        if not isinstance(node, nnx.Module):
+            continue
+        for attr, value in vars(node).items():
+            if isinstance(value, float):
+                out[path, attr, None] = value
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                out.update(((path, attr, f.name), getattr(value, f.name)) for f in dataclasses.fields(value)
+                           if f.compare and isinstance(getattr(value, f.name), float))
+    return out
+
+
+def _rates_as_data(trainers: list[Trainer]) -> tuple[Model, dict]:
+    """The population's model and the values of its dropout rates that are data. Member 0's model, where every
+    float constant in which the members differ (a dropout rate: nothing else may differ, :func:`check_packable`)
+    is a :class:`~adapt.models.layers.Rate` named by its class and field (``BertConfig.hidden_dropout``,
+    ``LoRALinear.dropout``), and ``{name: (threshold [N], divisor [N])}``, each member's values."""
+    constants = [_statics(t.model) for t in trainers]
+    differ = {k for k, v in constants[0].items() if any(c.get(k) != v for c in constants[1:])}
+    if not differ:
+        return trainers[0].static, {}
+    model = nnx.merge(*nnx.split(trainers[0].model))  # new modules, the same arrays
+    modules = dict(nnx.iter_graph(model))
+    names, replaced = {}, {}
+    for path, attr, field in differ:
+        owner = getattr(modules[path], attr)
+        name = f"{type(modules[path] if field is None else owner).__name__}.{field or attr}"
+        names.setdefault(name, set()).add((path, attr, field))
+        if field is None:
+            setattr(modules[path], attr, layers.Rate(name))
+        else:  # one new config per config object: the modules sharing it share the new one
+            new = replaced.setdefault(id(owner), dataclasses.replace(owner))
+            object.__setattr__(new, field, layers.Rate(name))
+    for path, node in modules.items():
+        for attr, value in list(vars(node).items()) if isinstance(node, nnx.Module) else ():
+            if id(value) in replaced:
+                setattr(node, attr, replaced[id(value)])
+    rates = {}
+    for name, keys in names.items():
+        per_member = [{c[k] for k in keys} for c in constants]
+        if any(len(v) > 1 for v in per_member):
+            raise ConfigError(f"the population's members set {name} to different values within one model "
+                              f"({sorted(per_member[0])}); a rate that is data must be one value per member")
+        values = [layers.rate_values(v.pop()) for v in per_member]
+        rates[name] = (np.array([t for t, _ in values]), np.array([d for _, d in values]))
+    return Model(nnx.graphdef(model)), rates
+
+
 def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[dict]) -> list:
     """Train the members ``trainers`` (each with its ``train_data`` stream and ``eval_data``, as for
     :meth:`Trainer.fit`) as one population; returns each member's :class:`FitResult`, or the
@@ -90,9 +146,11 @@ def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[di
         runs.append(run)
         states.append(state)
     frozen, frozen_axes = _frozen(states)
+    model, rates = _rates_as_data(trainers)
     t = first.cfg.train
-    steps = Steps(first.static, first.objective, first.tx, first.shardings, first.batch_sharding, rules=first.rules,
-                  accum=t.grad_accum, remat=t.remat, method=first.method, population=(n, members_batch, frozen_axes))
+    steps = Steps(model, first.objective, first.tx, first.shardings, first.batch_sharding, rules=first.rules,
+                  accum=t.grad_accum, remat=t.remat, method=first.method,
+                  population=(n, members_batch, frozen_axes, rates))
     for trainer, run in zip(trainers, runs):  # one compiled program for all: member 0's (evaluation included)
         trainer.steps = run.steps = steps
     sharding = stacked_shardings(first.shardings, first.mesh, first.rules, n, frozen_axes)

@@ -71,17 +71,25 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
     return train_step
 
 
-def make_population_step(train_step, spmd_axes: tuple = (), frozen_axes=None):
+def make_population_step(train_step, spmd_axes: tuple = (), frozen_axes=None, rates: dict | None = None):
     """``train_step`` over a population: every field of the state but ``frozen`` and the batch carry a leading
     trial axis ``[N, ...]``; of ``frozen``, the leaves whose ``frozen_axes`` entry is 0 do (those that differ
-    between members, like LoRA's scale), the others are shared. ``active`` (bool ``[N]``) keeps a member that has
-    stopped (early stopping, a non-finite loss) exactly where it was. The members share one program: what differs
-    between them (learning rate and weight decay in the optimizer state, seeds, initial values, data) is data."""
+    between members, like LoRA's scale), the others are shared. ``rates`` gives the values of the dropout rates
+    that are data (``{name: (threshold [N], divisor [N])}``, see :class:`adapt.models.layers.Rate`). ``active``
+    (bool ``[N]``) keeps a member that has stopped (early stopping, a non-finite loss) exactly where it was. The
+    members share one program: what differs between them (learning rate and weight decay in the optimizer state,
+    seeds, initial values, data, dropout rates) is data."""
     axes = TrainState(step=0, params=0, frozen=frozen_axes, opt_state=0, rng=0, anchors=0)
-    members = jax.vmap(train_step, in_axes=(axes, 0), out_axes=(axes, 0), spmd_axis_name=spmd_axes or None)
+    rates = rates or {}
+
+    def member_step(state: TrainState, batch: dict, member_rates: dict):
+        with layers.dropout_rates(member_rates):
+            return train_step(state, batch)
+
+    members = jax.vmap(member_step, in_axes=(axes, 0, 0), out_axes=(axes, 0), spmd_axis_name=spmd_axes or None)
 
     def population_step(state: TrainState, batch: dict, active: jax.Array) -> tuple[TrainState, dict]:
-        new, metrics = members(state, batch)
+        new, metrics = members(state, batch, rates)
 
         def keep(n, o):  # [N, ...]
             return jnp.where(active.reshape(-1, *(1,) * (n.ndim - 1)), n, o)
@@ -110,13 +118,13 @@ class Steps:
 
     Tracing happens under the mesh, the sharding rules and the remat policy, so activation constraints
     and rematerialisation are baked into the compiled steps. With ``population`` (the number of members, their
-    batches' sharding and which frozen leaves they stack) the train step is the population's
-    (:func:`make_population_step`) over the stacked state; evaluation is always one member's.
+    batches' sharding, which frozen leaves they stack, and their dropout rates that are data) the train step is
+    the population's (:func:`make_population_step`) over the stacked state; evaluation is always one member's.
     """
 
     def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
                  *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None,
-                 population: tuple[int, NamedSharding] | None = None):
+                 population: tuple | None = None):
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
         replicated = NamedSharding(self.mesh, PartitionSpec())
         train_step = make_train_step(model, objective, tx, accum, method)
@@ -124,12 +132,12 @@ class Steps:
         if population is None:
             self._train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
                                   out_shardings=(shardings, replicated), donate_argnums=0)
-        else:  # (members, their batches' sharding, frozen_axes): train(state, batch, active) on the stacked state
-            members, members_batch, frozen_axes = population
+        else:  # (members, their batches' sharding, frozen_axes, rates): train(state, batch, active), stacked state
+            members, members_batch, frozen_axes, rates = population
             stacked = stacked_shardings(shardings, self.mesh, rules, members, frozen_axes)
             axes = trial_axes(self.mesh, rules, members)
             self._train_rules = without_axes(rules, axes)  # inside vmap, a member's activations leave them out
-            self._train = jax.jit(make_population_step(train_step, axes, frozen_axes),
+            self._train = jax.jit(make_population_step(train_step, axes, frozen_axes, rates),
                                   in_shardings=(stacked, members_batch, replicated),
                                   out_shardings=(stacked, replicated), donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
