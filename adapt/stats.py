@@ -25,7 +25,8 @@ Every metric here is a function of counts that add up over examples: a confusion
 (``[C, C]``, rows gold), ``(correct, predicted, gold)`` entity counts for span F1. So a resample is a
 weighted sum, ``counts_sum = W @ counts`` with ``W [B, n]`` the multiplicity of each example in each
 replicate, and the metric is computed on those sums: the same F1 code as the trials'
-(:mod:`adapt.training.objectives`), vectorised over replicates.
+(:mod:`adapt.training.objectives`), vectorised over replicates. Metrics of generated text (ROUGE, BLEU, chrF,
+exact match) have such counts too (:mod:`adapt.textmetrics`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import os
 
 import numpy as np
 
+from adapt import textmetrics
 from adapt.errors import AdaptError
 from adapt.files import write_atomic
 
@@ -81,7 +83,9 @@ def _f1s(conf: np.ndarray, ignore: tuple[int, ...]) -> tuple[np.ndarray, np.ndar
 
 def metric_fn(name: str, num_labels: int = 0, ignore: tuple[int, ...] = ()):
     """``summed counts [..., K] -> metric [...]`` for ``name``: accuracy, micro_f1, macro_f1 (K = C*C,
-    confusion counts) or span_f1 (K = 3, span counts)."""
+    confusion counts), span_f1 (K = 3, span counts) or a metric of generated text (:mod:`adapt.textmetrics`)."""
+    if name in textmetrics.METRICS:
+        return textmetrics.metric_fn(name)
     if name == "span_f1":
         def span_f1(s):
             s = s.astype(np.float64)
@@ -90,7 +94,8 @@ def metric_fn(name: str, num_labels: int = 0, ignore: tuple[int, ...] = ()):
             return np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
         return span_f1
     if name not in ("accuracy", "micro_f1", "macro_f1"):
-        raise AdaptError(f"no interval for metric {name!r}; known: accuracy, micro_f1, macro_f1, span_f1")
+        raise AdaptError(f"no interval for metric {name!r}; known: accuracy, micro_f1, macro_f1, span_f1, "
+                         f"{', '.join(textmetrics.METRICS)}")
     c = num_labels
 
     def from_confusion(s):
@@ -110,6 +115,8 @@ def read_counts(workdir: str, split: str, metric: str, f1_ignore=()) -> tuple[np
 
     rows = predictions.read(workdir, split)
     gold, pred = [r["gold"] for r in rows], [r["prediction"] for r in rows]
+    if metric in textmetrics.METRICS:  # generated text against its reference
+        return textmetrics.example_counts(metric, gold, pred), metric_fn(metric)
     if metric == "span_f1":
         return span_counts(gold, pred), metric_fn(metric)
     labels = predictions.label_order(workdir, rows)
