@@ -12,9 +12,9 @@ examples, so the bootstrap intervals and paired tests there resample generated o
 * ``chrf``: corpus chrF (Popović, 2015; character 6-grams, beta 2) from sacreBLEU's summed statistics likewise.
 * ``exact_match``: the share of outputs equal to the reference after stripping surrounding whitespace.
 
-All are on a 0-100 scale.
+All are fractions in [0, 1], like accuracy (sacreBLEU's 0-100 scores divided by 100): tables show them x100.
 
-    scores(["UK economy grows"], ["UK economy grows fast"])   # {"rouge1": 85.7, ..., "exact_match": 0.0}
+    scores(["UK economy grows"], ["UK economy grows fast"])   # {"rouge1": 0.857, ..., "exact_match": 0.0}
     counts = example_counts("bleu", references, predictions)  # [n, K]
     metric_fn("bleu")(counts.sum(0))                           # == scores(...)["bleu"]
 """
@@ -63,20 +63,20 @@ def example_counts(name: str, references: list[str], predictions: list[str]) -> 
 
 
 def metric_fn(name: str):
-    """``summed counts [..., K] -> metric [...]`` (0-100) for ``name``."""
+    """``summed counts [..., K] -> metric [...]`` (in [0, 1]) for ``name``."""
     _check(name)
     if name in _ROUGE or name == "exact_match":
-        return lambda s: 100.0 * s[..., 0] / np.maximum(s[..., 1], 1)
+        return lambda s: s[..., 0] / np.maximum(s[..., 1], 1)
     metric = _sacrebleu(name)
 
     def corpus(s):
         s = np.asarray(s)
         flat = s.reshape(-1, s.shape[-1])
-        out = [metric._compute_score_from_stats([int(round(x)) for x in row]).score for row in flat]
+        out = [metric._compute_score_from_stats([int(round(x)) for x in row]).score / 100 for row in flat]
         return np.asarray(out, np.float64).reshape(s.shape[:-1])
     return corpus
 
 
 def scores(references: list[str], predictions: list[str], names=METRICS) -> dict:
-    """``{metric: value}`` of ``predictions`` against ``references`` (0-100)."""
+    """``{metric: value}`` of ``predictions`` against ``references`` (in [0, 1])."""
     return {n: float(metric_fn(n)(example_counts(n, references, predictions).sum(0))) for n in names}

@@ -20,17 +20,17 @@ def test_scores_equal_rouge_score_and_sacrebleu_on_fixed_strings():
     got = textmetrics.scores(REFS, PREDS)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     for name in ("rouge1", "rouge2", "rougeL"):
-        want = 100 * np.mean([scorer.score(r, p)[name].fmeasure for r, p in zip(REFS, PREDS)])
+        want = np.mean([scorer.score(r, p)[name].fmeasure for r, p in zip(REFS, PREDS)])
         assert got[name] == pytest.approx(want, abs=1e-9)
-    assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score, abs=1e-9)
-    assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(PREDS, [REFS]).score, abs=1e-9)
-    assert got["exact_match"] == 20.0
+    assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score / 100, abs=1e-12)
+    assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(PREDS, [REFS]).score / 100, abs=1e-12)
+    assert got["exact_match"] == 0.2
     # a subset's counts summed give the subset's corpus score: what a bootstrap replicate computes
     counts = textmetrics.example_counts("bleu", REFS, PREDS)
     weights = np.array([2, 0, 1, 1, 0], np.float64)  # example 0 drawn twice, 1 and 4 not at all
     drawn = [i for i, w in enumerate(weights) for _ in range(int(w))]
     want = sacrebleu.corpus_bleu([PREDS[i] for i in drawn], [[REFS[i] for i in drawn]]).score
-    assert textmetrics.metric_fn("bleu")(weights @ counts) == pytest.approx(want, abs=1e-9)
+    assert textmetrics.metric_fn("bleu")(weights @ counts) == pytest.approx(want / 100, abs=1e-12)
     with pytest.raises(ValueError, match="generation metric 'meteor' is not known"):
         textmetrics.example_counts("meteor", REFS, PREDS)
 
