@@ -17,7 +17,7 @@ import numpy as np
 
 from adapt import cli
 from adapt.models import from_pretrained, load_tokenizer
-from adapt.models.generate import greedy_generate
+from adapt.models.generate import GenerationConfig, generate
 
 SENTENCES = ["A man is playing a guitar on stage.",
              "Someone performs music with a guitar in front of an audience.",
@@ -48,10 +48,7 @@ def main():
         print(f"  {emb[i] @ emb[j]:+.3f}  {SENTENCES[i]!r} ~ {SENTENCES[j]!r}")
 
     model, tok = from_pretrained(args.decoder, task="causal_lm"), load_tokenizer(args.decoder)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                     add_generation_prompt=True, tokenize=False)
-    ids = tok(prompt)["input_ids"]
-    answer = tok.decode(greedy_generate(model, ids, 16, tok.eos_token_id)[len(ids):], skip_special_tokens=True)
+    answer = generate(model, tok, ["What is the capital of France?"], GenerationConfig(max_new_tokens=16), chat=True)[0]
     print(f"{args.decoder}: 'What is the capital of France?' -> {answer.strip()!r}")
     ids = np.array([tok(PARAGRAPH)["input_ids"]])
     logp = jax.nn.log_softmax(model(ids)[0, :-1])

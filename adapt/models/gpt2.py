@@ -53,12 +53,15 @@ class GPT2Attention(nnx.Module):
         self.c_attn = L.linear(d, 3 * d, ("embed", "heads"), bias=True, std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
         self.c_proj = L.linear(d, d, ("heads", "embed"), bias=True, std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
 
-    def __call__(self, x, mask, rngs):  # x [B, T, D]
+    def __call__(self, x, mask, rngs, cache: L.LayerCache | None = None):  # x [B, T, D]
+        """``mask [B, T, T]``; with a ``cache``, ``[B, T, S]`` over its slots (whose keys and values it reads)."""
         cfg = self.cfg
         b, t, d = x.shape
         h = d // cfg.n_head
         q, k, v = (y.reshape(b, t, cfg.n_head, h) for y in jnp.split(self.c_attn(x), 3, axis=-1))
         scale = (h ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer_idx + 1 if cfg.scale_by_layer else 1)
+        if cache is not None:
+            k, v = cache.write(k, v)  # [B, S, N, H]
         k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
         out = L.dot_product_attention(q, k, v, mask, scale=scale, dropout_rate=cfg.attention_dropout, rngs=rngs,
                                       causal=True)
@@ -85,15 +88,15 @@ class GPT2Block(nnx.Module):
         self.ln_2 = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
         self.mlp = GPT2MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, mask, rngs):
+    def __call__(self, x, mask, rngs, cache: L.LayerCache | None = None):
         p = self.cfg.resid_dropout
-        x = x + L.dropout(self.attn(self.ln_1(x), mask, rngs), p, rngs)
+        x = x + L.dropout(self.attn(self.ln_1(x), mask, rngs, cache), p, rngs)
         x = x + L.dropout(self.mlp(self.ln_2(x)), p, rngs)
         return shard(x, ("batch", "length", "embed"))
 
 
 class GPT2Model(nnx.Module):
-    """``input_ids [B, T]`` -> final hidden states ``[B, T, D]``; masks as in ``LlamaModel``."""
+    """``input_ids [B, T]`` -> final hidden states ``[B, T, D]``; masks and ``cache`` as in ``LlamaModel``."""
 
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -103,28 +106,38 @@ class GPT2Model(nnx.Module):
         self.h = nnx.List([GPT2Block(cfg, i, rngs=rngs) for i in range(cfg.n_layer)])
         self.ln_f = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None):
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
+                 cache: L.KVCache | None = None):
         segments = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
         if positions is None:
             positions = L.default_positions(segments)
         x = L.dropout(self.wte(input_ids) + self.wpe(positions), self.cfg.embd_dropout, rngs)
         x = shard(x, ("batch", "length", "embed"))
-        x, segments, _, virtual = L.prepend_prompt(self, x, segments)  # prompt tuning
-        mask = L.attention_mask(segments, causal=True, virtual=virtual)
-        for block in self.h:
-            x = L.run_layer(block, x, mask, rngs)
+        x, segments, _, virtual = L.prepend_prompt(self, x, segments, cache=cache)  # prompt tuning
+        if cache is None:
+            mask = L.attention_mask(segments, causal=True, virtual=virtual)
+            for block in self.h:
+                x = L.run_layer(block, x, mask, rngs)
+        else:  # generation (never rematerialised): each block writes its keys and values into the cache
+            mask = cache.attend(segments, (None,))[None]  # [B, T, S]
+            for i, block in enumerate(self.h):
+                x = block(x, mask, rngs, cache.layer(i))
         return self.ln_f(L.drop_prompt(x, virtual))
 
 
 class GPT2LMHeadModel(nnx.Module):
-    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32), head tied to ``wte``."""
+    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32), head tied to ``wte``; with a ``cache``
+    (generation) those after the last token only, ``[B, 1, V]``."""
 
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.transformer = GPT2Model(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None):
-        x = self.transformer(input_ids, attention_mask, positions, rngs=rngs)
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
+                 cache: L.KVCache | None = None):
+        x = self.transformer(input_ids, attention_mask, positions, rngs=rngs, cache=cache)
+        if cache is not None:
+            x = x[:, -1:]  # generation reads the next token only (left padding puts every row's last token here)
         return shard(self.transformer.wte.attend(x).astype(jnp.float32), ("batch", "length", "vocab"))
 
 
@@ -140,6 +153,8 @@ FAMILY = register(Family(
                           after_attention=("attn.c_proj",), after_mlp=("mlp.c_proj",)),
     attention=GPT2Attention,
     kv_shape=lambda c: (c.n_head, c.n_embd // c.n_head),
+    kv_cache=True,
+    max_positions=lambda c: c.n_positions,
     input_states=lambda backbone, ids: backbone.wte(ids) + backbone.wpe(jnp.arange(ids.shape[1])[None]),
     layers="h",
     embeddings=("wte", "wpe"),

@@ -273,14 +273,16 @@ def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None =
 
 # ---- prompt and prefix tuning (adapt.methods.prefix): the identity unless a method installed a module ----
 
-def prepend_prompt(backbone: nnx.Module, x: jax.Array, segments: jax.Array, positions: jax.Array | None = None):
+def prepend_prompt(backbone: nnx.Module, x: jax.Array, segments: jax.Array, positions: jax.Array | None = None,
+                   cache: KVCache | None = None):
     """Prompt tuning's hook, called on the first layer's input. With a ``backbone.prompt`` module (whose
     call gives the virtual tokens ``[P, D]``): ``x [B, T, D]`` -> ``[B, P+T, D]`` with the prompt in front
     of every row, ``segments`` -> ``[B, P+T]`` (-1 for the prompt) and ``positions`` -> ``[B, P+T]`` (-P..-1
     for the prompt: real tokens keep theirs). Returns those and P, for :func:`attention_mask` and
-    :func:`drop_prompt`; without a prompt, the inputs unchanged and 0."""
+    :func:`drop_prompt`; without a prompt, the inputs unchanged and 0. A ``cache`` that is no longer fresh
+    holds the prompt already (a decoding step after the first call): the inputs unchanged and 0 too."""
     prompt = getattr(backbone, "prompt", None)
-    if prompt is None:
+    if prompt is None or (cache is not None and not cache.fresh):
         return x, segments, positions, 0
     virtual = prompt()  # [P, D]
     b, n = x.shape[0], virtual.shape[0]
@@ -310,6 +312,75 @@ def prepend_prefix(attn: nnx.Module, k: jax.Array, v: jax.Array, mask: jax.Array
     k, v = (shard(jnp.concatenate([jnp.broadcast_to(p.astype(y.dtype), (b, *p.shape)), y], axis=1),
                   ("batch", "length", "kv_heads", "head_dim")) for p, y in ((pk, k), (pv, v)))
     return k, v, jnp.concatenate([jnp.ones((*mask.shape[:2], n), bool), mask], axis=-1)
+
+
+# ---- the KV cache of generation (adapt.models.generate): only used when a model call is given one ----
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=("keys", "values", "segments", "index"),
+                   meta_fields=("fresh",))
+@dataclasses.dataclass
+class KVCache:
+    """Every attention layer's keys and values, for decoding one token at a time. Slot ``s`` of the buffers
+    (``keys``/``values``: one ``[B, S, K, H]`` per layer) holds the token a call wrote there; ``segments [B, S]``
+    what each slot holds, as :func:`attention_mask` reads segment ids (0: nothing or padding, never attended;
+    1: a token; -1: a virtual token of prompt tuning); ``index`` is the first slot the next call writes.
+
+    A model call given the cache (``model(ids, mask, positions, cache=cache)``) writes its T tokens at slots
+    ``index..index+T-1`` and attends over every slot, so T = 1 decodes one token after the earlier ones. The
+    call updates the cache object in place (its arrays are replaced by the written ones): a jitted step returns
+    the object it passed in. ``fresh`` (static): nothing written yet, so the call starts the sequence (prompt
+    tuning's virtual tokens go in front of it)."""
+    keys: list
+    values: list
+    segments: jax.Array  # [B, S] int32
+    index: jax.Array  # [] int32
+    fresh: bool = True
+
+    @classmethod
+    def create(cls, layers: int, batch: int, length: int, kv_shape: tuple[int, int], dtype) -> KVCache:
+        """An empty cache of ``length`` slots for ``layers`` attention layers of ``kv_shape`` (K, H)."""
+        def buffer():
+            return shard(jnp.zeros((batch, length, *kv_shape), dtype), ("batch", "length", "kv_heads", "head_dim"))
+
+        return cls([buffer() for _ in range(layers)], [buffer() for _ in range(layers)],
+                   jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def attend(self, segments: jax.Array, windows) -> dict:
+        """Reserve the slots of this call's tokens (``segments [B, T]``, after :func:`prepend_prompt`) and
+        return, for each sliding ``window`` in ``windows`` (None: none), the mask ``[B, T, S]`` over the slots
+        that :func:`attention_mask` gives the whole sequence's rows of these tokens. The attention layers then
+        :meth:`write` their keys and values into the reserved slots."""
+        t, s = segments.shape[1], self.segments.shape[1]
+        self.segments = jax.lax.dynamic_update_slice(self.segments, segments.astype(jnp.int32), (0, self.index))
+        q_idx, k_idx = self.index + jnp.arange(t)[:, None], jnp.arange(s)[None, :]  # [T, 1], [1, S] slots
+        seg_q, seg_k = segments[:, :, None], self.segments[:, None, :]
+        causal = (k_idx <= q_idx)[None] & (seg_k != 0)
+        seen = causal & (seg_k < 0) & (seg_q != 0)  # the virtual tokens, whatever the window
+        masks = {w: (causal & (seg_q == seg_k) & ((q_idx - k_idx < w)[None] if w is not None else True)) | seen
+                 for w in windows}
+        self.index, self.fresh = self.index + t, False
+        return masks
+
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self, i)
+
+
+@dataclasses.dataclass
+class LayerCache:
+    """Layer ``i``'s view of a :class:`KVCache`, handed to its attention module."""
+    cache: KVCache
+    i: int
+
+    def write(self, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """This call's keys and values ``[B, T, K, H]`` (after RoPE) into the slots :meth:`KVCache.attend`
+        reserved; returns the layer's whole buffers ``[B, S, K, H]``, which the masks index."""
+        c, names = self.cache, ("batch", "length", "kv_heads", "head_dim")
+        start = (0, c.index - k.shape[1], 0, 0)
+        c.keys[self.i] = shard(jax.lax.dynamic_update_slice(c.keys[self.i], k.astype(c.keys[self.i].dtype), start),
+                               names)
+        c.values[self.i] = shard(jax.lax.dynamic_update_slice(c.values[self.i], v.astype(c.values[self.i].dtype),
+                                                              start), names)
+        return c.keys[self.i], c.values[self.i]
 
 
 def _query_blocks(t: int, s: int, causal: bool) -> list[tuple[int, int]]:

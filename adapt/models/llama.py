@@ -78,7 +78,8 @@ class LlamaAttention(nnx.Module):
             self.q_norm = L.rms_norm(h, cfg.rms_eps, dtype=dt, rngs=rngs)
             self.k_norm = L.rms_norm(h, cfg.rms_eps, dtype=dt, rngs=rngs)
 
-    def __call__(self, x, mask, positions, inv_freq, rngs):  # x [B, T, D]
+    def __call__(self, x, mask, positions, inv_freq, rngs, cache: L.LayerCache | None = None):  # x [B, T, D]
+        """``mask [B, T, T]``; with a ``cache``, ``[B, T, S]`` over its slots (whose keys and values it reads)."""
         cfg = self.cfg
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -88,6 +89,8 @@ class LlamaAttention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = shard(L.apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
         k = shard(L.apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+        if cache is not None:
+            k, v = cache.write(k, v)  # [B, S, K, H]
         k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
         out = L.dot_product_attention(q, k, v, mask, scale=cfg.head_dim ** -0.5,
                                       dropout_rate=cfg.attention_dropout, rngs=rngs, causal=True)
@@ -115,9 +118,9 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
         self.mlp = LlamaMLP(cfg, rngs=rngs)
 
-    def __call__(self, x, mask, positions, inv_freq, rngs):
+    def __call__(self, x, mask, positions, inv_freq, rngs, cache: L.LayerCache | None = None):
         p = self.cfg.hidden_dropout
-        x = x + L.dropout(self.self_attn(self.input_layernorm(x), mask, positions, inv_freq, rngs), p, rngs)
+        x = x + L.dropout(self.self_attn(self.input_layernorm(x), mask, positions, inv_freq, rngs, cache), p, rngs)
         x = x + L.dropout(self.mlp(self.post_attention_layernorm(x)), p, rngs)
         return shard(x, ("batch", "length", "embed"))
 
@@ -132,23 +135,32 @@ class LlamaModel(nnx.Module):
         self.layers = nnx.List([LlamaDecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.norm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None):
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
+                 cache: L.KVCache | None = None):
         """``attention_mask [B, T]``: 0 for padding, else a document id (a packed row numbers its
-        documents 1, 2, ...); ``positions [B, T]`` default to restarting at 0 per document."""
+        documents 1, 2, ...); ``positions [B, T]`` default to restarting at 0 per document. With a ``cache``
+        (generation) the tokens follow those it holds: give their ``positions``."""
         segments = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
         if positions is None:
             positions = L.default_positions(segments)
         inv_freq = L.rope_inverse_frequencies(self.cfg.head_dim, dict(self.cfg.rope))
         x = shard(self.embed_tokens(input_ids), ("batch", "length", "embed"))
-        x, segments, positions, virtual = L.prepend_prompt(self, x, segments, positions)  # prompt tuning
-        masks = {w: L.attention_mask(segments, causal=True, window=w, virtual=virtual) for w in set(self.cfg.windows)}
-        for layer, window in zip(self.layers, self.cfg.windows):
-            x = L.run_layer(layer, x, masks[window], positions, inv_freq, rngs)
+        x, segments, positions, virtual = L.prepend_prompt(self, x, segments, positions, cache)  # prompt tuning
+        windows = set(self.cfg.windows)
+        if cache is None:
+            masks = {w: L.attention_mask(segments, causal=True, window=w, virtual=virtual) for w in windows}
+            for layer, window in zip(self.layers, self.cfg.windows):
+                x = L.run_layer(layer, x, masks[window], positions, inv_freq, rngs)
+        else:  # generation (never rematerialised): each layer writes its keys and values into the cache
+            masks = cache.attend(segments, windows)  # [B, T, S] each
+            for i, (layer, window) in enumerate(zip(self.layers, self.cfg.windows)):
+                x = layer(x, masks[window], positions, inv_freq, rngs, cache.layer(i))
         return self.norm(L.drop_prompt(x, virtual))
 
 
 class LlamaForCausalLM(nnx.Module):
-    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32)."""
+    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32); with a ``cache`` (generation, see
+    ``LlamaModel``) those after the last token only, ``[B, 1, V]``."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -157,8 +169,11 @@ class LlamaForCausalLM(nnx.Module):
             self.lm_head = L.linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=False,
                                     std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None):
-        x = self.model(input_ids, attention_mask, positions, rngs=rngs)
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
+                 cache: L.KVCache | None = None):
+        x = self.model(input_ids, attention_mask, positions, rngs=rngs, cache=cache)
+        if cache is not None:
+            x = x[:, -1:]  # generation reads the next token only (left padding puts every row's last token here)
         logits = self.model.embed_tokens.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
         return shard(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
@@ -175,6 +190,7 @@ FAMILY = register(Family(
                           ia3_feedforward=("down_proj",), after_attention=("o_proj",), after_mlp=("down_proj",)),
     attention=LlamaAttention,
     kv_shape=lambda c: (c.num_kv_heads, c.head_dim),
+    kv_cache=True,
     input_states=lambda backbone, ids: backbone.embed_tokens(ids),
     layers="layers",
     embeddings=("embed_tokens",),

@@ -21,6 +21,11 @@ The contract a family's modules keep, besides what :class:`Family` declares:
 * Transformer layers sit in a numbered list (:attr:`Family.layers`), each run through
   :func:`adapt.models.layers.run_layer` (rematerialisation).
 * Every model class has ``cfg``, the family config, whose ``hf`` is the HF config (export writes it).
+* A family that declares ``kv_cache`` (generation) takes ``cache=`` (:class:`adapt.models.layers.KVCache`) in its
+  causal-LM head and backbone: the backbone passes it to ``prepend_prompt``, masks with ``cache.attend`` and
+  hands layer i ``cache.layer(i)``, whose ``write`` each attention calls on its keys and values (after RoPE,
+  before ``prepend_prefix``); the head then gives the last position's logits only. Without a cache nothing
+  of this runs.
 """
 
 from __future__ import annotations
@@ -72,6 +77,10 @@ class Family:
     input_states: Callable  # (backbone, ids [B, T]) -> [B, T, D]: the first layer's input at positions 0..T-1
     layers: str  # dotted path of the numbered transformer layers under the backbone ("layers", "encoder.layer")
     embeddings: tuple[str, ...]  # dotted paths of the input embeddings under the backbone ("embed_tokens")
+    # ---- what generation (adapt.models.generate) reads
+    # The causal-LM head takes ``cache=`` (an adapt.models.layers.KVCache of kv_shape per layer) and fills it.
+    kv_cache: bool = False
+    max_positions: Callable | None = None  # family config -> the most positions a sequence may have (None: no limit)
     # ---- checkpoint mapping details
     # (regex, replacement) applied in order to the dotted NNX path, after the leaf rename.
     renames: tuple[tuple[str, str], ...] = ()
