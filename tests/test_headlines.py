@@ -1,0 +1,73 @@
+"""Supervised fine-tuning judged by generation: the headline experiment's smoke setting runs end to end through
+scripts/study.py (prompted zero- and few-shot rows, SFT full and LoRA, on a tiny Llama with SmolLM2's tokenizer)
+and ends with its table: ROUGE-L with intervals, the Lead-N floor, the comparisons, and each trial's generated answers saved."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_headline_smoke_study_produces_its_table(tmp_path):
+    import torch
+    import transformers
+
+    from adapt.models import load_tokenizer
+
+    # a 2-layer Llama with SmolLM2's tokenizer and chat template stands in for SmolLM2: the pipeline, not the model
+    tok = load_tokenizer("bundled:smollm2-135m")
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"),
+               "--config=experiments/bbc_headlines/config.py:smoke", f"--workdir={tmp_path / 'study'}",
+               f"--config.model.name={tmp_path / 'm'}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+    tmp_path = tmp_path / "study"
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # compiles dominate, as in conftest
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = (tmp_path / "results" / "table.md").read_text()
+    cell = r"\d+\.\d( ± \d+\.\d)? \[\d+\.\d, \d+\.\d\]"
+    for row in ("Prompted, zero-shot", "Prompted, 3-shot", "SFT / full", "SFT / LoRA", "Lead-N"):
+        assert re.search(rf"^\| {re.escape(row)} \| \**{cell}\** \|$", table, re.M), (row, table)
+    comparisons = (tmp_path / "results" / "table_comparisons.md").read_text()
+    assert "| SFT / full | Prompted, 3-shot |" in comparisons and "| SFT / LoRA | SFT / full |" in comparisons
+    for stage, n in (("prompted", 2), ("sft", 2)):
+        runs = sorted((tmp_path / stage).iterdir())
+        assert len(runs) == n
+        for run in runs:
+            result = json.loads((run / "results.json").read_text())
+            assert {"rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "loss"} <= set(result["test"])
+            rows = [json.loads(line) for line in (run / "predictions" / "test.jsonl").read_text().splitlines()]
+            assert len(rows) == 4 and all(set(r) == {"index", "prompt", "gold", "prediction"} for r in rows)
+            assert rows[0]["prompt"].startswith("Write a headline for this news story.")
+    shots = sorted(json.loads((run / "config.json").read_text())["generation"]["shots"]
+                   for run in (tmp_path / "prompted").iterdir())
+    assert shots == [0, 3]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("top_p", 1.5, "generation.top_p=1.5: expected a value in (0, 1]"),
+    ("temperature", -1.0, "generation.temperature=-1.0: expected a number >= 0"),
+    ("shots", -2, "generation.shots=-2: expected an integer >= 0"),
+    ("examples", {"dev": -1}, "generation.examples.dev=-1: expected an integer >= 0 (0: all)"),
+])
+def test_bad_generation_settings_are_one_line_naming_the_key(key, value, message):
+    from adapt.errors import ConfigError
+    from adapt.experiment import base_config
+    from adapt.generation_eval import generation_config
+
+    c = base_config()
+    c.generation.max_new_tokens = 8
+    c.generation[key] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        generation_config(c.generation)
