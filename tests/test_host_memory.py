@@ -27,8 +27,8 @@ import resource, sys
 import adapt, jax, jax.numpy as jnp
 from adapt.host_memory import KeptHeap
 adapt.use_kept_heap()
-f = jax.jit(lambda x: jnp.sum(jnp.tanh(x @ x) @ x))  # 64 MB temporaries, above glibc's largest mmap threshold
-x = jnp.ones((4096, 4096), jnp.float32)
+f = jax.jit(lambda x: jnp.sum(jnp.tanh(x @ x.T) @ x))  # [4096, 4096]: 64 MB temporaries, above glibc's largest
+x = jnp.ones((4096, 64), jnp.float32)                   # mmap threshold, for 4 GFLOP a call
 with KeptHeap(enabled=sys.argv[1] == "kept") as heap:
     for _ in range(3):
         f(x).block_until_ready()
