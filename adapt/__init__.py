@@ -25,6 +25,8 @@ _EXPORTS = {
     "from_pretrained": "adapt.models.loading", "load_tokenizer": "adapt.models.loading",
     "save_pretrained": "adapt.models.export", "model_info": "adapt.models.registry",
     "make_mesh": "adapt.sharding",
+    "GenerationConfig": "adapt.models.generate", "generate": "adapt.models.generate",
+    "generate_ids": "adapt.models.generate",
     "data_defaults": "adapt.data.pipeline", "prepare": "adapt.data.pipeline", "train_stream": "adapt.data.pipeline",
     "array_batches": "adapt.data.batches", "eval_batches": "adapt.data.batches",
     "Trainer": "adapt.training.loop", "defaults": "adapt.training.config",
