@@ -60,11 +60,12 @@ class GPT2Attention(nnx.Module):
         h = d // cfg.n_head
         q, k, v = (y.reshape(b, t, cfg.n_head, h) for y in jnp.split(self.c_attn(x), 3, axis=-1))
         scale = (h ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer_idx + 1 if cfg.scale_by_layer else 1)
-        if cache is not None:
-            k, v = cache.write(k, v)  # [B, S, N, H]
-        k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
-        out = L.dot_product_attention(q, k, v, mask, scale=scale, dropout_rate=cfg.attention_dropout, rngs=rngs,
-                                      causal=True)
+        if cache is not None:  # generation: over the cache's slots
+            out = cache.attention(self, q, k, v, mask, scale=scale)
+        else:
+            k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
+            out = L.dot_product_attention(q, k, v, mask, scale=scale, dropout_rate=cfg.attention_dropout,
+                                          rngs=rngs, causal=True)
         return self.c_proj(out.reshape(b, t, d))
 
 

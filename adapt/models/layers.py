@@ -321,9 +321,10 @@ def prepend_prefix(attn: nnx.Module, k: jax.Array, v: jax.Array, mask: jax.Array
 @dataclasses.dataclass
 class KVCache:
     """Every attention layer's keys and values, for decoding one token at a time. Slot ``s`` of the buffers
-    (``keys``/``values``: one ``[B, S, K, H]`` per layer) holds the token a call wrote there; ``segments [B, S]``
-    what each slot holds, as :func:`attention_mask` reads segment ids (0: nothing or padding, never attended;
-    1: a token; -1: a virtual token of prompt tuning); ``index`` is the first slot the next call writes.
+    (``keys``/``values``: one ``[B, K, S, H]`` per layer, heads before slots so that a step's attention reads
+    them without a transpose) holds the token a call wrote there; ``segments [B, S]`` what each slot holds, as
+    :func:`attention_mask` reads segment ids (0: nothing or padding, never attended; 1: a token; -1: a virtual
+    token of prompt tuning); ``index`` is the first slot the next call writes.
 
     A model call given the cache (``model(ids, mask, positions, cache=cache)``) writes its T tokens at slots
     ``index..index+T-1`` and attends over every slot, so T = 1 decodes one token after the earlier ones. The
@@ -339,8 +340,10 @@ class KVCache:
     @classmethod
     def create(cls, layers: int, batch: int, length: int, kv_shape: tuple[int, int], dtype) -> KVCache:
         """An empty cache of ``length`` slots for ``layers`` attention layers of ``kv_shape`` (K, H)."""
+        k, h = kv_shape
+
         def buffer():
-            return shard(jnp.zeros((batch, length, *kv_shape), dtype), ("batch", "length", "kv_heads", "head_dim"))
+            return shard(jnp.zeros((batch, k, length, h), dtype), _CACHE_AXES)
 
         return cls([buffer() for _ in range(layers)], [buffer() for _ in range(layers)],
                    jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
@@ -349,7 +352,7 @@ class KVCache:
         """Reserve the slots of this call's tokens (``segments [B, T]``, after :func:`prepend_prompt`) and
         return, for each sliding ``window`` in ``windows`` (None: none), the mask ``[B, T, S]`` over the slots
         that :func:`attention_mask` gives the whole sequence's rows of these tokens. The attention layers then
-        :meth:`write` their keys and values into the reserved slots."""
+        write their keys and values into the reserved slots (:meth:`LayerCache.attention`)."""
         t, s = segments.shape[1], self.segments.shape[1]
         self.segments = jax.lax.dynamic_update_slice(self.segments, segments.astype(jnp.int32), (0, self.index))
         q_idx, k_idx = self.index + jnp.arange(t)[:, None], jnp.arange(s)[None, :]  # [T, 1], [1, S] slots
@@ -365,22 +368,39 @@ class KVCache:
         return LayerCache(self, i)
 
 
+_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
+
+
 @dataclasses.dataclass
 class LayerCache:
     """Layer ``i``'s view of a :class:`KVCache`, handed to its attention module."""
     cache: KVCache
     i: int
 
-    def write(self, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """This call's keys and values ``[B, T, K, H]`` (after RoPE) into the slots :meth:`KVCache.attend`
-        reserved; returns the layer's whole buffers ``[B, S, K, H]``, which the masks index."""
-        c, names = self.cache, ("batch", "length", "kv_heads", "head_dim")
-        start = (0, c.index - k.shape[1], 0, 0)
-        c.keys[self.i] = shard(jax.lax.dynamic_update_slice(c.keys[self.i], k.astype(c.keys[self.i].dtype), start),
-                               names)
-        c.values[self.i] = shard(jax.lax.dynamic_update_slice(c.values[self.i], v.astype(c.values[self.i].dtype),
-                                                              start), names)
-        return c.keys[self.i], c.values[self.i]
+    def attention(self, attn: nnx.Module, q, k, v, mask, *, scale: float):
+        """The cache path of an attention module ``attn``: this call's keys and values ``[B, T, K, H]`` (after
+        RoPE) go into the slots :meth:`KVCache.attend` reserved, then q ``[B, T, N, H]`` attends over every slot
+        (``mask [B, T, S]``) and over ``attn``'s prefix (prefix tuning, as :func:`prepend_prefix`: seen by every
+        query) -> ``[B, T, N, H]``. :func:`dot_product_attention` without dropout, on the cache's layout."""
+        c, start = self.cache, (0, 0, self.cache.index - k.shape[1], 0)
+        for buffers, new in ((c.keys, k), (c.values, v)):
+            update = new.transpose(0, 2, 1, 3).astype(buffers[self.i].dtype)  # [B, K, T, H]
+            buffers[self.i] = shard(jax.lax.dynamic_update_slice(buffers[self.i], update, start), _CACHE_AXES)
+        k, v = c.keys[self.i], c.values[self.i]  # [B, K, S, H]
+        prefix = getattr(attn, "prefix", None)
+        if prefix is not None:
+            pk, pv = (jnp.broadcast_to(p.transpose(1, 0, 2).astype(k.dtype), (k.shape[0], p.shape[1], *p.shape[::2]))
+                      for p in prefix())  # [P, K, H] -> [B, K, P, H]
+            k, v = jnp.concatenate([pk, k], axis=2), jnp.concatenate([pv, v], axis=2)
+            mask = jnp.concatenate([jnp.ones((*mask.shape[:2], pk.shape[2]), bool), mask], axis=-1)
+        b, t, n, h = q.shape
+        kv, s = k.shape[1], k.shape[2]
+        q = q.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, -1, h)  # [B, K, G*T, H]
+        logits = jnp.matmul(q, k.swapaxes(2, 3), preferred_element_type=jnp.float32).reshape(b, kv, -1, t, s)
+        probs = jax.nn.softmax(jnp.where(mask[:, None, None], logits * scale, jnp.finfo(jnp.float32).min), axis=-1)
+        out = jnp.matmul(probs.reshape(b, kv, -1, s).astype(v.dtype), v)  # [B, K, G*T, H]
+        out = out.reshape(b, kv, n // kv, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+        return shard(out, ("batch", "length", "heads", "head_dim"))
 
 
 def _query_blocks(t: int, s: int, causal: bool) -> list[tuple[int, int]]:

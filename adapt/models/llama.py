@@ -89,11 +89,12 @@ class LlamaAttention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = shard(L.apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
         k = shard(L.apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
-        if cache is not None:
-            k, v = cache.write(k, v)  # [B, S, K, H]
-        k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
-        out = L.dot_product_attention(q, k, v, mask, scale=cfg.head_dim ** -0.5,
-                                      dropout_rate=cfg.attention_dropout, rngs=rngs, causal=True)
+        if cache is not None:  # generation: over the cache's slots
+            out = cache.attention(self, q, k, v, mask, scale=cfg.head_dim ** -0.5)
+        else:
+            k, v, mask = L.prepend_prefix(self, k, v, mask)  # prefix tuning; else unchanged
+            out = L.dot_product_attention(q, k, v, mask, scale=cfg.head_dim ** -0.5,
+                                          dropout_rate=cfg.attention_dropout, rngs=rngs, causal=True)
         return self.o_proj(out.reshape(b, t, -1))
 
 

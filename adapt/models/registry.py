@@ -23,9 +23,9 @@ The contract a family's modules keep, besides what :class:`Family` declares:
 * Every model class has ``cfg``, the family config, whose ``hf`` is the HF config (export writes it).
 * A family that declares ``kv_cache`` (generation) takes ``cache=`` (:class:`adapt.models.layers.KVCache`) in its
   causal-LM head and backbone: the backbone passes it to ``prepend_prompt``, masks with ``cache.attend`` and
-  hands layer i ``cache.layer(i)``, whose ``write`` each attention calls on its keys and values (after RoPE,
-  before ``prepend_prefix``); the head then gives the last position's logits only. Without a cache nothing
-  of this runs.
+  hands layer i ``cache.layer(i)``, whose ``attention`` each attention module calls with its queries, keys and
+  values (after RoPE) instead of ``prepend_prefix`` and ``dot_product_attention``; the head then gives the
+  last position's logits only. Without a cache nothing of this runs.
 """
 
 from __future__ import annotations
