@@ -83,7 +83,6 @@ def _full_forward_greedy(model, prompt, n, size=16) -> list[int]:
     return ids[0, len(prompt):len(prompt) + n].tolist()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["prefix_tuning", "prompt_tuning"])
 def test_prefix_and_prompt_tuning_decode_as_the_full_forward(tiny_llama, method):
     """Prefix keys stay visible to every step; prompt tuning's virtual tokens sit in the cache's first slots."""

@@ -9,8 +9,8 @@ length (a power of two, at least 16) and, the last one, to a bucketed number of 
 row's last token sits in the last column. Positions count a row's real tokens (the first at 0, as transformers
 derives them from the attention mask) and padding is never attended. One jitted program runs the prefill (the
 prompts through the model, every layer's keys and values written into a :class:`~adapt.models.layers.KVCache`
-of prompt + new-token slots) and a ``while_loop`` of one-token steps that ends when every row has stopped or
-``max_new_tokens`` are out. Programs are cached by the model's structure (its ``nnx`` graph, not its parameter
+of prompt + new-token slots, the latter ``max_new_tokens`` rounded up to a power of two) and a ``while_loop`` of
+one-token steps that ends when every row has stopped or ``max_new_tokens`` (data, not a constant) are out. Programs are cached by the model's structure (its ``nnx`` graph, not its parameter
 values), the padded shapes and the sampler, so evaluation during training compiles once. A model on a mesh
 (``from_pretrained(..., mesh=)``) runs there, its activations and cache sharded by the axis rules in force.
 
@@ -89,6 +89,7 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
     the last one kept is kept too."""
     if not top_k and top_p >= 1:
         return logits
+    top_k = min(top_k, logits.shape[-1])
     ranked = jax.lax.top_k(logits, top_k)[0] if top_k else -jnp.sort(-logits, axis=-1)  # [B, k or V], descending
     keep = jnp.ones(ranked.shape, bool)
     if top_p < 1:
