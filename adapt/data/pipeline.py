@@ -32,6 +32,7 @@ import os
 import ml_collections
 import numpy as np
 
+from adapt import augment
 from adapt.benchmarks import BENCHMARKS
 from adapt.data import formats, sources
 from adapt.data.batches import Mixture, RowStream, array_batches
@@ -83,6 +84,9 @@ def data_defaults() -> ml_collections.ConfigDict:
         train_examples=0.0,
         train_seed=0,
         train_subset="sample",  # sample | pool
+        # Augmented copies of the train examples (after the train_examples sample; classification and sft):
+        # EDA-style token edits or language-model paraphrases, seeded; see adapt/augment.py. copies=0: off.
+        augment=augment.defaults(),
     ))
 
 
@@ -142,6 +146,8 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
         out["labels"] = labels
         return out
     splits = records(cfg)
+    if augment.enabled(cfg) and "train" in splits:  # train only: dev and test are never augmented
+        splits["train"] = augment.augment_records(splits["train"], cfg)
     if _sampled(cfg) and "train" not in splits:
         raise ConfigError(f"data.train_examples={cfg.train_examples:g} needs a 'train' split; the data has "
                           f"{', '.join(splits) or 'none'}")
@@ -176,11 +182,15 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
     if cfg.label_type not in LABEL_TYPES:
         raise ConfigError(f"data.label_type={cfg.label_type!r}; expected one of {', '.join(LABEL_TYPES)}")
     _check_sources(cfg)
+    augment.check(cfg)
     files = list(cfg.files.values()) if cfg.files else [cfg.source]
     encoder = formats.Encoder(tokenizer)
     skip = {"cache_dir", "mixture_stages"}  # the stages only weigh the training mixture's batches
     skip |= {"train_examples", "train_seed", "train_subset"} if not _sampled(cfg) else set()
+    skip |= {"augment"} if not augment.enabled(cfg) else set()
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}  # all data: old cache entries stay valid
+    if "augment" in settings:  # where paraphrases are cached does not change them
+        settings["augment"]["paraphrase"].pop("cache_dir", None)
     key = cache_key(files, encoder.fingerprint(), settings)
     data, hit = cached(key, lambda: _flatten(_encode(cfg, tokenizer, encoder)), cfg.cache_dir or None)
     return _unflatten(data), hit
