@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, evalsets, generation_eval, methods, predictions, tasks
+from adapt import configs, evalsets, generation_eval, methods, predictions, quality, tasks
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import check_mixture, data_defaults, prepare, save_labels, train_stream
 from adapt.errors import ConfigError
@@ -177,6 +177,8 @@ def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None
     splits = trial.splits
     if splits.get("labels"):
         save_labels(workdir, splits["labels"])
+    if "quality" in splits:  # data.quality's report on the data this trial trains on
+        write_json(os.path.join(workdir, "quality.json"), splits["quality"])
     eval_splits = [s for s in config.eval.splits if s in splits]
     train = train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
@@ -205,6 +207,8 @@ def finish_trial(started: StartedTrial, fit) -> dict:
     if len(train.tokens) > 1:  # a mixture: the tokens each source gave
         results["mixture"] = {n: {"tokens": train.tokens[n], "share": share}
                               for n, share in train.token_shares().items()}
+    if "quality" in trial.splits:  # found / dropped per check: numbers, so the results database keeps them
+        results["quality"] = quality.counts(trial.splits["quality"])
     if config.export.model:
         model = trainer.best_model(best)
         save_pretrained(trial.method.merge(model), os.path.join(workdir, "export"), tokenizer=trial.tokenizer)

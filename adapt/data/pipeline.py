@@ -25,6 +25,7 @@ read; :func:`train_stream` builds the mixture.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
@@ -32,7 +33,7 @@ import os
 import ml_collections
 import numpy as np
 
-from adapt import augment
+from adapt import augment, quality
 from adapt.benchmarks import BENCHMARKS
 from adapt.data import formats, sources
 from adapt.data.batches import Mixture, RowStream, array_batches
@@ -84,6 +85,10 @@ def data_defaults() -> ml_collections.ConfigDict:
         train_examples=0.0,
         train_seed=0,
         train_subset="sample",  # sample | pool
+        # Data quality checks on the raw examples, before the train_examples sample: duplicates, near duplicates,
+        # train->dev/test leakage, empty and over-long examples, labels, likely label errors; each "off" |
+        # "report" | "drop" (from train only). See adapt/quality.py.
+        quality=quality.defaults(),
         # Augmented copies of the train examples (after the train_examples sample; classification and sft):
         # EDA-style token edits or language-model paraphrases, seeded; see adapt/augment.py. copies=0: off.
         augment=augment.defaults(),
@@ -117,15 +122,21 @@ def _check_sources(cfg) -> None:
     _check_subset(cfg)
 
 
-def records(cfg) -> dict[str, list[dict]]:
+def records(cfg, encoder: formats.Encoder | None = None) -> dict[str, list[dict]]:
     """The raw examples of each split of ``cfg`` (the ``data`` section), as the trials read them: the same files,
-    or the same ``source`` carved by ``split_ratios`` and ``split_seed``, and the same ``train_examples`` sample
-    of train (the trials' text formats, the reference baselines and scripts/report.py use it)."""
+    or the same ``source`` carved by ``split_ratios`` and ``split_seed``, the same ``quality`` drops from train
+    (``encoder``: for its token limit) and the same ``train_examples`` sample of train (the trials' text formats,
+    the reference baselines and scripts/report.py use it)."""
+    return _checked_records(cfg, encoder)[0]
+
+
+def _checked_records(cfg, encoder=None) -> tuple[dict[str, list[dict]], dict | None]:
+    """:func:`records` and the quality report (None when every check is off)."""
     _check_sources(cfg)
-    out = _records(cfg)
+    out, report = quality.clean(cfg, _records(cfg), encoder)
     if _sampled(cfg) and "train" in out:
         out["train"] = _train_subset(cfg, out["train"])
-    return out
+    return out, report
 
 
 def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
@@ -138,6 +149,7 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
                  for s, p in cfg.files.items()}
         if "train" not in sents:
             raise ConfigError("data.files has no 'train' split: the tag vocabulary is built from it")
+        sents, out["quality"] = quality.clean(cfg, sents, encoder)
         sents["train"] = _train_subset(cfg, sents["train"], stratify=False)
         labels = sorted({tag for _, tags in sents["train"] for tag in tags})
         for s, sentences in sents.items():
@@ -145,7 +157,7 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
                                                          max_length=cfg.max_length, where=where(s))
         out["labels"] = labels
         return out
-    splits = records(cfg)
+    splits, out["quality"] = _checked_records(cfg, encoder)
     if augment.enabled(cfg) and "train" in splits:  # train only: dev and test are never augmented
         splits["train"] = augment.augment_records(splits["train"], cfg)
     if _sampled(cfg) and "train" not in splits:
@@ -183,11 +195,13 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
         raise ConfigError(f"data.label_type={cfg.label_type!r}; expected one of {', '.join(LABEL_TYPES)}")
     _check_sources(cfg)
     augment.check(cfg)
+    quality.settings(cfg)  # a bad mode or threshold: one line, before anything is read
     files = list(cfg.files.values()) if cfg.files else [cfg.source]
     encoder = formats.Encoder(tokenizer)
     skip = {"cache_dir", "mixture_stages"}  # the stages only weigh the training mixture's batches
     skip |= {"train_examples", "train_seed", "train_subset"} if not _sampled(cfg) else set()
     skip |= {"augment"} if not augment.enabled(cfg) else set()
+    skip |= {"quality"} if not quality.enabled(cfg) else set()
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}  # all data: old cache entries stay valid
     if "augment" in settings:  # where paraphrases are cached does not change them
         settings["augment"]["paraphrase"].pop("cache_dir", None)
@@ -276,9 +290,11 @@ def _train_subset(cfg, records: list, stratify: bool = True) -> list:
 
 
 def _flatten(splits: dict) -> dict:  # {"train": {"input_ids": ...}} -> {"train/input_ids": ...} for the cache
-    flat = {f"{s}/{k}": v for s, cols in splits.items() if s != "labels" for k, v in cols.items()}
+    flat = {f"{s}/{k}": v for s, cols in splits.items() if s not in ("labels", "quality") for k, v in cols.items()}
     if "labels" in splits:
         flat["labels"] = np.asarray(splits["labels"])
+    if splits.get("quality"):  # the quality report, as JSON text
+        flat["quality"] = np.asarray(json.dumps(splits["quality"]))
     return flat
 
 
@@ -287,6 +303,8 @@ def _unflatten(flat: dict) -> dict:
     for key, v in flat.items():
         if key == "labels":
             out["labels"] = [str(x) for x in v]
+        elif key == "quality":
+            out["quality"] = json.loads(str(v))
         else:
             split, col = key.split("/", 1)
             out.setdefault(split, {})[col] = v
