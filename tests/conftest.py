@@ -44,6 +44,23 @@ def tiny_llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2_stand_in(tmp_path_factory):
+    """A 1-layer random-init Llama with SmolLM2's tokenizer and chat template, in SmolLM2's place where a study's
+    smoke run checks the pipeline, not the model; returns its folder."""
+    import transformers
+
+    from adapt.models import load_tokenizer
+
+    tok = load_tokenizer("bundled:smollm2-135m")
+    folder = random_hf_model(tmp_path_factory.mktemp("smollm2_stand_in"), transformers.LlamaForCausalLM,
+                             transformers.LlamaConfig, vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                             max_position_embeddings=512, tie_word_embeddings=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A random-init HF BERT sequence classifier (3 labels) saved by transformers; returns its folder."""
     import transformers

@@ -12,25 +12,14 @@ import sys
 
 import pytest
 
-from adapt.models import load_tokenizer
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_replay_smoke_produces_the_forgetting_table_and_pareto_plot(tmp_path):
-    import torch
-    import transformers
-
-    tok = load_tokenizer("bundled:smollm2-135m")
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)).save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+def test_replay_smoke_produces_the_forgetting_table_and_pareto_plot(tmp_path, smollm2_stand_in):
     command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"),
                "--config=experiments/replay_forgetting/config.py:smoke", f"--workdir={tmp_path / 'runs'}",
-               f"--config.model.name={tmp_path / 'm'}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+               f"--config.model.name={smollm2_stand_in}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
     out = subprocess.run(command, cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
