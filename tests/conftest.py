@@ -76,3 +76,10 @@ def tiny_gpt2(tmp_path_factory):
 
     return random_hf_model(tmp_path_factory.mktemp("tiny_gpt2"), transformers.GPT2LMHeadModel, transformers.GPT2Config,
                            **TINY_GPT2)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked slow run first. With ``-n 2``, xdist deals the first quarter of the tests out in turn, so the
+    long ones run side by side from the start and the many short ones fill the end (longest first), instead of
+    one worker finishing the main job's test alone while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
