@@ -62,13 +62,6 @@ def generation_config(section):
                             top_k=section.top_k, top_p=section.top_p, seed=section.seed, stop=tuple(section.stop))
 
 
-def _cut(text: str, stops: list[str]) -> str:
-    """``text`` up to its first stop string, surrounding whitespace stripped."""
-    for stop in stops:
-        text = text.split(stop, 1)[0]
-    return text.strip()
-
-
 class GenerationEval:
     """One split of an ``sft`` trial evaluated by its loss and by generation; an evaluation entry of the
     :class:`~adapt.training.Trainer` (``evaluate(trainer, state) -> metrics``)."""
@@ -103,15 +96,15 @@ class GenerationEval:
 
     def outputs(self, trainer, state) -> list[str]:
         """The model's answers (``state``'s parameters) to the split's prompts."""
-        from adapt.models.generate import generate_ids
+        from adapt.models.generate import cut_at_stops, generate_ids
 
         tokenizer = self.trial.tokenizer
         with trainer.steps.context():
             ids = generate_ids(trainer.best_model(state), self.prompt_ids, self.generation,
                                eos_ids=(tokenizer.eos_token_id,), pad_id=tokenizer.pad_token_id or 0,
                                batch_size=self.trial.config.generation.batch_size)
-        stops = [s for s in self.generation.stop if isinstance(s, str)]
-        return [_cut(tokenizer.decode(x, skip_special_tokens=True), stops) for x in ids]
+        return [cut_at_stops(tokenizer.decode(x, skip_special_tokens=True), self.generation.stop).strip()
+                for x in ids]
 
     def evaluate(self, trainer, state, *, predictions: list | None = None) -> dict:
         """The split's loss metrics and the generation metrics of the answers (appended to ``predictions``)."""

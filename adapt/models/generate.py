@@ -226,6 +226,9 @@ def generate(model: nnx.Module, tokenizer, prompts: list[str], config: Generatio
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos if eos is not None else 0
     new = generate_ids(model, ids, config, eos_ids=(eos,), pad_id=pad, batch_size=batch_size)
-    texts = [tokenizer.decode(t, skip_special_tokens=True) for t in new]
-    stops = [s for s in config.stop if isinstance(s, str)]
-    return [min((t[:t.index(s)] for s in stops if s in t), key=len, default=t) for t in texts]
+    return [cut_at_stops(tokenizer.decode(t, skip_special_tokens=True), config.stop) for t in new]
+
+
+def cut_at_stops(text: str, stop) -> str:
+    """``text`` before the first occurrence of any stop string in ``stop`` (its integer items are ignored)."""
+    return min((text[:text.index(s)] for s in stop if isinstance(s, str) and s in text), key=len, default=text)
