@@ -3,6 +3,7 @@ resumes to the same acquisitions after a kill, and bad settings are one line bef
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -191,22 +192,22 @@ def test_the_loop_grows_disjoint_sets_and_resumes_to_the_same_acquisitions(small
     assert {labels[i] for i in initial} == {"0", "1"}  # stratified: both classes from the start
     assert all(0 <= e["test"]["accuracy"] <= 1 for e in whole["rounds"])
 
-    calls = []
+    # Killed between rounds 0 and 1: round 0 recorded (atomically), nothing of round 1 yet.
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "whole", killed, ignore=shutil.ignore_patterns("round1", "round2"))
+    record = json.loads((killed / active.RECORD).read_text())
+    (killed / active.RECORD).write_text(json.dumps({**record, "rounds": record["rounds"][:1]}))
     real = active.pool_outputs
 
-    def die_in_round_one(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise Killed
-        return real(*args)
+    def killed_inside_the_round(*args):  # round 1's model trained and evaluated, its acquisitions not saved
+        raise Killed
 
-    monkeypatch.setattr(active, "pool_outputs", die_in_round_one)
+    monkeypatch.setattr(active, "pool_outputs", killed_inside_the_round)
     with pytest.raises(Killed):
-        active.run_loop(config, str(tmp_path / "killed"), "bald", 0)
-    with open(tmp_path / "killed" / active.RECORD) as f:
-        assert len(json.load(f)["rounds"]) == 1  # round 0 was saved, round 1 was not
+        active.run_loop(config, str(killed), "bald", 0)
+    assert len(json.loads((killed / active.RECORD).read_text())["rounds"]) == 1
     monkeypatch.setattr(active, "pool_outputs", real)
-    resumed = active.run_loop(config, str(tmp_path / "killed"), "bald", 0)
+    resumed = active.run_loop(config, str(killed), "bald", 0)
     assert [e["acquired"] for e in resumed["rounds"]] == acquired
     for a, b in zip(whole["rounds"], resumed["rounds"]):
         assert a["test"] == pytest.approx(b["test"], abs=1e-6)
