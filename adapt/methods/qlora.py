@@ -27,6 +27,9 @@ embeddings or the task head. ``merge`` gives plain layers holding ``deq(W) + s A
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -49,6 +52,7 @@ def _per_row(scales, block_size: int, d_in: int):  # [blocks, out] -> [in, out],
     return jnp.repeat(scales, block_size, axis=0, total_repeat_length=scales.shape[0] * block_size)[:d_in]
 
 
+@functools.partial(jax.jit, static_argnames=("bits", "block_size"))  # one program per shape, not ~15 eager ops
 def quantize(w, bits: int = 4, block_size: int = 64):
     """``w [in, out]`` -> ``(codes, scales)``: codes ``[in, out] int8`` (bits 8) or ``[ceil(in/2), out]
     uint8`` (bits 4, two NF4 codes a byte), scales ``[ceil(in/block_size), out] float32`` (block absmax)."""
@@ -65,6 +69,7 @@ def quantize(w, bits: int = 4, block_size: int = 64):
     return pairs[:, 0] | (pairs[:, 1] << 4), scales
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "bits", "block_size"))
 def dequantize(codes, scales, shape: tuple[int, int], bits: int = 4, block_size: int = 64):
     """The float32 ``[in, out]`` weight that :func:`quantize` stored as ``codes`` and ``scales``."""
     d_in, d_out = shape
