@@ -158,3 +158,31 @@ def test_a_trial_stores_its_counts(tmp_path):
     with open(os.path.join(workdir, "quality.json")) as f:
         assert quality.counts(json.load(f)) == expected
     assert _flat_metrics(results)["quality/dropped/near_duplicates"] == 2.0  # as the results database stores it
+
+
+def _script(monkeypatch, capsys, *argv):
+    """scripts/quality.py run in this process: (exit code, stdout, stderr)."""
+    import runpy
+
+    monkeypatch.setattr("sys.argv", ["scripts/quality.py", *argv])
+    monkeypatch.setattr("adapt.cli.use_kept_heap", lambda: False)  # a setting for a whole process: not the tests'
+    try:
+        runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "scripts", "quality.py"), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_the_script_reports_every_check_and_rejects_bad_settings(tmp_path, monkeypatch, capsys):
+    cfg = _cfg(tmp_path, _planted())
+    files = f"--config.data.files={dict(cfg.files)!r}"
+    code, out, _ = _script(monkeypatch, capsys, files, "--config.data.quality.max_chars=5000",
+                           "--config.data.quality.label_errors=off", f"--json={tmp_path / 'report.json'}")
+    assert code == 0 and "| duplicates | report | 3 |  |" in out and "| near_duplicates | report | 2 |  |" in out
+    assert "label_errors" not in out and "labels train (2): b 23 (51.1%), a 22 (48.9%)" in out
+    with open(tmp_path / "report.json") as f:
+        assert json.load(f)["found"]["leakage"] == 3
+    code, out, err = _script(monkeypatch, capsys, files, "--config.data.quality.threshold=1.5")
+    assert (code, out, err) == (2, "", "error: data.quality.threshold=1.5; expected a Jaccard similarity in [0, 1]\n")
