@@ -11,7 +11,7 @@ what it finds from TRAIN; dev and test are never touched):
 - ``near_duplicates``: train examples that are not exact copies but whose Jaccard similarity to an earlier
   kept train example is at least ``threshold``, over their sets of ``shingle``-token shingles (lowercased words
   and punctuation runs). Candidates come from datasketch's MinHash LSH (``num_perm`` permutations; a pair at
-  the threshold may be missed, with probability 0.05 at 0.8), and are kept by their exact similarity. Greedy
+  the threshold may be missed: with probability 0.05 at the defaults), and are kept by their exact similarity. Greedy
   in file order: an example is compared with those kept before it, so the count is what "drop" removes.
 - ``leakage``: dev/test examples whose text equals (whitespace collapsed) or nearly duplicates (as above) a
   train example's. Found counts the dev/test examples; "drop" removes every train example they match, never
@@ -24,7 +24,7 @@ what it finds from TRAIN; dev and test are never touched):
 - ``label_errors``: likely label errors of train, ``cleanlab.filter.find_label_issues`` on out-of-fold
   predicted probabilities of TF-IDF (words in 2+ examples, sublinear tf) + logistic regression (C=1) from
   scikit-learn, ``folds``-fold stratified cross-validation seeded by ``seed`` (on one BLAS thread: several
-  oversubscribe a small machine, 20x slower here). Needs category labels on every train example. A bag of
+  oversubscribe a small machine: 7x slower on BBC here). Needs category labels on every train example. A bag of
   words is a weak model of a relation between marked entities (ChemProt, SciERC): its flags are many there,
   and are candidates to read, not verdicts.
 
@@ -53,7 +53,7 @@ def defaults() -> ml_collections.ConfigDict:
     """The ``data.quality`` section: every check off."""
     return ml_collections.ConfigDict(dict(
         **{check: "off" for check in CHECKS},  # "off" | "report" | "drop" (labels: off | report)
-        threshold=0.8,  # near duplicates and leakage: estimated Jaccard similarity of shingle sets, in [0, 1]
+        threshold=0.8,  # near duplicates and leakage: Jaccard similarity of shingle sets, in [0, 1]
         num_perm=128,  # MinHash permutations
         shingle=3,  # tokens per shingle
         max_chars=0,  # too_long: a character limit instead of data.max_length tokens (0: tokens)
