@@ -186,3 +186,21 @@ def test_the_script_reports_every_check_and_rejects_bad_settings(tmp_path, monke
         assert json.load(f)["found"]["leakage"] == 3
     code, out, err = _script(monkeypatch, capsys, files, "--config.data.quality.threshold=1.5")
     assert (code, out, err) == (2, "", "error: data.quality.threshold=1.5; expected a Jaccard similarity in [0, 1]\n")
+
+
+def test_conll_sentences_are_checked_and_dropped_before_tagging(tmp_path):
+    from adapt.models import load_tokenizer
+
+    sentence = lambda words, tags: "\n".join(f"{w}\t{t}" for w, t in zip(words.split(), tags.split()))  # noqa: E731
+    a, b = sentence("aspirin inhibits cox", "B-Chem O B-Gene"), sentence("the cat sat", "O O O")
+    c = sentence("naloxone reverses it", "B-Chem O O")
+    (tmp_path / "train.txt").write_text("\n\n".join([a, b, a, c]) + "\n")
+    (tmp_path / "dev.txt").write_text(c + "\n")
+    cfg = data_defaults()
+    cfg.update(format="conll", files={s: str(tmp_path / f"{s}.txt") for s in ("train", "dev")}, cache_dir="")
+    cfg.quality.update(duplicates="drop", leakage="report", labels="report")
+    splits, _ = prepare(cfg, load_tokenizer("bundled:minilm-l6"))
+    assert len(splits["train"]["input_ids"]) == 3 and len(splits["dev"]["input_ids"]) == 1
+    q = splits["quality"]
+    assert q["found"] == {"duplicates": 1, "leakage": 1} and q["by_split"]["leakage"] == {"dev": 1}
+    assert q["labels"]["train"] == {"O": 7, "B-Chem": 3, "B-Gene": 2}
