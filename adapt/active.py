@@ -2,8 +2,8 @@
 labels of the examples a strategy picks, and train again; the test metric against the label budget, per strategy.
 
     config = active.with_section(base_config())   # + config.active: strategies, seeds, initial, acquire, rounds
-    active.run(config, "runs/al")                  # every (strategy, seed) loop, resumable
-    summary = active.summarize(active.loops(config, "runs/al"), metric="accuracy")
+    records = active.run(config, "runs/al")        # every (strategy, seed) loop, resumable
+    summary = active.summarize(records, metric="accuracy")   # active.to_markdown(summary), active.plot(...)
 
 A loop (``WORKDIR/<strategy>/seed<seed>/``) starts from ``active.initial`` train examples (a stratified sample,
 :func:`adapt.data.pipeline.split_train`, seeded by the loop's seed, of the train split, or of a seeded sample of
@@ -345,18 +345,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict
             out.append(run_loop(config, loop_folder(workdir, strategy, seed), strategy, seed, data))
             log(f"{strategy} seed {seed}: " + ", ".join(
                 f"{e['budget']}: {e['test'].get(config.active.metric, float('nan')):.3f}" for e in out[-1]["rounds"]))
-    return out
-
-
-def loops(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-    """The records of the loops of ``config.active`` found in ``workdir`` (finished or not)."""
-    out = []
-    for seed in config.active.seeds:
-        for strategy in config.active.strategies:
-            path = os.path.join(loop_folder(workdir, strategy, seed), RECORD)
-            if os.path.isfile(path):
-                with open(path) as f:
-                    out.append(json.load(f))
     return out
 
 

@@ -181,8 +181,10 @@ class Killed(Exception):
 @pytest.mark.slow
 def test_the_loop_grows_disjoint_sets_and_resumes_to_the_same_acquisitions(small_bert, data, tmp_path, monkeypatch,
                                                                           compile_cache):
-    config = _loop_config(small_bert, data)
+    config = _loop_config(small_bert, data, warm_start=True)
     whole = active.run_loop(config, str(tmp_path / "whole"), "bald", 0)
+    started_from = json.loads((tmp_path / "whole" / "round2" / "config.json").read_text())["init_from"]
+    assert started_from == str(tmp_path / "whole" / "round1" / "export")  # warm start: the last round's model
     initial = whole["initial"]
     acquired = [e["acquired"] for e in whole["rounds"]]
     assert [e["budget"] for e in whole["rounds"]] == [4, 7, 10] and acquired[-1] == []
