@@ -416,7 +416,7 @@ def to_markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, path: str) -> str:
-    """The curves with their intervals as a PNG at ``path``."""
+    """The curves with their intervals (cut to the metric's range, 0-100) as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -429,7 +429,8 @@ def plot(summary: dict, path: str) -> str:
         low = np.array([r["curve"][x].low if r["curve"][x].low is not None else r["curve"][x].mean for x in b]) * 100
         high = np.array([r["curve"][x].high if r["curve"][x].high is not None else r["curve"][x].mean for x in b]) * 100
         ax.plot(b, m, marker="o", label=s)
-        ax.fill_between(b, low, high, alpha=0.15)
+        ax.fill_between(b, np.maximum(low, 0), np.minimum(high, 100), alpha=0.15)  # a metric lies in [0, 100]
+    ax.set_xticks(summary["budgets"])
     ax.set_xlabel("labelled examples")
     ax.set_ylabel(f"test {summary['metric']} (x100)")
     ax.legend()
