@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from adapt import augment
-from adapt.data.pipeline import data_defaults, prepare
+from adapt.data.pipeline import data_defaults, prepare, records
 from adapt.errors import ConfigError
 
 WORDS = "the bank raised its rates as the market fell and the economy slowed".split()
@@ -91,6 +91,16 @@ def test_augment_records_appends_seeded_copies_in_the_mix_order(files):
     assert augment.augment_records(recs, data) == out  # same seed, same set
     other = augment.augment_records(recs, _data(files, copies=3, method="delete,swap", p=0.2, seed=5))
     assert other[12:] != out[12:]
+
+
+def test_sft_copies_edit_the_prompt_and_keep_the_response(files):
+    recs = [{"prompt": " ".join(WORDS[i:]), "response": f"answer {i}"} for i in range(4)]
+    data = _data(files, copies=1, method="swap", seed=1)
+    data.format = "sft"
+    out = augment.augment_records(recs, data)
+    assert [r["response"] for r in out] == [r["response"] for r in recs] * 2
+    assert [r["prompt"] for r in out[4:]] == [augment.edit(r["prompt"], "swap", 0.1, 1, 0) for r in recs]
+    assert len(records(_data(files, copies=2))["train"]) == 12  # what the floors and reports read: unaugmented
 
 
 def test_prepare_augments_train_only_after_the_sample_and_keys_the_cache(files, tok, tmp_path):
