@@ -10,7 +10,7 @@ training articles (the pool, so that scoring it stays cheap on 2 cores), acquire
 fine-tunes MiniLM afresh at each budget (10, 20, 30) for a fixed 16 steps (batch 8, full fine-tuning, learning
 rate 3e-4, the rate the bbc_tapt study selected for 80 articles); the model after the last step is evaluated on the
 fixed test split (223 articles; nothing is selected on dev, which is not evaluated) and scores the pool (BALD: 5
-dropout passes). Inputs are an article's first 64 tokens. 2 seeds. ``:smoke`` is a pipeline check (2 strategies, 1 seed, 1 round of 2-step trials).
+dropout passes). Inputs are an article's first 64 tokens. 3 seeds. ``:smoke`` is a pipeline check (2 strategies, 1 seed, 1 round of 2-step trials).
 """
 
 import os
@@ -29,7 +29,7 @@ def get_config(arg=None):
     c.optimizer.update(learning_rate=3e-4, warmup_ratio=0.1, schedule="linear")
     c.eval.update(batch_size=128, splits=("test",))  # no dev: nothing is selected on it, and time is short
     c = active.with_section(c)
-    c.active.update(strategies=STRATEGIES, seeds=(0, 1), initial=10, acquire=10, rounds=2, pool_size=400,
+    c.active.update(strategies=STRATEGIES, seeds=(0, 1, 2), initial=10, acquire=10, rounds=2, pool_size=400,
                     mc_samples=5)
     if arg == "smoke":
         c.active.update(strategies=("random", "bald"), seeds=(0,), rounds=1, mc_samples=2)
