@@ -61,6 +61,22 @@ def smollm2_stand_in(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_bert(tmp_path_factory):
+    """A 2-layer random-init BERT classifier (2 labels) with the bundled MiniLM tokenizer, for trials run end to end
+    through the experiment code (real text in, a real vocabulary); returns its folder."""
+    import transformers
+
+    from adapt.models import load_tokenizer
+
+    tok = load_tokenizer("bundled:minilm-l6")
+    folder = random_hf_model(tmp_path_factory.mktemp("small_bert"), transformers.BertForSequenceClassification,
+                             transformers.BertConfig, vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, num_labels=2)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A random-init HF BERT sequence classifier (3 labels) saved by transformers; returns its folder."""
     import transformers

@@ -120,21 +120,6 @@ def test_the_script_exits_with_one_line(tmp_path):
 # ----- the loop, end to end on a tiny random-init BERT -----
 
 @pytest.fixture(scope="module")
-def small_bert(tmp_path_factory):
-    import torch
-    import transformers
-
-    folder = tmp_path_factory.mktemp("bert")
-    tok = load_tokenizer("bundled:minilm-l6")
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=64, num_labels=2)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)

@@ -9,26 +9,10 @@ import pytest
 
 from adapt.errors import ConfigError
 from adapt.experiment import base_config, run_trial
-from adapt.models import load_tokenizer
 from adapt.population import check_packable, program_key, run_population
 from adapt.results import read_metrics_jsonl
 
 WORDS = {"0": "market shares profit bank economy".split(), "1": "match goal season club player".split()}
-
-
-@pytest.fixture(scope="module")
-def small_bert(tmp_path_factory):
-    import torch
-    import transformers
-
-    folder = tmp_path_factory.mktemp("bert")
-    tok = load_tokenizer("bundled:minilm-l6")
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=64, num_labels=2)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
