@@ -17,7 +17,10 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")) +
                       glob.glob(os.path.join(ROOT, "experiments", "*", "*.py")))
 SETTINGS = {"experiments/bbc_tapt/config.py": ["smoke"],  # the named settings of the experiments, beside the default
             "experiments/dont_stop_pretraining/config.py": ["cpu", "reduced", "cpu,mix"],
-            "experiments/replay_forgetting/config.py": ["cpu", "smoke"]}
+            "experiments/replay_forgetting/config.py": ["cpu", "smoke"],
+            "experiments/bbc_headlines/config.py": ["cpu", "smoke"],
+            "experiments/augmentation/config.py": ["smoke"],
+            "experiments/active_learning/config.py": ["smoke"]}
 CASES = [(p, None) for p in CONFIG_FILES] + [(os.path.join(ROOT, p), a) for p, args in SETTINGS.items() for a in args]
 
 
