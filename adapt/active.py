@@ -333,6 +333,27 @@ def loop_folder(workdir: str, strategy: str, seed: int) -> str:
     return os.path.join(workdir, strategy, f"seed{seed}")
 
 
+def floor_records(records: list[dict], workdir: str, metric: str = "accuracy") -> list[dict]:
+    """The floors of the curves, as records :func:`summarize` takes: majority class and TF-IDF + LR
+    (:mod:`adapt.baselines`) fit, at each budget, on the labelled set random acquisition had there (each round's
+    own ``data`` section, from its ``config.json``), scored on the same test split."""
+    from adapt import baselines
+
+    out = {}
+    for rec in (r for r in records if r["strategy"] == "random"):
+        folder = loop_folder(workdir, rec["strategy"], rec["seed"])
+        for entry in rec["rounds"]:
+            with open(os.path.join(folder, f"round{entry['round']}", "config.json")) as f:
+                data = json.load(f)["data"]
+            rows = baselines.compute(data, ("majority", "tfidf"), select=metric)
+            for row, by_split in rows.items():
+                floor = out.setdefault((row, rec["seed"]), {"strategy": f"{row} (random's labels)",
+                                                            "seed": rec["seed"], "rounds": []})
+                floor["rounds"].append({"round": entry["round"], "budget": entry["budget"],
+                                        "test": {metric: by_split["test"][metric]}})
+    return list(out.values())
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> list[dict]:
     """Every loop of ``config.active`` (seeds outer, strategies inner) in ``workdir``; returns their records."""
     check(config)

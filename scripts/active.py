@@ -37,7 +37,8 @@ def main():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     started = time.time()
     records = active.run(config, args.workdir)
-    summary = active.summarize(records, config.active.metric)
+    summary = active.summarize(records + active.floor_records(records, args.workdir, config.active.metric),
+                               config.active.metric)
     text = active.to_markdown(summary)
     print("\n" + text)
     out = os.path.join(args.workdir, "results")

@@ -199,6 +199,20 @@ def test_the_loop_grows_disjoint_sets_and_resumes_to_the_same_acquisitions(small
     for a, b in zip(whole["rounds"], resumed["rounds"]):
         assert a["test"] == pytest.approx(b["test"], abs=1e-6)
 
+    # The curves' floors, fit at each budget on that round's labelled set (the loop read as random's)
+    os.makedirs(tmp_path / "floors" / "random")
+    os.symlink(tmp_path / "whole", tmp_path / "floors" / "random" / "seed0")
+    floors = {r["strategy"]: r for r in active.floor_records([{**whole, "strategy": "random"}], str(tmp_path / "floors"))}
+    assert set(floors) == {"Majority class (random's labels)", "TF-IDF + LR (random's labels)"}
+    assert [e["budget"] for e in floors["TF-IDF + LR (random's labels)"]["rounds"]] == [4, 7, 10]
+    test = [json.loads(line)["label"] for line in open(data["test"])]
+    for entry in floors["Majority class (random's labels)"]["rounds"]:  # the labelled set's most common label
+        train = [json.loads(line)["label"] for line in open(tmp_path / "whole" / f"round{entry['round']}" / "data" /
+                                                          "train.jsonl")]
+        assert len(train) == entry["budget"]
+        top = min(set(train), key=lambda y: (-train.count(y), y))  # a tie goes to the first label, sorted
+        assert entry["test"]["accuracy"] == pytest.approx(test.count(top) / len(test))
+
 
 @pytest.mark.slow
 def test_pool_outputs_equal_transformers(small_bert, data, tmp_path, compile_cache):
