@@ -8,7 +8,7 @@ How: prompts are sorted by length and cut into batches of ``batch_size``; a batc
 length (a power of two, at least 16) and, the last one, to a bucketed number of rows (a power of two), so every
 row's last token sits in the last column. Positions count a row's real tokens (the first at 0, as transformers
 derives them from the attention mask) and padding is never attended. One jitted program runs the prefill (the
-prompts through the model, every layer's keys and values written into a :class:`~adapt.models.layers.KVCache`
+prompts through the model, every layer's keys and values written into a :class:`~adapt.models.kv_cache.KVCache`
 of prompt + new-token slots, the latter ``max_new_tokens`` rounded up to a power of two) and a ``while_loop`` of
 one-token steps that ends when every row has stopped or ``max_new_tokens`` (data, not a constant) are out. Programs are cached by the model's structure (its ``nnx`` graph, not its parameter
 values), the padded shapes and the sampler, so evaluation during training compiles once. A model on a mesh
@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from adapt.errors import ConfigError
-from adapt.models import layers as L
+from adapt.models import kv_cache
 from adapt.models.registry import model_info
 from adapt.sharding import axis_rules, current_rules
 
@@ -121,7 +121,7 @@ def _program(graphdef, state, ids, mask, rows, limit, stops, seed, *, new: int, 
         backbone = info.backbone(model)
         virtual = backbone.prompt().shape[0] if hasattr(backbone, "prompt") else 0  # prompt tuning's tokens
         b, p = ids.shape
-        cache = L.KVCache.create(info.dims.num_layers, b, virtual + p + new, info.family.kv_shape(model.cfg),
+        cache = kv_cache.KVCache.create(info.dims.num_layers, b, virtual + p + new, info.family.kv_shape(model.cfg),
                                  jnp.dtype(model.cfg.dtype))
         lengths = mask.sum(axis=1)  # [B]
         positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)  # [B, P]: real tokens from 0

@@ -11,6 +11,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.models import kv_cache
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
 from adapt.sharding import shard
@@ -53,7 +54,7 @@ class GPT2Attention(nnx.Module):
         self.c_attn = L.linear(d, 3 * d, ("embed", "heads"), bias=True, std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
         self.c_proj = L.linear(d, d, ("heads", "embed"), bias=True, std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
 
-    def __call__(self, x, mask, rngs, cache: L.LayerCache | None = None):  # x [B, T, D]
+    def __call__(self, x, mask, rngs, cache: kv_cache.LayerCache | None = None):  # x [B, T, D]
         """``mask [B, T, T]``; with a ``cache``, ``[B, T, S]`` over its slots (whose keys and values it reads)."""
         cfg = self.cfg
         b, t, d = x.shape
@@ -89,7 +90,7 @@ class GPT2Block(nnx.Module):
         self.ln_2 = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
         self.mlp = GPT2MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, mask, rngs, cache: L.LayerCache | None = None):
+    def __call__(self, x, mask, rngs, cache: kv_cache.LayerCache | None = None):
         p = self.cfg.resid_dropout
         x = x + L.dropout(self.attn(self.ln_1(x), mask, rngs, cache), p, rngs)
         x = x + L.dropout(self.mlp(self.ln_2(x)), p, rngs)
@@ -108,7 +109,7 @@ class GPT2Model(nnx.Module):
         self.ln_f = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
-                 cache: L.KVCache | None = None):
+                 cache: kv_cache.KVCache | None = None):
         segments = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
         if positions is None:
             positions = L.default_positions(segments)
@@ -135,7 +136,7 @@ class GPT2LMHeadModel(nnx.Module):
         self.transformer = GPT2Model(cfg, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
-                 cache: L.KVCache | None = None):
+                 cache: kv_cache.KVCache | None = None):
         x = self.transformer(input_ids, attention_mask, positions, rngs=rngs, cache=cache)
         if cache is not None:
             x = x[:, -1:]  # generation reads the next token only (left padding puts every row's last token here)

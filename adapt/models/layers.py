@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 import zlib
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,9 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from adapt.sharding import shard
+
+if TYPE_CHECKING:  # kv_cache imports nothing from here; the name is for the annotation only
+    from adapt.models import kv_cache
 
 _ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -274,7 +278,7 @@ def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None =
 # ---- prompt and prefix tuning (adapt.methods.prefix): the identity unless a method installed a module ----
 
 def prepend_prompt(backbone: nnx.Module, x: jax.Array, segments: jax.Array, positions: jax.Array | None = None,
-                   cache: KVCache | None = None):
+                   cache: kv_cache.KVCache | None = None):
     """Prompt tuning's hook, called on the first layer's input. With a ``backbone.prompt`` module (whose
     call gives the virtual tokens ``[P, D]``): ``x [B, T, D]`` -> ``[B, P+T, D]`` with the prompt in front
     of every row, ``segments`` -> ``[B, P+T]`` (-1 for the prompt) and ``positions`` -> ``[B, P+T]`` (-P..-1
@@ -315,92 +319,6 @@ def prepend_prefix(attn: nnx.Module, k: jax.Array, v: jax.Array, mask: jax.Array
 
 
 # ---- the KV cache of generation (adapt.models.generate): only used when a model call is given one ----
-
-@functools.partial(jax.tree_util.register_dataclass, data_fields=("keys", "values", "segments", "index"),
-                   meta_fields=("fresh",))
-@dataclasses.dataclass
-class KVCache:
-    """Every attention layer's keys and values, for decoding one token at a time. Slot ``s`` of the buffers
-    (``keys``/``values``: one ``[B, K, S, H]`` per layer, heads before slots so that a step's attention reads
-    them without a transpose) holds the token a call wrote there; ``segments [B, S]`` what each slot holds, as
-    :func:`attention_mask` reads segment ids (0: nothing or padding, never attended; 1: a token; -1: a virtual
-    token of prompt tuning); ``index`` is the first slot the next call writes.
-
-    A model call given the cache (``model(ids, mask, positions, cache=cache)``) writes its T tokens at slots
-    ``index..index+T-1`` and attends over every slot, so T = 1 decodes one token after the earlier ones. The
-    call updates the cache object in place (its arrays are replaced by the written ones): a jitted step returns
-    the object it passed in. ``fresh`` (static): nothing written yet, so the call starts the sequence (prompt
-    tuning's virtual tokens go in front of it)."""
-    keys: list
-    values: list
-    segments: jax.Array  # [B, S] int32
-    index: jax.Array  # [] int32
-    fresh: bool = True
-
-    @classmethod
-    def create(cls, layers: int, batch: int, length: int, kv_shape: tuple[int, int], dtype) -> KVCache:
-        """An empty cache of ``length`` slots for ``layers`` attention layers of ``kv_shape`` (K, H)."""
-        k, h = kv_shape
-
-        def buffer():
-            return shard(jnp.zeros((batch, k, length, h), dtype), _CACHE_AXES)
-
-        return cls([buffer() for _ in range(layers)], [buffer() for _ in range(layers)],
-                   jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
-
-    def attend(self, segments: jax.Array, windows) -> dict:
-        """Reserve the slots of this call's tokens (``segments [B, T]``, after :func:`prepend_prompt`) and
-        return, for each sliding ``window`` in ``windows`` (None: none), the mask ``[B, T, S]`` over the slots
-        that :func:`attention_mask` gives the whole sequence's rows of these tokens. The attention layers then
-        write their keys and values into the reserved slots (:meth:`LayerCache.attention`)."""
-        t, s = segments.shape[1], self.segments.shape[1]
-        self.segments = jax.lax.dynamic_update_slice(self.segments, segments.astype(jnp.int32), (0, self.index))
-        q_idx, k_idx = self.index + jnp.arange(t)[:, None], jnp.arange(s)[None, :]  # [T, 1], [1, S] slots
-        seg_q, seg_k = segments[:, :, None], self.segments[:, None, :]
-        causal = (k_idx <= q_idx)[None] & (seg_k != 0)
-        seen = causal & (seg_k < 0) & (seg_q != 0)  # the virtual tokens, whatever the window
-        masks = {w: (causal & (seg_q == seg_k) & ((q_idx - k_idx < w)[None] if w is not None else True)) | seen
-                 for w in windows}
-        self.index, self.fresh = self.index + t, False
-        return masks
-
-    def layer(self, i: int) -> LayerCache:
-        return LayerCache(self, i)
-
-
-_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
-
-
-@dataclasses.dataclass
-class LayerCache:
-    """Layer ``i``'s view of a :class:`KVCache`, handed to its attention module."""
-    cache: KVCache
-    i: int
-
-    def attention(self, attn: nnx.Module, q, k, v, mask, *, scale: float):
-        """The cache path of an attention module ``attn``: this call's keys and values ``[B, T, K, H]`` (after
-        RoPE) go into the slots :meth:`KVCache.attend` reserved, then q ``[B, T, N, H]`` attends over every slot
-        (``mask [B, T, S]``) and over ``attn``'s prefix (prefix tuning, as :func:`prepend_prefix`: seen by every
-        query) -> ``[B, T, N, H]``. :func:`dot_product_attention` without dropout, on the cache's layout."""
-        c, start = self.cache, (0, 0, self.cache.index - k.shape[1], 0)
-        for buffers, new in ((c.keys, k), (c.values, v)):
-            update = new.transpose(0, 2, 1, 3).astype(buffers[self.i].dtype)  # [B, K, T, H]
-            buffers[self.i] = shard(jax.lax.dynamic_update_slice(buffers[self.i], update, start), _CACHE_AXES)
-        k, v = c.keys[self.i], c.values[self.i]  # [B, K, S, H]
-        prefix = getattr(attn, "prefix", None)
-        if prefix is not None:
-            pk, pv = (jnp.broadcast_to(p.transpose(1, 0, 2).astype(k.dtype), (k.shape[0], p.shape[1], *p.shape[::2]))
-                      for p in prefix())  # [P, K, H] -> [B, K, P, H]
-            k, v = jnp.concatenate([pk, k], axis=2), jnp.concatenate([pv, v], axis=2)
-            mask = jnp.concatenate([jnp.ones((*mask.shape[:2], pk.shape[2]), bool), mask], axis=-1)
-        b, t, n, h = q.shape
-        kv, s = k.shape[1], k.shape[2]
-        q = q.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, -1, h)  # [B, K, G*T, H]
-        logits = jnp.matmul(q, k.swapaxes(2, 3), preferred_element_type=jnp.float32).reshape(b, kv, -1, t, s)
-        probs = jax.nn.softmax(jnp.where(mask[:, None, None], logits * scale, jnp.finfo(jnp.float32).min), axis=-1)
-        out = jnp.matmul(probs.reshape(b, kv, -1, s).astype(v.dtype), v)  # [B, K, G*T, H]
-        out = out.reshape(b, kv, n // kv, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-        return shard(out, ("batch", "length", "heads", "head_dim"))
 
 
 def _query_blocks(t: int, s: int, causal: bool) -> list[tuple[int, int]]:

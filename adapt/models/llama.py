@@ -11,6 +11,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.models import kv_cache
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
 from adapt.sharding import shard
@@ -78,7 +79,7 @@ class LlamaAttention(nnx.Module):
             self.q_norm = L.rms_norm(h, cfg.rms_eps, dtype=dt, rngs=rngs)
             self.k_norm = L.rms_norm(h, cfg.rms_eps, dtype=dt, rngs=rngs)
 
-    def __call__(self, x, mask, positions, inv_freq, rngs, cache: L.LayerCache | None = None):  # x [B, T, D]
+    def __call__(self, x, mask, positions, inv_freq, rngs, cache: kv_cache.LayerCache | None = None):  # x [B, T, D]
         """``mask [B, T, T]``; with a ``cache``, ``[B, T, S]`` over its slots (whose keys and values it reads)."""
         cfg = self.cfg
         b, t, _ = x.shape
@@ -119,7 +120,7 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
         self.mlp = LlamaMLP(cfg, rngs=rngs)
 
-    def __call__(self, x, mask, positions, inv_freq, rngs, cache: L.LayerCache | None = None):
+    def __call__(self, x, mask, positions, inv_freq, rngs, cache: kv_cache.LayerCache | None = None):
         p = self.cfg.hidden_dropout
         x = x + L.dropout(self.self_attn(self.input_layernorm(x), mask, positions, inv_freq, rngs, cache), p, rngs)
         x = x + L.dropout(self.mlp(self.post_attention_layernorm(x)), p, rngs)
@@ -137,7 +138,7 @@ class LlamaModel(nnx.Module):
         self.norm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
-                 cache: L.KVCache | None = None):
+                 cache: kv_cache.KVCache | None = None):
         """``attention_mask [B, T]``: 0 for padding, else a document id (a packed row numbers its
         documents 1, 2, ...); ``positions [B, T]`` default to restarting at 0 per document. With a ``cache``
         (generation) the tokens follow those it holds: give their ``positions``."""
@@ -171,7 +172,7 @@ class LlamaForCausalLM(nnx.Module):
                                     std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
-                 cache: L.KVCache | None = None):
+                 cache: kv_cache.KVCache | None = None):
         x = self.model(input_ids, attention_mask, positions, rngs=rngs, cache=cache)
         if cache is not None:
             x = x[:, -1:]  # generation reads the next token only (left padding puts every row's last token here)

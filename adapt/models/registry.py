@@ -21,7 +21,7 @@ The contract a family's modules keep, besides what :class:`Family` declares:
 * Transformer layers sit in a numbered list (:attr:`Family.layers`), each run through
   :func:`adapt.models.layers.run_layer` (rematerialisation).
 * Every model class has ``cfg``, the family config, whose ``hf`` is the HF config (export writes it).
-* A family that declares ``kv_cache`` (generation) takes ``cache=`` (:class:`adapt.models.layers.KVCache`) in its
+* A family that declares ``kv_cache`` (generation) takes ``cache=`` (:class:`adapt.models.kv_cache.KVCache`) in its
   causal-LM head and backbone: the backbone passes it to ``prepend_prompt``, masks with ``cache.attend`` and
   hands layer i ``cache.layer(i)``, whose ``attention`` each attention module calls with its queries, keys and
   values (after RoPE) instead of ``prepend_prefix`` and ``dot_product_attention``; the head then gives the
@@ -78,7 +78,7 @@ class Family:
     layers: str  # dotted path of the numbered transformer layers under the backbone ("layers", "encoder.layer")
     embeddings: tuple[str, ...]  # dotted paths of the input embeddings under the backbone ("embed_tokens")
     # ---- what generation (adapt.models.generate) reads
-    # The causal-LM head takes ``cache=`` (an adapt.models.layers.KVCache of kv_shape per layer) and fills it.
+    # The causal-LM head takes ``cache=`` (an adapt.models.kv_cache.KVCache of kv_shape per layer) and fills it.
     kv_cache: bool = False
     max_positions: Callable | None = None  # family config -> the most positions a sequence may have (None: no limit)
     # ---- checkpoint mapping details
