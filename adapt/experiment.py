@@ -26,7 +26,7 @@ from flax import nnx
 
 from adapt import configs, evalsets, generation_eval, methods, predictions, quality, tasks
 from adapt.data.batches import eval_batches
-from adapt.data.pipeline import check_mixture, data_defaults, prepare, save_labels, train_stream
+from adapt.data.pipeline import check_mixture, data_defaults, prepare, records, save_labels, train_stream
 from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
@@ -80,11 +80,14 @@ class TrialSetup:
     trainer: Trainer
     sets: dict  # name -> adapt.evalsets.EvalSet
     _generated: dict = dataclasses.field(default_factory=dict)  # split -> generation_eval.GenerationEval
+    _records: dict | None = None  # the raw examples per split, read (and quality-checked) once, for generation
 
     def generated(self, split: str) -> generation_eval.GenerationEval:
         """``split`` evaluated by generation (built once per split)."""
         if split not in self._generated:
-            self._generated[split] = generation_eval.GenerationEval(self, split)
+            if self._records is None:
+                self._records = records(self.config.data)
+            self._generated[split] = generation_eval.GenerationEval(self, split, self._records)
         return self._generated[split]
 
     def eval_batches(self, split: str):

@@ -21,7 +21,6 @@ import numpy as np
 from adapt import textmetrics
 from adapt.data.batches import eval_batches
 from adapt.data.formats import sft_prompt
-from adapt.data.pipeline import records
 from adapt.errors import ConfigError
 
 
@@ -68,11 +67,11 @@ class GenerationEval:
 
     at_start = False
 
-    def __init__(self, trial, split: str):
+    def __init__(self, trial, split: str, data: dict):
+        """``data``: the trial's raw examples per split (:func:`adapt.data.pipeline.records`)."""
         config = trial.config
         self.trial, self.split = trial, split
         self.generation = generation_config(config.generation)
-        data = records(config.data)
         rows = data[split][:examples(config, split)]
         column, answer = config.data.prompt_column, config.data.response_column
         shots = []
