@@ -99,6 +99,18 @@ def _download(task: str, split: str, path: str, local: str) -> None:
                           f"to a folder with scibert/{LOCAL_FOLDER[task]}/") from None
 
 
+def _bc5cdr() -> dict:
+    """BC5CDR chemical and disease mentions (one entity type, ``Entity``, BIO-tagged) as CoNLL columns, from the local
+    data folder's ``scibert/ner/bc5cdr`` (no download: SciBERT's release has no checksummed copy of it)."""
+    folder = os.path.join(data_dir(), "scibert", "ner", "bc5cdr")
+    files = {s: os.path.join(folder, f"{s}.txt") for s in SPLITS}
+    missing = [p for p in files.values() if not os.path.isfile(p)]
+    if missing:
+        raise ConfigError(f"benchmark bc5cdr: {missing[0]} is missing; put SciBERT's data/ner/bc5cdr files in "
+                          f"{folder} or set ADAPT_DATA_DIR to a folder with scibert/ner/bc5cdr/")
+    return {"files": files, "format": "conll"}
+
+
 HEADLINE_PROMPT = "Write a headline for this news story.\n\n"
 
 
@@ -145,6 +157,7 @@ BENCHMARKS = {
     "chemprot": (lambda: _scibert("chemprot"), "micro_f1"),
     "citation_intent": (lambda: _scibert("citation_intent"), "macro_f1"),
     "sciie": (lambda: _scibert("sciie"), "macro_f1"),
+    "bc5cdr": (lambda: _bc5cdr(), "span_f1"),
 }
 
 
@@ -158,4 +171,6 @@ def apply(config, name: str) -> None:
     for key, value in data().items():  # replaced whole (update() would merge into the locked dicts)
         config.data[key] = value
     config.benchmark = name
+    if config.data.format == "conll":  # a tagging benchmark trains the token classification head
+        config.model.task = "token_classification"
     config.train.early_stopping.metric = f"dev/{metric}"

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, evalsets, generation_eval, methods, predictions, quality, tasks
+from adapt import configs, evalsets, generation_eval, methods, multitask, predictions, quality, tasks
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import check_mixture, data_defaults, prepare, records, save_labels, train_stream
 from adapt.errors import ConfigError
@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.generation = generation_eval.defaults()  # sft: generate at evaluation and score the answers
     c.export = ml_collections.ConfigDict(dict(model=False))  # write export/ (a later stage starts from it)
     c.init_from = ""  # a previous stage's export folder: the model (and tokenizer) to start from
+    c.init_task = ""  # init_from a multi-task export: the task whose model to start from (default: benchmark)
+    c.multitask = multitask.defaults()  # tasks: one shared backbone, one head per task (adapt/multitask.py)
     c.benchmark = ""  # the named benchmark (adapt.benchmarks) whose data the config reads, if any
     c.lock()
     c.method.unlock()
@@ -81,6 +83,7 @@ class TrialSetup:
     sets: dict  # name -> adapt.evalsets.EvalSet
     _generated: dict = dataclasses.field(default_factory=dict)  # split -> generation_eval.GenerationEval
     _records: dict | None = None  # the raw examples per split, read (and quality-checked) once, for generation
+    tasks: multitask.MultiTaskData | None = None  # a multi-task trial's tasks (then ``splits`` is theirs)
 
     def generated(self, split: str) -> generation_eval.GenerationEval:
         """``split`` evaluated by generation (built once per split)."""
@@ -91,6 +94,8 @@ class TrialSetup:
         return self._generated[split]
 
     def eval_batches(self, split: str):
+        if self.tasks is not None:
+            return self.tasks.eval_batches(split, self.config.eval.batch_size)
         return eval_batches(self.splits[split], self.config.eval.batch_size, name=split)
 
     def evaluate(self, state, split: str, known: dict | None = None) -> dict:
@@ -118,11 +123,14 @@ def _under(metrics: dict, prefix: str) -> dict:
 
 
 def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
+    multi = multitask.enabled(config)
     task = tasks.get(config.model.task)
-    if config.data.format not in task.formats:
+    if multi:  # the tasks' own keys instead of data.format and model.task: one line each, before anything is read
+        multitask.specs(config)
+    elif config.data.format not in task.formats:
         raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task.name!r}; expected one of "
                           f"{task.formats}")
-    if task.objective is None:
+    if task.objective is None and not multi:
         raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
     check_mixture(config.data)  # bad weights, stages or sets: one line each, before anything is read
     if generation_eval.enabled(config):
@@ -131,22 +139,30 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
         evalsets.data_section(config, name, spec)
     mesh, rules = run_mesh(config), normalize_rules(config.mesh.rules)
     batch_sharding(mesh, rules, config.train.batch_size)  # a batch the data axes do not divide: one line, now
-    source = config.init_from or config.model.name
+    source = multitask.init_source(config)
     tokenizer = load_tokenizer(source)
-    splits, _ = prepare(config.data, tokenizer)
-    labels = splits.get("labels")
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
     # Straight onto the mesh: each device receives only its shards, one tensor read at a time.
-    model = from_pretrained(source, task=task.name, dtype=config.model.dtype, seed=config.train.seed,
-                            head_warmup_steps=config.train.get("head_warmup_steps", 0), mesh=mesh, rules=rules,
-                            **task.head_args(labels), **dropouts)
+    load = dict(dtype=config.model.dtype, seed=config.train.seed, mesh=mesh, rules=rules,
+                head_warmup_steps=config.train.get("head_warmup_steps", 0), **dropouts)
+    data = None
+    if multi:
+        data = multitask.prepare_tasks(config, tokenizer)
+        splits = data.splits
+        model = multitask.build_model(data, source, **load)
+        objective = data.objective(tokenizer, config)
+    else:
+        splits, _ = prepare(config.data, tokenizer)
+        labels = splits.get("labels")
+        model = from_pretrained(source, task=task.name, **task.head_args(labels), **load)
+        objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
     fresh = fresh_paths(model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
     model = method.apply(model, nnx.Rngs(config.train.seed))
     sets = evalsets.build(config, tokenizer, model, source, mesh=mesh, rules=rules)
-    objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
     return TrialSetup(config, tokenizer, splits, method,
-                      Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh), sets)
+                      Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh), sets,
+                      tasks=data)
 
 
 def run_mesh(config: ml_collections.ConfigDict):
@@ -183,7 +199,8 @@ def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None
     if "quality" in splits:  # data.quality's report on the data this trial trains on
         write_json(os.path.join(workdir, "quality.json"), splits["quality"])
     eval_splits = [s for s in config.eval.splits if s in splits]
-    train = train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
+    train = trial.tasks.train_stream(config) if trial.tasks else \
+        train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
     watched = {f"dev/{name}": s for name, s in trial.sets.items()}  # at step 0 and at every evaluation
     first = {s: trial.generated(s) if generation_eval.enabled(config) else (lambda s=s: trial.eval_batches(s))
@@ -213,8 +230,7 @@ def finish_trial(started: StartedTrial, fit) -> dict:
     if "quality" in trial.splits:  # found / dropped per check: numbers, so the results database keeps them
         results["quality"] = quality.counts(trial.splits["quality"])
     if config.export.model:
-        model = trainer.best_model(best)
-        save_pretrained(trial.method.merge(model), os.path.join(workdir, "export"), tokenizer=trial.tokenizer)
+        _export(trial, trainer.best_model(best), os.path.join(workdir, "export"))
     if jax.process_index() == 0:
         write_json(os.path.join(workdir, "results.json"), results)
     return results
@@ -266,5 +282,16 @@ def export_run(workdir: str, out: str, *, peft: bool = False, checkpoint: str = 
     if peft:
         from adapt.methods.peft import save_peft
 
-        return save_peft(model, trial.method, out, base_model=trial.config.init_from or trial.config.model.name)
-    return save_pretrained(trial.method.merge(model), out, tokenizer=trial.tokenizer)
+        if trial.tasks:
+            raise ConfigError(f"{workdir}: a multi-task run exports merged models per task, not a PEFT adapter")
+        return save_peft(model, trial.method, out, base_model=multitask.init_source(trial.config))
+    return _export(trial, model, out)
+
+
+def _export(trial: TrialSetup, model, out: str) -> str:
+    """The trained model merged into plain weights in HF layout with the tokenizer (a multi-task model: one folder
+    per task, :func:`adapt.multitask.export`)."""
+    merged = trial.method.merge(model)
+    if trial.tasks:
+        return multitask.export(merged, out, trial.tokenizer)
+    return save_pretrained(merged, out, tokenizer=trial.tokenizer)

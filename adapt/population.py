@@ -91,6 +91,9 @@ def run_population(configs: list, workdirs: list[str]) -> list:
     if len(configs) == 1:
         return [run_trial(configs[0], workdirs[0])]
     check_packable(configs)
+    if configs[0].get("multitask", {}).get("tasks"):  # members would draw batches of different tasks' shapes
+        raise ConfigError("multitask.tasks: multi-task trials train one at a time, not as a population "
+                          "(--pack=1)")
     started = []
     for config, workdir in zip(configs, workdirs):
         started.append(start_trial(config, workdir))

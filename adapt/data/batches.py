@@ -121,12 +121,14 @@ class Mixture:
     (sequences), not of tokens; for packed LM rows, whose every position is a token, the two coincide.
     ``tokens``: the tokens each source gave the global batches so far (:func:`_tokens`; every process counts
     the whole batch, so all agree), ``token_shares()`` their shares. ``steps_per_epoch``: one pass over the
-    most-weighted source of the first stage."""
+    most-weighted source of the first stage. ``per_batch``: every row of a batch comes from one source, drawn per
+    batch with the weights (multi-task training's batches of one task each); else each row draws its own."""
 
     def __init__(self, streams: dict[str, RowStream], weights: Weights | list[tuple[int, Weights]], batch_size: int,
                  *, seed: int, buckets=DEFAULT_BUCKETS, process_index: int | None = None,
-                 process_count: int | None = None):
+                 process_count: int | None = None, per_batch: bool = False):
         self.streams, self.batch_size, self.seed, self.buckets = streams, batch_size, seed, buckets
+        self.per_batch = per_batch
         self.names = list(streams)
         stages = [(0, weights)] if isinstance(weights, dict) else list(weights)
         self.starts = [int(step) for step, _ in stages]
@@ -150,8 +152,11 @@ class Mixture:
     def next_batch(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.step, 7])
         probs = self.probs[bisect.bisect_right(self.starts, self.step) - 1]  # the stage this step is in
-        choice = rng.choice(len(self.names), size=self.batch_size, p=probs) if len(self.names) > 1 \
-            else np.zeros(self.batch_size, np.int64)
+        if len(self.names) == 1:
+            choice = np.zeros(self.batch_size, np.int64)
+        else:
+            choice = rng.choice(len(self.names), size=1 if self.per_batch else self.batch_size, p=probs)
+            choice = np.broadcast_to(choice, (self.batch_size,))
         self.step += 1
         picked = []
         for s, name in enumerate(self.names):

@@ -262,8 +262,10 @@ class BertForSequenceClassification(nnx.Module):
         self.classifier = bert_dense(cfg, cfg.hidden_size, cfg.num_labels, ("embed", "labels"), rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None):
-        pooled = self.bert.pooler(self.bert(input_ids, attention_mask, token_type_ids, rngs=rngs))  # [B, D]
-        logits = self.classifier(L.dropout(pooled, self.cfg.classifier_dropout, rngs))
+        return self.head(self.bert(input_ids, attention_mask, token_type_ids, rngs=rngs), self.bert, rngs)
+
+    def head(self, x, backbone: BertModel, rngs):  # [B, T, D] -> [B, C]
+        logits = self.classifier(L.dropout(backbone.pooler(x), self.cfg.classifier_dropout, rngs))
         return shard(logits.astype(jnp.float32), ("batch", "labels"))
 
 
@@ -279,7 +281,10 @@ class BertForTokenClassification(nnx.Module):
         self.classifier = bert_dense(cfg, cfg.hidden_size, cfg.num_labels, ("embed", "labels"), rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None):
-        x = getattr(self, self.prefix)(input_ids, attention_mask, token_type_ids, rngs=rngs)
+        backbone = getattr(self, self.prefix)
+        return self.head(backbone(input_ids, attention_mask, token_type_ids, rngs=rngs), backbone, rngs)
+
+    def head(self, x, backbone, rngs):  # [B, T, D] -> [B, T, C]
         logits = self.classifier(L.dropout(x, self.cfg.classifier_dropout, rngs))
         return shard(logits.astype(jnp.float32), ("batch", "length", "labels"))
 

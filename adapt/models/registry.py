@@ -21,6 +21,9 @@ The contract a family's modules keep, besides what :class:`Family` declares:
 * Transformer layers sit in a numbered list (:attr:`Family.layers`), each run through
   :func:`adapt.models.layers.run_layer` (rematerialisation).
 * Every model class has ``cfg``, the family config, whose ``hf`` is the HF config (export writes it).
+* A classification head class that multi-task training can put on a shared backbone
+  (:class:`adapt.models.multitask.MultiTask`) splits its call as ``head(x [B, T, D], backbone, rngs)``: the
+  logits from the backbone's output, reading nothing of the backbone but through ``backbone`` (BERT's pooler).
 * A family that declares ``kv_cache`` (generation) takes ``cache=`` (:class:`adapt.models.kv_cache.KVCache`) in its
   causal-LM head and backbone: the backbone passes it to ``prepend_prompt``, masks with ``cache.attend`` and
   hands layer i ``cache.layer(i)``, whose ``attention`` each attention module calls with its queries, keys and
@@ -133,14 +136,10 @@ class ModelInfo:
     head: str  # the model head it was built as ("causal_lm", "sequence_classification", ...)
     dims: Dims
     backbone_path: str  # "" for a bare backbone, else the family's base prefix
+    heads: tuple[str, ...]  # dotted path prefixes of the task head(s) (what a base checkpoint lacks: the classifier)
 
     def backbone(self, model: nnx.Module) -> nnx.Module:
         return getattr(model, self.backbone_path) if self.backbone_path else model
-
-    @property
-    def heads(self) -> tuple[str, ...]:
-        """Dotted path prefixes of the task head (what a base checkpoint lacks: the classifier)."""
-        return self.family.head_paths.get(self.head, ())
 
     def _inner(self, name: str) -> str | None:
         """``name`` relative to the backbone, or None when it lies outside it."""
@@ -170,15 +169,26 @@ class ModelInfo:
         return [m for _, m in nnx.iter_modules(model) if isinstance(m, self.family.attention)]
 
 
+def head_of(cls: type) -> tuple[Family, str]:
+    """The family and the head (``"sequence_classification"``, ...) a model class is registered as."""
+    _import_families()
+    if cls not in _CLASSES:
+        raise ConfigError(f"{cls.__name__} is not a model head of a registered family (adapt.models.registry.register)")
+    return _CLASSES[cls]
+
+
 def model_info(model: nnx.Module) -> ModelInfo:
     """The family facts of a model built by a registered family (``from_pretrained`` or the class itself)."""
+    from adapt.models.multitask import MultiTask
+
     _import_families()
-    if type(model) not in _CLASSES:
-        raise ConfigError(f"{type(model).__name__} is not a model head of a registered family "
-                          f"(adapt.models.registry.register)")
-    family, head = _CLASSES[type(model)]
+    if isinstance(model, MultiTask):  # one backbone under a head per task: its heads are the tasks' heads
+        family = model_info(model.backbone).family
+        return ModelInfo(family, "multi_task", family.dims(model.cfg), family.base_prefix, model.head_prefixes())
+    family, head = head_of(type(model))
     has_backbone = isinstance(getattr(model, family.base_prefix, None), nnx.Module)
-    return ModelInfo(family, head, family.dims(model.cfg), family.base_prefix if has_backbone else "")
+    return ModelInfo(family, head, family.dims(model.cfg), family.base_prefix if has_backbone else "",
+                     family.head_paths.get(head, ()))
 
 
 _LEAF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}

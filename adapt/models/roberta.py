@@ -73,7 +73,9 @@ class RobertaForSequenceClassification(nnx.Module):
         self.classifier = RobertaClassificationHead(cfg, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None):
-        x = self.roberta(input_ids, attention_mask, token_type_ids, rngs=rngs)
+        return self.head(self.roberta(input_ids, attention_mask, token_type_ids, rngs=rngs), self.roberta, rngs)
+
+    def head(self, x, backbone, rngs):  # [B, T, D] -> [B, C]
         return shard(self.classifier(x, rngs).astype(jnp.float32), ("batch", "labels"))
 
 

@@ -253,7 +253,7 @@ class Trainer:
             out, pred, per_example = steps.eval(state, batch, i)
             sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
             if pred is not None:
-                predictions.append((to_host(pred), to_host(batch["labels"])))
+                predictions.append(jax.tree.map(to_host, (pred, batch["labels"])))
             if examples and per_example is not None:
                 rows += _example_rows(batch, {k: to_host(v) for k, v in per_example.items()})
         if sums is None:

@@ -224,6 +224,46 @@ def span_f1(predictions: list[tuple[np.ndarray, np.ndarray]], label_names) -> di
     return {"span_precision": precision, "span_recall": recall, "span_f1": f1}
 
 
+@dataclasses.dataclass(frozen=True)
+class MultiTask(Objective):
+    """Several tasks' objectives over one model's outputs ``{task: logits}`` (:mod:`adapt.models.multitask`), each
+    with its own labels, ``batch["labels"] = {task: [B] or [B, T]}`` (-100 where a row is not that task's). The
+    sums hold each task's own under its name and their totals: ``loss_sum`` = sum over tasks of ``weight_k *``
+    task k's summed loss, ``weight`` = the labels counted over all tasks. So a batch drawn from one task (as
+    :mod:`adapt.multitask` draws them) steps on ``weight_k *`` that task's mean loss, exactly under gradient
+    accumulation. ``summarize`` gives each task's metrics as ``<task>/<metric>`` (of tasks with labels in the
+    sums), the total ``loss`` and ``mean_score``: the mean over those tasks of each one's ``scores`` metric."""
+    tasks: tuple[tuple[str, Objective], ...]  # (name, objective) per task
+    weights: tuple[float, ...]  # loss weight per task
+    scores: tuple[str, ...]  # the metric per task that mean_score averages
+
+    def loss(self, outputs, batch):  # outputs {task: logits}
+        sums, predictions = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0}, {}
+        for (name, objective), w in zip(self.tasks, self.weights):
+            own, pred = objective.loss(outputs[name], {**batch, "labels": batch["labels"][name]})
+            sums[name] = own
+            sums["loss_sum"] += w * own["loss_sum"]
+            sums["weight"] += own["weight"]
+            sums["correct"] += own["correct"]
+            if pred is not None:
+                predictions[name] = pred
+        return sums, predictions or None
+
+    def summarize(self, sums, predictions=None) -> dict:
+        out = _mean_metrics(sums)
+        scores = []
+        for (name, objective), score in zip(self.tasks, self.scores):
+            if float(sums[name]["weight"]) == 0:  # no example of this task in what was summed
+                continue
+            own = [(p[name], labels[name]) for p, labels in predictions or () if name in p] or None
+            metrics = objective.summarize(sums[name], own)
+            out.update({f"{name}/{k}": v for k, v in metrics.items()})
+            scores.append(metrics.get(score))
+        if scores and None not in scores:  # (training logs have no span F1: it needs the predictions)
+            out["mean_score"] = float(np.mean(scores))
+        return out
+
+
 # ---- the task kinds these objectives train (adapt.tasks): one registration each ----------------------------
 
 def _masked_lm(inputs: tasks.TaskInputs) -> MaskedLM:
