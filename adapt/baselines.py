@@ -22,9 +22,13 @@ Generation (``data.format="sft"``) has ``lead``: the answer is the first words o
 (Lead-N, the summarisation floor; for a headline, the story's opening words), N the median word count of the
 train responses; scored by the trials' own metrics of generated text (:mod:`adapt.textmetrics`).
 
-Only single-label classification (``data.format="classification"``, ``label_type="category"``) and generation
-have baselines; token classification, regression and language-model data have none (:func:`compute` returns
-``{}``). A training ``mixture`` is not what these are fit on: they train on the section's own train split.
+Token classification (``data.format="conll"``) has ``majority`` as the tagging floor: each word gets the tag it
+carries most often in train (a word train never saw, and a tie, the most frequent tag overall), scored by span F1
+(:func:`adapt.training.objectives.span_f1`) on every word of each sentence (a trial scores the words its
+``max_length`` keeps).
+
+Only single-label classification (``data.format="classification"``, ``label_type="category"``), tagging and
+generation have baselines; regression and language-model data have none (:func:`compute` returns ``{}``). A training ``mixture`` is not what these are fit on: they train on the section's own train split.
 """
 
 from __future__ import annotations
@@ -83,6 +87,44 @@ def _lead(data, names, limits=None) -> tuple[dict, dict] | None:
     answers = {s: [" ".join(str(r[cfg.prompt_column]).split("\n\n")[-1].split()[:n]) for r in recs]
                for s, recs in rows.items()}
     return refs, {NAMES["lead"]: answers}
+
+
+def tagging(data) -> bool:
+    """Whether ``data`` is CoNLL token classification, which the word-level ``majority`` baseline is for."""
+    return _section(data).format == "conll"
+
+
+def _majority_tags(data, names) -> tuple[dict, dict] | None:
+    """``(gold {split: [tags]}, {row: {split: [tags]}})`` of the per-word majority tag on every split but train;
+    None when it does not apply."""
+    from collections import Counter
+
+    _known(names)
+    if "majority" not in names or not tagging(data):
+        return None
+    cfg = _section(data)
+    splits = {s: formats.read_conll(p, token_column=cfg.conll_token_column, tag_column=cfg.conll_tag_column)
+              for s, p in cfg.files.items()}
+    if "train" not in splits:
+        raise ConfigError("data.files has no 'train' split: the majority tags are counted on it")
+    counts, overall = {}, Counter()
+    for words, tags in splits["train"]:
+        overall.update(tags)
+        for w, t in zip(words, tags):
+            counts.setdefault(w, Counter())[t] += 1
+    default = overall.most_common(1)[0][0]
+
+    def tag(word):
+        c = counts.get(word)
+        if not c:
+            return default
+        top = max(c.values())
+        best = [t for t, n in c.items() if n == top]
+        return best[0] if len(best) == 1 else default
+
+    gold = {s: [tags for _, tags in sents] for s, sents in splits.items() if s != "train"}
+    predicted = {s: [[tag(w) for w in words] for words, _ in sents] for s, sents in splits.items() if s != "train"}
+    return gold, {NAMES["majority"]: predicted}
 
 
 def _texts(cfg, recs) -> list[str]:
@@ -149,6 +191,13 @@ def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_s
         refs, predicted = lead
         return {row: {s: textmetrics.scores(refs[s], answers) for s, answers in by_split.items()}
                 for row, by_split in predicted.items()}
+    if (tags := _majority_tags(data, names)) is not None:
+        from adapt.stats import metric_fn, span_counts
+
+        gold, predicted = tags
+        f1 = metric_fn("span_f1")
+        return {row: {s: {"span_f1": float(f1(span_counts(gold[s], p).sum(0)))} for s, p in by_split.items()}
+                for row, by_split in predicted.items()}
     fitted = _fit(data, [n for n in names if n != "lead"], f1_ignore, select, dev_split)
     if fitted is None:
         return {}
@@ -168,6 +217,11 @@ def intervals(data, names=BASELINES, f1_ignore=(), metric: str = "accuracy", dev
         fn = textmetrics.metric_fn(metric)
         return {row: stats.interval([textmetrics.example_counts(metric, refs[test_split], by_split[test_split])], fn)
                 for row, by_split in predicted.items() if test_split in by_split}
+    if (tags := _majority_tags(data, names)) is not None:
+        gold, predicted = tags
+        return {row: stats.interval([stats.span_counts(gold[test_split], by_split[test_split])],
+                                    stats.metric_fn("span_f1")) for row, by_split in predicted.items()
+                if test_split in by_split}
     fitted = _fit(data, [n for n in names if n != "lead"], f1_ignore, metric, dev_split)
     if fitted is None:
         return {}
@@ -192,7 +246,8 @@ def add_to_table(table, trials: list[dict], names=BASELINES):
     for col in table.columns:
         configs = [by_id[i]["config"] for row in table.rows if (row, col) in table.cells
                    for i in table.cells[row, col].trials if i in by_id]
-        config = next((c for c in configs if "data" in c and (applies(c["data"]) or generative(c["data"]))), None)
+        config = next((c for c in configs if "data" in c and (applies(c["data"]) or generative(c["data"])
+                                                               or tagging(c["data"]))), None)
         if config is None:
             continue
         got = intervals(config["data"], names, config.get("objective", {}).get("f1_ignore", ()),

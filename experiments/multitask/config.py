@@ -1,0 +1,89 @@
+"""Multi-task fine-tuning on the SciBERT tasks: does one encoder trained on ChemProt, ACL-ARC, SciERC and BC5CDR at
+once (one head per task) match or beat four single-task fine-tunes, and does fine-tuning each task further from the
+multi-task model (MT-DNN's recipe, Liu et al., ACL 2019) help?
+
+    .venv/bin/python scripts/study.py --config=experiments/multitask/config.py:cpu --workdir=runs/multitask
+
+Rows. Single-task: each task alone, for a fixed number of epochs (:data:`EPOCHS`). Multi-task: one run on all four,
+batches drawn per task with temperature T = 2 (p_k ~ n_k ** 0.5: ACL-ARC, the smallest, is drawn more often than its
+size), for as many steps as the four single-task runs together, every task's loss weighted 1; each task's head is
+then evaluated alone from the run's per-task export (``train.steps = 0``, so its numbers come with per-example
+predictions). Multi-task -> single-task: each task fine-tuned further from that export for half its single-task
+epochs. No early stopping anywhere: every row reports its final model. Metrics as the papers: micro-F1 (ChemProt),
+macro-F1 (ACL-ARC, SciERC), span F1 (BC5CDR); intervals over test examples and seeds. Floors: the majority class
+(for BC5CDR each word's majority tag) and TF-IDF + logistic regression.
+
+The encoder is the bundled MiniLM-L6 (SciBERT is not on this machine: ``--config.model.name=allenai/scibert_scivocab_uncased``
+where the Hub is reachable). ``:cpu`` is the budget 2 CPU cores run (the README beside this file has its table and
+wall time); ``:smoke`` a pipeline check.
+"""
+
+from adapt import benchmarks
+from adapt.experiment import base_config
+from adapt.sweeps import grid, product, stage
+
+METRICS = {"chemprot": "micro_f1", "citation_intent": "macro_f1", "sciie": "macro_f1", "bc5cdr": "span_f1"}
+EPOCHS = {"chemprot": 1.0, "citation_intent": 3.0, "sciie": 2.0, "bc5cdr": 1.0}  # single-task fine-tuning
+BUDGET = {
+    "cpu": dict(max_length=64, batch=16, seeds=[0, 1, 2], scale=1.0, lr=1e-4),
+    "smoke": dict(max_length=32, batch=8, seeds=[0], scale=0.01, lr=1e-4),
+}
+SINGLE, MULTI, MULTI_SINGLE = "Single-task", "Multi-task (T=2)", "Multi-task -> single-task"
+
+
+def _budget(arg):
+    return BUDGET[arg or "cpu"]
+
+
+def get_config(arg=None):
+    b = _budget(arg)
+    c = base_config()
+    c.model.name = "bundled:minilm-l6"
+    c.data.update(max_length=b["max_length"], truncation="head")
+    c.optimizer.update(learning_rate=b["lr"], weight_decay=0.01, warmup_ratio=0.06, schedule="linear")
+    c.train.update(batch_size=b["batch"], epochs=1.0, log_every=20)
+    c.eval.batch_size = 128
+    return c
+
+
+def _task(name: str) -> dict:
+    """Overrides of a single-task trial on benchmark ``name``."""
+    data = benchmarks.BENCHMARKS[name][0]()
+    return {**{f"data.{k}": v for k, v in data.items()}, "benchmark": name, "meta.benchmark": name,
+            "model.task": "token_classification" if data.get("format") == "conll" else "sequence_classification"}
+
+
+def _steps(b) -> int:
+    """The multi-task run's steps: the single-task runs' together."""
+    from adapt.data.formats import read_conll
+    from adapt.data.pipeline import records, section, data_defaults
+
+    total = 0
+    for name, epochs in EPOCHS.items():
+        data = benchmarks.BENCHMARKS[name][0]()
+        if data.get("format") == "conll":
+            n = len(read_conll(data["files"]["train"]))
+        else:
+            n = len(records(section(data_defaults(), data, name))["train"])
+        total += int(epochs * n / b["batch"])
+    return max(2, int(total * b["scale"]))
+
+
+def get_sweep(arg=None):
+    b = _budget(arg)
+    seeds = grid("train.seed", b["seeds"])
+    epochs = lambda name, share=1.0: max(EPOCHS[name] * b["scale"] * share, 0.01)  # noqa: E731
+    single = [{**_task(t), "train.epochs": epochs(t)} for t in METRICS]
+    multi = {"multitask.tasks": {t: {"benchmark": t} for t in METRICS}, "multitask.sampling": "temperature",
+             "multitask.temperature": 2.0, "train.steps": _steps(b), "export.model": True, "meta.condition": MULTI}
+    heads = [{**_task(t), "train.steps": 0, "train.epochs": 0.0, "meta.condition": MULTI} for t in METRICS]
+    further = [{**_task(t), "train.epochs": epochs(t, 0.5), "meta.condition": MULTI_SINGLE} for t in METRICS]
+    return [stage("single", product([{**s, "meta.condition": SINGLE} for s in single], seeds)),
+            stage("multi", product(multi, seeds)),
+            stage("multi_heads", product(heads, seeds), after="multi", match=["train.seed"]),
+            stage("multi_single", product(further, seeds), after="multi", match=["train.seed"])]
+
+
+def get_table(arg=None):
+    return dict(rows=("meta.condition",), column="meta.benchmark", metric=METRICS, baselines=("majority", "tfidf"),
+                compare=[(MULTI, SINGLE), (MULTI_SINGLE, SINGLE), (MULTI_SINGLE, MULTI)])
