@@ -123,3 +123,21 @@ def test_baseline_rows_in_a_table(tmp_path):
     rows = [r for r in csv.DictReader(io.StringIO(tables.to_csv(table))) if r["source"] == "baseline"]
     assert len(rows) == 6 and all(r["std"] == "" for r in rows)  # two columns and the average, per baseline
     assert all(float(r["low"]) <= float(r["mean"]) <= float(r["high"]) for r in rows if r["column"] != tables.AVG)
+
+
+def test_tagging_floor_is_each_words_majority_train_tag(tmp_path):
+    def write(name, sentences):
+        text = "\n\n".join("\n".join(f"{w}\tX\t{t}" for w, t in s) for s in sentences) + "\n"
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    # "aspirin" is B-Chem twice and O once (majority B-Chem); "cold" ties (B-Dis, O): the overall majority, O
+    train = write("train.txt", [[("aspirin", "B-Chem"), ("helps", "O")], [("aspirin", "B-Chem"), ("cold", "B-Dis")],
+                                [("no", "O"), ("aspirin", "O"), ("cold", "O")]])
+    test = write("test.txt", [[("aspirin", "B-Chem"), ("cold", "B-Dis")], [("unseen", "B-Dis"), ("aspirin", "O")]])
+    data = {"format": "conll", "files": {"train": train, "test": test}}
+    # predicted: [B-Chem O], [O B-Chem]; gold spans: Chem@0, Dis@1, Dis@0 -> 1 correct of 2 predicted, 3 gold
+    p, r = 1 / 2, 1 / 3
+    assert baselines.compute(data)["Majority class"]["test"]["span_f1"] == pytest.approx(2 * p * r / (p + r))
+    got = baselines.intervals(data, metric="span_f1")["Majority class"]
+    assert got.value == pytest.approx(2 * p * r / (p + r)) and got.low <= got.value <= got.high
