@@ -415,18 +415,22 @@ def summarize(records: list[dict], metric: str = "accuracy") -> dict:
 
 
 def _cell(e, scale: float = 100.0, signed: bool = False) -> str:
+    """An estimate as ``mean [low, high] (n=...)``; a metric's own interval (not a difference's) cut to its range,
+    [0, 1] x ``scale``: a Student-t interval over three seeds can reach past it."""
     if e is None:
         return "-"
     sign = "+" if signed else ""
     text = f"{e.mean * scale:{sign}.1f}"
-    return text + (f" [{e.low * scale:{sign}.1f}, {e.high * scale:{sign}.1f}]" if e.low is not None else "") + \
-        f" (n={e.n})"
+    if e.low is not None:
+        low, high = (e.low, e.high) if signed else (max(e.low, 0.0), min(e.high, 1.0))
+        text += f" [{low * scale:{sign}.1f}, {high * scale:{sign}.1f}]"
+    return text + f" (n={e.n})"
 
 
 def to_markdown(summary: dict) -> str:
     """The curves' table (test metric x 100 at each label budget) and the area-under-curve table, as Markdown."""
     budgets, rows, metric = summary["budgets"], summary["rows"], summary["metric"]
-    lines = [f"Test {metric} (x100) by label budget: mean over seeds [95% Student-t interval] (n seeds)", "",
+    lines = [f"Test {metric} (x100) by label budget: mean over seeds [95% Student-t interval, cut to 0-100] (n seeds)", "",
              "| strategy | " + " | ".join(str(b) for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
     lines += [f"| {s} | " + " | ".join(_cell(r["curve"].get(b)) for b in budgets) + " |" for s, r in rows.items()]
     span = f"{budgets[0]}-{budgets[-1]}" if budgets else "-"
