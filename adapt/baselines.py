@@ -107,6 +107,8 @@ def _majority_tags(data, names) -> tuple[dict, dict] | None:
               for s, p in cfg.files.items()}
     if "train" not in splits:
         raise ConfigError("data.files has no 'train' split: the majority tags are counted on it")
+    splits["train"] = pipeline.train_sentences(cfg, splits["train"])  # the trials' samples of train, dev, test
+    splits = pipeline.eval_subsets(cfg, splits)
     counts, overall = {}, Counter()
     for words, tags in splits["train"]:
         overall.update(tags)

@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from test_tables import DATA, make_db
 
 from adapt import baselines, stats, tables
+from adapt.errors import ConfigError
 from adapt.data import pipeline, sources
 from adapt.models import load_tokenizer
 
@@ -141,3 +142,22 @@ def test_tagging_floor_is_each_words_majority_train_tag(tmp_path):
     assert baselines.compute(data)["Majority class"]["test"]["span_f1"] == pytest.approx(2 * p * r / (p + r))
     got = baselines.intervals(data, metric="span_f1")["Majority class"]
     assert got.value == pytest.approx(2 * p * r / (p + r)) and got.low <= got.value <= got.high
+
+
+def test_eval_examples_cap_a_split_alike_for_trials_and_floors(tmp_path):
+    rows = [{"text": f"word{i % 7} other{i % 3}", "label": "ab"[i % 2]} for i in range(40)]
+    for split in ("train", "dev", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    files = {s: str(tmp_path / f"{s}.jsonl") for s in ("train", "dev", "test")}
+    cfg = pipeline.data_defaults()
+    cfg.files, cfg.eval_examples = files, {"test": 10}
+    got = pipeline.records(cfg)
+    assert len(got["test"]) == 10 and len(got["dev"]) == 40 and len(got["train"]) == 40
+    assert [rows.index(r) for r in got["test"]] == sorted(rows.index(r) for r in got["test"])  # file order
+    assert got["test"] == pipeline.records(cfg)["test"]  # seeded
+    floor = baselines.intervals({"files": files, "eval_examples": {"test": 10}}, ("majority",))["Majority class"]
+    assert floor.examples == 10
+    for bad, message in (({"train": 5}, "train's size is data.train_examples"), ({"test": 0}, "whole number")):
+        cfg.eval_examples = bad
+        with pytest.raises(ConfigError, match=message):
+            pipeline.records(cfg)

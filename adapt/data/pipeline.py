@@ -85,6 +85,10 @@ def data_defaults() -> ml_collections.ConfigDict:
         train_examples=0.0,
         train_seed=0,
         train_subset="sample",  # sample | pool
+        # Evaluation-set size, for budgets that cannot evaluate a whole split: split -> N keeps a seeded random
+        # sample (split_seed) of N of that split's examples, in file order; e.g. {"test": 1000}. Trials, baselines
+        # and floors all read the same sample; {}: every example.
+        eval_examples={},
         # Data quality checks on the raw examples, before the train_examples sample: duplicates, near duplicates,
         # train->dev/test leakage, empty and over-long examples, labels, likely label errors; each "off" |
         # "report" | "drop" (from train only). See adapt/quality.py.
@@ -136,7 +140,25 @@ def _checked_records(cfg, encoder=None) -> tuple[dict[str, list[dict]], dict | N
     out, report = quality.clean(cfg, _records(cfg), encoder)
     if _sampled(cfg) and "train" in out:
         out["train"] = _train_subset(cfg, out["train"])
-    return out, report
+    return eval_subsets(cfg, out), report
+
+
+def eval_subsets(cfg, splits: dict[str, list]) -> dict[str, list]:
+    """``splits`` with each split that ``cfg.eval_examples`` caps cut to its seeded sample (``split_seed``; the
+    examples kept stay in file order)."""
+    caps = dict(cfg.get("eval_examples", {}) or {})
+    for split, n in caps.items():
+        if split == "train" or split not in splits:
+            raise ConfigError(f"data.eval_examples.{split}: expected an evaluation split of the data "
+                              f"({', '.join(s for s in splits if s != 'train')}); train's size is data.train_examples")
+        if not (isinstance(n, int) and n >= 1):
+            raise ConfigError(f"data.eval_examples.{split}={n!r}; expected a whole number of examples >= 1")
+    out = dict(splits)
+    for split, n in caps.items():
+        if n < len(splits[split]):
+            keep = np.sort(np.random.default_rng([cfg.get("split_seed", 0), 1]).permutation(len(splits[split]))[:n])
+            out[split] = [splits[split][i] for i in keep]
+    return out
 
 
 def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
@@ -150,7 +172,8 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
         if "train" not in sents:
             raise ConfigError("data.files has no 'train' split: the tag vocabulary is built from it")
         sents, out["quality"] = quality.clean(cfg, sents, encoder)
-        sents["train"] = _train_subset(cfg, sents["train"], stratify=False)
+        sents["train"] = train_sentences(cfg, sents["train"])
+        sents = eval_subsets(cfg, sents)
         labels = sorted({tag for _, tags in sents["train"] for tag in tags})
         for s, sentences in sents.items():
             out[s] = formats.encode_token_classification(sentences, encoder, vocab=labels,
@@ -200,6 +223,7 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
     encoder = formats.Encoder(tokenizer)
     skip = {"cache_dir", "mixture_stages"}  # the stages only weigh the training mixture's batches
     skip |= {"train_examples", "train_seed", "train_subset"} if not _sampled(cfg) else set()
+    skip |= {"eval_examples"} if not cfg.get("eval_examples") else set()
     skip |= {"augment"} if not augment.enabled(cfg) else set()
     skip |= {"quality"} if not quality.enabled(cfg) else set()
     settings = {k: v for k, v in cfg.to_dict().items() if k not in skip}  # all data: old cache entries stay valid
@@ -287,6 +311,12 @@ def _train_subset(cfg, records: list, stratify: bool = True) -> list:
             raise ConfigError(f"data.train_subset='pool' is empty: data.train_examples={cfg.train_examples:g} keeps "
                               f"all {len(records)} train examples")
     return [records[i] for i in keep]
+
+
+def train_sentences(cfg, sentences: list) -> list:
+    """The train sentences of a CoNLL split that ``data.train_examples`` keeps (unstratified: a sentence has many
+    tags)."""
+    return _train_subset(cfg, sentences, stratify=False)
 
 
 def _flatten(splits: dict) -> dict:  # {"train": {"input_ids": ...}} -> {"train/input_ids": ...} for the cache
