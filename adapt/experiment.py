@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, evalsets, generation_eval, methods, predictions, quality, tasks
+from adapt import configs, distill, evalsets, generation_eval, methods, predictions, quality, tasks
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import check_mixture, data_defaults, prepare, records, save_labels, train_stream
 from adapt.errors import ConfigError
@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.export = ml_collections.ConfigDict(dict(model=False))  # write export/ (a later stage starts from it)
     c.init_from = ""  # a previous stage's export folder: the model (and tokenizer) to start from
     c.benchmark = ""  # the named benchmark (adapt.benchmarks) whose data the config reads, if any
+    c.distill = distill.defaults()  # a teacher to distil from (adapt.distill); off by default
     c.lock()
     c.method.unlock()
     return c
@@ -125,6 +126,7 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     if task.objective is None:
         raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
     check_mixture(config.data)  # bad weights, stages or sets: one line each, before anything is read
+    distill.check(config)
     if generation_eval.enabled(config):
         generation_eval.generation_config(config.generation)  # bad sampling settings: one line, now
     for name, spec in evalsets.specs(config).items():
@@ -137,14 +139,20 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     labels = splits.get("labels")
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
-    # Straight onto the mesh: each device receives only its shards, one tensor read at a time.
-    model = from_pretrained(source, task=task.name, dtype=config.model.dtype, seed=config.train.seed,
-                            head_warmup_steps=config.train.get("head_warmup_steps", 0), mesh=mesh, rules=rules,
-                            **task.head_args(labels), **dropouts)
+    teacher = distill.load_teacher(config, tokenizer, labels, mesh=mesh, rules=rules) if distill.enabled(config) \
+        else None
+    model = None if teacher is None else distill.build_student(config, teacher, task, labels, mesh=mesh, rules=rules,
+                                                               dropouts=dropouts)
+    if model is None:  # straight onto the mesh: each device receives only its shards, one tensor read at a time
+        model = from_pretrained(source, task=task.name, dtype=config.model.dtype, seed=config.train.seed,
+                                head_warmup_steps=config.train.get("head_warmup_steps", 0), mesh=mesh, rules=rules,
+                                **task.head_args(labels), **dropouts)
     fresh = fresh_paths(model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
     model = method.apply(model, nnx.Rngs(config.train.seed))
     sets = evalsets.build(config, tokenizer, model, source, mesh=mesh, rules=rules)
-    objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
+    if teacher is not None:
+        model = distill.attach(model, teacher)
+    objective = distill.objective(config, task.objective(tasks.TaskInputs(tokenizer, labels, config)))
     return TrialSetup(config, tokenizer, splits, method,
                       Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh), sets)
 
