@@ -143,3 +143,78 @@ def test_alpha_one_trains_as_plain_fine_tuning_and_the_teacher_never_moves(teach
     assert not _differ(_host(state.frozen[COMPANION]), before[COMPANION])  # bitwise: the teacher never moved
     logged = [json.loads(line) for line in (tmp_path / "distilled" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["train/kl"] > 0 for r in logged if "train/kl" in r) and len(logged) == 3  # the teacher ran
+
+
+def _equal(a, b) -> bool:
+    return jax.tree.structure(a) == jax.tree.structure(b) and not _differ(_host(a), _host(b))
+
+
+def test_a_student_keeps_the_chosen_teacher_layers_and_exports_alone(deep_teacher, data, tmp_path, tiny_llama):
+    import torch
+    import transformers
+
+    from adapt.models import from_pretrained, save_pretrained
+
+    config = _config(deep_teacher, data, **{"distill.teacher": deep_teacher, "distill.student.layers": (0, 2)})
+    trial = build_trial(config, str(tmp_path / "run"))
+    student = trial.trainer.model
+    s = nnx.to_pure_dict(nnx.state(student, nnx.Param))
+    t = nnx.to_pure_dict(nnx.state(getattr(student, COMPANION).model, distill.TeacherWeight))
+    assert sorted(s["bert"]["encoder"]["layer"]) == [0, 1] and sorted(t["bert"]["encoder"]["layer"]) == [0, 1, 2]
+    for kept, source in enumerate((0, 2)):
+        assert _equal(s["bert"]["encoder"]["layer"][kept], t["bert"]["encoder"]["layer"][source])
+    assert _equal(s["bert"]["embeddings"], t["bert"]["embeddings"]) and _equal(s["classifier"], t["classifier"])
+    assert _equal(s["bert"]["pooler"], t["bert"]["pooler"])
+    # The export is the student alone: a plain 2-layer HF classifier with the student's logits.
+    folder = save_pretrained(trial.method.merge(student), str(tmp_path / "export"), tokenizer=trial.tokenizer)
+    ref = transformers.BertForSequenceClassification.from_pretrained(folder).eval()
+    assert ref.config.num_hidden_layers == 2 and ref.config.id2label == dict(enumerate(LABELS))
+    ids = np.array([[101, 2000, 2001, 2002, 102]])
+    with torch.no_grad():
+        want = ref(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(student(input_ids=ids)), want, atol=1e-5)
+    # A decoder too: the layers of the family's numbered stack, everything else as it is.
+    llama = from_pretrained(tiny_llama, task="causal_lm")
+    short = distill.keep_layers(llama, (1,))
+    assert short.cfg.num_layers == 1
+    s, t = nnx.to_pure_dict(nnx.state(short, nnx.Param)), nnx.to_pure_dict(nnx.state(llama, nnx.Param))
+    assert _equal(s["model"]["layers"][0], t["model"]["layers"][1]) and _equal(s["lm_head"], t["lm_head"])
+    assert _equal(s["model"]["embed_tokens"], t["model"]["embed_tokens"])
+    assert _equal(s["model"]["norm"], t["model"]["norm"])
+
+
+BAD = [({"distill.alpha": 1.5}, r"^distill.alpha=1.5; expected a weight in \[0, 1\]"),
+       ({"distill.temperature": 0.0}, r"^distill.temperature=0.0; expected a positive number"),
+       ({"distill.student.layers": (2, 1)}, r"^distill.student.layers=\(2, 1\); expected distinct teacher layer"),
+       ({"distill.student.layers": (0,), "distill.student.config": {"hidden_size": 16}},
+        r"^distill.student.layers and distill.student.config are both set"),
+       ({"distill.student.layers": (0, 5)}, r"^distill.student.layers=\(0, 5\): the teacher has 3 layers \(0..2\)"),
+       ({"distill.student.config": {"vocab_size": 64, "num_hidden_layers": 1}},
+        r"^the student's vocabulary has 64 entries, the teacher's 30522")]
+
+
+@pytest.mark.parametrize("over,message", BAD, ids=["alpha", "temperature", "order", "both", "range", "vocab"])
+def test_bad_settings_are_one_line_errors(deep_teacher, data, tmp_path, over, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        build_trial(_config(deep_teacher, data, **{"distill.teacher": deep_teacher, **over}), str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_a_teacher_that_does_not_fit_the_task_is_refused(small_bert, data, tmp_path):
+    from transformers import BertTokenizerFast
+
+    with pytest.raises(ConfigError, match=r"^distill.student is set but distill.teacher is empty"):
+        build_trial(_config(small_bert, data, **{"distill.student.layers": (0,)}), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"its labels \['LABEL_0', 'LABEL_1'\] differ from the data's "
+                                          r"\['business', 'sport'\]$"):
+        build_trial(_config(small_bert, data, **{"distill.teacher": small_bert}), str(tmp_path))
+    with pytest.raises(ConfigError, match=r"has no trained sequence_classification head \(loading initialised "):
+        build_trial(_config(small_bert, data, **{"distill.teacher": "bundled:minilm-l6"}), str(tmp_path))
+    other = tmp_path / "other"  # a teacher whose tokenizer is not the student's
+    other.mkdir()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (other / "vocab.txt").write_text("\n".join(specials + sum(WORDS.values(), [])))
+    BertTokenizerFast(vocab_file=str(other / "vocab.txt")).save_pretrained(other)
+    _classifier(other, tokenizer=str(other), layers=1)
+    with pytest.raises(ConfigError, match=r"its tokenizer differs from the student's \(.*\); a student shares"):
+        build_trial(_config(small_bert, data, **{"distill.teacher": str(other)}), str(tmp_path))
