@@ -12,7 +12,8 @@ each example of a classifier, each target token of a causal LM). The ``distill``
     distill.student.config = {"hidden_size": 128, "num_hidden_layers": 2}   # or: model.name's family, random init
 
 With neither ``student`` key the student is ``model.name`` (or ``init_from``) as in any trial: another checkpoint
-that shares the teacher's tokenizer. The student must share the teacher's tokenizer and the teacher's head must be
+that shares the teacher's tokenizer. In a sweep, a relative ``distill.teacher`` lies in the sweep folder (a trial of
+an earlier stage: :data:`adapt.sweeps.IN_SWEEP`). The student must share the teacher's tokenizer and the teacher's head must be
 the task's (same labels, in the same order); each mismatch is a one-line :class:`~adapt.errors.ConfigError`.
 
 The teacher rides in the train state: its weights become :class:`TeacherWeight` variables (not ``nnx.Param``, so

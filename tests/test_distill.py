@@ -218,3 +218,13 @@ def test_a_teacher_that_does_not_fit_the_task_is_refused(small_bert, data, tmp_p
     _classifier(other, tokenizer=str(other), layers=1)
     with pytest.raises(ConfigError, match=r"its tokenizer differs from the student's \(.*\); a student shares"):
         build_trial(_config(small_bert, data, **{"distill.teacher": str(other)}), str(tmp_path))
+
+
+def test_a_relative_teacher_in_a_sweep_lies_in_the_sweep_folder(tmp_path):
+    from adapt.sweeps import trial_config
+
+    config = base_config()
+    assert trial_config(config, {"distill.teacher": "teacher/abc"}, str(tmp_path)).distill.teacher == \
+        str(tmp_path / "teacher" / "abc")
+    assert trial_config(config, {"distill.teacher": "/elsewhere/run"}, str(tmp_path)).distill.teacher == \
+        "/elsewhere/run"
