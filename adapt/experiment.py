@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, evalsets, generation_eval, methods, multitask, predictions, quality, tasks
+from adapt import configs, distill, evalsets, generation_eval, methods, multitask, predictions, quality, tasks
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import check_mixture, data_defaults, prepare, records, save_labels, train_stream
 from adapt.errors import ConfigError
@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_task = ""  # init_from a multi-task export: the task whose model to start from (default: benchmark)
     c.multitask = multitask.defaults()  # tasks: one shared backbone, one head per task (adapt/multitask.py)
     c.benchmark = ""  # the named benchmark (adapt.benchmarks) whose data the config reads, if any
+    c.distill = distill.defaults()  # a teacher to distil from (adapt.distill); off by default
     c.lock()
     c.method.unlock()
     return c
@@ -133,6 +134,7 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     if task.objective is None and not multi:
         raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
     check_mixture(config.data)  # bad weights, stages or sets: one line each, before anything is read
+    distill.check(config)
     if generation_eval.enabled(config):
         generation_eval.generation_config(config.generation)  # bad sampling settings: one line, now
     for name, spec in evalsets.specs(config).items():
@@ -146,8 +148,11 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     # Straight onto the mesh: each device receives only its shards, one tensor read at a time.
     load = dict(dtype=config.model.dtype, seed=config.train.seed, mesh=mesh, rules=rules,
                 head_warmup_steps=config.train.get("head_warmup_steps", 0), **dropouts)
-    data = None
+    data = teacher = model = None
     if multi:
+        if distill.enabled(config):
+            raise ConfigError("distill.teacher with multitask.tasks: distil a task's model (a per-task export) "
+                              "in a single-task trial instead")
         data = multitask.prepare_tasks(config, tokenizer)
         splits = data.splits
         model = multitask.build_model(data, source, **load)
@@ -155,11 +160,17 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     else:
         splits, _ = prepare(config.data, tokenizer)
         labels = splits.get("labels")
-        model = from_pretrained(source, task=task.name, **task.head_args(labels), **load)
-        objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
+        if distill.enabled(config):
+            teacher = distill.load_teacher(config, tokenizer, labels, mesh=mesh, rules=rules)
+            model = distill.build_student(config, teacher, task, labels, mesh=mesh, rules=rules, dropouts=dropouts)
+        if model is None:
+            model = from_pretrained(source, task=task.name, **task.head_args(labels), **load)
+        objective = distill.objective(config, task.objective(tasks.TaskInputs(tokenizer, labels, config)))
     fresh = fresh_paths(model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
     model = method.apply(model, nnx.Rngs(config.train.seed))
     sets = evalsets.build(config, tokenizer, model, source, mesh=mesh, rules=rules)
+    if teacher is not None:
+        model = distill.attach(model, teacher)
     return TrialSetup(config, tokenizer, splits, method,
                       Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh), sets,
                       tasks=data)

@@ -259,13 +259,19 @@ def expand(sweep) -> list[Trial]:
 
 
 # ---- a trial's config, a sweep's label
+# Overrides naming a folder that, given as a relative path, lies in the sweep folder: a previous stage's export, a
+# teacher trained by an earlier stage (``f"teacher/{trial_id('teacher', overrides)}"``, adapt.distill).
+IN_SWEEP = ("init_from", "distill.teacher")
+
+
 def trial_config(config: ml_collections.ConfigDict, overrides: dict, root: str = "") -> ml_collections.ConfigDict:
     """A copy of ``config`` with a trial's overrides set (``meta.*`` labels left out; keys checked as on the
-    command line, see :func:`adapt.configs.apply_overrides`); a relative ``init_from`` is joined to ``root`` (the
-    sweep folder)."""
+    command line, see :func:`adapt.configs.apply_overrides`); a relative path in :data:`IN_SWEEP` is joined to
+    ``root`` (the sweep folder)."""
     overrides = {k: v for k, v in overrides.items() if not k.startswith("meta.")}
-    if overrides.get("init_from") and root and not os.path.isabs(overrides["init_from"]):
-        overrides["init_from"] = os.path.join(root, overrides["init_from"])
+    for key in IN_SWEEP:
+        if overrides.get(key) and root and not os.path.isabs(overrides[key]):
+            overrides[key] = os.path.join(root, overrides[key])
     return configs.apply_overrides(config, overrides, where="sweep override ")
 
 

@@ -305,6 +305,9 @@ def test_prepare_every_format(tmp_path, bert_tok, smol_tok):
     lm, _ = prepare(_cfg(tmp_path, format="lm", files={"train": text}, max_length=32), smol_tok)
     ids, seg = lm["train"]["input_ids"], lm["train"]["attention_mask"]
     assert ids.shape[1] == 32 and (ids[seg != 0] == smol_tok.eos_token_id).sum() == 40  # one EOS per document
+    docs, _ = prepare(_cfg(tmp_path, format="lm", files={"train": text}, max_length=4, pack=False), smol_tok)
+    heads = [smol_tok(line)["input_ids"][:4] for line in open(text).read().splitlines()]
+    assert [d.tolist() for d in docs["train"]["input_ids"]] == heads  # unpacked: a document a row, its head
     mlm, _ = prepare(_cfg(tmp_path, format="lm", files={"train": text}, max_length=32, causal=False), bert_tok)
     assert (mlm["train"]["input_ids"] == bert_tok.cls_token_id).sum() == 40
     ner = _write(tmp_path / "ner.txt", "-DOCSTART- (1)\n\nAspirin\tNN\tO\tB-Chem\nworks\tVB\tO\tO\n\n")

@@ -2,8 +2,8 @@
 
     splits = prepare(cfg.data, tokenizer)   # {"train": columns, "dev": ..., "test": ..., "labels": [...]}
 
-``format``: ``lm`` (raw text, packed into rows of ``max_length``; ``causal`` adds EOS, else the encoder's
-CLS/SEP), ``classification`` (text or text pair + label: a category of the label vocabulary built from train,
+``format``: ``lm`` (raw text, packed into rows of ``max_length``, or with ``pack=False`` one document a row, its
+first ``max_length`` tokens; ``causal`` adds EOS, else the encoder's CLS/SEP), ``classification`` (text or text pair + label: a category of the label vocabulary built from train,
 or with ``label_type="number"`` a float target), ``conll`` (token classification) or ``sft``
 (prompt/response, packed or padded). Splits come from ``files`` (split name -> path) or from one
 ``source`` carved by ``split_ratios`` with ``split_seed``.
@@ -64,7 +64,7 @@ def data_defaults() -> ml_collections.ConfigDict:
         max_length=128,
         truncation="head",  # head | tail | head+tail
         causal=True,  # lm: causal (EOS-terminated documents) or masked (CLS ... SEP)
-        pack=True,  # lm/sft: pack into rows of max_length
+        pack=True,  # lm/sft: pack into rows of max_length (lm unpacked: a document a row, cut at max_length)
         conll_token_column=0, conll_tag_column=-1,
         cache_dir=DEFAULT_DIR,  # "" disables the cache
         # Training mixture: name -> {"weight": w, plus any keys of this section for that source (each replaces
@@ -201,8 +201,8 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
     for s, recs in splits.items():
         if cfg.format == "lm":
             sources.require_columns(recs, {cfg.text_column: sources.TEXT}, where(s))
-            cols = {"input_ids": formats.encode_documents([str(r[cfg.text_column]) for r in recs], encoder,
-                                                          causal=cfg.causal)}
+            docs = formats.encode_documents([str(r[cfg.text_column]) for r in recs], encoder, causal=cfg.causal)
+            cols = {"input_ids": docs if cfg.pack else [d[:cfg.max_length] for d in docs]}
         else:
             cols = formats.encode_sft(recs, tokenizer, prompt=cfg.prompt_column, response=cfg.response_column,
                                       max_length=cfg.max_length, where=where(s))

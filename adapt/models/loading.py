@@ -93,7 +93,8 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
                     labels: list[str] | None = None, mesh: jax.sharding.Mesh | None = None,
                     rules: Rules | None = None, dtype: str = "float32", hidden_dropout: float | None = None,
                     attention_dropout: float | None = None, allow_pickle: bool = False, seed: int = 0,
-                    revision: str | None = None, head_warmup_steps: int = 0) -> nnx.Module:
+                    revision: str | None = None, head_warmup_steps: int = 0, config_overrides: dict | None = None,
+                    random_init: bool = False) -> nnx.Module:
     """Load a pretrained model as an NNX module.
 
     ``task``: a task kind of :mod:`adapt.tasks` whose model head the family has; by default the
@@ -103,6 +104,9 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     compute dtype (parameters stay float32). The dropout rates override the checkpoint's config.
     Parameters the checkpoint lacks are initialised fresh and listed by :func:`fresh_paths`;
     ``head_warmup_steps`` (the run's ``train.head_warmup_steps``) only words the warning about them.
+    ``config_overrides``: HF config keys set before the model is built (``num_hidden_layers``, ``hidden_size``);
+    with ``random_init`` no weight is read: every parameter is initialised fresh (a random-init model of the
+    checkpoint's family, as its config and the overrides describe it).
     """
     source = locate(name_or_path, revision=revision, allow_pickle=allow_pickle)
     hf = read_config(source)
@@ -118,22 +122,34 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
         hf.label2id = {v: k for k, v in hf.id2label.items()}
     elif num_labels is not None:
         hf.num_labels = num_labels
-    for kind, rate in (("hidden", hidden_dropout), ("attention", attention_dropout)):
-        for key in family.dropout_keys[kind] if rate is not None else ():
-            setattr(hf, key, rate)
+    set_dropouts(family, hf, hidden_dropout, attention_dropout)
+    for key, value in (config_overrides or {}).items():
+        if not hasattr(hf, key):
+            raise CheckpointError(f"{source.name}: its {type(hf).__name__} has no key {key!r} to override")
+        setattr(hf, key, value)
     hf.architectures = None
     cfg = family.config_from_hf(hf, dtype)
-    if source.gguf_file:
+    if random_init:
+        refs = {}
+    elif source.gguf_file:
         refs = gguf_refs(os.path.join(source.folder, source.gguf_file), hf)
     else:
         refs = weight_refs(source.folder, allow_pickle=allow_pickle)
     return build(family, head, cfg, refs, source.name, mesh=mesh, rules=rules, seed=seed,
-                 head_warmup_steps=head_warmup_steps)
+                 head_warmup_steps=head_warmup_steps, all_fresh=random_init)
+
+
+def set_dropouts(family: Family, hf, hidden_dropout: float | None = None, attention_dropout: float | None = None):
+    """Set the dropout rates that are not None on ``hf`` (an HF config of ``family``), under the family's keys."""
+    for kind, rate in (("hidden", hidden_dropout), ("attention", attention_dropout)):
+        for key in family.dropout_keys[kind] if rate is not None else ():
+            setattr(hf, key, rate)
 
 
 def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, rules=None, seed: int = 0,
-          head_warmup_steps: int = 0):
-    """Fill the skeleton of the family's ``head`` class from ``refs`` (HF name -> TensorRef); see the module doc."""
+          head_warmup_steps: int = 0, all_fresh: bool = False):
+    """Fill the skeleton of the family's ``head`` class from ``refs`` (HF name -> TensorRef); see the module doc.
+    ``all_fresh``: every parameter is initialised fresh (``refs`` is empty)."""
     cls = family.heads[head]
     skeleton = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(seed)))
     graphdef, state = nnx.split(skeleton)
@@ -146,7 +162,7 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
     available = {}
     for key, ref in refs.items():
         available.setdefault(canon(key), (key, ref))
-    fresh_ok = family.head_paths.get(head, ()) + family.warn_if_fresh
+    fresh_ok = ("",) if all_fresh else family.head_paths.get(head, ()) + family.warn_if_fresh
     roots = {canon(hf_key(family, p)[0]).split(".")[0] for p, _ in leaves}
     missing, misshaped, fresh, found = [], [], [], {}
     for path, var in leaves:
@@ -177,7 +193,7 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
         log.info("%s: tensors not used by %s: %s", where, cls.__name__, _short(unused))
     arrays = {path: _place(ref, transpose, var, mesh, rules) for (path, var), (ref, transpose)
               in ((pv, found[pv[0]]) for pv in leaves if pv[0] in found)}
-    if fresh:
+    if fresh and not all_fresh:
         fresh_heads = sorted({".".join(map(str, p[:2 if str(p[0]) == family.base_prefix else 1])) for p in fresh})
         for fresh_head in fresh_heads:
             if any(fresh_head.startswith(h) for h in family.warn_if_fresh):
@@ -187,6 +203,7 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
                               f"{then}", stacklevel=3)
             else:
                 log.info("%s: %s initialised fresh for the %s head", where, fresh_head, head)
+    if fresh:
         arrays.update(_init_fresh(cls, cfg, seed, fresh, dict(leaves), mesh, rules))
     for path, var in leaves:
         var.set_value(arrays[path])

@@ -7,6 +7,8 @@ micro-batches, batches and devices; ``sums["loss_sum"] / sums["weight"]`` is the
 accumulated gradient of ``loss_sum`` divided by the total ``weight`` equals the big-batch gradient).
 ``predictions`` is None, or per-example predictions the host needs (token classification spans).
 ``summarize(sums, predictions)`` gives the metrics (loss, accuracy, perplexity, F1...).
+``targets(batch) -> (targets, valid)``: what each position of the logits is scored against and whether it
+counts (``labels`` and where they are not -100; causal LM: the next token within its document).
 ``outputs(model_outputs, batch)`` (evaluation only; the train step never calls it) is None, or a dict of
 per-example arrays ``[B, ...]`` that the host writes out one line per example (``adapt/predictions.py``):
 sequence classification's ``probabilities [B, C]`` (float32) and ``prediction [B]``, token classification's
@@ -71,6 +73,12 @@ class Objective:
     def prepare(self, batch, rng):
         return batch
 
+    def targets(self, batch):
+        """(targets, valid): what each position of the logits is scored against and whether it counts (the
+        positions the loss averages over; distillation scores the same ones): ``labels``, valid where not -100."""
+        labels = batch["labels"]
+        return labels, labels != IGNORE
+
     def outputs(self, outputs, batch):
         return None
 
@@ -90,7 +98,7 @@ class CausalLM(_LanguageModel):
     """Next-token cross-entropy; a target counts when it is in the same document as its context and
     ``loss_mask`` (default all ones) marks it."""
 
-    def loss(self, logits, batch):  # logits [B, T, V]
+    def targets(self, batch):  # -> [B, T] each
         # Position t predicts token t+1; the last position has no target. Targets and validity are shifted
         # (padded with an invalid column) rather than the logits sliced: slicing copies the [B, T-1, V]
         # logits forward and pads their gradient back, two full passes over the largest tensor of the step.
@@ -100,7 +108,10 @@ class CausalLM(_LanguageModel):
         if "loss_mask" in batch:
             valid &= batch["loss_mask"][:, 1:] != 0
         shift = ((0, 0), (0, 1))  # [B, T-1] -> [B, T]: a last column of target 0, not valid
-        return _token_sums(logits, jnp.pad(ids[:, 1:], shift), jnp.pad(valid, shift)), None
+        return jnp.pad(ids[:, 1:], shift), jnp.pad(valid, shift)
+
+    def loss(self, logits, batch):  # logits [B, T, V]
+        return _token_sums(logits, *self.targets(batch)), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +142,7 @@ class MaskedLM(_LanguageModel):
         return {**batch, "input_ids": masked, "labels": jnp.where(selected, ids, IGNORE)}
 
     def loss(self, logits, batch):  # logits [B, T, V], labels [B, T]
-        labels = batch["labels"]
-        return _token_sums(logits, labels, labels != IGNORE), None
+        return _token_sums(logits, *self.targets(batch)), None
 
 
 def _f1_from_confusion(conf: np.ndarray, label_ids=None) -> tuple[float, float]:
@@ -156,9 +166,8 @@ class SequenceClassification(Objective):
     f1_ignore: tuple[int, ...] = ()
 
     def loss(self, logits, batch):  # logits [B, C], labels [B]
-        labels = batch["labels"]
-        sums = _token_sums(logits, labels, labels != IGNORE)
-        sums["confusion"] = _confusion(logits, labels, self.num_labels)
+        sums = _token_sums(logits, *self.targets(batch))
+        sums["confusion"] = _confusion(logits, batch["labels"], self.num_labels)
         return sums, None
 
     def outputs(self, logits, batch):  # the argmax too, so a written prediction is the one accuracy counted
@@ -180,9 +189,7 @@ class TokenClassification(Objective):
     label_names: tuple[str, ...]
 
     def loss(self, logits, batch):  # logits [B, T, C]
-        labels = batch["labels"]
-        sums = _token_sums(logits, labels, labels != IGNORE)
-        return sums, argmax(logits)
+        return _token_sums(logits, *self.targets(batch)), argmax(logits)
 
     def outputs(self, logits, batch):
         return {"prediction": argmax(logits)}

@@ -24,6 +24,8 @@ from adapt.models import layers
 from adapt.sharding import Rules, logical_to_spec, state_shardings
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "token_type_ids")
+# A model's attribute holding a frozen module called on the same inputs in training (adapt.distill's teacher).
+COMPANION = "companion"
 
 
 @struct.dataclass
@@ -42,11 +44,15 @@ class Model:
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
 
     def __call__(self, params: dict, frozen: dict, batch: dict, key: jax.Array | None):
-        """The model's outputs on ``batch``; ``key`` (None in evaluation) seeds dropout."""
+        """The model's outputs on ``batch``; ``key`` (None in evaluation) seeds dropout. In training, a model
+        with a :data:`COMPANION` gives (its outputs, the companion's outputs on the same inputs)."""
         module = merge_model(self, params, frozen)
         rngs = None if key is None else nnx.Rngs(dropout=key)
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         with layers.step_key(None if key is None else jax.random.fold_in(key, 0x5EED)):
-            return module(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, rngs=rngs)
+            outputs = module(**inputs, rngs=rngs)
+        companion = getattr(module, COMPANION, None)
+        return outputs if key is None or companion is None else (outputs, companion(**inputs))
 
 
 def split_model(model: nnx.Module, trainable=nnx.Param) -> tuple[Model, nnx.State, nnx.State]:
