@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, distill, evalsets, generation_eval, methods, multitask, predictions, quality, tasks
-from adapt.data.batches import eval_batches
+from adapt import configs, distill, evalsets, generation_eval, methods, multitask, predictions, privacy, quality, tasks
+from adapt.data.batches import PoissonBatches, eval_batches
 from adapt.data.pipeline import check_mixture, data_defaults, prepare, records, save_labels, train_stream
 from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json
@@ -33,7 +34,7 @@ from adapt.models import from_pretrained, load_tokenizer, save_pretrained
 from adapt.models.loading import fresh_paths
 from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import Trainer, defaults
-from adapt.training.state import batch_sharding
+from adapt.training.state import batch_sharding, batch_ways
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -135,6 +136,9 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
         raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
     check_mixture(config.data)  # bad weights, stages or sets: one line each, before anything is read
     distill.check(config)
+    private = config.get("privacy", {}).get("enabled", False)
+    if private:
+        privacy.check(config)  # a configuration that would break the guarantee: one line, now
     if generation_eval.enabled(config):
         generation_eval.generation_config(config.generation)  # bad sampling settings: one line, now
     for name, spec in evalsets.specs(config).items():
@@ -148,7 +152,7 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     # Straight onto the mesh: each device receives only its shards, one tensor read at a time.
     load = dict(dtype=config.model.dtype, seed=config.train.seed, mesh=mesh, rules=rules,
                 head_warmup_steps=config.train.get("head_warmup_steps", 0), **dropouts)
-    data = teacher = model = None
+    data = teacher = model = dp = None
     if multi:
         if distill.enabled(config):
             raise ConfigError("distill.teacher with multitask.tasks: distil a task's model (a per-task export) "
@@ -160,6 +164,11 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     else:
         splits, _ = prepare(config.data, tokenizer)
         labels = splits.get("labels")
+        if private:
+            if "train" not in splits:
+                raise ConfigError("privacy.enabled=True needs a train split to sample from")
+            multiple = math.lcm(config.train.grad_accum, batch_ways(mesh, rules), jax.process_count())
+            dp = privacy.plan(config, len(next(iter(splits["train"].values()))), multiple)
         if distill.enabled(config):
             teacher = distill.load_teacher(config, tokenizer, labels, mesh=mesh, rules=rules)
             model = distill.build_student(config, teacher, task, labels, mesh=mesh, rules=rules, dropouts=dropouts)
@@ -172,7 +181,7 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     if teacher is not None:
         model = distill.attach(model, teacher)
     return TrialSetup(config, tokenizer, splits, method,
-                      Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh), sets,
+                      Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh, dp=dp), sets,
                       tasks=data)
 
 
@@ -210,8 +219,12 @@ def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None
     if "quality" in splits:  # data.quality's report on the data this trial trains on
         write_json(os.path.join(workdir, "quality.json"), splits["quality"])
     eval_splits = [s for s in config.eval.splits if s in splits]
-    train = trial.tasks.train_stream(config) if trial.tasks else \
-        train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
+    dp = trial.trainer.dp
+    if dp:
+        train = PoissonBatches(splits["train"], dp.expected_batch_size, dp.max_batch_size, seed=config.train.seed)
+    else:
+        train = trial.tasks.train_stream(config) if trial.tasks else \
+            train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
     watched = {f"dev/{name}": s for name, s in trial.sets.items()}  # at step 0 and at every evaluation
     first = {s: trial.generated(s) if generation_eval.enabled(config) else (lambda s=s: trial.eval_batches(s))
@@ -238,6 +251,8 @@ def finish_trial(started: StartedTrial, fit) -> dict:
     if len(train.tokens) > 1:  # a mixture: the tokens each source gave
         results["mixture"] = {n: {"tokens": train.tokens[n], "share": share}
                               for n, share in train.token_shares().items()}
+    if trainer.dp is not None:  # epsilon and delta of the steps done: numbers, so the results database keeps them
+        results["privacy"] = privacy.report(trainer.dp, fit.steps)
     if "quality" in trial.splits:  # found / dropped per check: numbers, so the results database keeps them
         results["quality"] = quality.counts(trial.splits["quality"])
     if config.export.model:

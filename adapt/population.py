@@ -90,6 +90,9 @@ def run_population(configs: list, workdirs: list[str]) -> list:
         raise ConfigError(f"run_population: {len(configs)} configs for {len(workdirs)} run folders")
     if len(configs) == 1:
         return [run_trial(configs[0], workdirs[0])]
+    if any(c.get("privacy", {}).get("enabled") for c in configs):
+        raise ConfigError("privacy.enabled=True: DP-SGD trials do not train as a population (not supported); run "
+                          "them alone (pack 1)")
     check_packable(configs)
     if configs[0].get("multitask", {}).get("tasks"):  # members would draw batches of different tasks' shapes
         raise ConfigError("multitask.tasks: multi-task trials train one at a time, not as a population "

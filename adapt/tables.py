@@ -5,8 +5,9 @@ Only ``done`` trials are read: failed, interrupted and skipped ones, and the tri
 benchmarks. A row is the values of the ``rows`` keys (default: the trial's
 ``condition``), a column the value of the ``column`` key (default ``meta.benchmark``; one column when trials have
 none). Keys are a trial's columns (stage, condition, sweep), its overrides (``optimizer.learning_rate``,
-``meta.benchmark``), its full config (``model.name``) or ``init`` (the stage it started from, "external" for an
-``init_from`` outside the sweep, "none"). In each cell the trials are grouped by their hyperparameters (their
+``meta.benchmark``), its full config (``model.name``), ``init`` (the stage it started from, "external" for an
+``init_from`` outside the sweep, "none") or a number it stored beside its metrics (``privacy.epsilon``: the
+``privacy`` entry of its results.json; "–" where it has none). In each cell the trials are grouped by their hyperparameters (their
 overrides less the seed keys, ``init_from``, ``meta.*`` and the row/column keys); the group with the best mean
 dev metric over seeds is selected, and the cell is its test metric: mean ± sample std (ddof=1) over seeds. The
 metric is one name, or one per column (``{"chemprot": "micro_f1", "*": "macro_f1"}``, as papers report).
@@ -54,13 +55,14 @@ def value(trial: dict, key: str):
     node = trial["config"]
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            split, _, name = key.partition(".")  # a stored result: {"privacy": {"epsilon": ...}} -> privacy.epsilon
+            return trial.get("metrics", {}).get(split, {}).get(name)
         node = node[part]
     return node
 
 
 def label(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else v if isinstance(v, str) else json.dumps(v)
+    return "–" if v is None else f"{v:g}" if isinstance(v, float) else v if isinstance(v, str) else json.dumps(v)
 
 
 def _known_keys(trials) -> list[str]:

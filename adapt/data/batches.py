@@ -12,7 +12,8 @@ tokens each source gave the global batches (``tokens``, ``token_shares()``). Its
 source's row count and token count) is saved with each checkpoint and restored exactly; the stage is a
 function of the step. Every process draws the same choices and reads only its own slice of rows.
 ``eval_batches`` walks a split once in order; the last batch is padded with rows that count for nothing
-(labels -100, no tokens).
+(labels -100, no tokens). Differentially private training reads :class:`PoissonBatches` instead (see
+:mod:`adapt.privacy`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from adapt.errors import DataError
 from adapt.training.objectives import IGNORE
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+REAL = "real"  # PoissonBatches' column [B]: 1 for a row that is an example, 0 for padding
 
 
 def _size(arrays: dict, where: str) -> int:
@@ -73,6 +75,18 @@ def collate(arrays: dict, rows: np.ndarray, width: int | None = None) -> dict[st
         lengths = np.asarray([len(arrays[ragged[0]][i]) for i in rows], np.int64)
         batch["attention_mask"] = (np.arange(width)[None] < lengths[:, None]).astype(np.int32)
     return batch
+
+
+def _pad(batch: dict, size: int) -> dict:
+    """``batch`` with rows that count for nothing (labels -100, no tokens) added up to ``size`` rows."""
+    short = size - len(next(iter(batch.values())))
+    return {k: np.concatenate([v, np.full((short, *v.shape[1:]), IGNORE if k == "labels" else 0, v.dtype)])
+            for k, v in batch.items()} if short else batch
+
+
+def epoch_steps(examples: int, batch_size: float) -> int:
+    """Steps of one pass over ``examples`` at ``batch_size`` rows a step (at least one)."""
+    return max(1, int(examples / batch_size))
 
 
 class RowStream:
@@ -194,6 +208,50 @@ class Mixture:
         self.tokens = {n: int(saved.get(n, 0)) for n in self.names}  # the shares follow from them
 
 
+class PoissonBatches:
+    """Poisson-sampled batches of one source for DP-SGD, drawn as jax_privacy's ``CyclicPoissonSampling`` (one
+    group, ``truncated_batch_size``) draws them: at step s each of the n examples is in the batch independently with
+    probability ``expected / n`` (a binomial count, then that many distinct examples uniformly); a count above
+    ``size`` is cut to ``size`` (truncation: a uniformly random ``size`` of the draw, which the accountant counts).
+    Batches have ``size`` rows, padded with rows that count for nothing, and a column :data:`REAL` (1: an example).
+    Step s's draw is seeded by (``seed``, s), so the position saved with a checkpoint is the step (and the tokens
+    counted, as :class:`Mixture` counts them)."""
+
+    def __init__(self, arrays: dict, expected: int, size: int, *, seed: int, buckets=DEFAULT_BUCKETS,
+                 process_index: int | None = None, process_count: int | None = None):
+        self.arrays, self.size, self.seed, self.buckets = arrays, size, seed, buckets
+        self.num_examples = _size(arrays, "train")
+        self.rate = expected / self.num_examples
+        self.local = _local_rows(size, process_index, process_count)
+        self.steps_per_epoch = epoch_steps(self.num_examples, expected)
+        self.step, self.tokens = 0, {"train": 0}
+
+    def draw(self, step: int) -> np.ndarray:
+        """The indices of step ``step``'s examples."""
+        rng = np.random.default_rng([self.seed, step, 11])
+        count = min(int(rng.binomial(self.num_examples, self.rate)), self.size)
+        return rng.choice(self.num_examples, size=count, replace=False).astype(np.int64)
+
+    def next_batch(self) -> dict[str, np.ndarray]:
+        rows = self.draw(self.step)
+        self.step += 1
+        self.tokens["train"] += _tokens(self.arrays, rows)
+        ragged = _ragged(self.arrays)
+        width = bucket_width([len(self.arrays[ragged[0]][i]) for i in rows], self.buckets) if ragged else None
+        batch = _pad(collate(self.arrays, rows, width), self.size)
+        batch[REAL] = (np.arange(self.size) < len(rows)).astype(np.int32)
+        return {k: v[self.local] for k, v in batch.items()}
+
+    def token_shares(self) -> dict[str, float]:
+        return {"train": 1.0}
+
+    def state(self) -> dict:
+        return {"step": self.step, "tokens": dict(self.tokens)}
+
+    def restore(self, state: dict) -> None:
+        self.step, self.tokens = int(state["step"]), {"train": int(state["tokens"]["train"])}
+
+
 def array_batches(arrays: dict, batch_size: int, *, seed: int, shuffle: bool = True, name: str = "train",
                   buckets=DEFAULT_BUCKETS, **process) -> Mixture:
     """Endless shuffled batches of one source."""
@@ -210,9 +268,5 @@ def eval_batches(arrays: dict, batch_size: int, *, name: str = "eval", buckets=D
         rows = np.arange(start, min(start + batch_size, n))
         ragged = _ragged(arrays)
         width = bucket_width([len(arrays[ragged[0]][i]) for i in rows], buckets) if ragged else None
-        batch = collate(arrays, rows, width)
-        short = batch_size - len(rows)
-        if short:
-            batch = {k: np.concatenate([v, np.full((short, *v.shape[1:]), IGNORE if k == "labels" else 0, v.dtype)])
-                     for k, v in batch.items()}
+        batch = _pad(collate(arrays, rows, width), batch_size)
         yield {k: v[local] for k, v in batch.items()}

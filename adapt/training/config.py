@@ -1,4 +1,4 @@
-"""Defaults for the ``mesh``, ``optimizer``, ``train`` and ``method`` sections of an experiment config.
+"""Defaults for the ``mesh``, ``optimizer``, ``train``, ``privacy`` and ``method`` sections of an experiment config.
 
 Experiment configs (``configs/*.py``) start from :func:`defaults` and override what they need; the
 sections are locked, so a misspelt key is an error instead of a silent no-op. The ``method`` section
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from adapt import privacy
 from adapt.sharding import DEFAULT_RULES
 
 
@@ -53,6 +54,7 @@ def defaults() -> ml_collections.ConfigDict:
             patience=0,  # evaluations without improvement before stopping; 0 = never stop early
         )),
     ))
+    c.privacy = privacy.defaults()  # DP-SGD: see adapt/privacy.py
     c.method = ml_collections.ConfigDict(dict(name="full"))
     c.lock()
     c.method.unlock()  # its keys depend on the method; adapt.methods.build checks them

@@ -142,10 +142,15 @@ def stacked_shardings(shardings: TrainState, mesh: Mesh, rules: Rules, members: 
     return shardings.replace(frozen=frozen, **{f: jax.tree.map(add, getattr(shardings, f)) for f in STACKED})
 
 
+def batch_ways(mesh: Mesh, rules: Rules) -> int:
+    """The shards a batch's rows are split into (the ``batch`` rule's mesh axes)."""
+    return math.prod(mesh.shape[a] for a in _axes(logical_to_spec(("batch",), None, mesh, rules)[0]))
+
+
 def batch_sharding(mesh: Mesh, rules: Rules, global_batch: int) -> NamedSharding:
     """Batches are split along their first dimension by the ``batch`` rule (``data`` x ``fsdp``)."""
     spec = logical_to_spec(("batch",), None, mesh, rules)
-    ways = math.prod(mesh.shape[a] for a in _axes(spec[0]))
+    ways = batch_ways(mesh, rules)
     if global_batch % ways:
         raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {ways} batch shards of the "
                           f"mesh {dict(mesh.shape)} (rule batch -> {spec[0]})")

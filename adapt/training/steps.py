@@ -6,6 +6,8 @@ statistics over ``accum`` micro-batches with ``lax.scan``, divides by the total 
 equals one big batch), adds the adaptation method's penalty (once per step) and applies one optimizer
 update. The forward pass sees the parameters as the method perturbs them (Mixout); evaluation never
 does. Micro-batch i takes rows i, i+A, i+2A, ... so every device holds its share of every micro-batch.
+With ``dp`` (DP-SGD, :mod:`adapt.privacy`) each micro-batch gives the sum of its examples' clipped gradients
+instead, and noise is added once to their total, which is divided by the expected batch size.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from adapt import privacy
 from adapt.host_memory import KeptHeap
 from adapt.methods.base import Method
 from adapt.models import layers
@@ -29,7 +32,7 @@ def _micro_batches(batch: dict, accum: int) -> dict:  # [B, ...] -> [A, B/A, ...
 
 
 def make_train_step(model: Model, objective, tx: optax.GradientTransformation, accum: int = 1,
-                    method: Method | None = None):
+                    method: Method | None = None, dp: privacy.DPSGD | None = None):
     method = method or Method()
 
     def micro_loss(params, frozen, anchors, batch, key):
@@ -39,7 +42,7 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
         sums, _ = objective.loss(outputs, batch)
         return sums["loss_sum"], sums
 
-    grad_fn = jax.grad(micro_loss, has_aux=True)
+    grad_fn = jax.grad(micro_loss, has_aux=True) if dp is None else privacy.clipped_sum(micro_loss, dp.clip_norm)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(state.rng, state.step)
@@ -57,7 +60,10 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                  jax.eval_shape(grad_fn, state.params, state.frozen, state.anchors, first, key))
             (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-        grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+        if dp is None:
+            grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+        else:
+            grads = privacy.noisy_mean(grads, jax.random.fold_in(key, privacy.NOISE), dp)
         extra = {}
         if type(method).penalty is not Method.penalty:  # once per step, not per token
             extra["penalty"], penalty_grads = jax.value_and_grad(method.penalty)(state.params, state.anchors)
@@ -120,14 +126,15 @@ class Steps:
     and rematerialisation are baked into the compiled steps. With ``population`` (the number of members, their
     batches' sharding, which frozen leaves they stack, and their dropout rates that are data) the train step is
     the population's (:func:`make_population_step`) over the stacked state; evaluation is always one member's.
+    ``dp``: the train step is DP-SGD's (:mod:`adapt.privacy`).
     """
 
     def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
                  *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None,
-                 population: tuple | None = None):
+                 population: tuple | None = None, dp: privacy.DPSGD | None = None):
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        train_step = make_train_step(model, objective, tx, accum, method)
+        train_step = make_train_step(model, objective, tx, accum, method, dp)
         self._train_rules = rules
         if population is None:
             self._train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),

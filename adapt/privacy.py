@@ -1,0 +1,272 @@
+"""Differentially private fine-tuning (DP-SGD): per-example clipping, Gaussian noise once per logical batch,
+Poisson sampling and a privacy accountant (``dp_accounting``), turned on by the ``privacy`` config section.
+
+    dp = plan(config, examples=n, multiple=8)   # the run's DPSGD: clip, noise, batch sizes, steps, delta
+    report(dp, steps)                            # {"epsilon": ..., "delta": ..., ...}: results.json's "privacy"
+
+What a step does (:func:`adapt.training.steps.make_train_step` calls :func:`clipped_sum` and :func:`noisy_mean`):
+each example of the batch gets its own gradient (``jax.vmap`` over the rows, of the TRAINABLE parameters only:
+under LoRA or adapters the frozen base gets none), is clipped to global L2 norm <= C (``privacy.clip_norm``), the
+clipped gradients are summed over the logical batch (over every micro-batch of gradient accumulation too), Gaussian
+noise N(0, (sigma C)^2) is added once per logical batch (its key ``fold_in(fold_in(rng, step), NOISE)``) and the
+sum is divided by the EXPECTED batch size B (``train.batch_size``), not by the rows drawn. An example's loss is
+its summed token loss over its token count (token-level objectives: the mean over its targets; sequence
+classification: its loss). Padding rows (``batch["real"] == 0``) add nothing. The adaptation method's penalty
+(L2-SP) does not read data: it is added after the noise.
+
+Sampling (:class:`adapt.data.batches.PoissonBatches`, as jax_privacy 2.0's ``CyclicPoissonSampling`` with one
+group and ``truncated_batch_size``): at each step every train example is in the batch independently with
+probability q = B / n; a draw of more than ``max_batch_size`` rows keeps a uniformly random ``max_batch_size`` of
+them (truncation); the batch is padded to ``max_batch_size`` rows, the step's fixed shape. ``max_batch_size`` 0
+picks the smallest multiple of the step's row divisor that makes truncation rare (below).
+
+Accounting, add/remove-one adjacency on the train split the trainer reads (n = its size): "pld" (default) composes
+``TruncatedSubsampledGaussianDpEvent(n, q, max_batch_size, sigma)`` over the steps (exact for the truncated
+sampler; ``PoissonSampledDpEvent`` when ``max_batch_size`` >= n, which never truncates); "rdp" composes ``PoissonSampledDpEvent(q, Gaussian(sigma))`` (which knows no truncation) and adds the
+truncation's probability to delta: delta' = delta + (1 + e^eps) T P[Binomial(n + 1, q) > max_batch_size] (the
+truncated and untruncated runs differ only when a step truncates). Auto ``max_batch_size``: per-step truncation
+probability <= 1e-6 (pld) or delta' <= 1.01 delta (rdp). ``noise_multiplier`` 0 calibrates sigma for
+``target_epsilon`` at ``delta`` (``dp_accounting.calibrate_dp_mechanism``). The epsilon reported is for the steps
+the run did.
+
+Refused, each a one-line ConfigError naming the key (jax_privacy's sharp edges, as they apply here):
+
+- early stopping or the best checkpoint chosen on dev (``train.early_stopping.metric``): non-private model
+  selection on data that may be private, unless ``privacy.public_dev`` says the dev data is public;
+- ``data.mixture`` / ``data.mixture_stages``: sampling other than the Poisson sampling accounted;
+- ``data.augment``: copies of an example are separate rows, each clipped alone, so one example moves the sum by
+  more than C (augmentation would have to happen inside the per-example gradient);
+- ``data.pack`` for language-model data: a packed row holds parts of several documents and a document spans rows,
+  so a row is not an example;
+- ``data.quality`` "drop" by a check that compares train examples with each other (duplicates, near duplicates,
+  label errors): adding one example can drop others, so neighbouring data sets give train splits differing by
+  more than one example (empty, too long and leakage judge each train example alone against fixed dev/test);
+- ``optimizer.clip_norm`` > 0: clipping the noisy mean again does not protect anything (the per-example bound is
+  ``privacy.clip_norm``) and distorts the calibrated update; set it to 0;
+- populations (:func:`adapt.population.run_population`): not supported, run DP trials alone;
+- ``noise_multiplier`` 0 with no ``target_epsilon`` (no noise is not private), or both set.
+
+Not refused, and outside the guarantee: choosing among trials by a dev metric (a sweep's best hyperparameters, an
+adaptive search) spends privacy no trial's epsilon counts; the splits carved by ``data.split_ratios`` or sampled
+by ``data.train_examples`` are the data the guarantee is about (one record more in the source reshuffles them).
+A statistic over the batch (batch norm) cannot arise: each example's forward pass is its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from adapt.errors import ConfigError
+
+ACCOUNTANTS = ("pld", "rdp")
+NOISE = 0x4E015E  # folded into the step's key for the noise (micro-batches fold in 0 .. accum - 1)
+TRUNCATION = 1e-6  # pld, auto max_batch_size: the largest probability that a step truncates its draw
+RDP_DELTA_SHARE = 0.01  # rdp, auto max_batch_size: truncation's largest share of delta
+CROSS_EXAMPLE_CHECKS = ("duplicates", "near_duplicates", "label_errors")  # data.quality checks comparing examples
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The ``privacy`` section: off."""
+    return ml_collections.ConfigDict(dict(
+        enabled=False,
+        noise_multiplier=0.0,  # sigma; 0: calibrated for target_epsilon
+        target_epsilon=0.0,
+        delta=0.0,  # 0: 1 / n, n the train examples
+        clip_norm=1.0,  # C: each example's gradient is clipped to this global L2 norm
+        accountant="pld",  # pld | rdp
+        max_batch_size=0,  # rows of a step (draws truncated, batches padded to it); 0: auto
+        public_dev=False,  # the dev data is public: early stopping and the best checkpoint on it are allowed
+    ))
+
+
+@dataclasses.dataclass(frozen=True)
+class DPSGD:
+    """A run's DP-SGD: what the step uses (clip_norm, noise_multiplier, expected_batch_size) and what the accountant
+    reads (examples n, max_batch_size, steps, delta, accountant)."""
+    clip_norm: float
+    noise_multiplier: float
+    expected_batch_size: int
+    max_batch_size: int
+    examples: int
+    steps: int
+    delta: float
+    accountant: str = "pld"
+
+    @property
+    def sampling_rate(self) -> float:
+        return self.expected_batch_size / self.examples
+
+
+def check(config) -> None:
+    """The refusals of the module docstring for a trial's ``config`` with privacy on; the section's own values too."""
+    p = config.privacy
+    if p.accountant not in ACCOUNTANTS:
+        raise ConfigError(f"privacy.accountant={p.accountant!r}; expected one of {', '.join(ACCOUNTANTS)}")
+    if not p.clip_norm > 0:
+        raise ConfigError(f"privacy.clip_norm={p.clip_norm}; expected a number > 0 (the per-example L2 bound)")
+    if not 0 <= p.delta < 1:
+        raise ConfigError(f"privacy.delta={p.delta}; expected a number in [0, 1) (0: 1 / train examples)")
+    if p.noise_multiplier < 0 or p.target_epsilon < 0 or (p.noise_multiplier > 0) == (p.target_epsilon > 0):
+        raise ConfigError(f"privacy.noise_multiplier={p.noise_multiplier} and privacy.target_epsilon="
+                          f"{p.target_epsilon}; expected exactly one of them > 0 (no noise is not private)")
+    if p.max_batch_size < 0:
+        raise ConfigError(f"privacy.max_batch_size={p.max_batch_size}; expected rows >= 0 (0: auto)")
+    if config.train.early_stopping.metric and not p.public_dev:
+        raise ConfigError(f"train.early_stopping.metric={config.train.early_stopping.metric!r} picks the checkpoint "
+                          f"on dev data, outside the privacy guarantee; set it to '' or privacy.public_dev=True")
+    if config.optimizer.clip_norm:
+        raise ConfigError(f"optimizer.clip_norm={config.optimizer.clip_norm} would clip the noisy mean gradient, "
+                          f"which protects nothing under privacy (privacy.clip_norm bounds each example); set it to 0")
+    d = config.data
+    if d.get("mixture") or d.get("mixture_stages"):
+        raise ConfigError("data.mixture: a mixture samples batches other than by the Poisson sampling privacy "
+                          "accounts; train one source")
+    if d.get("augment", {}).get("copies", 0):
+        raise ConfigError(f"data.augment.copies={d.augment.copies}: an example's copies are rows clipped apart, "
+                          f"so it moves a batch by more than privacy.clip_norm; set it to 0")
+    if d.format in ("lm", "sft") and d.pack:
+        raise ConfigError("data.pack=True: a packed row mixes documents and a document spans rows, so a row is not "
+                          "the example privacy protects; set data.pack=False")
+    for name in CROSS_EXAMPLE_CHECKS:
+        if d.get("quality", {}).get(name) == "drop":
+            raise ConfigError(f"data.quality.{name}='drop' removes train examples because of others, so one example "
+                              f"can change several; use 'report' under privacy")
+
+
+def _divisor(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _tail(examples: int, rate: float, size: int) -> float:
+    """P[Binomial(examples + 1, rate) > size]: a neighbouring data set (one example more) truncating a step."""
+    from scipy.stats import binom
+
+    return float(binom.sf(size, examples + 1, rate))
+
+
+def _event(sigma: float, rate: float, examples: int, size: int, accountant: str):
+    import dp_accounting
+
+    if accountant == "pld" and size < examples:  # a batch as large as the data never truncates: plain Poisson
+        return dp_accounting.TruncatedSubsampledGaussianDpEvent(examples, rate, size, sigma)
+    return dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma))
+
+
+def _fresh(accountant: str):
+    from dp_accounting import pld, rdp
+
+    return pld.PLDAccountant() if accountant == "pld" else rdp.RdpAccountant()
+
+
+@functools.lru_cache(maxsize=64)
+def _epsilon(sigma: float, rate: float, examples: int, size: int, steps: int, delta: float, accountant: str):
+    acc = _fresh(accountant)
+    acc.compose(_event(sigma, rate, examples, size, accountant), steps)
+    return acc.get_epsilon(delta)
+
+
+@functools.lru_cache(maxsize=16)
+def _calibrate(target: float, rate: float, examples: int, size: int, steps: int, delta: float, accountant: str):
+    import dp_accounting
+
+    return float(dp_accounting.calibrate_dp_mechanism(
+        lambda: _fresh(accountant),
+        lambda sigma: dp_accounting.SelfComposedDpEvent(_event(sigma, rate, examples, size, accountant), steps),
+        target, delta, bracket_interval=dp_accounting.LowerEndpointAndGuess(0.3, 1.0), tol=1e-3))
+
+
+def plan(config, examples: int, multiple: int = 1) -> DPSGD:
+    """The DP-SGD of a trial whose train split has ``examples`` examples and whose step's rows must divide by
+    ``multiple`` (gradient accumulation, the batch's shards): checks (:func:`check`), the rows, the steps
+    (``train.steps``, else ``train.epochs`` of n / B steps) and sigma (given, or calibrated)."""
+    from adapt.data.batches import epoch_steps  # here: the data package imports the training package, which imports this
+
+    check(config)
+    p, t = config.privacy, config.train
+    batch = t.batch_size
+    if batch > examples:
+        raise ConfigError(f"train.batch_size={batch} is the expected Poisson batch; it exceeds the {examples} train "
+                          f"examples")
+    if p.max_batch_size and p.max_batch_size % multiple:
+        raise ConfigError(f"privacy.max_batch_size={p.max_batch_size} is not a multiple of {multiple} (gradient "
+                          f"accumulation x the batch's shards)")
+    rate, delta = batch / examples, p.delta or 1.0 / examples
+    steps = int(t.steps or math.ceil(t.epochs * epoch_steps(examples, batch)))
+    size = p.max_batch_size or _divisor(batch, multiple)
+    sigma = p.noise_multiplier
+    if p.accountant == "pld":
+        while not p.max_batch_size and _tail(examples, rate, size) > TRUNCATION:
+            size += multiple
+        sigma = sigma or _calibrate(p.target_epsilon, rate, examples, size, steps, delta, "pld")
+    else:
+        sigma = sigma or _calibrate(p.target_epsilon, rate, examples, size, steps, delta, "rdp")
+        eps = _epsilon(sigma, rate, examples, size, steps, delta, "rdp")
+        while not p.max_batch_size and (1 + math.exp(eps)) * steps * _tail(examples, rate, size) > RDP_DELTA_SHARE * delta:
+            size += multiple
+    return DPSGD(p.clip_norm, sigma, batch, size, examples, steps, delta, p.accountant)
+
+
+def report(dp: DPSGD, steps: int) -> dict:
+    """The guarantee after ``steps`` steps, as results.json's ``privacy`` entry (numbers only): epsilon at delta
+    (rdp: delta with truncation's share added) and the parameters that gave it."""
+    eps = _epsilon(dp.noise_multiplier, dp.sampling_rate, dp.examples, dp.max_batch_size, steps, dp.delta,
+                   dp.accountant) if steps else 0.0
+    delta = dp.delta
+    if dp.accountant == "rdp":
+        delta += (1 + math.exp(eps)) * steps * _tail(dp.examples, dp.sampling_rate, dp.max_batch_size)
+    return {"epsilon": eps, "delta": delta, "noise_multiplier": dp.noise_multiplier, "clip_norm": dp.clip_norm,
+            "sampling_rate": dp.sampling_rate, "steps": steps, "examples": dp.examples,
+            "expected_batch_size": dp.expected_batch_size, "max_batch_size": dp.max_batch_size}
+
+
+# ---- the step's part (adapt.training.steps)
+
+def clip(grads, clip_norm: float):
+    """One example's gradients scaled to global L2 norm <= ``clip_norm`` (unchanged when already within)."""
+    norm = optax.tree.norm(grads)
+    scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+
+
+def per_example_grads(loss_fn):
+    """``loss_fn(params, frozen, anchors, batch, key) -> (loss_sum, sums)`` -> ``fn(params, frozen, anchors, batch,
+    keys [B]) -> (grads [B, ...], sums [B, ...])``: each row's gradient of its loss (its ``loss_sum`` over its
+    ``weight``), alone (a batch of one), with its own key."""
+    def example_loss(params, frozen, anchors, row, key):
+        loss_sum, sums = loss_fn(params, frozen, anchors, jax.tree.map(lambda x: x[None], row), key)
+        return loss_sum / jnp.maximum(sums["weight"], 1.0), sums
+
+    return jax.vmap(jax.grad(example_loss, has_aux=True), in_axes=(None, None, None, 0, 0))
+
+
+def clipped_sum(loss_fn, clip_norm: float):
+    """``loss_fn`` as above -> ``fn(params, frozen, anchors, batch, key) -> (grads, sums)``: the sum over the batch's
+    real rows (``batch["real"]``) of their clipped gradients, and of their objective sums."""
+    from adapt.data.batches import REAL
+
+    per_example = per_example_grads(loss_fn)
+
+    def fn(params, frozen, anchors, batch, key):
+        batch = dict(batch)
+        real = batch.pop(REAL).astype(jnp.float32)  # [B]
+        grads, sums = per_example(params, frozen, anchors, batch, jax.random.split(key, real.shape[0]))
+        clipped = jax.vmap(clip, in_axes=(0, None))(grads, clip_norm)  # [B, ...]
+        add = functools.partial(jnp.tensordot, real, axes=1)
+        return jax.tree.map(add, clipped), jax.tree.map(add, sums)
+
+    return fn
+
+
+def noisy_mean(grad_sum, key, dp: DPSGD):
+    """(``grad_sum`` + N(0, (sigma C)^2) on every coordinate) / the expected batch size: one draw per logical batch."""
+    leaves, tree = jax.tree.flatten(grad_sum)
+    std = dp.noise_multiplier * dp.clip_norm
+    return tree.unflatten([(g + std * jax.random.normal(k, g.shape, g.dtype)) / dp.expected_batch_size
+                           for g, k in zip(leaves, jax.random.split(key, len(leaves)))])
