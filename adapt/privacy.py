@@ -248,12 +248,13 @@ def per_example_grads(loss_fn):
 
 def clipped_sum(loss_fn, clip_norm: float):
     """``loss_fn`` as above -> ``fn(params, frozen, anchors, batch, key) -> (grads, sums)``: the sum over the batch's
-    real rows (``batch["real"]``) of their clipped gradients, and of their objective sums."""
+    real rows (``batch["real"]``) of their clipped gradients, and of their objective sums; a batch with no real row
+    computes nothing (zeros)."""
     from adapt.data.batches import REAL
 
     per_example = per_example_grads(loss_fn)
 
-    def fn(params, frozen, anchors, batch, key):
+    def compute(params, frozen, anchors, batch, key):
         batch = dict(batch)
         real = batch.pop(REAL).astype(jnp.float32)  # [B]
         grads, sums = per_example(params, frozen, anchors, batch, jax.random.split(key, real.shape[0]))
@@ -261,7 +262,26 @@ def clipped_sum(loss_fn, clip_norm: float):
         add = functools.partial(jnp.tensordot, real, axes=1)
         return jax.tree.map(add, clipped), jax.tree.map(add, sums)
 
+    def fn(params, frozen, anchors, batch, key):
+        args = (params, frozen, anchors, batch, key)
+        zeros = lambda *a: jax.tree.map(jnp.zeros_like, jax.eval_shape(compute, *a))  # noqa: E731
+        return jax.lax.cond(jnp.any(batch[REAL] != 0), compute, zeros, *args)
+
     return fn
+
+
+def real_first(batch: dict, accum: int) -> dict:
+    """``batch`` with its real rows moved so that they fill micro-batches 0, 1, ... in turn (micro-batch i takes
+    rows i, i + A, ...: :func:`adapt.training.steps._micro_batches`), so the micro-batches after them are all
+    padding and compute nothing (jax_privacy's padding at the end). The rows' order does not change the sum."""
+    from adapt.data.batches import REAL
+
+    rows = batch[REAL].shape[0]
+    per = rows // accum
+    order = jnp.argsort(batch[REAL] == 0, stable=True)  # real rows first, in order
+    slots = [(j // per) + accum * (j % per) for j in range(rows)]  # the row the j-th real row goes to
+    take = order[jnp.asarray(sorted(range(rows), key=slots.__getitem__))]
+    return jax.tree.map(lambda x: x[take], batch)
 
 
 def noisy_mean(grad_sum, key, dp: DPSGD):

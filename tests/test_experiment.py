@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from adapt import configs, evalsets, sweeps
+from adapt import configs, evalsets, privacy, sweeps
 from adapt import search as adaptive
 from adapt.data.pipeline import check_mixture
 from adapt.errors import ConfigError
@@ -21,7 +21,8 @@ SETTINGS = {"experiments/bbc_tapt/config.py": ["smoke"],  # the named settings o
             "experiments/bbc_headlines/config.py": ["cpu", "smoke"],
             "experiments/augmentation/config.py": ["smoke"],
             "experiments/active_learning/config.py": ["smoke"],
-            "experiments/distillation/config.py": ["lm", "bbc,smoke", "lm,smoke"]}
+            "experiments/distillation/config.py": ["lm", "bbc,smoke", "lm,smoke"],
+            "experiments/privacy/config.py": ["smoke"]}
 CASES = [(p, None) for p in CONFIG_FILES] + [(os.path.join(ROOT, p), a) for p, args in SETTINGS.items() for a in args]
 
 
@@ -41,6 +42,8 @@ def test_every_config_resolves(path, arg):
             assert resolved
             for trial in resolved:  # and its mixture and named sets pass the checks run_trial makes before it loads
                 check_mixture(trial.data)
+                if trial.privacy.enabled:  # and DP-SGD's refusals
+                    privacy.check(trial)
                 for name, spec in evalsets.specs(trial).items():
                     evalsets.data_section(trial, name, spec)
 

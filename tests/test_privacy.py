@@ -142,6 +142,8 @@ def test_noise_std_through_the_step_is_sigma_clip_over_the_expected_batch(steps)
 
 def test_gradient_accumulation_gives_the_update_of_one_big_batch(steps):
     batch = _lm_batch(n=8, padding=2)
+    arranged = privacy.real_first(batch, 4)  # the real rows fill micro-batches 0-2: the last computes nothing
+    assert [int(arranged[REAL][i::4].sum()) for i in range(4)] == [2, 2, 2, 0]
     one, _ = _update(steps, 1, batch)
     four, _ = _update(steps, 4, batch)
     for a, b in zip(one, four):
@@ -190,7 +192,7 @@ def _config(small_bert, tmp_path, **privacy_keys):
     c.data.files = _files(tmp_path)
     c.eval.update(splits=("test",), batch_size=8)
     c.optimizer.update(learning_rate=1e-2, clip_norm=0.0)
-    c.train.update(batch_size=8, steps=2, log_every=2)
+    c.train.update(batch_size=8, steps=2, log_every=2, grad_accum=2)
     c.train.early_stopping.metric = ""
     c.mesh.shape = (-1, 1, 1)
     c.privacy.update(enabled=True, **privacy_keys)

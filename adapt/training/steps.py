@@ -6,8 +6,9 @@ statistics over ``accum`` micro-batches with ``lax.scan``, divides by the total 
 equals one big batch), adds the adaptation method's penalty (once per step) and applies one optimizer
 update. The forward pass sees the parameters as the method perturbs them (Mixout); evaluation never
 does. Micro-batch i takes rows i, i+A, i+2A, ... so every device holds its share of every micro-batch.
-With ``dp`` (DP-SGD, :mod:`adapt.privacy`) each micro-batch gives the sum of its examples' clipped gradients
-instead, and noise is added once to their total, which is divided by the expected batch size.
+With ``dp`` (DP-SGD, :mod:`adapt.privacy`) the real rows fill the first micro-batches, each micro-batch gives the
+sum of its examples' clipped gradients instead (one of padding alone computes nothing), and noise is added once to
+their total, which is divided by the expected batch size.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
         if accum == 1:
             grads, sums = grad_fn(state.params, state.frozen, state.anchors, batch, key)
         else:
-            micro = _micro_batches(batch, accum)
+            micro = _micro_batches(batch if dp is None else privacy.real_first(batch, accum), accum)
 
             def body(carry, xs):
                 i, mb = xs
