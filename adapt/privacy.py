@@ -69,6 +69,7 @@ ACCOUNTANTS = ("pld", "rdp")
 NOISE = 0x4E015E  # folded into the step's key for the noise (micro-batches fold in 0 .. accum - 1)
 TRUNCATION = 1e-6  # pld, auto max_batch_size: the largest probability that a step truncates its draw
 RDP_DELTA_SHARE = 0.01  # rdp, auto max_batch_size: truncation's largest share of delta
+SIGMA_MIN = 0.3  # calibration searches noise multipliers from here up
 CROSS_EXAMPLE_CHECKS = ("duplicates", "near_duplicates", "label_errors")  # data.quality checks comparing examples
 
 
@@ -176,10 +177,14 @@ def _epsilon(sigma: float, rate: float, examples: int, size: int, steps: int, de
 def _calibrate(target: float, rate: float, examples: int, size: int, steps: int, delta: float, accountant: str):
     import dp_accounting
 
+    least = _epsilon(SIGMA_MIN, rate, examples, size, steps, delta, accountant)
+    if least <= target:  # the search starts at SIGMA_MIN
+        raise ConfigError(f"privacy.target_epsilon={target} is met with noise_multiplier {SIGMA_MIN} already "
+                          f"(epsilon {least:.3g}); set privacy.noise_multiplier instead")
     return float(dp_accounting.calibrate_dp_mechanism(
         lambda: _fresh(accountant),
         lambda sigma: dp_accounting.SelfComposedDpEvent(_event(sigma, rate, examples, size, accountant), steps),
-        target, delta, bracket_interval=dp_accounting.LowerEndpointAndGuess(0.3, 1.0), tol=1e-3))
+        target, delta, bracket_interval=dp_accounting.LowerEndpointAndGuess(SIGMA_MIN, 1.0), tol=1e-3))
 
 
 def plan(config, examples: int, multiple: int = 1) -> DPSGD:

@@ -222,6 +222,10 @@ def test_sigma_calibrated_for_a_target_epsilon_rdp(small_bert, tmp_path):
     assert spent["epsilon"] == acc.get_epsilon(1e-4) and 2.95 < spent["epsilon"] <= 3.0  # RDP: steps in epsilon
     assert 1e-4 <= spent["delta"] <= 1.01e-4  # truncation's share of delta, at the auto max_batch_size
 
+    c.privacy.update(target_epsilon=1e4)
+    with pytest.raises(ConfigError, match="privacy.target_epsilon=10000.0 is met with noise_multiplier 0.3"):
+        privacy.plan(c, examples=1000, multiple=8)
+
     c.privacy.update(accountant="pld", noise_multiplier=1.0, target_epsilon=0.0)
     size = privacy.plan(c, examples=1000, multiple=8).max_batch_size  # pld: the step truncates with prob <= 1e-6
     assert size % 8 == 0 and binom.sf(size, 1001, 0.008) <= 1e-6 < binom.sf(size - 8, 1001, 0.008)
@@ -250,3 +254,23 @@ def test_early_stopping_on_public_dev_is_allowed_and_populations_are_refused(tmp
     privacy.check(c)
     with pytest.raises(ConfigError, match="privacy.enabled"):
         run_population([c, c], [str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_epsilon_from_results_json_is_a_table_key(tmp_path):
+    import ml_collections
+
+    from adapt import results, sweeps, tables
+
+    trials = sweeps.expand(sweeps.product(sweeps.grid("meta.dp", [True, False]), sweeps.grid("train.seed", [0, 1])))
+    base = ml_collections.ConfigDict(dict(train=dict(seed=0), privacy=dict(enabled=False)))
+    db = results.ResultsDB(str(tmp_path / "results.db"))
+    db.register("dp", trials, {t.id: sweeps.trial_config(base, t.overrides) for t in trials}, str(tmp_path))
+    by_id = {t.id: t.overrides for t in trials}
+    while (tid := db.claim(list(by_id), 1)) is not None:
+        dp, seed = by_id[tid]["meta.dp"], by_id[tid]["train.seed"]
+        db.finish(tid, {"dev": {"accuracy": 0.5}, "test": {"accuracy": 0.6 + 0.1 * dp + 0.01 * seed},
+                        **({"privacy": {"epsilon": 2.5, "delta": 1e-3}} if dp else {})}, {})
+    table = tables.build(db.trials(), rows=("privacy.epsilon",), metric="accuracy")
+    assert sorted(table.rows) == ["2.5", "–"]  # "–": no privacy entry
+    assert table.cells["2.5", "accuracy"].mean == pytest.approx(0.705)
+    assert "| 2.5 | **70.5 ± 0.7** |" in tables.to_markdown(table)
