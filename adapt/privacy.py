@@ -152,6 +152,12 @@ def _tail(examples: int, rate: float, size: int) -> float:
     return float(binom.sf(size, examples + 1, rate))
 
 
+def _truncation_delta(eps: float, steps: int, examples: int, rate: float, size: int) -> float:
+    """rdp: what truncation adds to delta, (1 + e^eps) T P[truncation] (at most 1)."""
+    tail = _tail(examples, rate, size)
+    return 0.0 if tail == 0 else min(1.0, (1 + math.exp(min(eps, 700.0))) * steps * tail)
+
+
 def _event(sigma: float, rate: float, examples: int, size: int, accountant: str):
     import dp_accounting
 
@@ -213,7 +219,7 @@ def plan(config, examples: int, multiple: int = 1) -> DPSGD:
     else:
         sigma = sigma or _calibrate(p.target_epsilon, rate, examples, size, steps, delta, "rdp")
         eps = _epsilon(sigma, rate, examples, size, steps, delta, "rdp")
-        while not p.max_batch_size and (1 + math.exp(eps)) * steps * _tail(examples, rate, size) > RDP_DELTA_SHARE * delta:
+        while not p.max_batch_size and _truncation_delta(eps, steps, examples, rate, size) > RDP_DELTA_SHARE * delta:
             size += multiple
     return DPSGD(p.clip_norm, sigma, batch, size, examples, steps, delta, p.accountant)
 
@@ -225,7 +231,7 @@ def report(dp: DPSGD, steps: int) -> dict:
                    dp.accountant) if steps else 0.0
     delta = dp.delta
     if dp.accountant == "rdp":
-        delta += (1 + math.exp(eps)) * steps * _tail(dp.examples, dp.sampling_rate, dp.max_batch_size)
+        delta += _truncation_delta(eps, steps, dp.examples, dp.sampling_rate, dp.max_batch_size)
     return {"epsilon": eps, "delta": delta, "noise_multiplier": dp.noise_multiplier, "clip_norm": dp.clip_norm,
             "sampling_rate": dp.sampling_rate, "steps": steps, "examples": dp.examples,
             "expected_batch_size": dp.expected_batch_size, "max_batch_size": dp.max_batch_size}

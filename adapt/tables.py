@@ -6,8 +6,9 @@ benchmarks. A row is the values of the ``rows`` keys (default: the trial's
 ``condition``), a column the value of the ``column`` key (default ``meta.benchmark``; one column when trials have
 none). Keys are a trial's columns (stage, condition, sweep), its overrides (``optimizer.learning_rate``,
 ``meta.benchmark``), its full config (``model.name``), ``init`` (the stage it started from, "external" for an
-``init_from`` outside the sweep, "none") or a number it stored beside its metrics (``privacy.epsilon``: the
-``privacy`` entry of its results.json; "–" where it has none). In each cell the trials are grouped by their hyperparameters (their
+``init_from`` outside the sweep, "none") or a number it stored beside its metrics, which comes first (``privacy.delta``:
+the ``privacy`` entry of its results.json, the delta spent, not the config's ``privacy.delta``; "–" where neither
+has it). In each cell the trials are grouped by their hyperparameters (their
 overrides less the seed keys, ``init_from``, ``meta.*`` and the row/column keys); the group with the best mean
 dev metric over seeds is selected, and the cell is its test metric: mean ± sample std (ddof=1) over seeds. The
 metric is one name, or one per column (``{"chemprot": "micro_f1", "*": "macro_f1"}``, as papers report).
@@ -50,13 +51,15 @@ def value(trial: dict, key: str):
         return "external" if trial["config"].get("init_from") else "none"
     if key in TRIAL_KEYS:
         return trial[key]
+    split, _, name = key.partition(".")
+    if name in trial.get("metrics", {}).get(split, {}):  # stored: results.json {"privacy": {"delta": ...}}
+        return trial["metrics"][split][name]
     if key in trial["overrides"]:
         return trial["overrides"][key]
     node = trial["config"]
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            split, _, name = key.partition(".")  # a stored result: {"privacy": {"epsilon": ...}} -> privacy.epsilon
-            return trial.get("metrics", {}).get(split, {}).get(name)
+            return None
         node = node[part]
     return node
 

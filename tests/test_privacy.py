@@ -262,7 +262,7 @@ def test_epsilon_from_results_json_is_a_table_key(tmp_path):
     from adapt import results, sweeps, tables
 
     trials = sweeps.expand(sweeps.product(sweeps.grid("meta.dp", [True, False]), sweeps.grid("train.seed", [0, 1])))
-    base = ml_collections.ConfigDict(dict(train=dict(seed=0), privacy=dict(enabled=False)))
+    base = ml_collections.ConfigDict(dict(train=dict(seed=0), privacy=dict(enabled=False, delta=0.0)))
     db = results.ResultsDB(str(tmp_path / "results.db"))
     db.register("dp", trials, {t.id: sweeps.trial_config(base, t.overrides) for t in trials}, str(tmp_path))
     by_id = {t.id: t.overrides for t in trials}
@@ -272,5 +272,6 @@ def test_epsilon_from_results_json_is_a_table_key(tmp_path):
                         **({"privacy": {"epsilon": 2.5, "delta": 1e-3}} if dp else {})}, {})
     table = tables.build(db.trials(), rows=("privacy.epsilon",), metric="accuracy")
     assert sorted(table.rows) == ["2.5", "–"]  # "–": no privacy entry
+    assert {tables.value(t, "privacy.delta") for t in db.trials()} == {1e-3, 0.0}  # stored first, then the config
     assert table.cells["2.5", "accuracy"].mean == pytest.approx(0.705)
     assert "| 2.5 | **70.5 ± 0.7** |" in tables.to_markdown(table)
