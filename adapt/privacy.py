@@ -11,8 +11,9 @@ clipped gradients are summed over the logical batch (over every micro-batch of g
 noise N(0, (sigma C)^2) is added once per logical batch (its key ``fold_in(fold_in(rng, step), NOISE)``) and the
 sum is divided by the EXPECTED batch size B (``train.batch_size``), not by the rows drawn. An example's loss is
 its summed token loss over its token count (token-level objectives: the mean over its targets; sequence
-classification: its loss). Padding rows (``batch["real"] == 0``) add nothing. The adaptation method's penalty
-(L2-SP) does not read data: it is added after the noise.
+classification: its loss). Padding rows (``batch["real"] == 0``) add nothing; with gradient accumulation the real
+rows fill the first micro-batches (:func:`real_first`) and a micro-batch of padding alone computes nothing. The
+adaptation method's penalty (L2-SP) does not read data: it is added after the noise.
 
 Sampling (:class:`adapt.data.batches.PoissonBatches`, as jax_privacy 2.0's ``CyclicPoissonSampling`` with one
 group and ``truncated_batch_size``): at each step every train example is in the batch independently with
@@ -22,12 +23,12 @@ picks the smallest multiple of the step's row divisor that makes truncation rare
 
 Accounting, add/remove-one adjacency on the train split the trainer reads (n = its size): "pld" (default) composes
 ``TruncatedSubsampledGaussianDpEvent(n, q, max_batch_size, sigma)`` over the steps (exact for the truncated
-sampler; ``PoissonSampledDpEvent`` when ``max_batch_size`` >= n, which never truncates); "rdp" composes ``PoissonSampledDpEvent(q, Gaussian(sigma))`` (which knows no truncation) and adds the
-truncation's probability to delta: delta' = delta + (1 + e^eps) T P[Binomial(n + 1, q) > max_batch_size] (the
-truncated and untruncated runs differ only when a step truncates). Auto ``max_batch_size``: per-step truncation
-probability <= 1e-6 (pld) or delta' <= 1.01 delta (rdp). ``noise_multiplier`` 0 calibrates sigma for
-``target_epsilon`` at ``delta`` (``dp_accounting.calibrate_dp_mechanism``). The epsilon reported is for the steps
-the run did.
+sampler; ``PoissonSampledDpEvent`` when ``max_batch_size`` >= n, which never truncates); "rdp" composes
+``PoissonSampledDpEvent(q, Gaussian(sigma))`` (which knows no truncation) and adds the truncation's probability to
+delta: delta' = delta + (1 + e^eps) T P[Binomial(n + 1, q) > max_batch_size] (the truncated and untruncated runs
+differ only when a step truncates). Auto ``max_batch_size``: per-step truncation probability <= 1e-6 (pld) or
+delta' <= 1.01 delta (rdp). ``noise_multiplier`` 0 calibrates sigma for ``target_epsilon`` at ``delta``
+(``dp_accounting.calibrate_dp_mechanism``). The epsilon reported is for the steps the run did.
 
 Refused, each a one-line ConfigError naming the key (jax_privacy's sharp edges, as they apply here):
 
@@ -141,7 +142,7 @@ def check(config) -> None:
                               f"can change several; use 'report' under privacy")
 
 
-def _divisor(n: int, multiple: int) -> int:
+def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
@@ -197,7 +198,7 @@ def plan(config, examples: int, multiple: int = 1) -> DPSGD:
     """The DP-SGD of a trial whose train split has ``examples`` examples and whose step's rows must divide by
     ``multiple`` (gradient accumulation, the batch's shards): checks (:func:`check`), the rows, the steps
     (``train.steps``, else ``train.epochs`` of n / B steps) and sigma (given, or calibrated)."""
-    from adapt.data.batches import epoch_steps  # here: the data package imports the training package, which imports this
+    from adapt.data.batches import epoch_steps  # here: adapt.data imports adapt.training, which imports this
 
     check(config)
     p, t = config.privacy, config.train
@@ -210,7 +211,7 @@ def plan(config, examples: int, multiple: int = 1) -> DPSGD:
                           f"accumulation x the batch's shards)")
     rate, delta = batch / examples, p.delta or 1.0 / examples
     steps = int(t.steps or math.ceil(t.epochs * epoch_steps(examples, batch)))
-    size = p.max_batch_size or _divisor(batch, multiple)
+    size = p.max_batch_size or _round_up(batch, multiple)
     sigma = p.noise_multiplier
     if p.accountant == "pld":
         while not p.max_batch_size and _tail(examples, rate, size) > TRUNCATION:
