@@ -34,7 +34,10 @@ Refused, each a one-line ConfigError naming the key (jax_privacy's sharp edges, 
 
 - early stopping or the best checkpoint chosen on dev (``train.early_stopping.metric``): non-private model
   selection on data that may be private, unless ``privacy.public_dev`` says the dev data is public;
-- ``data.mixture`` / ``data.mixture_stages``: sampling other than the Poisson sampling accounted;
+- ``data.mixture`` / ``data.mixture_stages`` / ``multitask.tasks``: sampling other than the Poisson sampling
+  accounted;
+- ``distill.teacher``: the teacher's outputs carry its own training data (the same private data, perhaps), which
+  the student's epsilon does not count;
 - ``data.augment``: copies of an example are separate rows, each clipped alone, so one example moves the sum by
   more than C (augmentation would have to happen inside the per-example gradient);
 - ``data.pack`` for language-model data: a packed row holds parts of several documents and a document spans rows,
@@ -126,6 +129,12 @@ def check(config) -> None:
     if config.optimizer.clip_norm:
         raise ConfigError(f"optimizer.clip_norm={config.optimizer.clip_norm} would clip the noisy mean gradient, "
                           f"which protects nothing under privacy (privacy.clip_norm bounds each example); set it to 0")
+    if config.get("multitask", {}).get("tasks"):
+        raise ConfigError("multitask.tasks: a multi-task trial draws its batches per task, not by the Poisson sampling "
+                          "privacy accounts; train one task")
+    if config.get("distill", {}).get("teacher"):
+        raise ConfigError(f"distill.teacher={config.distill.teacher!r}: the teacher's outputs carry what it learned "
+                          f"from its own training data, which the student's epsilon does not count; not supported")
     d = config.data
     if d.get("mixture") or d.get("mixture_stages"):
         raise ConfigError("data.mixture: a mixture samples batches other than by the Poisson sampling privacy "

@@ -236,6 +236,7 @@ def test_sigma_calibrated_for_a_target_epsilon_rdp(small_bert, tmp_path):
     (lambda c: c.optimizer.update(clip_norm=1.0), "optimizer.clip_norm"),
     (lambda c: setattr(c.data, "mixture", {"a": {"weight": 1.0}}), "data.mixture"),
     (lambda c: c.data.augment.update(copies=1), "data.augment.copies"),
+    (lambda c: c.distill.update(teacher="runs/teacher"), "distill.teacher"),
     (lambda c: c.data.quality.update(near_duplicates="drop"), "data.quality.near_duplicates"),
     (lambda c: (c.data.update(format="lm"), c.model.update(task="causal_lm")), "data.pack"),
     (lambda c: c.privacy.update(noise_multiplier=0.0), "privacy.noise_multiplier"),
@@ -252,6 +253,10 @@ def test_early_stopping_on_public_dev_is_allowed_and_populations_are_refused(tmp
     c = _config("no/such/model", tmp_path, noise_multiplier=1.0, public_dev=True)
     c.train.early_stopping.metric = "dev/accuracy"
     privacy.check(c)
+    c.multitask.tasks = {"a": {"benchmark": "bbc"}, "b": {"benchmark": "chemprot"}}
+    with pytest.raises(ConfigError, match=r"multitask\.tasks"):
+        privacy.check(c)
+    c.multitask.tasks = {}
     with pytest.raises(ConfigError, match="privacy.enabled"):
         run_population([c, c], [str(tmp_path / "a"), str(tmp_path / "b")])
 
