@@ -4,69 +4,96 @@
     .venv/bin/python benchmarks/distillation.py --workdir=runs/distill_lm --perplexity
 
 For each row (``meta.condition``) of the study in ``--workdir`` (``experiments/distillation/config.py``): the
-trained model's parameters (the student's alone: its teacher's weights are not parameters) and its inference
-throughput on this machine, tokens/s of the jitted forward pass (the evaluation step's) on full
-``[batch, length]`` rows (the median of ``--repeats`` timed calls after a warm-up call). With ``--perplexity``
+trained model's parameters (the student's alone: its teacher's weights are not parameters; a trial of no step is
+the model as it ships) and its inference throughput on this machine, tokens/s of the model's jitted forward pass
+as evaluation runs it (no dropout, no teacher) on full ``[batch, length]`` rows (the median of ``--repeats``
+timed calls after a warm-up call). With ``--perplexity``
 (causal LMs, one document per row), the test perplexity exp(sum of NLL / target tokens) with a 95% interval:
 percentile bootstrap over test documents and the row's seeds (:func:`adapt.stats.interval` on per-document
-(NLL, token) counts). Prints a Markdown table.
+(NLL, token) counts); ``--compare "A|B"`` adds row A against row B, paired (:func:`adapt.stats.compare`). Prints
+a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
 from adapt.data.batches import eval_batches
-from adapt.experiment import load_run
+from adapt.experiment import build_trial, load_run
 from adapt.host_memory import use_kept_heap
 from adapt.results import ResultsDB
-from adapt.stats import interval
+from adapt.stats import compare, interval
 from adapt.training.objectives import CausalLM
 from adapt.training.state import global_batch
+
+
+def perplexity(sums):  # summed (NLL, tokens) counts [..., 2] -> [...]
+    return np.exp(sums[..., 0] / sums[..., 1])
 
 
 def parameters(model) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def tokens_per_second(trial, state, batch: int, length: int, repeats: int) -> float:
-    """Tokens/s of the evaluation forward pass on ``[batch, length]`` rows of ordinary token ids."""
+def trained_model(workdir: str):
+    """(the trial of a run folder, its trained model: the best checkpoint's, or for a run of no step, the
+    model as it ships, the model it starts from)."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.train.steps == 0 and config.train.epochs == 0:  # evaluated only: no checkpoint was written
+        trial = build_trial(config, workdir)
+        return trial, trial.trainer.model
+    trial, state = load_run(workdir)
+    return trial, trial.trainer.best_model(state)
+
+
+def forward(model):
+    """A jitted ``(state, batch) -> logits`` of ``model`` in evaluation (no dropout; a distilled student alone)."""
+    graphdef, state = nnx.split(model)
+    call = jax.jit(lambda s, b: nnx.merge(graphdef, s)(input_ids=b["input_ids"], attention_mask=b["attention_mask"]))
+    return lambda batch: call(state, batch)
+
+
+def tokens_per_second(model, sharding, batch: int, length: int, repeats: int) -> float:
+    """Tokens/s of the forward pass on ``[batch, length]`` rows of ordinary token ids."""
     ids = np.random.default_rng(0).integers(1000, 2000, (batch, length)).astype(np.int32)
-    rows = global_batch({"input_ids": ids, "attention_mask": np.ones_like(ids)}, trial.trainer.batch_sharding)
-    forward = jax.jit(lambda s, b: trial.trainer.static(s.params, s.frozen, b, None))
-    jax.block_until_ready(forward(state, rows))  # compiles
+    rows = global_batch({"input_ids": ids, "attention_mask": np.ones_like(ids)}, sharding)
+    run = forward(model)
+    jax.block_until_ready(run(rows))  # compiles
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(forward(state, rows))
+        jax.block_until_ready(run(rows))
         times.append(time.perf_counter() - start)
     return batch * length / float(np.median(times))
 
 
-def document_counts(trial, state) -> np.ndarray:
+def document_counts(trial, model) -> np.ndarray:
     """``[n, 2]``: each test document's summed next-token NLL and its number of target tokens."""
-    targets = CausalLM().targets
+    run = forward(model)
 
     @jax.jit
-    def counts(s, b):  # -> [B, 2]
-        logits = trial.trainer.static(s.params, s.frozen, b, None)  # [B, T, V]
-        ids, valid = targets(b)
+    def counts(logits, b):  # [B, T, V] -> [B, 2]
+        ids, valid = CausalLM().targets(b)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, ids, 0)) * valid
         return jnp.stack([nll.sum(1), valid.sum(1).astype(jnp.float32)], 1)
 
     out = []
     for local in eval_batches(trial.splits["test"], trial.config.eval.batch_size, name="test"):
         real = local["attention_mask"].any(1)  # the last batch's padding rows have no token
-        out.append(np.asarray(counts(state, global_batch(local, trial.trainer.batch_sharding)))[real])
+        batch = global_batch(local, trial.trainer.batch_sharding)
+        out.append(np.asarray(counts(run(batch), batch))[real])
     return np.concatenate(out)
 
 
@@ -77,6 +104,7 @@ def main():
     parser.add_argument("--length", type=int, default=0, help="tokens per row (default: the trials' max_length)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--perplexity", action="store_true", help="causal LMs: test perplexity per row")
+    parser.add_argument("--compare", default="", help="with --perplexity, 'A|B': row A against row B, paired")
     args = parser.parse_args()
     use_kept_heap()
     done = [t for t in ResultsDB(os.path.join(args.workdir, "results.db")).trials(status="done")]
@@ -86,24 +114,29 @@ def main():
     header = "| row | seeds | parameters | inference tokens/s |" + (" test perplexity [95% interval] |"
                                                                    if args.perplexity else "")
     lines = [header, "|---|---:|---:|---:|" + ("---:|" if args.perplexity else "")]
+    counts_of = {}
     for name, trials in rows.items():
         counts, speed, params = [], None, None
         for t in sorted(trials, key=lambda t: t["overrides"].get("train.seed", 0)):
-            trial, state = load_run(t["workdir"])
+            trial, model = trained_model(t["workdir"])
             if speed is None:  # the seeds' models have the same shapes: time the first
-                model = trial.trainer.best_model(state)
-                params = parameters(model)
-                c = trial.config
-                speed = tokens_per_second(trial, state, args.batch or c.eval.batch_size,
+                params, c = parameters(model), trial.config
+                speed = tokens_per_second(model, trial.trainer.batch_sharding, args.batch or c.eval.batch_size,
                                           args.length or c.data.max_length, args.repeats)
             if args.perplexity:
-                counts.append(document_counts(trial, state))
+                counts.append(document_counts(trial, model))
         cell = ""
         if args.perplexity:
-            ci = interval(counts, lambda s: np.exp(s[..., 0] / s[..., 1]))
+            ci = interval(counts, perplexity)
+            counts_of[name] = counts
             cell = f" {ci.value:.2f} [{ci.low:.2f}, {ci.high:.2f}] |"
         lines.append(f"| {name} | {len(trials)} | {params / 1e6:.1f}M | {speed:,.0f} |{cell}")
     print("\n".join(lines))
+    if args.compare:
+        a, b = args.compare.split("|")
+        d = compare(counts_of[a], counts_of[b], perplexity)
+        print(f"\n{a} - {b}: {d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}], p = {d.p_value:.3f} (paired bootstrap "
+              f"over test documents and seeds), p (documents) = {d.p_examples:.3f} (approximate randomisation)")
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
           f"({jax.devices()[0].platform}); load average at the end {os.getloadavg()[0]:.2f}")
 
