@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from adapt import distill
+from adapt import configs, distill
 from adapt.errors import ConfigError
 from adapt.experiment import base_config, build_trial, start_trial
 from adapt.training.objectives import IGNORE, CausalLM, SequenceClassification
@@ -106,13 +106,7 @@ def _config(model, data, **over):
     c.optimizer.update(learning_rate=3e-3, warmup_steps=0)
     c.train.update(batch_size=8, steps=3, log_every=1)
     c.mesh.shape = (-1, 1, 1)
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return configs.apply_overrides(c, over)
 
 
 def _host(tree):

@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from adapt import multitask
+from adapt import configs, multitask
 from adapt.errors import ConfigError
 from adapt.experiment import base_config, run_trial
 from adapt.training.objectives import IGNORE
@@ -67,13 +67,7 @@ def _config(model, data, **over):
     c.train.update(batch_size=8, steps=6, eval_every=3, log_every=1)
     c.train.early_stopping.update(metric="dev/mean_score", mode="max")
     c.mesh.shape = (-1, 1, 1)
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return configs.apply_overrides(c, over)
 
 
 def test_sampling_proportions_match_the_temperature_formula(tasks_data, base_bert):
