@@ -40,7 +40,8 @@ _EXPORTS = {
     "run_sweep": "adapt.runner", "run_population": "adapt.population",
     "use_kept_heap": "adapt.host_memory",
 }
-_MODULES = ("benchmarks", "configs", "distill", "forgetting", "methods", "tables", "tasks")  # adapt.methods.build, ...
+_MODULES = ("benchmarks", "configs", "distill", "forgetting", "methods", "multitask", "privacy", "tables",
+            "tasks")  # adapt.methods.build, ...
 
 __all__ = sorted([*_EXPORTS, *_MODULES])
 
