@@ -430,7 +430,8 @@ def _cell(e, scale: float = 100.0, signed: bool = False) -> str:
 def to_markdown(summary: dict) -> str:
     """The curves' table (test metric x 100 at each label budget) and the area-under-curve table, as Markdown."""
     budgets, rows, metric = summary["budgets"], summary["rows"], summary["metric"]
-    lines = [f"Test {metric} (x100) by label budget: mean over seeds [95% Student-t interval, cut to 0-100] (n seeds)", "",
+    lines = [f"Test {metric} (x100) by label budget: mean over seeds [95% Student-t interval, cut to 0-100] "
+             "(n seeds)", "",
              "| strategy | " + " | ".join(str(b) for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
     lines += [f"| {s} | " + " | ".join(_cell(r["curve"].get(b)) for b in budgets) + " |" for s, r in rows.items()]
     span = f"{budgets[0]}-{budgets[-1]}" if budgets else "-"

@@ -28,7 +28,8 @@ carries most often in train (a word train never saw, and a tie, the most frequen
 ``max_length`` keeps).
 
 Only single-label classification (``data.format="classification"``, ``label_type="category"``), tagging and
-generation have baselines; regression and language-model data have none (:func:`compute` returns ``{}``). A training ``mixture`` is not what these are fit on: they train on the section's own train split.
+generation have baselines; regression and language-model data have none (:func:`compute` returns ``{}``). A
+training ``mixture`` is not what these are fit on: they train on the section's own train split.
 """
 
 from __future__ import annotations

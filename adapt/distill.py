@@ -13,8 +13,9 @@ each example of a classifier, each target token of a causal LM). The ``distill``
 
 With neither ``student`` key the student is ``model.name`` (or ``init_from``) as in any trial: another checkpoint
 that shares the teacher's tokenizer. In a sweep, a relative ``distill.teacher`` lies in the sweep folder (a trial of
-an earlier stage: :data:`adapt.sweeps.IN_SWEEP`). The student must share the teacher's tokenizer and the teacher's head must be
-the task's (same labels, in the same order); each mismatch is a one-line :class:`~adapt.errors.ConfigError`.
+an earlier stage: :data:`adapt.sweeps.IN_SWEEP`). The student must share the teacher's tokenizer and the teacher's
+head must be the task's (same labels, in the same order); each mismatch is a one-line
+:class:`~adapt.errors.ConfigError`.
 
 The teacher rides in the train state: its weights become :class:`TeacherWeight` variables (not ``nnx.Param``, so
 no adaptation method trains them, the step's gradient never reaches them, checkpoints and exports leave them out)

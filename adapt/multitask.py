@@ -191,7 +191,8 @@ class MultiTaskData:
             cfg.objective.f1_ignore = s.f1_ignore
             built.append((s.name, tasks.get(s.kind).objective(tasks.TaskInputs(tokenizer, self.splits["labels"][s.name],
                                                                                 cfg))))
-        return objectives.MultiTask(tuple(built), tuple(s.weight for s in self.specs), tuple(s.metric for s in self.specs))
+        return objectives.MultiTask(tuple(built), tuple(s.weight for s in self.specs),
+                                    tuple(s.metric for s in self.specs))
 
     def train_stream(self, config) -> MultiTaskBatches:
         mt = config.multitask
@@ -224,7 +225,8 @@ def build_model(data: MultiTaskData, source: str, **load):
 
 
 def export(model, out: str, tokenizer) -> str:
-    """``out/<task>/`` per task (:meth:`MultiTask.task_model`, in HF layout with the tokenizer) and ``out/multitask.json``."""
+    """``out/<task>/`` per task (:meth:`MultiTask.task_model`, in HF layout with the tokenizer) and
+    ``out/multitask.json``."""
     from adapt.models import save_pretrained
 
     names = list(model.tasks)

@@ -98,14 +98,13 @@ def test_one_step_trains_heads_of_different_sizes_and_kinds(base_bert):
     from adapt.models import from_pretrained
     from adapt.models.multitask import MultiTask
     from adapt.training.objectives import SequenceClassification, TokenClassification
-    from adapt.training.state import split_model
+    from adapt.training.state import TrainState, split_model
     from adapt.training.steps import make_train_step
-    from adapt.training.state import TrainState
 
     off = dict(hidden_dropout=0.0, attention_dropout=0.0)  # each row's outputs then depend on that row alone
-    multi = MultiTask.combine({"rel": from_pretrained(base_bert, task="sequence_classification", labels=list("xyz"), **off),
-                               "tag": from_pretrained(base_bert, task="token_classification",
-                                                      labels=["B-E", "I-E", "O", "B-F"], **off)})
+    rel = from_pretrained(base_bert, task="sequence_classification", labels=list("xyz"), **off)
+    tag = from_pretrained(base_bert, task="token_classification", labels=["B-E", "I-E", "O", "B-F"], **off)
+    multi = MultiTask.combine({"rel": rel, "tag": tag})
     assert {"tasks.rel.classifier", "tasks.tag.classifier", "bert.pooler"} == set(multi.head_prefixes())
     objective = multitask.objectives.MultiTask(
         (("rel", SequenceClassification(3)), ("tag", TokenClassification(("B-E", "I-E", "O", "B-F")))),
@@ -122,8 +121,8 @@ def test_one_step_trains_heads_of_different_sizes_and_kinds(base_bert):
     def grads(rows):
         batch = {"input_ids": ids[rows], "attention_mask": np.ones_like(ids[rows]),
                  "labels": {"rel": rel[rows], "tag": tag[rows]}}
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen, opt_state=optax.sgd(1.0).init(params),
-                           rng=jax.random.PRNGKey(0), anchors={})
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
+                           opt_state=optax.sgd(1.0).init(params), rng=jax.random.PRNGKey(0), anchors={})
         new, metrics = step(state, jax.tree.map(jnp.asarray, batch))
         return jax.tree.map(lambda a, b: np.asarray(a - b), params, new.params), metrics  # -grad
 
@@ -137,8 +136,9 @@ def test_one_step_trains_heads_of_different_sizes_and_kinds(base_bert):
     for got, want in zip(jax.tree.leaves(both), jax.tree.leaves(combined)):
         np.testing.assert_allclose(got, want, atol=2e-7)
     heads = both["tasks"]
-    assert np.abs(heads["rel"]["classifier"]["kernel"]).max() > 0 and np.abs(heads["tag"]["classifier"]["kernel"]).max() > 0
-    assert heads["tag"]["classifier"]["kernel"].shape == (32, 4) and heads["rel"]["classifier"]["kernel"].shape == (32, 3)
+    kernels = {name: heads[name]["classifier"]["kernel"] for name in ("rel", "tag")}
+    assert all(np.abs(k).max() > 0 for k in kernels.values())
+    assert kernels["tag"].shape == (32, 4) and kernels["rel"].shape == (32, 3)
     assert np.abs(first["tasks"]["tag"]["classifier"]["kernel"]).max() == 0  # a head sees no gradient from other tasks
 
 
@@ -149,7 +149,8 @@ def test_per_task_metrics_equal_each_head_alone_and_export_fine_tunes_further(ba
                     str(tmp_path / "multi"))
     export = tmp_path / "multi" / "export"
     assert json.loads((export / multitask.LISTING).read_text()) == {"tasks": ["ner", "topic"]}
-    for name, metric, task in (("topic", "macro_f1", "sequence_classification"), ("ner", "span_f1", "token_classification")):
+    for name, metric, task in (("topic", "macro_f1", "sequence_classification"),
+                               ("ner", "span_f1", "token_classification")):
         assert 0.0 <= out["test"][f"{name}/{metric}"] <= 1.0
         files = tasks_data[name]
         # the task's exported model evaluated alone, as a later single-task trial starts from it (train.steps 0)
@@ -189,7 +190,8 @@ def test_resumed_stream_draws_the_same_batches(base_bert, tasks_data):
 
 @pytest.mark.parametrize("over, message", [
     ({"multitask.tasks": {"loss": {"benchmark": "bbc"}}}, r"multitask.tasks.loss: a task name must be a word"),
-    ({"multitask.tasks": {"t": {"benchmark": "bbc", "wieght": 2}}}, r"multitask.tasks.t has unknown key\(s\) \['wieght'\]"),
+    ({"multitask.tasks": {"t": {"benchmark": "bbc", "wieght": 2}}},
+     r"multitask.tasks.t has unknown key\(s\) \['wieght'\]"),
     ({"multitask.tasks": {"t": {"benchmark": "bbc", "weight": 0}}}, r"multitask.tasks.t.weight=0; expected a finite"),
     ({"multitask.sampling": "uniform"}, r"multitask.sampling='uniform'; expected one of proportional"),
     ({"multitask.tasks": {"t": {"benchmark": "bbc", "task": "causal_lm"}}}, r"multitask.tasks.t.task='causal_lm'"),

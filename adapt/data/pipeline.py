@@ -3,10 +3,10 @@
     splits = prepare(cfg.data, tokenizer)   # {"train": columns, "dev": ..., "test": ..., "labels": [...]}
 
 ``format``: ``lm`` (raw text, packed into rows of ``max_length``, or with ``pack=False`` one document a row, its
-first ``max_length`` tokens; ``causal`` adds EOS, else the encoder's CLS/SEP), ``classification`` (text or text pair + label: a category of the label vocabulary built from train,
-or with ``label_type="number"`` a float target), ``conll`` (token classification) or ``sft``
-(prompt/response, packed or padded). Splits come from ``files`` (split name -> path) or from one
-``source`` carved by ``split_ratios`` with ``split_seed``.
+first ``max_length`` tokens; ``causal`` adds EOS, else the encoder's CLS/SEP), ``classification`` (text or text
+pair + label: a category of the label vocabulary built from train, or with ``label_type="number"`` a float target),
+``conll`` (token classification) or ``sft`` (prompt/response, packed or padded). Splits come from ``files`` (split
+name -> path) or from one ``source`` carved by ``split_ratios`` with ``split_seed``.
 
 Training-set size: ``train_examples`` (a number >= 1: that many train examples; in (0, 1): that fraction,
 rounded; 0: all) keeps a seeded (``train_seed``) sample of the train split, and ``train_subset="pool"`` keeps

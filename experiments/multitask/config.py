@@ -19,9 +19,9 @@ epochs. No early stopping anywhere: every row reports its final model. Metrics a
 macro-F1 (ACL-ARC, SciERC), span F1 (BC5CDR); intervals over test examples and seeds. Floors: the majority class
 (for BC5CDR each word's majority tag) and TF-IDF + logistic regression.
 
-The encoder is the bundled MiniLM-L6 (SciBERT is not on this machine: ``--config.model.name=allenai/scibert_scivocab_uncased``
-where the Hub is reachable). ``:cpu`` is the budget 2 CPU cores run (the README beside this file has its table and
-wall time); ``:smoke`` a pipeline check.
+The encoder is the bundled MiniLM-L6 (SciBERT is not on this machine:
+``--config.model.name=allenai/scibert_scivocab_uncased`` where the Hub is reachable). ``:cpu`` is the budget 2 CPU
+cores run (the README beside this file has its table and wall time); ``:smoke`` a pipeline check.
 """
 
 from adapt import benchmarks
