@@ -22,7 +22,8 @@ SETTINGS = {"experiments/bbc_tapt/config.py": ["smoke"],  # the named settings o
             "experiments/augmentation/config.py": ["smoke"],
             "experiments/active_learning/config.py": ["smoke"],
             "experiments/distillation/config.py": ["lm", "bbc,smoke", "lm,smoke"],
-            "experiments/privacy/config.py": ["smoke"]}
+            "experiments/privacy/config.py": ["smoke"],
+            "experiments/multitask/config.py": ["smoke"]}
 CASES = [(p, None) for p in CONFIG_FILES] + [(os.path.join(ROOT, p), a) for p, args in SETTINGS.items() for a in args]
 
 
