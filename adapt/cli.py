@@ -26,6 +26,15 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(2)
 
 
+def compile_cache(folder: str) -> None:
+    """JAX's persistent compilation cache in ``folder/jax_cache``: a run's trials with the same shapes, and a rerun
+    of the same command, compile each program once."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(folder), "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def show_table(table, trials: list[dict], *, references=(), baselines=(), pairs=(), out: str | None = None) -> list:
     """Completes ``table`` (:mod:`adapt.tables`) as scripts/table.py and scripts/study.py present it: reference rows
     (files or dicts), the reference baselines named in ``baselines``, each cell's interval and the comparisons of

@@ -127,9 +127,9 @@ def _under(metrics: dict, prefix: str) -> dict:
 def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     multi = multitask.enabled(config)
     task = tasks.get(config.model.task)
-    if multi:  # the tasks' own keys instead of data.format and model.task: one line each, before anything is read
-        multitask.specs(config)
-    elif config.data.format not in task.formats:
+    # A multi-task trial's tasks are checked instead of data.format and model.task: one line each, before any reading
+    task_specs = multitask.specs(config) if multi else None
+    if not multi and config.data.format not in task.formats:
         raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task.name!r}; expected one of "
                           f"{task.formats}")
     if task.objective is None and not multi:
@@ -157,7 +157,7 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
         if distill.enabled(config):
             raise ConfigError("distill.teacher with multitask.tasks: distil a task's model (a per-task export) "
                               "in a single-task trial instead")
-        data = multitask.prepare_tasks(config, tokenizer)
+        data = multitask.prepare_tasks(task_specs, tokenizer)
         splits = data.splits
         model = multitask.build_model(data, source, **load)
         objective = data.objective(tokenizer, config)

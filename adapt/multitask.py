@@ -93,8 +93,7 @@ def specs(config) -> list[TaskSpec]:
         entry = dict(entry)
         own = {k: entry.pop(k) for k in TASK_KEYS if k in entry}
         data = section(config.data, entry, where)
-        kind = own.get("task") or next((t for t in ("sequence_classification", "token_classification")
-                                        if data.format in tasks.get(t).formats), "")
+        kind = own.get("task") or next((t for t in _DEFAULT_SCORE if data.format in tasks.get(t).formats), "")
         if not kind:
             raise ConfigError(f"{where}: data.format={data.format!r} has no classification head; expected a "
                               f"classification or conll task")
@@ -142,7 +141,14 @@ class MultiTaskBatches:
         streams = {n: RowStream({**data.splits["train"][n], "task": np.full(data.sizes[n], j, np.int32)},
                                 seed=seed + 1000 * j, name=n) for j, n in enumerate(data.names)}
         self.mixture = Mixture(streams, probs, batch_size, seed=seed, per_batch=True)
-        self.steps_per_epoch, self.tokens = self.mixture.steps_per_epoch, self.mixture.tokens
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.mixture.steps_per_epoch
+
+    @property
+    def tokens(self) -> dict[str, int]:  # the mixture's own (restore replaces it)
+        return self.mixture.tokens
 
     def next_batch(self) -> dict:
         batch = self.mixture.next_batch()
@@ -200,10 +206,10 @@ class MultiTaskData:
                                 sampling_probs(self.sizes, mt.sampling, mt.temperature))
 
 
-def prepare_tasks(config, tokenizer) -> MultiTaskData:
-    """Each task's splits, tokenised (through the data cache); every task needs a train split with labels."""
+def prepare_tasks(task_specs: list[TaskSpec], tokenizer) -> MultiTaskData:
+    """Each task's splits (``task_specs``: :func:`specs`), tokenised through the data cache; every task needs a
+    train split with labels."""
     out = {"labels": {}}
-    task_specs = specs(config)
     for s in task_specs:
         splits, _ = prepare(s.data, tokenizer)
         if "train" not in splits or not splits.get("labels"):

@@ -52,14 +52,12 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # the trials' progress bars
 
-    import jax
-
+    from adapt import cli
     from adapt.host_memory import use_kept_heap
 
     use_kept_heap()
     root = tempfile.mkdtemp(prefix="populations-")
-    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    cli.compile_cache(root)
     from adapt.experiment import run_trial
     from adapt.population import run_population
     from train_throughput import cpu_name, matmul_peak

@@ -31,10 +31,7 @@ def main():
     from adapt import active
 
     active.check(config)  # before any data is read or model loaded
-    import jax  # the persistent cache: every round of every loop has the same shapes and compiles once
-
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.workdir), "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    cli.compile_cache(args.workdir)  # every round of every loop has the same shapes and compiles once
     started = time.time()
     records = active.run(config, args.workdir)
     summary = active.summarize(records + active.floor_records(records, args.workdir, config.active.metric),

@@ -41,9 +41,7 @@ def main():
     sweep, _ = load_sweep(module, arg, None)
     layout = dict(configs.call(module, "get_table", arg))
 
-    import jax  # the persistent cache: trials (and re-runs) with the same shapes compile once
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.abspath(args.workdir), "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    cli.compile_cache(args.workdir)
 
     started = time.time()
     name = sweep_label(path, arg)  # no "#<sweep name>": trials of earlier runs/ folders keep this label

@@ -174,7 +174,7 @@ def test_resumed_stream_draws_the_same_batches(base_bert, tasks_data):
     from adapt.models import load_tokenizer
 
     config = _config(base_bert, tasks_data, **{"multitask.sampling": "equal"})
-    data = multitask.prepare_tasks(config, load_tokenizer(base_bert))
+    data = multitask.prepare_tasks(multitask.specs(config), load_tokenizer(base_bert))
     stream = data.train_stream(config)
     for _ in range(3):
         stream.next_batch()
