@@ -34,9 +34,8 @@ import os
 import ml_collections
 import numpy as np
 
-from adapt.data.cache import DEFAULT_DIR
 from adapt.errors import ConfigError
-from adapt.files import write_json
+from adapt.files import user_cache, write_json
 
 TOKEN_METHODS = ("delete", "swap", "insert")
 METHODS = (*TOKEN_METHODS, "paraphrase")
@@ -60,7 +59,7 @@ def defaults() -> ml_collections.ConfigDict:
             max_new_tokens=64,
             max_words=48,  # the cap per example: the first max_words words are paraphrased, the rest kept
             batch_size=8,
-            cache_dir=os.path.join(os.path.dirname(DEFAULT_DIR), "paraphrase"),  # "" disables the cache
+            cache_dir=user_cache("paraphrase"),  # "" disables the cache
         ),
     ))
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from adapt import tasks, textmetrics
+from adapt import benchmarks, tasks, textmetrics
 from adapt.data import formats, pipeline
 from adapt.errors import ConfigError
 
@@ -78,7 +78,7 @@ def _lead(data, names, limits=None) -> tuple[dict, dict] | None:
     _known(names)
     if "lead" not in names or not generative(data):
         return None
-    cfg = _section(data)
+    cfg = benchmarks.locate(_section(data))  # the files read, for messages too
     splits = pipeline.records(cfg)
     if "train" not in splits:
         raise ConfigError("data has no 'train' split: the Lead-N baseline takes N from it")
@@ -103,7 +103,7 @@ def _majority_tags(data, names) -> tuple[dict, dict] | None:
     _known(names)
     if "majority" not in names or not tagging(data):
         return None
-    cfg = _section(data)
+    cfg = benchmarks.locate(_section(data))  # the files read, for messages too
     splits = {s: formats.read_conll(p, token_column=cfg.conll_token_column, tag_column=cfg.conll_tag_column)
               for s, p in cfg.files.items()}
     if "train" not in splits:
@@ -149,7 +149,7 @@ def _fit(data, names, f1_ignore, select: str, dev_split: str):
         raise ConfigError(f"baselines: select={select!r}; they report {', '.join(METRICS)}")
     if not applies(data):
         return None
-    cfg = _section(data)
+    cfg = benchmarks.locate(_section(data))  # the files read, for messages too
     splits = pipeline.records(cfg)
     if "train" not in splits:
         raise ConfigError("data has no 'train' split: the baselines are fit on it")

@@ -11,7 +11,8 @@ A run folder holds ``config.json`` (the resolved config), ``labels.json``, the t
 layout, when ``export.model`` is set; a method that cannot merge, prompt or prefix tuning or adapters, makes
 that an error), ``predictions/`` (``<split>.jsonl``, one line per example of each evaluated split, and for
 classification ``<split>_confusion.png``: :mod:`adapt.predictions`) and ``results.json`` (written last: its
-presence means the trial finished). Running a trial again in the same folder resumes it.
+presence means the trial finished; ``data_files`` in it is every data file the trial read, with its SHA-256).
+Running a trial again in the same folder resumes it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from flax import nnx
 
 from adapt import configs, distill, evalsets, generation_eval, methods, multitask, predictions, privacy, quality, tasks
 from adapt.data.batches import PoissonBatches, eval_batches
-from adapt.data.pipeline import check_mixture, data_defaults, prepare, records, save_labels, train_stream
+from adapt.data.pipeline import (check_mixture, component, data_defaults, files_read, prepare, records, save_labels,
+                                 train_stream)
 from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
@@ -59,9 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.generation = generation_eval.defaults()  # sft: generate at evaluation and score the answers
     c.export = ml_collections.ConfigDict(dict(model=False))  # write export/ (a later stage starts from it)
     c.init_from = ""  # a previous stage's export folder: the model (and tokenizer) to start from
-    c.init_task = ""  # init_from a multi-task export: the task whose model to start from (default: benchmark)
+    c.init_task = ""  # init_from a multi-task export: the task whose model to start from (default: data.benchmark)
     c.multitask = multitask.defaults()  # tasks: one shared backbone, one head per task (adapt/multitask.py)
-    c.benchmark = ""  # the named benchmark (adapt.benchmarks) whose data the config reads, if any
     c.distill = distill.defaults()  # a teacher to distil from (adapt.distill); off by default
     c.lock()
     c.method.unlock()
@@ -185,6 +186,19 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
                       tasks=data)
 
 
+def data_sections(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """Every data section a trial reads, by its config key: ``data`` (a multi-task trial: each task's instead),
+    each source of ``data.mixture`` and each set of ``eval.sets``. Nothing is read."""
+    if multitask.enabled(config):
+        out = {f"multitask.tasks.{s.name}": s.data for s in multitask.specs(config)}
+    else:
+        out = {"data": config.data}
+    out.update({f"data.mixture.{name}": component(config.data, name) for name in config.data.mixture})
+    out.update({f"eval.sets.{name}": evalsets.data_section(config, name, spec)[0]
+                for name, spec in evalsets.specs(config).items()})
+    return out
+
+
 def run_mesh(config: ml_collections.ConfigDict):
     """The mesh ``mesh.shape`` asks for over every device of the job; a shape the devices do not fill is a
     one-line error naming the key."""
@@ -204,6 +218,7 @@ class StartedTrial:
     eval_data: dict
     eval_splits: list
     watched: dict  # "dev/<set>" -> adapt.evalsets.EvalSet
+    data_files: dict  # section key -> split -> {"path", "sha256"}: the files the trial read
 
 
 def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) -> StartedTrial:
@@ -229,7 +244,8 @@ def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None
     watched = {f"dev/{name}": s for name, s in trial.sets.items()}  # at step 0 and at every evaluation
     first = {s: trial.generated(s) if generation_eval.enabled(config) else (lambda s=s: trial.eval_batches(s))
              for s in eval_splits[:1] if during}  # the first is dev
-    return StartedTrial(trial, train, {**first, **watched}, eval_splits, watched)
+    data_files = {where: files_read(section) for where, section in data_sections(config).items()}
+    return StartedTrial(trial, train, {**first, **watched}, eval_splits, watched, data_files)
 
 
 def finish_trial(started: StartedTrial, fit) -> dict:
@@ -255,6 +271,7 @@ def finish_trial(started: StartedTrial, fit) -> dict:
         results["privacy"] = privacy.report(trainer.dp, fit.steps)
     if "quality" in trial.splits:  # found / dropped per check: numbers, so the results database keeps them
         results["quality"] = quality.counts(trial.splits["quality"])
+    results["data_files"] = started.data_files
     if config.export.model:
         _export(trial, trainer.best_model(best), os.path.join(workdir, "export"))
     if jax.process_index() == 0:
@@ -279,7 +296,9 @@ def load_run(workdir: str, overrides: list[str] | dict = (), checkpoint: str = "
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{workdir}: no config.json; expected a run folder (the --workdir of scripts/train.py)")
-    config = ml_collections.ConfigDict(_read_json(path))
+    raw = _read_json(path)
+    raw.pop("benchmark", None)  # a run folder written when it was a top-level key (its data.files are resolved)
+    config = ml_collections.ConfigDict(raw)
     config.lock()
     config = configs.apply_overrides(config, configs.as_dict(overrides))
     trial = build_trial(config, workdir)

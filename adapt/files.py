@@ -4,6 +4,7 @@
 (and flushed to disk); :func:`write_folder` does the same for a whole folder. An interrupted write (an
 exception, Ctrl-C, a killed process) leaves the earlier file or folder as it was. :func:`output_folder`
 and :func:`output_files` check a path the user named for output before anything is written there.
+:func:`user_cache` is where the package keeps what it can make again (tokenised data, downloads, paraphrases).
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import tempfile
 from collections.abc import Callable
 
 from adapt.errors import ConfigError
+
+
+def user_cache(*parts: str) -> str:
+    """``$XDG_CACHE_HOME/adapt/<parts>`` (``~/.cache/adapt/<parts>`` when it is unset), read when called, so the
+    environment a process sets before using it counts."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "adapt", *parts)
 
 
 def write_atomic(path: str, write: Callable) -> None:

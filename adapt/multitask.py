@@ -34,8 +34,7 @@ import re
 import ml_collections
 import numpy as np
 
-from adapt import tasks
-from adapt.benchmarks import BENCHMARKS
+from adapt import benchmarks, tasks
 from adapt.data.batches import Mixture, RowStream, eval_batches
 from adapt.data.pipeline import section, prepare
 from adapt.errors import ConfigError
@@ -109,7 +108,7 @@ def specs(config) -> list[TaskSpec]:
         if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
             raise ConfigError(f"{where}.weight={weight!r}; expected a finite loss weight > 0")
         benchmark = entry.get("benchmark")
-        metric = own.get("metric") or (BENCHMARKS[benchmark][1] if benchmark else _DEFAULT_SCORE[kind])
+        metric = own.get("metric") or (benchmarks.get(benchmark).metric if benchmark else _DEFAULT_SCORE[kind])
         out.append(TaskSpec(name, data, kind, float(weight), metric, tuple(own.get("f1_ignore", ()))))
     return out
 
@@ -244,7 +243,7 @@ def export(model, out: str, tokenizer) -> str:
 
 def init_source(config) -> str:
     """Where the trial's model comes from: ``init_from`` (a multi-task export: its ``init_task`` subfolder, by
-    default the trial's ``benchmark``), else ``model.name``."""
+    default the trial's ``data.benchmark``), else ``model.name``."""
     if not config.init_from:
         return config.model.name
     listing = os.path.join(config.init_from, LISTING)
@@ -252,7 +251,7 @@ def init_source(config) -> str:
         return config.init_from
     with open(listing) as f:
         names = json.load(f)["tasks"]
-    name = config.init_task or config.benchmark
+    name = config.init_task or config.data.get("benchmark", "")
     if name not in names:
         raise ConfigError(f"init_task={name!r}: init_from={config.init_from} is a multi-task export of tasks "
                           f"{', '.join(names)}; set init_task to one of them")

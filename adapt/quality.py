@@ -41,6 +41,7 @@ import warnings
 import ml_collections
 import numpy as np
 
+from adapt import benchmarks
 from adapt.errors import ConfigError
 
 CHECKS = ("duplicates", "near_duplicates", "leakage", "empty", "too_long", "labels", "label_errors")
@@ -323,6 +324,7 @@ def read(cfg) -> dict[str, list]:
     (CoNLL: its (tokens, tags) sentences), before ``data.train_examples`` samples train."""
     from adapt.data import formats, pipeline
 
+    cfg = benchmarks.locate(cfg)
     if cfg.format == "conll":
         return {s: formats.read_conll(p, token_column=cfg.conll_token_column, tag_column=cfg.conll_tag_column)
                 for s, p in cfg.files.items()}

@@ -1,6 +1,7 @@
-"""The Don't Stop Pretraining task files: the local folder first, then the cache, then a checksummed download
-(here from a local HTTP server standing in for the published location)."""
+"""Benchmark files: found in the data folder, else downloaded into it and checked against their SHA-256 (here from
+a local HTTP server standing in for the published location); resolving a config reads none of them."""
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -10,7 +11,7 @@ import threading
 
 import pytest
 
-from adapt import benchmarks
+from adapt import benchmarks, configs
 from adapt.errors import ConfigError
 
 SPLITS = ("train", "dev", "test")
@@ -18,14 +19,18 @@ SPLITS = ("train", "dev", "test")
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    """Serves fake chemprot files; yields the list of requested paths. The data folder and cache are empty."""
+    """Serves fake chemprot files in place of the published ones; yields the list of requested paths. The data
+    folder is empty."""
     served = tmp_path / "served"
-    table = {}
+    (served / "chemprot").mkdir(parents=True)
+    remotes = {}
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), None)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
     for split in SPLITS:
         body = f'{{"text": "a {split} sentence", "label": "X", "metadata": []}}\n'.encode()
-        (served / "chemprot").mkdir(parents=True, exist_ok=True)
         (served / "chemprot" / f"{split}.jsonl").write_bytes(body)
-        table[split] = hashlib.sha256(body).hexdigest()
+        remotes[split] = benchmarks.Remote(f"scibert/chemprot/{split}.jsonl", f"{url}/chemprot/{split}.jsonl",
+                                           hashlib.sha256(body).hexdigest())
     requests = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -36,61 +41,93 @@ def server(tmp_path, monkeypatch):
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    httpd.RequestHandlerClass = functools.partial(Handler, directory=str(served))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     (tmp_path / "data").mkdir()
     monkeypatch.setenv("ADAPT_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(benchmarks, "CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(benchmarks, "URL", f"http://127.0.0.1:{httpd.server_address[1]}")
-    monkeypatch.setattr(benchmarks, "SHA256", {"chemprot": table})
+    chemprot = dataclasses.replace(benchmarks.BENCHMARKS["chemprot"], files=remotes)
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "chemprot", chemprot)
     yield requests
     httpd.shutdown()
     httpd.server_close()
 
 
-def cached_files(tmp_path):
-    return sorted(os.path.relpath(os.path.join(r, f), tmp_path / "cache")
-                  for r, _, fs in os.walk(tmp_path / "cache") for f in fs)
+def data_files(tmp_path):
+    return sorted(os.path.relpath(os.path.join(r, f), tmp_path / "data")
+                  for r, _, fs in os.walk(tmp_path / "data") for f in fs)
 
 
-def test_downloads_into_the_cache_once(server, tmp_path):
-    files = benchmarks.BENCHMARKS["chemprot"][0]()["files"]
-    assert files == {s: str(tmp_path / "cache" / "chemprot" / f"{s}.jsonl") for s in SPLITS}
+def test_downloads_into_the_data_folder_once(server, tmp_path):
+    files = benchmarks.get("chemprot").locate()["files"]
+    assert files == {s: str(tmp_path / "data" / "scibert" / "chemprot" / f"{s}.jsonl") for s in SPLITS}
     assert b"a dev sentence" in open(files["dev"], "rb").read()
     assert sorted(server) == sorted(f"/chemprot/{s}.jsonl" for s in SPLITS)
-    assert cached_files(tmp_path) == [f"chemprot/{s}.jsonl" for s in sorted(SPLITS)]  # no temporary files
-    assert benchmarks.BENCHMARKS["chemprot"][0]()["files"] == files
-    assert len(server) == 3  # the second resolution read the cache
+    assert data_files(tmp_path) == [f"scibert/chemprot/{s}.jsonl" for s in sorted(SPLITS)]  # no temporary files
+    assert benchmarks.get("chemprot").locate()["files"] == files
+    assert len(server) == 3  # the second resolution read the folder
+
+
+def test_resolving_a_config_reads_no_file_and_a_trial_locates_them(server, tmp_path):
+    config = configs.load("configs/finetune.py:chemprot")
+    assert server == [] and data_files(tmp_path) == []
+    assert (config.data.benchmark, config.data.files.to_dict(), config.model.task) == (
+        "chemprot", {}, "sequence_classification")
+    config.data.files = {"test": "mine.jsonl"}  # a split of one's own replaces the benchmark's
+    located = benchmarks.locate(config.data)
+    assert located.files.test == "mine.jsonl" and located.files.train.endswith("scibert/chemprot/train.jsonl")
+    assert located.benchmark == "" and len(server) == 3
 
 
 def test_wrong_checksum_keeps_nothing(server, tmp_path, monkeypatch):
-    monkeypatch.setitem(benchmarks.SHA256["chemprot"], "train", "0" * 64)
+    b = benchmarks.BENCHMARKS["chemprot"]
+    wrong = {**b.files, "train": dataclasses.replace(b.files["train"], sha256="0" * 64)}
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "chemprot", dataclasses.replace(b, files=wrong))
     with pytest.raises(ConfigError) as e:
-        benchmarks.BENCHMARKS["chemprot"][0]()
+        benchmarks.get("chemprot").locate()
     message = str(e.value)
-    assert "\n" not in message and f"{benchmarks.URL}/chemprot/train.jsonl" in message and "0" * 64 in message
-    assert cached_files(tmp_path) == []
+    assert "\n" not in message and wrong["train"].url in message and "0" * 64 in message
+    assert "scibert/chemprot/train.jsonl" not in data_files(tmp_path)
 
 
-def test_unreachable_server_names_task_and_folder(server, tmp_path, monkeypatch):
+def test_unreachable_server_names_benchmark_and_folder(server, tmp_path, monkeypatch):
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(benchmarks, "URL", f"http://127.0.0.1:{port}")
+    b = benchmarks.BENCHMARKS["chemprot"]
+    gone = {k: dataclasses.replace(r, url=f"http://127.0.0.1:{port}/{r.path}") for k, r in b.files.items()}
+    monkeypatch.setitem(benchmarks.BENCHMARKS, "chemprot", dataclasses.replace(b, files=gone))
     with pytest.raises(ConfigError) as e:
-        benchmarks.BENCHMARKS["chemprot"][0]()
+        benchmarks.get("chemprot").locate()
     message = str(e.value)
-    local = os.path.join(str(tmp_path / "data"), "scibert", "chemprot")
-    assert "\n" not in message and "chemprot" in message and local in message and "ADAPT_DATA_DIR" in message
-    assert cached_files(tmp_path) == [] and server == []
+    local = os.path.join(str(tmp_path / "data"), "scibert", "chemprot", "train.jsonl")
+    assert "\n" not in message and "benchmark chemprot" in message and local in message
+    assert "ADAPT_DATA_DIR" in message and "scripts/fetch_data.py" in message
+    assert data_files(tmp_path) == [] and server == []
 
 
-def test_local_folder_is_used_without_fetching(server, tmp_path):
+def test_a_file_in_the_data_folder_is_used_without_fetching(server, tmp_path):
     local = tmp_path / "data" / "scibert" / "sciie-relation-extraction"
     local.mkdir(parents=True)
     for split in SPLITS:
         (local / f"{split}.jsonl").write_text("my own copy\n")  # not checksummed
-    files = benchmarks.BENCHMARKS["sciie"][0]()["files"]
+    files = benchmarks.get("sciie").locate()["files"]
     assert files == {s: str(local / f"{s}.jsonl") for s in SPLITS}
-    assert server == [] and not os.path.exists(tmp_path / "cache")
+    assert server == []
+
+
+def test_every_published_file_is_pinned():
+    for b in benchmarks.BENCHMARKS.values():
+        assert bool(b.files) != (b.find is not None), b.name  # published files, or a package's data
+        for remote in b.files.values():
+            assert len(remote.sha256) == 64 and remote.url.startswith("https://") and not os.path.isabs(remote.path)
+        assert (b.train_size is not None) == bool(b.files), b.name
+
+
+def test_the_data_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("ADAPT_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert benchmarks.data_dir() == str(tmp_path / "xdg" / "adapt" / "data")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert benchmarks.data_dir() == str(tmp_path / "home" / ".cache" / "adapt" / "data")

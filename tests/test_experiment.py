@@ -53,12 +53,12 @@ def test_overrides_and_misspelt_keys():
     c = configs.load("configs/finetune.py:chemprot,lora",
                      ["optimizer.learning_rate=3e-5", "method.rank=4", "mesh.shape=(1, 8, 1)", "train.epochs=2"])
     assert (c.optimizer.learning_rate, c.method.rank, c.mesh.shape, c.train.epochs) == (3e-5, 4, (1, 8, 1), 2.0)
-    assert c.benchmark == "chemprot" and c.train.early_stopping.metric == "dev/micro_f1"
+    assert c.data.benchmark == "chemprot" and c.train.early_stopping.metric == "dev/micro_f1"
     with pytest.raises(ConfigError, match=r"optimizer.lerning_rate: no such config key; did you mean optimizer.learning_rate"):
         configs.load("configs/finetune.py:bbc", ["optimizer.lerning_rate=1e-3"])
     with pytest.raises(ConfigError, match=r"method.rnak is not a knob of method 'lora'"):
         configs.load("configs/finetune.py:bbc,lora", ["method.rnak=4"])
-    with pytest.raises(ConfigError, match="benchmark 'bcc' is not known"):
+    with pytest.raises(ConfigError, match="'bcc' is not a benchmark with a classification or tagging head; expected one"):
         configs.load("configs/finetune.py:bcc")
     with pytest.raises(ConfigError, match="no such config file"):
         configs.load("configs/nope.py:bbc")

@@ -207,7 +207,7 @@ def test_init_task_must_name_a_task_of_the_export(tmp_path):
     (tmp_path / multitask.LISTING).write_text(json.dumps({"tasks": ["a", "b"]}))
     c = base_config()
     c.init_from = str(tmp_path)
-    c.benchmark = "chemprot"
+    c.data.benchmark = "chemprot"
     with pytest.raises(ConfigError, match=r"init_task='chemprot': init_from=.* is a multi-task export of tasks a, b"):
         multitask.init_source(c)
     c.init_task = "b"

@@ -3,11 +3,13 @@
 The key hashes what the result depends on: the content of the source files (SHA-256), the tokenizer's
 fingerprint (its vocabulary, rules, special tokens and chat template), and the encoding's settings. A
 changed file or tokenizer gives a new key, so stale entries are never read. Entries are ``.npz`` files
-written atomically (``adapt.files.write_atomic``); ragged columns are stored flat with offsets.
+written atomically (``adapt.files.write_atomic``); ragged columns are stored flat with offsets. Its default
+folder is ``adapt.files.user_cache("tokenized")`` (the ``data.cache_dir`` key).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,12 +19,12 @@ import numpy as np
 
 from adapt.files import write_atomic
 
-DEFAULT_DIR = os.path.join(os.path.expanduser("~"), ".cache", "adapt", "tokenized")
-
-
 def file_digest(path: str) -> str:
-    h = hashlib.sha256()
+    """The SHA-256 of a file's bytes (a folder: of its files' relative paths and digests; a path that is not there,
+    a Hub dataset's name: of the name). A file's digest is computed once per (size, modification time) in a process:
+    the cache key and the record of the files a trial read (``results.json``) hash each file once."""
     if os.path.isdir(path):
+        h = hashlib.sha256()
         for root, _, files in sorted(os.walk(path)):
             for name in sorted(files):
                 h.update(os.path.relpath(os.path.join(root, name), path).encode())
@@ -30,6 +32,13 @@ def file_digest(path: str) -> str:
         return h.hexdigest()
     if not os.path.exists(path):  # a Hub dataset: its name (and revision) is the identity
         return hashlib.sha256(path.encode()).hexdigest()
+    stat = os.stat(path)
+    return _sha256(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and time: a changed file is hashed again
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -65,7 +74,7 @@ def _load(path: str) -> dict:
     return out
 
 
-def cached(key: str, build: Callable[[], dict], directory: str | None = DEFAULT_DIR) -> tuple[dict, bool]:
+def cached(key: str, build: Callable[[], dict], directory: str | None) -> tuple[dict, bool]:
     """``build()``'s result, from the cache when ``key`` is there; returns (data, was_cached).
     ``directory=None`` disables caching."""
     if directory is None:

@@ -6,7 +6,9 @@
 first ``max_length`` tokens; ``causal`` adds EOS, else the encoder's CLS/SEP), ``classification`` (text or text
 pair + label: a category of the label vocabulary built from train, or with ``label_type="number"`` a float target),
 ``conll`` (token classification) or ``sft`` (prompt/response, packed or padded). Splits come from ``files`` (split
-name -> path) or from one ``source`` carved by ``split_ratios`` with ``split_seed``.
+name -> path), from one ``source`` carved by ``split_ratios`` with ``split_seed``, or from a named ``benchmark``
+(:mod:`adapt.benchmarks`), whose files are found (downloaded if missing) only when the data is read: by
+:func:`prepare` and :func:`records`.
 
 Training-set size: ``train_examples`` (a number >= 1: that many train examples; in (0, 1): that fraction,
 rounded; 0: all) keeps a seeded (``train_seed``) sample of the train split, and ``train_subset="pool"`` keeps
@@ -33,14 +35,13 @@ import os
 import ml_collections
 import numpy as np
 
-from adapt import augment, quality
-from adapt.benchmarks import BENCHMARKS
+from adapt import augment, benchmarks, quality
 from adapt.data import formats, sources
 from adapt.data.batches import Mixture, RowStream, array_batches
-from adapt.data.cache import DEFAULT_DIR, cache_key, cached
+from adapt.data.cache import cache_key, cached, file_digest
 from adapt.data.packing import pack
 from adapt.errors import ConfigError
-from adapt.files import write_json
+from adapt.files import user_cache, write_json
 
 FORMATS = ("lm", "classification", "conll", "sft")
 TRAIN_SUBSETS = ("sample", "pool")
@@ -52,6 +53,9 @@ _NOT_SECTION_KEYS = ("mixture", "mixture_stages")  # a source or an evaluation s
 def data_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         format="classification",
+        # a name of adapt.benchmarks whose data this section reads (files found when read; files below replace
+        # its splits); set with adapt.benchmarks.apply
+        benchmark="",
         files={},  # split -> file or folder (train, dev, test)
         source="",  # or one source, carved into splits by split_ratios
         split_ratios={},
@@ -66,9 +70,9 @@ def data_defaults() -> ml_collections.ConfigDict:
         causal=True,  # lm: causal (EOS-terminated documents) or masked (CLS ... SEP)
         pack=True,  # lm/sft: pack into rows of max_length (lm unpacked: a document a row, cut at max_length)
         conll_token_column=0, conll_tag_column=-1,
-        cache_dir=DEFAULT_DIR,  # "" disables the cache
+        cache_dir=user_cache("tokenized"),  # "" disables the cache
         # Training mixture: name -> {"weight": w, plus any keys of this section for that source (each replaces
-        # this section's value whole), or "benchmark": a name of adapt.benchmarks, standing for its data keys};
+        # this section's value whole), e.g. "benchmark": a name of adapt.benchmarks, with its data keys};
         # e.g. {"domain": {"weight": 0.75, "files": {"train": "bio.txt"}}, "general": {"weight": 0.25,
         # "benchmark": "bbc"}}. Each row of a batch comes from a source drawn with these weights: shares of
         # rows (sequences), not of tokens (for packed lm rows the two coincide). Empty: train on this
@@ -122,7 +126,8 @@ def _records(cfg) -> dict[str, list[dict]]:
 
 def _check_sources(cfg) -> None:
     if bool(cfg.files) == bool(cfg.source):
-        raise ConfigError("set exactly one of data.files (split -> path) and data.source (+ data.split_ratios)")
+        raise ConfigError("set exactly one of data.benchmark, data.files (split -> path) and data.source "
+                          "(+ data.split_ratios)")
     _check_subset(cfg)
 
 
@@ -136,6 +141,7 @@ def records(cfg, encoder: formats.Encoder | None = None) -> dict[str, list[dict]
 
 def _checked_records(cfg, encoder=None) -> tuple[dict[str, list[dict]], dict | None]:
     """:func:`records` and the quality report (None when every check is off)."""
+    cfg = benchmarks.locate(cfg)
     _check_sources(cfg)
     out, report = quality.clean(cfg, _records(cfg), encoder)
     if _sampled(cfg) and "train" in out:
@@ -216,12 +222,14 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
         raise ConfigError(f"data.format={cfg.format!r}; expected one of {', '.join(FORMATS)}")
     if cfg.label_type not in LABEL_TYPES:
         raise ConfigError(f"data.label_type={cfg.label_type!r}; expected one of {', '.join(LABEL_TYPES)}")
-    _check_sources(cfg)
     augment.check(cfg)
     quality.settings(cfg)  # a bad mode or threshold: one line, before anything is read
+    cfg = benchmarks.locate(cfg)
+    _check_sources(cfg)
     files = list(cfg.files.values()) if cfg.files else [cfg.source]
     encoder = formats.Encoder(tokenizer)
-    skip = {"cache_dir", "mixture_stages"}  # the stages only weigh the training mixture's batches
+    # the stages only weigh the training mixture's batches; a benchmark is located (its files are hashed)
+    skip = {"cache_dir", "mixture_stages", "benchmark"}
     skip |= {"train_examples", "train_seed", "train_subset"} if not _sampled(cfg) else set()
     skip |= {"eval_examples"} if not cfg.get("eval_examples") else set()
     skip |= {"augment"} if not augment.enabled(cfg) else set()
@@ -232,6 +240,14 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
     key = cache_key(files, encoder.fingerprint(), settings)
     data, hit = cached(key, lambda: _flatten(_encode(cfg, tokenizer, encoder)), cfg.cache_dir or None)
     return _unflatten(data), hit
+
+
+def files_read(cfg) -> dict[str, dict]:
+    """The files the data section ``cfg`` reads (its benchmark located): split (or "source") -> ``{"path",
+    "sha256"}`` (a folder's digest covers its files; :func:`adapt.data.cache.file_digest`)."""
+    cfg = benchmarks.locate(cfg)
+    files = dict(cfg.files) if cfg.files else {"source": cfg.source}
+    return {split: {"path": os.path.abspath(path), "sha256": file_digest(path)} for split, path in files.items()}
 
 
 def _sampled(cfg) -> bool:
@@ -353,28 +369,30 @@ def _show(value) -> str:
 
 
 def _check_keys(cfg, spec, where: str, *extra: str) -> None:
-    """``spec``'s keys must be keys of the data section ``cfg`` (or ``benchmark``, naming one; or ``extra``)."""
+    """``spec``'s keys must be keys of the data section ``cfg`` (``benchmark`` naming one; or ``extra``)."""
     known = sorted({*cfg.keys(), "benchmark", *extra} - set(_NOT_SECTION_KEYS))
     unknown = sorted(set(spec) - set(known))
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {unknown}; expected any of {', '.join(known)}")
-    name = spec.get("benchmark")
-    if name is not None and (not isinstance(name, str) or name not in BENCHMARKS):
-        raise ConfigError(f"{where}.benchmark={_show(name)} is not a known benchmark; known: {', '.join(BENCHMARKS)}")
+    if spec.get("benchmark") is not None:
+        benchmarks.get(spec["benchmark"], f"{where}.benchmark")
 
 
 def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
     """The data section ``cfg`` with ``spec``'s keys set: the data of one mixture source or one named evaluation
     set (``where``: its config key, for errors). A ``benchmark`` key sets that benchmark's data keys first
-    (:data:`adapt.benchmarks.BENCHMARKS`), the spec's other keys then override them; each key replaces the
-    section's value whole, and ``files`` clears ``source`` and the other way round. The result has no
-    ``mixture`` or ``mixture_stages``."""
+    (:meth:`adapt.benchmarks.Benchmark.data_keys`; nothing is read), the spec's other keys then override them;
+    each key replaces the section's value whole, and ``files`` clears ``source`` and the other way round (and,
+    without a ``benchmark`` of the spec's own, the section's benchmark). The result has no ``mixture`` or
+    ``mixture_stages``."""
     spec = dict(spec)
     _check_keys(cfg, spec, where)
     sub = ml_collections.ConfigDict(cfg.to_dict())
     sub.mixture, sub.mixture_stages = {}, []
     benchmark = spec.pop("benchmark", None)
-    for keys in ([BENCHMARKS[benchmark][0]()] if benchmark else []) + [spec]:
+    if not benchmark and ("files" in spec or "source" in spec):
+        sub.benchmark = ""
+    for keys in ([benchmarks.get(benchmark).data_keys()] if benchmark else []) + [spec]:
         if "source" in keys:
             sub.files = {}
         if "files" in keys:

@@ -80,17 +80,16 @@ def get_config(arg=None):
 
 
 def _benchmark_text(name: str) -> dict:
-    """Overrides that make a run read benchmark ``name``'s text for masked-LM pretraining."""
-    files = benchmarks.BENCHMARKS[name][0]()["files"]
-    return {"data.files": {"train": files["train"], "dev": files["dev"]}}
+    """Overrides that make a run read benchmark ``name``'s text for masked-LM pretraining (its files are found
+    when the trial reads them)."""
+    return {"data.benchmark": name, "data.files": {}, "data.source": ""}
 
 
 def _domain_text(domain: str, general: float = 0.0) -> dict:
     """The DAPT corpus of ``domain``: here the training texts of its benchmarks, mixed in equal parts; with
     ``general``, that share of the rows is BBC News (its train split) instead."""
     names = [t for t, d in DOMAIN_OF.items() if d == domain]
-    mixture = {t: {"weight": (1.0 - general) / len(names),
-                   "files": {"train": benchmarks.BENCHMARKS[t][0]()["files"]["train"]}} for t in names}
+    mixture = {t: {"weight": (1.0 - general) / len(names), "benchmark": t} for t in names}
     if general:
         mixture["general"] = {"weight": general, "benchmark": "bbc"}
     return {**_benchmark_text(names[0]), "data.mixture": mixture}
@@ -105,8 +104,7 @@ def _mlm(steps: int, b: dict) -> dict:
 def _finetune(name: str, b: dict) -> dict:
     """One epoch or a fixed step budget: the model after the last step; more epochs: the best epoch on dev."""
     epochs = b["epochs"][name]
-    return {**{f"data.{k}": v for k, v in benchmarks.BENCHMARKS[name][0]().items()}, "benchmark": name,
-            "meta.benchmark": name, "meta.domain": DOMAIN_OF[name], "train.epochs": epochs,
+    return {**benchmarks.overrides(name), "meta.benchmark": name, "meta.domain": DOMAIN_OF[name], "train.epochs": epochs,
             "train.early_stopping.metric": f"dev/{METRICS[name]}" if epochs > 1 else ""}
 
 

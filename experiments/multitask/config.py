@@ -58,25 +58,15 @@ def get_config(arg=None):
 
 
 def _task(name: str) -> dict:
-    """Overrides of a single-task trial on benchmark ``name``."""
-    data = benchmarks.BENCHMARKS[name][0]()
-    return {**{f"data.{k}": v for k, v in data.items()}, "benchmark": name, "meta.benchmark": name,
-            "model.task": "token_classification" if data.get("format") == "conll" else "sequence_classification"}
+    """Overrides of a single-task trial on benchmark ``name`` (its data, task kind and metric)."""
+    return {**benchmarks.overrides(name), "meta.benchmark": name}
 
 
 def _steps(b) -> int:
-    """The multi-task run's steps: the single-task runs' together."""
-    from adapt.data.formats import read_conll
-    from adapt.data.pipeline import records, section, data_defaults
-
-    total = 0
-    for name, epochs in EPOCHS.items():
-        data = benchmarks.BENCHMARKS[name][0]()
-        if data.get("format") == "conll":
-            n = len(read_conll(data["files"]["train"]))
-        else:
-            n = len(records(section(data_defaults(), data, name))["train"])
-        total += int(epochs * round(n * b["train"]) / b["batch"])
+    """The multi-task run's steps: the single-task runs' together (from the benchmarks' train sizes: nothing is
+    read)."""
+    total = sum(int(epochs * round(benchmarks.get(name).train_size * b["train"]) / b["batch"])
+                for name, epochs in EPOCHS.items())
     return max(2, int(total * b["scale"]))
 
 

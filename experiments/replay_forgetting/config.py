@@ -7,9 +7,9 @@ Biderman et al. 2024, "LoRA Learns Less and Forgets Less".)
 
     .venv/bin/python scripts/study.py --config=experiments/replay_forgetting/config.py:cpu --workdir=runs/replay
 
-Domain: the PubMed abstracts of BC5CDR (the data folder's ``scibert/ner/bc5cdr``, read as running text with
-``sample_by="conll"``): its train abstracts are the training text, a seeded sample of its dev abstracts the
-domain set. General: BBC News (bundled): its train articles are the replayed text, a sample of articles outside
+Domain: the PubMed abstracts of the BC5CDR benchmark (``data.benchmark``, read as running text with
+``sample_by="conll"``): its train abstracts are the training text, a seeded sample of its dev abstracts
+(``data.eval_examples``) the domain set. General: BBC News (bundled): its train articles are the replayed text, a sample of articles outside
 the train split the general set. Both sets are evaluated before the first step and after the last
 (``eval.sets``), so each trial has its own before -> after. Replay is the mixture weight of the BBC source
 (``data.mixture``, rows of ``max_length`` packed tokens; the share of tokens each source gave is stored with the
@@ -19,9 +19,6 @@ against general-text cost. ``:cpu`` is the budget 2 CPU cores run (the README be
 the results); ``:smoke`` a pipeline check; no argument a small real run (a GPU's worth).
 """
 
-import os
-
-from adapt import benchmarks
 from adapt.experiment import base_config
 from adapt.methods import method_config
 from adapt.sweeps import grid, product, zip_
@@ -36,25 +33,21 @@ BUDGET = {  # steps of batch x max_length tokens; the sets: how many held-out do
                   replay=[0.25], methods=("full", "lora")),
 }
 LEARNING_RATE = {"full": 5e-5, "lora": 1e-3}
-DOMAIN_DOCS, GENERAL_DOCS = 500, 2225  # BC5CDR dev abstracts; BBC News articles
-
-
-def _cdr(split: str) -> str:
-    return os.path.join(benchmarks.data_dir(), "scibert", "ner", "bc5cdr", f"{split}.txt")
+GENERAL_DOCS = 2225  # BBC News articles
 
 
 def get_config(arg=None):
     b = BUDGET[arg]
     c = base_config()
     c.model.update(name="bundled:smollm2-135m", task="causal_lm")
-    c.data.update(format="lm", max_length=b["max_length"], pack=True, causal=True, sample_by="conll")
-    c.data.files = {"train": _cdr("train")}
+    # BC5CDR's abstracts as text (its files are found when the trial reads them): train is the domain corpus
+    c.data.update(benchmark="bc5cdr", format="lm", max_length=b["max_length"], pack=True, causal=True,
+                  sample_by="conll")
     c.data.mixture = {"domain": {"weight": 1.0}, "general": {"weight": 0.0, "benchmark": "bbc"}}
     c.eval.update(splits=(), batch_size=8)
-    rest = 1.0 - b["domain_docs"] / DOMAIN_DOCS
     general = b["general_docs"] / GENERAL_DOCS  # the train split's 80% stays first: the set is outside it
     c.eval.sets = {
-        "domain": {"source": _cdr("dev"), "sample_by": "conll", "split_ratios": {"dev": 1.0 - rest, "rest": rest}},
+        "domain": {"benchmark": "bc5cdr", "split": "dev", "eval_examples": {"dev": b["domain_docs"]}},
         "general": {"benchmark": "bbc", "split_ratios": {"train": 0.8, "dev": general, "rest": 0.2 - general}}}
     c.train.update(steps=b["steps"], epochs=0.0, batch_size=b["batch"], log_every=8, eval_every=b["steps"])
     c.optimizer.update(learning_rate=LEARNING_RATE["full"], warmup_ratio=0.1, schedule="linear", weight_decay=0.0)
