@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import ml_collections
 
+from adapt.data.cache import file_digest
 from adapt.errors import ConfigError
 from adapt.files import user_cache, write_atomic
 
@@ -230,6 +231,28 @@ def locate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         out.files = {**found["files"], **cfg.files}
     elif not cfg.files:
         out.source = found["source"]
+    return out
+
+
+def fetch(name: str) -> list[tuple[str, str]]:
+    """Benchmark ``name``'s data made ready for offline use: each published file in the data folder, downloaded
+    when missing and checked against its SHA-256 when present. Returns ``[(path, what was done)]``; a file that is
+    there but differs from the published one is left as it is and reported ("differs: ...")."""
+    b = get(name)
+    if b.find is not None:
+        found = b.find()
+        return [(path, "from an installed package")
+                for path in (found["files"].values() if "files" in found else [found["source"]])]
+    out = []
+    for remote in b.files.values():
+        path = os.path.join(data_dir(), remote.path)
+        if not os.path.isfile(path):
+            _download(name, remote, path)
+            out.append((path, "downloaded, SHA-256 verified"))
+        elif (digest := file_digest(path)) == remote.sha256:
+            out.append((path, "present, SHA-256 verified"))
+        else:
+            out.append((path, f"differs: SHA-256 {digest}, published {remote.sha256} ({remote.url})"))
     return out
 
 

@@ -15,6 +15,7 @@ from adapt import benchmarks, configs
 from adapt.errors import ConfigError
 
 SPLITS = ("train", "dev", "test")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -131,3 +132,26 @@ def test_the_data_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert benchmarks.data_dir() == str(tmp_path / "home" / ".cache" / "adapt" / "data")
+
+
+def test_fetch_downloads_then_verifies_and_reports_a_differing_copy(server, tmp_path):
+    assert [done for _, done in benchmarks.fetch("chemprot")] == ["downloaded, SHA-256 verified"] * 3
+    assert [done for _, done in benchmarks.fetch("chemprot")] == ["present, SHA-256 verified"] * 3
+    (tmp_path / "data" / "scibert" / "chemprot" / "dev.jsonl").write_text("edited\n")
+    done = dict(benchmarks.fetch("chemprot"))
+    assert done[str(tmp_path / "data" / "scibert" / "chemprot" / "dev.jsonl")].startswith("differs: SHA-256 ")
+    assert (tmp_path / "data" / "scibert" / "chemprot" / "dev.jsonl").read_text() == "edited\n"  # left as it is
+    assert len(server) == 3
+
+
+def test_fetch_data_finds_what_an_experiment_reads():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fetch_data", os.path.join(ROOT, "scripts", "fetch_data.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.needed(os.path.join(ROOT, "experiments/multitask/config.py:smoke"), []) == [
+        "chemprot", "citation_intent", "sciie", "bc5cdr"]
+    assert script.needed(os.path.join(ROOT, "experiments/replay_forgetting/config.py:smoke"), []) == ["bc5cdr", "bbc"]
+    assert script.needed(os.path.join(ROOT, "experiments/dont_stop_pretraining/config.py:cpu,mix"), []) == [
+        "chemprot", "citation_intent", "sciie", "bbc"]
