@@ -27,7 +27,6 @@ that head: a head that loading would initialise at random is refused, since its 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -154,9 +153,7 @@ def build(config, tokenizer, model: nnx.Module, source: str, *, mesh=None, rules
             if task.head not in info.family.heads or not info.backbone_path:
                 raise ConfigError(f"{where}.task={task.name!r}: the {info.family.name} family has no {task.name} "
                                   f"head on a backbone")
-            with warnings.catch_warnings():  # a fresh head is refused below, in one line
-                warnings.simplefilter("ignore")
-                head = from_pretrained(source, task=task.name, dtype=config.model.dtype, mesh=mesh, rules=rules)
+            head = from_pretrained(source, task=task.name, dtype=config.model.dtype, mesh=mesh, rules=rules)
             if fresh := fresh_paths(head):
                 raise ConfigError(f"{where}.task={task.name!r}: {source} has no trained {task.name} head ("
                                   f"{'.'.join(map(str, fresh[0]))} and {len(fresh) - 1} more would be random); "

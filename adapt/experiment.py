@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 
 import jax
 import ml_collections
@@ -34,6 +35,7 @@ from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
 from adapt.models.loading import fresh_paths
+from adapt.models.registry import model_info
 from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import Trainer, defaults
 from adapt.training.state import batch_sharding, batch_ways
@@ -87,6 +89,7 @@ class TrialSetup:
     _generated: dict = dataclasses.field(default_factory=dict)  # split -> generation_eval.GenerationEval
     _records: dict | None = None  # the raw examples per split, read (and quality-checked) once, for generation
     tasks: multitask.MultiTaskData | None = None  # a multi-task trial's tasks (then ``splits`` is theirs)
+    fresh_heads: list = dataclasses.field(default_factory=list)  # heads the checkpoint had no weights for
 
     def generated(self, split: str) -> generation_eval.GenerationEval:
         """``split`` evaluated by generation (built once per split)."""
@@ -151,8 +154,7 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
     # Straight onto the mesh: each device receives only its shards, one tensor read at a time.
-    load = dict(dtype=config.model.dtype, seed=config.train.seed, mesh=mesh, rules=rules,
-                head_warmup_steps=config.train.get("head_warmup_steps", 0), **dropouts)
+    load = dict(dtype=config.model.dtype, seed=config.train.seed, mesh=mesh, rules=rules, **dropouts)
     data = teacher = model = dp = None
     if multi:
         if distill.enabled(config):
@@ -177,13 +179,14 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
             model = from_pretrained(source, task=task.name, **task.head_args(labels), **load)
         objective = distill.objective(config, task.objective(tasks.TaskInputs(tokenizer, labels, config)))
     fresh = fresh_paths(model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
+    fresh_heads = model_info(model).head_names(fresh)
     model = method.apply(model, nnx.Rngs(config.train.seed))
     sets = evalsets.build(config, tokenizer, model, source, mesh=mesh, rules=rules)
     if teacher is not None:
         model = distill.attach(model, teacher)
     return TrialSetup(config, tokenizer, splits, method,
                       Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh, dp=dp), sets,
-                      tasks=data)
+                      tasks=data, fresh_heads=fresh_heads)
 
 
 def data_sections(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
@@ -245,7 +248,21 @@ def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None
     first = {s: trial.generated(s) if generation_eval.enabled(config) else (lambda s=s: trial.eval_batches(s))
              for s in eval_splits[:1] if during}  # the first is dev
     data_files = {where: files_read(section) for where, section in data_sections(config).items()}
+    _log(workdir, [f"{where} {split}: {f['path']} (SHA-256 {f['sha256']})" for where, files in data_files.items()
+                   for split, f in files.items()])
+    if trial.fresh_heads:  # a fact of the checkpoint, said once per run
+        warmup = config.train.get("head_warmup_steps", 0)
+        how = f"alone for the first {warmup} steps (train.head_warmup_steps)" if warmup else "with the rest"
+        _log(workdir, [f"initialised fresh (no pretrained weights from {multitask.init_source(config)}): "
+                       f"{', '.join(trial.fresh_heads)}; trained {how}"])
     return StartedTrial(trial, train, {**first, **watched}, eval_splits, watched, data_files)
+
+
+def _log(workdir: str, lines: list[str]) -> None:
+    """Append ``lines`` to the run's log (``log.txt``: how the run was set up, for a reader; process 0 writes)."""
+    if lines and jax.process_index() == 0:
+        with open(os.path.join(workdir, "log.txt"), "a") as f:
+            f.write("".join(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n" for line in lines))
 
 
 def finish_trial(started: StartedTrial, fit) -> dict:

@@ -20,9 +20,11 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"), "--config=experiments/bbc_tapt/config.py:smoke",
                f"--workdir={tmp_path}", f"--config.data.cache_dir={tmp_path / 'cache'}",
                "--pack=2"]  # each stage's two seeds train as one population (adapt.population), as --pack runs them
-    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as the README's command runs
+    # one CPU device, as the README's command runs; a Python warning is an error: the main job prints none
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHONWARNINGS": "error"}
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "Warning" not in out.stderr and "Warning" not in out.stdout
     table = (tmp_path / "results" / "table.md").read_text()
     for row in ("Baseline", "TAPT"):
         assert row in table
@@ -42,6 +44,9 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
     assert "6 trials (6 done)" in out.stdout
     assert len(glob.glob(str(tmp_path / "tapt" / "*" / "export" / "model.safetensors"))) == 1
+    # MiniLM ships without its MLM head: said once, as a fact, in the TAPT run's log (not as a warning)
+    (log,) = glob.glob(str(tmp_path / "tapt" / "*" / "log.txt"))
+    assert "initialised fresh (no pretrained weights from bundled:minilm-l6): cls; trained with the rest" in open(log).read()
     runs = sorted(glob.glob(str(tmp_path / "tapt_finetune" / "*")))
     assert len(runs) == 2  # two seeds, each from the TAPT export
     for run in runs:
@@ -49,7 +54,9 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
         assert config["method"]["name"] == "lora"
         assert os.path.relpath(config["init_from"], tmp_path).startswith("tapt/")
         result = json.load(open(os.path.join(run, "results.json")))
-        assert set(result) == {"dev", "test"} and result["test"]["count"] == 223  # 10% of 2,225 articles
+        assert set(result) == {"dev", "test", "data_files"} and result["test"]["count"] == 223  # 10% of 2,225
+        source = result["data_files"]["data"]["source"]  # the BBC folder the trial read, and its digest
+        assert source["path"].endswith(os.path.join("bbcnews", "data")) and len(source["sha256"]) == 64
         assert json.load(open(os.path.join(run, "labels.json"))) == [
             "business", "entertainment", "politics", "sports", "tech"]
 

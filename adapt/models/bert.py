@@ -322,7 +322,7 @@ FAMILY = register(Family(
     **ENCODER,
     head_paths={"base": ("pooler",), "sequence_classification": ("classifier", "bert.pooler"),
                 "token_classification": ("classifier",)},
-    warn_if_fresh=("cls",),
+    may_lack=("cls",),
     # decoder.*: tied copies (decoder.weight is read when untied); seq_relationship: BertForPreTraining's NSP head.
     ignore=(BUFFERS, r"^cls\.predictions\.decoder\.(weight|bias)$", r"^cls\.seq_relationship\."),
 ))

@@ -7,7 +7,8 @@ sharding with ``jax.make_array_from_callback`` (each device reads only its slice
 file). Every missing, unexpected and mis-shaped tensor is reported together, before anything is
 built. Task heads the checkpoint lacks are initialised fresh, inside one jit whose outputs are just
 those heads; their parameter paths are recorded on the model (:func:`fresh_paths`, a static attribute, so
-it survives ``nnx.split``/``merge``), for ``train.head_warmup_steps`` to train them alone first.
+it survives ``nnx.split``/``merge``): a trial reports them in its run's log, and ``train.head_warmup_steps`` can
+train them alone first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import logging
 import os
 import re
-import warnings
 
 import jax
 import numpy as np
@@ -93,7 +93,7 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
                     labels: list[str] | None = None, mesh: jax.sharding.Mesh | None = None,
                     rules: Rules | None = None, dtype: str = "float32", hidden_dropout: float | None = None,
                     attention_dropout: float | None = None, allow_pickle: bool = False, seed: int = 0,
-                    revision: str | None = None, head_warmup_steps: int = 0, config_overrides: dict | None = None,
+                    revision: str | None = None, config_overrides: dict | None = None,
                     random_init: bool = False) -> nnx.Module:
     """Load a pretrained model as an NNX module.
 
@@ -102,8 +102,8 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     their names).
     ``mesh``/``rules``: place parameters sharded (by default on the first device). ``dtype``: the
     compute dtype (parameters stay float32). The dropout rates override the checkpoint's config.
-    Parameters the checkpoint lacks are initialised fresh and listed by :func:`fresh_paths`;
-    ``head_warmup_steps`` (the run's ``train.head_warmup_steps``) only words the warning about them.
+    Parameters the checkpoint lacks (a task head, or a head the family declares it may lack) are initialised
+    fresh and listed by :func:`fresh_paths`.
     ``config_overrides``: HF config keys set before the model is built (``num_hidden_layers``, ``hidden_size``);
     with ``random_init`` no weight is read: every parameter is initialised fresh (a random-init model of the
     checkpoint's family, as its config and the overrides describe it).
@@ -136,7 +136,7 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     else:
         refs = weight_refs(source.folder, allow_pickle=allow_pickle)
     return build(family, head, cfg, refs, source.name, mesh=mesh, rules=rules, seed=seed,
-                 head_warmup_steps=head_warmup_steps, all_fresh=random_init)
+                 all_fresh=random_init)
 
 
 def set_dropouts(family: Family, hf, hidden_dropout: float | None = None, attention_dropout: float | None = None):
@@ -147,7 +147,7 @@ def set_dropouts(family: Family, hf, hidden_dropout: float | None = None, attent
 
 
 def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, rules=None, seed: int = 0,
-          head_warmup_steps: int = 0, all_fresh: bool = False):
+          all_fresh: bool = False):
     """Fill the skeleton of the family's ``head`` class from ``refs`` (HF name -> TensorRef); see the module doc.
     ``all_fresh``: every parameter is initialised fresh (``refs`` is empty)."""
     cls = family.heads[head]
@@ -162,7 +162,7 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
     available = {}
     for key, ref in refs.items():
         available.setdefault(canon(key), (key, ref))
-    fresh_ok = ("",) if all_fresh else family.head_paths.get(head, ()) + family.warn_if_fresh
+    fresh_ok = ("",) if all_fresh else family.head_paths.get(head, ()) + family.may_lack
     roots = {canon(hf_key(family, p)[0]).split(".")[0] for p, _ in leaves}
     missing, misshaped, fresh, found = [], [], [], {}
     for path, var in leaves:
@@ -193,16 +193,6 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
         log.info("%s: tensors not used by %s: %s", where, cls.__name__, _short(unused))
     arrays = {path: _place(ref, transpose, var, mesh, rules) for (path, var), (ref, transpose)
               in ((pv, found[pv[0]]) for pv in leaves if pv[0] in found)}
-    if fresh and not all_fresh:
-        fresh_heads = sorted({".".join(map(str, p[:2 if str(p[0]) == family.base_prefix else 1])) for p in fresh})
-        for fresh_head in fresh_heads:
-            if any(fresh_head.startswith(h) for h in family.warn_if_fresh):
-                then = (f"they train alone for the first {head_warmup_steps} steps (train.head_warmup_steps)"
-                        if head_warmup_steps else "set train.head_warmup_steps to train them alone first")
-                warnings.warn(f"{where}: the checkpoint has no weights for {fresh_head}; they were initialised fresh; "
-                              f"{then}", stacklevel=3)
-            else:
-                log.info("%s: %s initialised fresh for the %s head", where, fresh_head, head)
     if fresh:
         arrays.update(_init_fresh(cls, cfg, seed, fresh, dict(leaves), mesh, rules))
     for path, var in leaves:

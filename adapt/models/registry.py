@@ -91,8 +91,9 @@ class Family:
     # NNX path prefixes per head that a checkpoint may lack: initialised fresh, and trained by the methods
     # that freeze the backbone (a classifier).
     head_paths: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    # NNX path prefixes that are freshly initialised with a warning when missing (e.g. an MLM head).
-    warn_if_fresh: tuple[str, ...] = ()
+    # NNX path prefixes of heads a checkpoint may lack besides the task's (an encoder saved without its MLM
+    # head): initialised fresh, like a missing task head.
+    may_lack: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()  # regexes of HF keys that are not parameters (buffers, tied copies)
 
 
@@ -137,6 +138,19 @@ class ModelInfo:
     dims: Dims
     backbone_path: str  # "" for a bare backbone, else the family's base prefix
     heads: tuple[str, ...]  # dotted path prefixes of the task head(s) (what a base checkpoint lacks: the classifier)
+
+    def head_names(self, paths) -> list[str]:
+        """The heads parameter ``paths`` lie under: a task head of ``heads``, else the module a path starts with
+        (inside the backbone, the backbone's module: ``bert.pooler``)."""
+        out = set()
+        for path in paths:
+            dotted = ".".join(map(str, path))
+            head = next((h for h in self.heads if _under(dotted, (h,))), None)
+            if head is None:
+                parts = dotted.split(".")
+                head = ".".join(parts[:2 if parts[0] == self.backbone_path else 1])
+            out.add(head)
+        return sorted(out)
 
     def backbone(self, model: nnx.Module) -> nnx.Module:
         return getattr(model, self.backbone_path) if self.backbone_path else model

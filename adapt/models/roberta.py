@@ -94,6 +94,6 @@ FAMILY = register(Family(
     **ENCODER,
     head_paths={"base": ("pooler",), "sequence_classification": ("classifier",),
                 "token_classification": ("classifier",)},
-    warn_if_fresh=("lm_head",),
+    may_lack=("lm_head",),
     ignore=(BUFFERS, r"^lm_head\.decoder\.(weight|bias)$"),  # tied copies (decoder.weight is read when untied)
 ))
