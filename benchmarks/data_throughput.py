@@ -1,6 +1,7 @@
-"""Input-pipeline throughput on the ChemProt train split (4,169 examples) from ``../shared/data``.
+"""Input-pipeline throughput on the ChemProt train split (4,169 examples), from the data folder
+(``scripts/fetch_data.py --benchmark=chemprot`` fills it).
 
-    .venv/bin/python benchmarks/data_throughput.py [--data ../shared/data/scibert/chemprot]
+    .venv/bin/python benchmarks/data_throughput.py [--data <a folder with train.jsonl>]
 
 Times, on this machine: reading the JSONL; encoding it for classification (bundled MiniLM tokenizer,
 length 128); encoding its text as LM documents and packing them into rows of 256 (bundled SmolLM2
@@ -16,14 +17,12 @@ import sys
 import tempfile
 import time
 
+from adapt import benchmarks
 from adapt.data import formats, sources
 from adapt.data.batches import array_batches
 from adapt.data.packing import pack
 from adapt.data.pipeline import data_defaults, prepare
 from adapt.models import load_tokenizer
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def timed(fn, repeat: int = 3):
     best, out = float("inf"), None
@@ -36,8 +35,9 @@ def timed(fn, repeat: int = 3):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "scibert", "chemprot"))
+    p.add_argument("--data", help="a folder with train.jsonl (default: ChemProt's in the data folder)")
     args = p.parse_args()
+    args.data = args.data or os.path.dirname(benchmarks.get("chemprot").locate()["files"]["train"])
     train = os.path.join(args.data, "train.jsonl")
     bert, smol = load_tokenizer("bundled:minilm-l6"), load_tokenizer("bundled:smollm2-135m")
     enc_bert, enc_smol = formats.Encoder(bert), formats.Encoder(smol)
@@ -61,7 +61,8 @@ def main():
         t = time.perf_counter()
         splits, hit = prepare(cfg, bert)
         assert hit
-        rows.append(("prepare, warm cache (hash file + load)", time.perf_counter() - t))
+        # the file's SHA-256 is memoised per process (adapt.data.cache.file_digest): a new process hashes it once
+        rows.append(("prepare, warm cache (load; the file's digest memoised)", time.perf_counter() - t))
     stream = array_batches(splits["train"], 32, seed=0)
     steps = stream.steps_per_epoch
     rows.append((f"batches of 32, bucketed ({steps} per epoch)", timed(lambda: [stream.next_batch() for _ in range(steps)])[0]))
