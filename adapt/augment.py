@@ -34,8 +34,8 @@ import os
 import ml_collections
 import numpy as np
 
-from adapt.data.cache import DEFAULT_DIR
 from adapt import schema
+from adapt.data.cache import DEFAULT_DIR
 from adapt.errors import ConfigError
 from adapt.files import write_json
 from adapt.schema import Choice, Either, Float, Int, Path, Str, Tuple

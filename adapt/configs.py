@@ -34,7 +34,8 @@ def failure(path: str, e: Exception) -> ConfigError:
             if os.path.abspath(frame.filename) == os.path.abspath(path):
                 line = frame.lineno
     first = message.splitlines()[0] if message else ""
-    return ConfigError(f"{path}:{line if line is not None else '?'}: {type(e).__name__}" + (f": {first}" if first else ""))
+    where = f"{path}:{line if line is not None else '?'}"
+    return ConfigError(f"{where}: {type(e).__name__}" + (f": {first}" if first else ""))
 
 
 def load_module(path: str):

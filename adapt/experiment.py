@@ -26,11 +26,12 @@ import ml_collections
 from flax import nnx
 
 from adapt import (
-    active, configs, distill, evalsets, generation_eval, methods, multitask, predictions, privacy, quality, schema, tasks,
+    active, configs, distill, evalsets, generation_eval, methods, multitask, predictions, privacy, quality, schema,
+    tasks,
 )
 from adapt.benchmarks import BENCHMARKS
-from adapt.data.batches import PoissonBatches, eval_batches
 from adapt.data import pipeline
+from adapt.data.batches import PoissonBatches, eval_batches
 from adapt.data.pipeline import check_mixture, data_defaults, prepare, records, save_labels, train_stream
 from adapt.errors import ConfigError
 from adapt.files import output_folder, write_json

@@ -39,7 +39,7 @@ def defaults() -> ml_collections.ConfigDict:
 
 SCHEMA = dict(  # of defaults()
     max_new_tokens=Int(min=0, hint="0: no generation at evaluation", doc="tokens generated per answer at most"),
-    examples=Map(Int(min=0), hint="0: all", doc="split -> N: only its first N examples are generated for"),
+    examples=Map(Int(min=0, hint="0: all"), doc="split -> N: only its first N examples are generated for"),
     shots=Int(min=0, doc="few-shot prompting: (prompt, response) pairs of train before each prompt"),
     temperature=Float(ge=0, hint="0: greedy", doc="sampling temperature"),
     top_k=Int(min=0, hint="0: off", doc="sample among the k most likely tokens"),

@@ -67,7 +67,8 @@ def defaults() -> ml_collections.ConfigDict:
 SCHEMA = dict(  # of defaults()
     **{check: Choice(*(MODES[:2] if check == "labels" else MODES), doc=f"the {check} check's mode ('drop': from "
                      f"train)") for check in CHECKS},
-    threshold=Float(ge=0, le=1, hint="a Jaccard similarity", doc="near duplicates and leakage: the Jaccard similarity of shingle sets"),
+    threshold=Float(ge=0, le=1, hint="a Jaccard similarity",
+                    doc="near duplicates and leakage: the least Jaccard similarity of shingle sets found"),
     num_perm=Int(min=2, doc="MinHash permutations"),
     shingle=Int(min=1, doc="tokens per shingle"),
     max_chars=Int(min=0, hint="0: data.max_length tokens", doc="too_long: a character limit"),

@@ -33,9 +33,9 @@ def show(value) -> str:
     return " ".join(repr(value.to_dict() if hasattr(value, "to_dict") else value).split())
 
 
-def _closest(name, known) -> str:
+def _closest(name, known, prefix: str = "") -> str:
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
+    return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
 
 
 class Spec:
@@ -299,7 +299,7 @@ class Section(Spec):
         where = f"{key}." if key else ""
         for name, v in value.items():
             if name not in self.keys:
-                raise ConfigError(f"{where}{name}: unknown key{_closest(name, self.keys)} (keys of "
+                raise ConfigError(f"{where}{name}: unknown key{_closest(name, self.keys, where)} (keys of "
                                   f"{self.what or key or 'a config'}: {', '.join(self.keys)})")
             self.keys[name].check(v, f"{where}{name}")
 

@@ -58,7 +58,8 @@ def test_overrides_and_misspelt_keys():
     assert c.benchmark == "chemprot" and c.train.early_stopping.metric == "dev/micro_f1"
     with pytest.raises(ConfigError, match=r"optimizer.lerning_rate: no such config key; did you mean optimizer.learning_rate"):
         configs.load("configs/finetune.py:bbc", ["optimizer.lerning_rate=1e-3"])
-    with pytest.raises(ConfigError, match=r"method.rnak: unknown key; did you mean rank\? \(keys of method 'lora': name, rank, "):
+    with pytest.raises(ConfigError, match=r"method.rnak: unknown key; did you mean method.rank\? "
+                                          r"\(keys of method 'lora': name, rank, "):
         configs.load("configs/finetune.py:bbc,lora", ["method.rnak=4"])
     with pytest.raises(ConfigError, match="benchmark 'bcc' is not known"):
         configs.load("configs/finetune.py:bcc")

@@ -130,7 +130,8 @@ def test_section_expands_a_benchmark_under_the_specs_own_keys(tmp_path):
     with pytest.raises(ConfigError) as e:
         section(data, {"benchmark": "nope"}, "eval.sets.general")
     assert str(e.value) == "eval.sets.general.benchmark='nope': expected one of '', " + ", ".join(BENCHMARKS)
-    with pytest.raises(ConfigError, match=r"^eval.sets.general.file: unknown key; did you mean files\? \(keys of "):
+    with pytest.raises(ConfigError, match=r"^eval.sets.general.file: unknown key; did you mean "
+                                          r"eval.sets.general.files\? \(keys of "):
         section(data, {"file": "c.txt"}, "eval.sets.general")
 
 
@@ -147,7 +148,8 @@ def _weighted(domain, general):
     (_weighted(0.5, "0.5"), [], "data.mixture.general.weight='0.5': expected a number >= 0"),
     (_weighted(0.0, 0.0), [], "data.mixture: every weight is 0 (domain=0.0, general=0.0); "),
     ({"domain": 0.5}, [], "data.mixture.domain=0.5; expected the source's keys"),
-    ({"domain": {"weight": 1.0, "file": "bio.txt"}}, [], "data.mixture.domain.file: unknown key; did you mean files?"),
+    ({"domain": {"weight": 1.0, "file": "bio.txt"}}, [],
+     "data.mixture.domain.file: unknown key; did you mean data.mixture.domain.files?"),
     ({"domain": {"weight": 1.0, "benchmark": "nope"}}, [], "data.mixture.domain.benchmark='nope': expected one of"),
     (_weighted(0.5, 0.5), [[0, {"domain": 1.0}]],
      "data.mixture.domain.weight and data.mixture_stages are both set; use one"),
