@@ -130,6 +130,11 @@ class Float(Spec):
             (self.lt, True) if self.lt is not None else (self.le, False)
         return "a number" + _bounds(lo[0], lo[1], hi[0], hi[1])
 
+    def check(self, value, key: str) -> None:
+        if not self.ok(value):  # an infinity or a NaN may sit within the bounds: say that it must be finite
+            self.fail(value, key, "a finite " + self.expected()[2:] if self.kind(value) and not math.isfinite(value)
+                      else None)
+
 
 class Str(Spec):
     """A string; ``empty=False`` refuses "", ``pattern`` is a regex it must match whole (``what`` says it in words)."""
