@@ -43,8 +43,10 @@ import shutil
 import ml_collections
 import numpy as np
 
+from adapt import schema
 from adapt.errors import ConfigError
 from adapt.files import write_atomic, write_json
+from adapt.schema import Bool, Choice, Int, Str, Tuple
 
 STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "coreset")
 RECORD = "acquired.json"
@@ -65,6 +67,19 @@ def defaults() -> ml_collections.ConfigDict:
     ))
 
 
+SCHEMA = dict(  # of defaults()
+    strategies=Tuple(of=Choice(*STRATEGIES), doc="the acquisition strategies compared"),
+    seeds=Tuple(of=Int(min=0), doc="a loop per seed"),
+    initial=Int(min=1, doc="labelled train examples to start from"),
+    acquire=Int(min=1, doc="examples acquired per round"),
+    rounds=Int(min=0, doc="acquisition rounds"),
+    pool_size=Int(min=0, hint="0: the whole train split", doc="a seeded sample of the train split as the pool"),
+    mc_samples=Int(min=1, doc="bald: stochastic forward passes with dropout on"),
+    warm_start=Bool(doc="a round starts from the last round's model"),
+    metric=Str(empty=False, doc="the test metric of the curves and the area under them"),
+)
+
+
 def with_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``config`` (an experiment config, :func:`adapt.experiment.base_config`) with the ``active`` section."""
     config.unlock()
@@ -78,15 +93,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     if "active" not in config:
         raise ConfigError("the config has no 'active' section; expected one (adapt.active.with_section(config))")
     a, d = config.active, config.data
-    for name in a.strategies:
-        if name not in STRATEGIES:
-            raise ConfigError(f"active.strategies: {name!r} is not a strategy; expected some of "
-                              f"{', '.join(STRATEGIES)}")
+    schema.check(SCHEMA, a, "active")
     if not a.strategies or not a.seeds:
         raise ConfigError("active.strategies and active.seeds: expected at least one each")
-    for key, low in (("initial", 1), ("acquire", 1), ("rounds", 0), ("pool_size", 0), ("mc_samples", 1)):
-        if not isinstance(a[key], int) or a[key] < low:
-            raise ConfigError(f"active.{key}={a[key]!r}; expected a whole number >= {low}")
     if d.format != "classification" or d.label_type != "category":
         raise ConfigError(f"active learning needs data.format='classification' with data.label_type='category'; "
                           f"the config has {d.format!r} / {d.label_type!r}")

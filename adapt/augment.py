@@ -34,8 +34,10 @@ import os
 import ml_collections
 import numpy as np
 
+from adapt import schema
 from adapt.errors import ConfigError
 from adapt.files import user_cache, write_json
+from adapt.schema import Choice, Either, Float, Int, Path, Str, Tuple
 
 TOKEN_METHODS = ("delete", "swap", "insert")
 METHODS = (*TOKEN_METHODS, "paraphrase")
@@ -64,6 +66,28 @@ def defaults() -> ml_collections.ConfigDict:
     ))
 
 
+_MIX = rf"\s*({'|'.join(METHODS)})\s*(,\s*({'|'.join(METHODS)})\s*)*"
+SCHEMA = dict(  # of defaults()
+    copies=Int(min=0, hint="0: no augmentation", doc="augmented copies per train example"),
+    method=Either(Str(pattern=_MIX, what=f"one of {', '.join(METHODS)} or a comma-separated mix of them"),
+                  Tuple(of=Choice(*METHODS)), doc="the edit of each copy: copy k uses the k-th of the mix"),
+    p=Float(ge=0, le=1, doc="delete: each word's probability; swap / insert: pairs / words per word"),
+    seed=Int(min=0, doc="the edits' draws"),
+    split=Choice("train", hint="augmentation applies to the train split only: dev and test are never augmented",
+                 doc="the split augmented"),
+    paraphrase=dict(
+        model=Str(empty=False, doc="a causal LM that adapt.from_pretrained loads"),
+        prompt=Str(pattern=r"(?s).*\{text\}.*", what="a template with {text}", doc="sent as a user turn"),
+        temperature=Float(ge=0, doc="sampling temperature (0: greedy)"),
+        top_p=Float(gt=0, le=1, doc="nucleus sampling's probability mass"),
+        max_new_tokens=Int(min=1, doc="tokens generated per paraphrase at most"),
+        max_words=Int(min=1, doc="words of each example paraphrased (the rest kept)"),
+        batch_size=Int(min=1, doc="prompts generated for at once"),
+        cache_dir=Path(doc='where paraphrases are kept; "": no cache'),
+    ),
+)
+
+
 def enabled(cfg) -> bool:
     """Whether the data section ``cfg`` augments its train split."""
     return bool(cfg.get("augment", {}).get("copies", 0))
@@ -78,34 +102,12 @@ def methods(spec) -> list[str]:
 def check(cfg) -> None:
     """One-line :class:`ConfigError` for a bad ``data.augment`` of the data section ``cfg``, before any reading."""
     a = cfg.get("augment")
-    if a is None or not enabled(cfg):
+    if a is None:
         return
-    copies = a.copies
-    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
-        raise ConfigError(f"data.augment.copies={copies!r}; expected a whole number >= 0 (0: no augmentation)")
-    if a.split != "train":
-        raise ConfigError(f"data.augment.split={a.split!r}; augmentation applies to the train split only "
-                          f"(dev and test are never augmented)")
-    names = methods(a.method)
-    bad = [n for n in names if n not in METHODS]
-    if bad or not names:
-        raise ConfigError(f"data.augment.method={a.method!r}; expected one of {', '.join(METHODS)} or a "
-                          f"comma-separated mix of them")
-    if not 0 <= a.p <= 1:
-        raise ConfigError(f"data.augment.p={a.p!r}; expected a probability in [0, 1]")
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"data.augment.copies={copies} augments the {' and '.join(FORMATS)} formats; "
+    schema.check(SCHEMA, a, "data.augment")
+    if enabled(cfg) and cfg.format not in FORMATS:
+        raise ConfigError(f"data.augment.copies={a.copies} augments the {' and '.join(FORMATS)} formats; "
                           f"data.format={cfg.format!r}")
-    if "paraphrase" in names:
-        para = a.paraphrase
-        if "{text}" not in para.prompt:
-            raise ConfigError(f"data.augment.paraphrase.prompt={para.prompt!r}; expected a template with {{text}}")
-        for key in ("max_new_tokens", "max_words", "batch_size"):
-            if para[key] < 1:
-                raise ConfigError(f"data.augment.paraphrase.{key}={para[key]!r}; expected an integer >= 1")
-        if not (para.temperature >= 0 and 0 < para.top_p <= 1):
-            raise ConfigError(f"data.augment.paraphrase: temperature={para.temperature!r}, top_p={para.top_p!r}; "
-                              f"expected temperature >= 0 and top_p in (0, 1]")
 
 
 def _count(p: float, words: int) -> int:

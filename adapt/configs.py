@@ -15,27 +15,56 @@ import copy
 import difflib
 import importlib.util
 import os
+import traceback
 
 import ml_collections
 
-from adapt.errors import ConfigError
+from adapt import schema
+from adapt.errors import AdaptError, ConfigError
+
+
+def failure(path: str, e: Exception) -> ConfigError:
+    """``e``, raised while the config file ``path`` was imported or called, as one line naming the file and the
+    line of it where things went wrong (``path:line: <ExceptionType>: message``)."""
+    line, message = None, str(e).strip()
+    if isinstance(e, SyntaxError) and e.filename and os.path.abspath(e.filename) == os.path.abspath(path):
+        line, message = e.lineno, e.msg
+    else:
+        for frame in traceback.extract_tb(e.__traceback__):  # the innermost frame inside the file
+            if os.path.abspath(frame.filename) == os.path.abspath(path):
+                line = frame.lineno
+    first = message.splitlines()[0] if message else ""
+    where = f"{path}:{line if line is not None else '?'}"
+    return ConfigError(f"{where}: {type(e).__name__}" + (f": {first}" if first else ""))
 
 
 def load_module(path: str):
-    """The config file at ``path`` as a module."""
+    """The config file at ``path`` as a module; a file that does not parse or raises on import is a one-line
+    ConfigError naming the file and the line (:func:`failure`)."""
     if not os.path.isfile(path):
         raise ConfigError(f"--config={path}: no such config file")
     spec = importlib.util.spec_from_file_location(f"adapt_config_{abs(hash(os.path.abspath(path)))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except AdaptError:
+        raise
+    except Exception as e:  # noqa: BLE001  (any error of the file's own code: one line, not a traceback)
+        raise failure(path, e) from None
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: a config file defines get_config(arg=None)")
     return module
 
 
 def call(module, fn: str, arg: str | None):
-    """``module.<fn>(arg)``, or ``<fn>()`` when no argument was given (``get_config``, ``get_sweep``, ...)."""
-    return getattr(module, fn)(arg) if arg is not None else getattr(module, fn)()
+    """``module.<fn>(arg)``, or ``<fn>()`` when no argument was given (``get_config``, ``get_sweep``, ...); an
+    error it raises other than an :class:`~adapt.errors.AdaptError` is one line naming the file's line."""
+    try:
+        return getattr(module, fn)(arg) if arg is not None else getattr(module, fn)()
+    except AdaptError:
+        raise
+    except Exception as e:  # noqa: BLE001  (as load_module)
+        raise failure(module.__file__, e) from None
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -116,11 +145,17 @@ def load(spec: str, overrides: list[str] | dict = ()) -> ml_collections.ConfigDi
     return from_module(load_module(path), arg, overrides)
 
 
-def from_module(module, arg: str | None, overrides: list[str] | dict = ()) -> ml_collections.ConfigDict:
-    """``module``'s config for ``arg`` with ``overrides``, checked (method knobs included)."""
+def from_module(module, arg: str | None, overrides: list[str] | dict = (),
+                checked: bool = True) -> ml_collections.ConfigDict:
+    """``module``'s config for ``arg`` with ``overrides``, held to the trial schema (every section, method knobs
+    included: :func:`adapt.schema.check`); ``checked=False`` for the config of another trial function than
+    :func:`adapt.experiment.run_trial` (``scripts/sweep.py --trial-fn``), whose method knobs alone are checked."""
     config = apply_overrides(call(module, "get_config", arg), as_dict(overrides))
-    if "method" in config:  # its knobs are checked by the method itself, before anything runs
+    if checked:
+        schema.check(config)
+    elif "method" in config:
         from adapt import methods
+
         methods.build(config.method)
     return config
 

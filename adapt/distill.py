@@ -36,11 +36,12 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from adapt import tasks
+from adapt import schema, tasks
 from adapt.errors import ConfigError
 from adapt.models import from_pretrained, load_tokenizer
 from adapt.models.loading import fresh_paths, set_dropouts
 from adapt.models.registry import model_info, param_paths
+from adapt.schema import Bool, Either, Float, Int, Map, Path, Str, Tuple
 from adapt.training.objectives import Objective
 from adapt.training.state import COMPANION
 
@@ -60,6 +61,25 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+_SIZE = Int(min=1, doc="a size of the random-init student")
+SCHEMA = dict(  # of defaults()
+    teacher=Path(doc='a run folder (its best checkpoint) or a checkpoint the loader reads; "": no distillation'),
+    alpha=Float(ge=0, le=1, hint="1: the task loss alone", doc="the task loss's weight; the KL term gets 1 - alpha"),
+    temperature=Float(gt=0, doc="T: softens both distributions; the KL term is scaled by T^2"),
+    student=dict(
+        layers=Tuple(of=Int(min=0), doc="the teacher's layers the student keeps, in increasing order"),
+        # HF config keys of model.name's family (the loader checks the names); the sizes and rates declared here
+        config=Map(Either(Bool(), Int(), Float(), Str()),
+                   known={k: _SIZE for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                             "num_attention_heads", "num_key_value_heads", "head_dim")}
+                   | {k: Float(ge=0, lt=1, doc="a dropout rate") for k in (
+                       "hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "resid_pdrop",
+                       "embd_pdrop", "attn_pdrop")},
+                   doc="HF config overrides of a random-init student of model.name's family"),
+    ),
+)
+
+
 def enabled(config) -> bool:
     return bool(config.get("distill") and config.distill.teacher)  # a run folder written before the section: off
 
@@ -69,21 +89,16 @@ def check(config) -> None:
     if not config.get("distill"):
         return
     d = config.distill
+    schema.check(SCHEMA, d, "distill")
     layers, overrides = tuple(d.student.layers), dict(d.student.config)
-    if not isinstance(d.teacher, str):
-        raise ConfigError(f"distill.teacher={d.teacher!r}; expected a run folder or a checkpoint (a string)")
     if not d.teacher:
         if layers or overrides:
             raise ConfigError("distill.student is set but distill.teacher is empty; name the teacher to distil from")
         return
-    if not 0.0 <= d.alpha <= 1.0:
-        raise ConfigError(f"distill.alpha={d.alpha!r}; expected a weight in [0, 1] (1 = the task loss alone)")
-    if not d.temperature > 0:
-        raise ConfigError(f"distill.temperature={d.temperature!r}; expected a positive number")
     if layers and overrides:
         raise ConfigError("distill.student.layers and distill.student.config are both set; a student is the "
                           "teacher's layers or a random-init model, not both")
-    if layers and (not all(isinstance(i, int) and i >= 0 for i in layers) or list(layers) != sorted(set(layers))):
+    if list(layers) != sorted(set(layers)):
         raise ConfigError(f"distill.student.layers={layers}; expected distinct teacher layer indices in increasing "
                           f"order, e.g. (0, 2, 4)")
 

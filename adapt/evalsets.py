@@ -34,15 +34,20 @@ from flax import nnx
 
 from adapt import benchmarks, tasks
 from adapt.data.batches import eval_batches
-from adapt.data.pipeline import prepare, section
+from adapt.data.pipeline import SOURCE_SCHEMA, prepare, section
 from adapt.errors import ConfigError
 from adapt.models.loading import fresh_paths
 from adapt.models.registry import model_info
+from adapt.schema import Choice, Either, Str
 from adapt.sharding import state_shardings
 from adapt.training.state import MODEL_INPUTS, global_batch, merge_model
 
 LM_TASKS = ("causal_lm", "masked_lm")
 OWN_KEYS = ("split", "task")  # a set's keys that are not data-section keys
+# One entry of eval.sets: a benchmark name or a dev file, or data keys with split and task
+SET_SCHEMA = Either(Str(empty=False), dict(SOURCE_SCHEMA, split=Str(empty=False, doc="the split evaluated"),
+                                           task=Choice(tasks.names, doc="the task whose objective evaluates it")),
+                    doc="a benchmark name, a dev file, or data keys (+ split, task)")
 
 
 def specs(config) -> dict[str, dict]:

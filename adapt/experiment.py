@@ -27,7 +27,11 @@ import jax
 import ml_collections
 from flax import nnx
 
-from adapt import configs, distill, evalsets, generation_eval, methods, multitask, predictions, privacy, quality, tasks
+from adapt import (
+    active, configs, distill, evalsets, generation_eval, methods, multitask, predictions, privacy, quality, schema,
+    tasks,
+)
+from adapt.data import pipeline
 from adapt.data.batches import PoissonBatches, eval_batches
 from adapt.data.pipeline import (check_mixture, component, data_defaults, files_read, prepare, records, save_labels,
                                  train_stream)
@@ -37,7 +41,9 @@ from adapt.models import from_pretrained, load_tokenizer, save_pretrained
 from adapt.models.loading import fresh_paths
 from adapt.models.registry import model_info
 from adapt.sharding import make_mesh, normalize_rules
+from adapt.schema import Bool, Choice, Either, Float, Int, Map, Path, Str, Tuple
 from adapt.training import Trainer, defaults
+from adapt.training import config as training_config
 from adapt.training.state import batch_sharding, batch_ways
 
 
@@ -69,6 +75,37 @@ def base_config() -> ml_collections.ConfigDict:
     c.lock()
     c.method.unlock()
     return c
+
+
+_DROPOUT = Either(Choice(-1.0), Float(ge=0, lt=1), hint="-1: the checkpoint's own", doc="a dropout rate")
+# Every section of base_config(), declared (adapt.schema): schema.check(config) holds a trial's config to it.
+SCHEMA = dict(
+    training_config.SCHEMA,  # mesh, optimizer, train, privacy, method
+    model=dict(
+        name=Str(empty=False, doc="a Hub id, a local folder, a .gguf file or a bundled name"),
+        task=Choice(tasks.names, doc="a task kind of adapt.tasks"),
+        dtype=Choice("float32", "bfloat16", "float16", doc="compute dtype (parameters stay float32)"),
+        hidden_dropout=_DROPOUT, attention_dropout=_DROPOUT,
+    ),
+    data=pipeline.SCHEMA,
+    objective=dict(
+        mlm_probability=Float(gt=0, lt=1, doc="masked LM: the share of tokens masked"),
+        f1_ignore=Tuple(of=Str(), doc="label names left out of the F1 averages"),
+    ),
+    eval=dict(
+        splits=Tuple(of=Str(empty=False), doc="the splits evaluated at the end (the first, dev, during training)"),
+        batch_size=Int(min=1, doc="rows per evaluation batch"),
+        sets=Map(evalsets.SET_SCHEMA, doc="named evaluation sets (adapt.evalsets)"),
+    ),
+    generation=generation_eval.SCHEMA,
+    export=dict(model=Bool(doc="write export/, the trained model merged into plain weights")),
+    init_from=Path(doc="a previous stage's export folder: the model (and tokenizer) to start from"),
+    init_task=Str(doc="init_from a multi-task export: the task whose model to start from"),
+    multitask=multitask.SCHEMA,
+    distill=distill.SCHEMA,
+    active=active.SCHEMA,  # active learning's configs only (adapt.active.with_section)
+    meta=Map(doc="a sweep's labels of the trial (free-form)"),
+)
 
 
 def _read_json(path: str):
@@ -129,6 +166,7 @@ def _under(metrics: dict, prefix: str) -> dict:
 
 
 def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
+    schema.check(config)  # every section, used or not: one line for the first bad key, before anything is read
     multi = multitask.enabled(config)
     task = tasks.get(config.model.task)
     # A multi-task trial's tasks are checked instead of data.format and model.task: one line each, before any reading

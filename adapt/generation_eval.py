@@ -18,10 +18,11 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from adapt import textmetrics
+from adapt import schema, textmetrics
 from adapt.data.batches import eval_batches
 from adapt.data.formats import sft_prompt
 from adapt.errors import ConfigError
+from adapt.schema import Either, Float, Int, Map, Str, Tuple
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -34,6 +35,19 @@ def defaults() -> ml_collections.ConfigDict:
         stop=(),  # stop strings or token ids (the tokenizer's EOS always stops)
         batch_size=16,
     ))
+
+
+SCHEMA = dict(  # of defaults()
+    max_new_tokens=Int(min=0, hint="0: no generation at evaluation", doc="tokens generated per answer at most"),
+    examples=Map(Int(min=0, hint="0: all"), doc="split -> N: only its first N examples are generated for"),
+    shots=Int(min=0, doc="few-shot prompting: (prompt, response) pairs of train before each prompt"),
+    temperature=Float(ge=0, hint="0: greedy", doc="sampling temperature"),
+    top_k=Int(min=0, hint="0: off", doc="sample among the k most likely tokens"),
+    top_p=Float(gt=0, le=1, doc="nucleus sampling's probability mass"),
+    seed=Int(min=0, doc="sampling draws"),
+    stop=Tuple(of=Either(Str(empty=False), Int(min=0)), doc="stop strings or token ids (EOS always stops)"),
+    batch_size=Int(min=1, doc="prompts generated for at once"),
+)
 
 
 def enabled(config) -> bool:
@@ -50,13 +64,7 @@ def generation_config(section):
     naming the key)."""
     from adapt.models.generate import GenerationConfig
 
-    for key in ("shots", "batch_size"):
-        if section[key] < (1 if key == "batch_size" else 0):
-            raise ConfigError(f"generation.{key}={section[key]}: expected an integer >= "
-                              f"{1 if key == 'batch_size' else 0}")
-    for split, n in dict(section.examples).items():
-        if not isinstance(n, int) or n < 0:
-            raise ConfigError(f"generation.examples.{split}={n!r}: expected an integer >= 0 (0: all)")
+    schema.check(SCHEMA, section, "generation")
     return GenerationConfig(max_new_tokens=section.max_new_tokens, temperature=section.temperature,
                             top_k=section.top_k, top_p=section.top_p, seed=section.seed, stop=tuple(section.stop))
 

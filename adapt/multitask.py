@@ -34,11 +34,12 @@ import re
 import ml_collections
 import numpy as np
 
-from adapt import benchmarks, tasks
+from adapt import benchmarks, schema, tasks
 from adapt.data.batches import Mixture, RowStream, eval_batches
-from adapt.data.pipeline import section, prepare
+from adapt.data.pipeline import SOURCE_SCHEMA, prepare, section
 from adapt.errors import ConfigError
 from adapt.files import write_json
+from adapt.schema import Choice, Float, Map, Str, Tuple
 from adapt.training import objectives
 from adapt.training.objectives import IGNORE
 
@@ -55,6 +56,18 @@ def defaults() -> ml_collections.ConfigDict:
         sampling="proportional",  # proportional | temperature | equal: which task each batch is drawn from
         temperature=2.0,  # T of sampling="temperature": p_k ~ n_k ** (1 / T)
     ))
+
+
+SCHEMA = dict(  # of defaults()
+    tasks=Map(dict(SOURCE_SCHEMA,
+                   task=Choice("", *_DEFAULT_SCORE, doc="the task's head; '': the one its data format trains"),
+                   weight=Float(gt=0, doc="the task's loss weight"),
+                   metric=Str(doc="the metric mean_score averages; '': the benchmark's, else macro-F1 or span F1"),
+                   f1_ignore=Tuple(of=Str(), doc="label names left out of its F1 averages")),
+              doc="name -> a task's data keys (or benchmark), task, weight, metric, f1_ignore; {}: single task"),
+    sampling=Choice(*SAMPLING, doc="which task each batch is drawn from"),
+    temperature=Float(gt=0, doc='T of sampling="temperature": p_k ~ n_k ** (1 / T)'),
+)
 
 
 def enabled(config) -> bool:
@@ -74,10 +87,7 @@ class TaskSpec:
 def specs(config) -> list[TaskSpec]:
     """The tasks of ``config.multitask``, checked (one line naming the key) before anything is read."""
     mt = config.multitask
-    if mt.sampling not in SAMPLING:
-        raise ConfigError(f"multitask.sampling={mt.sampling!r}; expected one of {', '.join(SAMPLING)}")
-    if not (mt.temperature > 0 and math.isfinite(mt.temperature)):
-        raise ConfigError(f"multitask.temperature={mt.temperature}; expected a finite number > 0")
+    schema.check(SCHEMA, mt, "multitask")
     if config.eval.sets:
         raise ConfigError("eval.sets with multitask.tasks: a named set is evaluated by one task's head; evaluate the "
                           "tasks' own splits (or a per-task export) instead")
@@ -96,17 +106,12 @@ def specs(config) -> list[TaskSpec]:
         if not kind:
             raise ConfigError(f"{where}: data.format={data.format!r} has no classification head; expected a "
                               f"classification or conll task")
-        tasks.get(kind, where=f"{where}.task")
-        if kind not in _DEFAULT_SCORE:
-            raise ConfigError(f"{where}.task={kind!r}; a multi-task head is one of {', '.join(_DEFAULT_SCORE)}")
         if data.format not in tasks.get(kind).formats:
             raise ConfigError(f"{where}: data.format={data.format!r} does not fit task {kind!r}")
         if data.label_type != "category":
             raise ConfigError(f"{where}: data.label_type={data.label_type!r}; a multi-task head classifies "
                               f"(label_type='category')")
         weight = own.get("weight", 1.0)
-        if not (isinstance(weight, (int, float)) and weight > 0 and math.isfinite(weight)):
-            raise ConfigError(f"{where}.weight={weight!r}; expected a finite loss weight > 0")
         benchmark = entry.get("benchmark")
         metric = own.get("metric") or (benchmarks.get(benchmark).metric if benchmark else _DEFAULT_SCORE[kind])
         out.append(TaskSpec(name, data, kind, float(weight), metric, tuple(own.get("f1_ignore", ()))))

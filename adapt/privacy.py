@@ -67,7 +67,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from adapt import schema
 from adapt.errors import ConfigError
+from adapt.schema import Bool, Choice, Float, Int
 
 ACCOUNTANTS = ("pld", "rdp")
 NOISE = 0x4E015E  # folded into the step's key for the noise (micro-batches fold in 0 .. accum - 1)
@@ -91,6 +93,18 @@ def defaults() -> ml_collections.ConfigDict:
     ))
 
 
+SCHEMA = dict(  # of defaults()
+    enabled=Bool(doc="train with DP-SGD"),
+    noise_multiplier=Float(ge=0, hint="0: calibrated for target_epsilon", doc="sigma of the Gaussian noise"),
+    target_epsilon=Float(ge=0, doc="the epsilon to calibrate sigma for"),
+    delta=Float(ge=0, lt=1, hint="0: 1 / train examples", doc="delta of the guarantee"),
+    clip_norm=Float(gt=0, doc="C: each example's gradient is clipped to this global L2 norm"),
+    accountant=Choice(*ACCOUNTANTS, doc="the privacy accountant"),
+    max_batch_size=Int(min=0, hint="0: auto", doc="rows of a step (draws truncated, batches padded to it)"),
+    public_dev=Bool(doc="the dev data is public: early stopping on it is allowed"),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class DPSGD:
     """A run's DP-SGD: what the step uses (clip_norm, noise_multiplier, expected_batch_size) and what the accountant
@@ -112,17 +126,10 @@ class DPSGD:
 def check(config) -> None:
     """The refusals of the module docstring for a trial's ``config`` with privacy on; the section's own values too."""
     p = config.privacy
-    if p.accountant not in ACCOUNTANTS:
-        raise ConfigError(f"privacy.accountant={p.accountant!r}; expected one of {', '.join(ACCOUNTANTS)}")
-    if not p.clip_norm > 0:
-        raise ConfigError(f"privacy.clip_norm={p.clip_norm}; expected a number > 0 (the per-example L2 bound)")
-    if not 0 <= p.delta < 1:
-        raise ConfigError(f"privacy.delta={p.delta}; expected a number in [0, 1) (0: 1 / train examples)")
-    if p.noise_multiplier < 0 or p.target_epsilon < 0 or (p.noise_multiplier > 0) == (p.target_epsilon > 0):
+    schema.check(SCHEMA, p, "privacy")
+    if (p.noise_multiplier > 0) == (p.target_epsilon > 0):
         raise ConfigError(f"privacy.noise_multiplier={p.noise_multiplier} and privacy.target_epsilon="
                           f"{p.target_epsilon}; expected exactly one of them > 0 (no noise is not private)")
-    if p.max_batch_size < 0:
-        raise ConfigError(f"privacy.max_batch_size={p.max_batch_size}; expected rows >= 0 (0: auto)")
     if config.train.early_stopping.metric and not p.public_dev:
         raise ConfigError(f"train.early_stopping.metric={config.train.early_stopping.metric!r} picks the checkpoint "
                           f"on dev data, outside the privacy guarantee; set it to '' or privacy.public_dev=True")

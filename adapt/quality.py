@@ -41,8 +41,9 @@ import warnings
 import ml_collections
 import numpy as np
 
-from adapt import benchmarks
+from adapt import benchmarks, schema
 from adapt.errors import ConfigError
+from adapt.schema import Choice, Float, Int
 
 CHECKS = ("duplicates", "near_duplicates", "leakage", "empty", "too_long", "labels", "label_errors")
 MODES = ("off", "report", "drop")
@@ -63,28 +64,27 @@ def defaults() -> ml_collections.ConfigDict:
     ))
 
 
+SCHEMA = dict(  # of defaults()
+    **{check: Choice(*(MODES[:2] if check == "labels" else MODES), doc=f"the {check} check's mode ('drop': from "
+                     f"train)") for check in CHECKS},
+    threshold=Float(ge=0, le=1, hint="a Jaccard similarity",
+                    doc="near duplicates and leakage: the least Jaccard similarity of shingle sets found"),
+    num_perm=Int(min=2, doc="MinHash permutations"),
+    shingle=Int(min=1, doc="tokens per shingle"),
+    max_chars=Int(min=0, hint="0: data.max_length tokens", doc="too_long: a character limit"),
+    folds=Int(min=2, doc="label_errors: cross-validation folds"),
+    seed=Int(min=0, doc="label_errors: fold assignment; MinHash permutations"),
+)
+
+
 def settings(cfg) -> ml_collections.ConfigDict:
-    """``cfg.quality`` over :func:`defaults` (a config written before the section existed has none), checked:
-    a bad mode or value is a one-line ConfigError naming the key."""
+    """``cfg.quality`` over :func:`defaults` (a config written before the section existed has none), checked
+    against :data:`SCHEMA`: a bad key, mode or value is a one-line ConfigError naming the key."""
     out = defaults()
     given = dict(cfg.get("quality") or {})
-    unknown = sorted(set(given) - set(out.keys()))
-    if unknown:
-        raise ConfigError(f"data.quality has unknown key(s) {unknown}; expected any of {', '.join(out.keys())}")
-    for k, v in given.items():
-        try:
-            out[k] = float(v) if isinstance(out[k], float) and isinstance(v, int) and not isinstance(v, bool) else v
-        except (TypeError, ValueError):
-            raise ConfigError(f"data.quality.{k}={v!r}; expected {type(out[k]).__name__} like {out[k]!r}") from None
-    for check in CHECKS:
-        modes = MODES[:2] if check == "labels" else MODES
-        if out[check] not in modes:
-            raise ConfigError(f"data.quality.{check}={out[check]!r}; expected one of {', '.join(modes)}")
-    if not 0 <= out.threshold <= 1:
-        raise ConfigError(f"data.quality.threshold={out.threshold:g}; expected a Jaccard similarity in [0, 1]")
-    for key, low in (("num_perm", 2), ("shingle", 1), ("max_chars", 0), ("folds", 2), ("seed", 0)):
-        if isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < low:
-            raise ConfigError(f"data.quality.{key}={out[key]!r}; expected a whole number >= {low}")
+    schema.check(SCHEMA, given, "data.quality")
+    for k, v in given.items():  # the types are the schema's: an int where a float goes is the only conversion
+        out[k] = float(v) if isinstance(out[k], float) else v
     return out
 
 

@@ -276,6 +276,9 @@ def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path
     trials = sweeps.expand(sweep)
     root = os.path.abspath(workdir)
     jobs = {t.id: (t.stage, sweeps.trial_config(config, t.overrides, root)) for t in trials}
+    if (trial_fn or DEFAULT_TRIAL_FN) == DEFAULT_TRIAL_FN:  # the trial schema is run_trial's (another function's
+        for t in trials:                                     # config is that function's to check)
+            sweeps.check_trial(t, jobs[t.id][1])
     programs = {}
     if pack > 1:
         from adapt.population import program_key

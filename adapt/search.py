@@ -49,17 +49,20 @@ class _NoMetric(ConfigError):
     """The search's metric is not among a trial's metrics: the search stops (every trial would lack it)."""
 
 
-def check(config, search: sweeps.Search):
+def check(config, search: sweeps.Search, checked: bool = True):
     """Resolves the search's overrides against ``config`` as grid keys are (a misspelt key: a one-line error
-    naming the closest ones), each continuous key at its low end and each choice in turn; returns the trial
-    config of the first values. A pruner needs trials that evaluate dev during training, as
+    naming the closest ones), each continuous key at both ends and each choice in turn, with ``checked`` each
+    config held to the trial schema too (a bad value: one line naming it); returns the trial config of the first
+    values. A pruner needs trials that evaluate dev during training, as
     :func:`adapt.experiment.run_trial` does when ``train.eval_every`` or ``train.early_stopping.metric`` is set:
     otherwise a one-line error (the search does not set them for you)."""
     first = {**search.fixed, **{k: d.args[0] for k, d in search.space.items()}}
+    points = [first] + [{**first, key: value} for key, d in search.space.items() for value in d.args[1:]]
+    for overrides in points:
+        resolved = sweeps.trial_config(config, overrides)
+        if checked:
+            sweeps.check_trial(sweeps.Trial(sweeps.trial_id(STAGE, overrides), STAGE, overrides), resolved)
     trial = sweeps.trial_config(config, first)
-    for key, d in search.space.items():
-        for value in d.args[1:] if d.kind == "choice" else ():
-            sweeps.trial_config(config, {**first, key: value})
     train = trial.train
     if search.pruner and not (train.get("eval_every", 0) or train.get("early_stopping", {}).get("metric", "")):
         raise ConfigError(f"search pruner={search.pruner!r}: the trials never evaluate dev during training "
@@ -216,7 +219,7 @@ def run_search(config, search: sweeps.Search, workdir: str, *, db_path: str | No
     from optuna.trial import TrialState
     from tqdm import tqdm
 
-    check(config, search)
+    check(config, search, checked=(trial_fn or runner.DEFAULT_TRIAL_FN) == runner.DEFAULT_TRIAL_FN)
     root = os.path.abspath(workdir)
     db = results.ResultsDB(db_path or os.path.join(root, "results.db"))
     study = _study(search, name, os.path.dirname(os.path.abspath(db.path)))

@@ -49,7 +49,7 @@ import zlib
 import ml_collections
 import numpy as np
 
-from adapt import configs
+from adapt import configs, schema
 from adapt.errors import ConfigError
 
 _MAPS = (dict, ml_collections.ConfigDict)
@@ -273,6 +273,15 @@ def trial_config(config: ml_collections.ConfigDict, overrides: dict, root: str =
         if overrides.get(key) and root and not os.path.isabs(overrides[key]):
             overrides[key] = os.path.join(root, overrides[key])
     return configs.apply_overrides(config, overrides, where="sweep override ")
+
+
+def check_trial(trial: Trial, config: ml_collections.ConfigDict) -> None:
+    """A trial's resolved config held to the trial schema (:func:`adapt.schema.check`), an error naming the trial: a
+    bad grid value fails when the sweep expands, before its first trial runs."""
+    try:
+        schema.check(config)
+    except ConfigError as e:
+        raise ConfigError(f"sweep trial {trial.stage}/{trial.id}: {e}") from None
 
 
 def sweep_label(path: str, arg: str | None, name: str | None = None) -> str:

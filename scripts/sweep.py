@@ -30,7 +30,7 @@ import sys
 from adapt import cli, configs, distributed, files, results
 from adapt.errors import ConfigError
 from adapt.runner import DEFAULT_TRIAL_FN, run_sweep
-from adapt.sweeps import Search, expand, load_sweep, sweep_label, trial_config
+from adapt.sweeps import Search, check_trial, expand, load_sweep, sweep_label, trial_config
 
 
 def main():
@@ -55,14 +55,16 @@ def main():
 
     path, arg = configs.split_spec(spec)
     module = configs.load_module(path)
-    config = configs.from_module(module, arg, overrides)
+    config = configs.from_module(module, arg, overrides, checked=args.trial_fn == DEFAULT_TRIAL_FN)
     sweep, name = load_sweep(module, arg, args.sweep)
     label = sweep_label(path, arg, name)
     if isinstance(sweep, Search):
         return main_search(args, config, sweep, label)
     if args.dry_run:
         for t in expand(sweep):
-            trial_config(config, t.overrides)  # a bad key fails here too
+            resolved = trial_config(config, t.overrides)  # a bad key fails here too
+            if args.trial_fn == DEFAULT_TRIAL_FN:  # and a bad value (run_sweep checks the same before any trial)
+                check_trial(t, resolved)
             print(t.id, t.stage, t.overrides, f"after {','.join(t.depends)}" if t.depends else "")
         return
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -96,7 +98,7 @@ def main_search(args, config, search: Search, label: str) -> None:
         raise ConfigError(f"an adaptive search runs in one process, not over this job's {distributed.process_count()} "
                           f"JAX processes; run it as one process, or make the sweep a grid")
     if args.dry_run:
-        check(config, search)
+        check(config, search, checked=args.trial_fn == DEFAULT_TRIAL_FN)
         print(f"{label}: search of {search.n} trials, {search.mode} {search.metric}, pruner {search.pruner}, over "
               + ", ".join(f"{k}: {d.kind}{d.args}" for k, d in search.space.items()) + f"; fixed {search.fixed}")
         return

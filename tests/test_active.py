@@ -90,9 +90,9 @@ def _config(**over):
 
 
 @pytest.mark.parametrize("over, error", [
-    ({"strategies": ("margin", "uncertainty")}, "active.strategies: 'uncertainty' is not a strategy"),
-    ({"acquire": 0}, "active.acquire=0; expected a whole number >= 1"),
-    ({"rounds": -1}, "active.rounds=-1; expected a whole number >= 0"),
+    ({"strategies": ("margin", "uncertainty")}, "'uncertainty': expected one of random, least_confidence, margin"),
+    ({"acquire": 0}, "active.acquire=0: expected an integer >= 1"),
+    ({"rounds": -1}, "active.rounds=-1: expected an integer >= 0"),
 ])
 def test_bad_settings_are_one_line(over, error):
     with pytest.raises(ConfigError, match=error.replace("(", r"\(").replace(")", r"\)")):
@@ -113,8 +113,8 @@ def test_the_script_exits_with_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: active.strategies: 'badge' is not a strategy; expected some of random, least_confidence, margin, "
-        "entropy, bald, coreset"]
+        "error: active.strategies[1]='badge': expected one of random, least_confidence, margin, entropy, bald, "
+        "coreset; did you mean bald?"]
 
 
 # ----- the loop, end to end on a tiny random-init BERT -----

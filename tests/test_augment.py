@@ -155,10 +155,11 @@ def test_paraphrases_are_cached_by_content(files, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("keys, fmt, message", [
-    (dict(copies=1, p=1.5), "classification", "data.augment.p=1.5; expected a probability in [0, 1]"),
-    (dict(copies=1, split="dev"), "classification", "data.augment.split='dev'; augmentation applies to the train"),
-    (dict(copies=1, method="delete,synonym"), "classification", "data.augment.method='delete,synonym'; expected"),
-    (dict(copies=-1), "classification", "data.augment.copies=-1; expected a whole number >= 0"),
+    (dict(copies=1, p=1.5), "classification", "data.augment.p=1.5: expected a number in [0, 1]"),
+    (dict(copies=1, split="dev"), "classification", "data.augment.split='dev': expected train (augmentation applies "
+                                                    "to the train"),
+    (dict(copies=1, method="delete,synonym"), "classification", "data.augment.method='delete,synonym': expected"),
+    (dict(copies=-1), "classification", "data.augment.copies=-1: expected an integer >= 0"),
     (dict(copies=1), "lm", "data.augment.copies=1 augments the classification and sft formats; data.format='lm'"),
 ])
 def test_bad_settings_are_one_line_errors(files, tok, keys, fmt, message):

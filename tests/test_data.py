@@ -338,7 +338,8 @@ def test_mixture_from_config(tmp_path, smol_tok):
     assert 0.65 < from_domain < 0.85
     cfg.mixture = {"domain": {"weight": 1.0, "file": bio}}
     from adapt.errors import ConfigError
-    with pytest.raises(ConfigError, match=r"data.mixture.domain has unknown key\(s\) \['file'\]"):
+    with pytest.raises(ConfigError, match=r"data.mixture.domain.file: unknown key; did you mean "
+                                          r"data.mixture.domain.files\?"):
         train_stream(cfg, smol_tok, 16, seed=0)
 
 

@@ -177,8 +177,8 @@ def test_a_student_keeps_the_chosen_teacher_layers_and_exports_alone(deep_teache
     assert _equal(s["model"]["norm"], t["model"]["norm"])
 
 
-BAD = [({"distill.alpha": 1.5}, r"^distill.alpha=1.5; expected a weight in \[0, 1\]"),
-       ({"distill.temperature": 0.0}, r"^distill.temperature=0.0; expected a positive number"),
+BAD = [({"distill.alpha": 1.5}, r"^distill.alpha=1.5: expected a number in \[0, 1\] \(1: the task loss alone\)"),
+       ({"distill.temperature": 0.0}, r"^distill.temperature=0.0: expected a number > 0"),
        ({"distill.student.layers": (2, 1)}, r"^distill.student.layers=\(2, 1\); expected distinct teacher layer"),
        ({"distill.student.layers": (0,), "distill.student.config": {"hidden_size": 16}},
         r"^distill.student.layers and distill.student.config are both set"),

@@ -36,10 +36,12 @@ def test_every_config_resolves(path, arg):
     if hasattr(module, "get_sweep"):  # every trial of every sweep beside it sets known keys
         sweep = module.get_sweep(arg) if arg else module.get_sweep()
         for part in sweep.values() if isinstance(sweep, dict) else [sweep]:
-            if isinstance(part, sweeps.Search):  # an adaptive search: its first values (and its pruner's needs)
+            if isinstance(part, sweeps.Search):  # an adaptive search: its values' ends (and its pruner's needs)
                 resolved = [adaptive.check(config, part)]
-            else:
+            else:  # every trial's values held to the trial schema, as run_sweep holds them
                 resolved = [sweeps.trial_config(config, t.overrides) for t in sweeps.expand(part)]
+                for t, trial in zip(sweeps.expand(part), resolved):
+                    sweeps.check_trial(t, trial)
             assert resolved
             for trial in resolved:  # and its mixture and named sets pass the checks run_trial makes before it loads
                 check_mixture(trial.data)
@@ -56,7 +58,8 @@ def test_overrides_and_misspelt_keys():
     assert c.data.benchmark == "chemprot" and c.train.early_stopping.metric == "dev/micro_f1"
     with pytest.raises(ConfigError, match=r"optimizer.lerning_rate: no such config key; did you mean optimizer.learning_rate"):
         configs.load("configs/finetune.py:bbc", ["optimizer.lerning_rate=1e-3"])
-    with pytest.raises(ConfigError, match=r"method.rnak is not a knob of method 'lora'"):
+    with pytest.raises(ConfigError, match=r"method.rnak: unknown key; did you mean method.rank\? "
+                                          r"\(keys of method 'lora': name, rank, "):
         configs.load("configs/finetune.py:bbc,lora", ["method.rnak=4"])
     with pytest.raises(ConfigError, match="'bcc' is not a benchmark with a classification or tagging head; expected one"):
         configs.load("configs/finetune.py:bcc")

@@ -42,7 +42,7 @@ def test_headline_smoke_study_produces_its_table(tmp_path, smollm2_stand_in):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("top_p", 1.5, "generation.top_p=1.5: expected a value in (0, 1]"),
+    ("top_p", 1.5, "generation.top_p=1.5: expected a number in (0, 1]"),
     ("temperature", -1.0, "generation.temperature=-1.0: expected a number >= 0"),
     ("shots", -2, "generation.shots=-2: expected an integer >= 0"),
     ("examples", {"dev": -1}, "generation.examples.dev=-1: expected an integer >= 0 (0: all)"),

@@ -191,9 +191,10 @@ def test_resumed_stream_draws_the_same_batches(base_bert, tasks_data):
 @pytest.mark.parametrize("over, message", [
     ({"multitask.tasks": {"loss": {"benchmark": "bbc"}}}, r"multitask.tasks.loss: a task name must be a word"),
     ({"multitask.tasks": {"t": {"benchmark": "bbc", "wieght": 2}}},
-     r"multitask.tasks.t has unknown key\(s\) \['wieght'\]"),
-    ({"multitask.tasks": {"t": {"benchmark": "bbc", "weight": 0}}}, r"multitask.tasks.t.weight=0; expected a finite"),
-    ({"multitask.sampling": "uniform"}, r"multitask.sampling='uniform'; expected one of proportional"),
+     r"multitask.tasks.t.wieght: unknown key; did you mean multitask.tasks.t.weight\?"),
+    ({"multitask.tasks": {"t": {"benchmark": "bbc", "weight": 0}}},
+     r"multitask.tasks.t.weight=0: expected a number > 0"),
+    ({"multitask.sampling": "uniform"}, r"multitask.sampling='uniform': expected one of proportional"),
     ({"multitask.tasks": {"t": {"benchmark": "bbc", "task": "causal_lm"}}}, r"multitask.tasks.t.task='causal_lm'"),
     ({"eval.sets": {"x": {"benchmark": "bbc"}}}, r"eval.sets with multitask.tasks"),
 ])

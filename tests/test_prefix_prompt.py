@@ -227,7 +227,7 @@ def test_prompt_mask_packed_rows_windows_and_encoders():
 
 
 def test_bad_knobs_and_merge_are_config_errors(tiny_llama):
-    with pytest.raises(ConfigError, match="method.init='zeros'; expected one of vocab, random"):
+    with pytest.raises(ConfigError, match="method.init='zeros': expected one of vocab, random"):
         build({"name": "prompt_tuning", "init": "zeros"})
     with pytest.raises(ConfigError, match="num_virtual_tokens=0"):
         build({"name": "prefix_tuning", "num_virtual_tokens": 0})

@@ -110,10 +110,10 @@ def test_cleanlab_finds_a_flipped_label_on_a_separable_set(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, error", [
-    ("threshold", 1.5, "data.quality.threshold=1.5; expected a Jaccard similarity in [0, 1]"),
-    ("duplicates", "remove", "data.quality.duplicates='remove'; expected one of off, report, drop"),
-    ("labels", "drop", "data.quality.labels='drop'; expected one of off, report"),
-    ("num_perm", 1, "data.quality.num_perm=1; expected a whole number >= 2"),
+    ("threshold", 1.5, "data.quality.threshold=1.5: expected a number in [0, 1] (a Jaccard similarity)"),
+    ("duplicates", "remove", "data.quality.duplicates='remove': expected one of off, report, drop"),
+    ("labels", "drop", "data.quality.labels='drop': expected one of off, report"),
+    ("num_perm", 1, "data.quality.num_perm=1: expected an integer >= 2"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, key, value, error):
     cfg = _cfg(tmp_path, {"train": [{"text": "x", "label": "a"}]})
@@ -185,7 +185,8 @@ def test_the_script_reports_every_check_and_rejects_bad_settings(tmp_path, monke
     with open(tmp_path / "report.json") as f:
         assert json.load(f)["found"]["leakage"] == 3
     code, out, err = _script(monkeypatch, capsys, files, "--config.data.quality.threshold=1.5")
-    assert (code, out, err) == (2, "", "error: data.quality.threshold=1.5; expected a Jaccard similarity in [0, 1]\n")
+    assert (code, out, err) == (2, "", "error: data.quality.threshold=1.5: expected a number in [0, 1] (a Jaccard "
+                                       "similarity)\n")
 
 
 def test_conll_sentences_are_checked_and_dropped_before_tagging(tmp_path):

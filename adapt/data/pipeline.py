@@ -35,19 +35,19 @@ import os
 import ml_collections
 import numpy as np
 
-from adapt import augment, benchmarks, quality
+from adapt import augment, benchmarks, quality, schema
 from adapt.data import formats, sources
 from adapt.data.batches import Mixture, RowStream, array_batches
 from adapt.data.cache import cache_key, cached, file_digest
 from adapt.data.packing import pack
 from adapt.errors import ConfigError
 from adapt.files import user_cache, write_json
+from adapt.schema import Bool, Choice, Float, Int, Map, Path, Str, Tuple
 
 FORMATS = ("lm", "classification", "conll", "sft")
 TRAIN_SUBSETS = ("sample", "pool")
 LABEL_TYPES = ("category", "number")
 _MAPS = (dict, ml_collections.ConfigDict)
-_NOT_SECTION_KEYS = ("mixture", "mixture_stages")  # a source or an evaluation set is one set of data
 
 
 def data_defaults() -> ml_collections.ConfigDict:
@@ -101,6 +101,46 @@ def data_defaults() -> ml_collections.ConfigDict:
         # EDA-style token edits or language-model paraphrases, seeded; see adapt/augment.py. copies=0: off.
         augment=augment.defaults(),
     ))
+
+
+_COLUMN = "a column (field) name of the records"
+# The keys of one set of data: this section's, a mixture source's, a named evaluation set's or a task's
+# (adapt.evalsets, adapt.multitask), each checked against its declaration.
+SOURCE_SCHEMA = dict(
+    benchmark=Choice("", *benchmarks.BENCHMARKS, doc="a benchmark whose data the section reads (found when read)"),
+    format=Choice(*FORMATS, doc="how records become rows: lm, classification, conll or sft"),
+    files=Map(Path(empty=False), doc="split -> file or folder (train, dev, test)"),
+    source=Path(doc="one source carved into splits by split_ratios (instead of files)"),
+    split_ratios=Map(Float(ge=0, le=1), doc="split -> share of source's records (the shares add up to 1)"),
+    split_seed=Int(min=0, doc="the carving's shuffle; the evaluation samples of eval_examples"),
+    text_column=Str(empty=False, doc=_COLUMN), text_pair_column=Str(doc=_COLUMN + ' ("": no pair)'),
+    label_column=Str(empty=False, doc=_COLUMN),
+    label_type=Choice(*LABEL_TYPES, doc="classification: category (a vocabulary from train) or number (regression)"),
+    prompt_column=Str(empty=False, doc=_COLUMN), response_column=Str(empty=False, doc=_COLUMN),
+    sample_by=Choice("line", "paragraph", "document", "conll", doc=".txt sources: what one record is"),
+    encoding=Str(empty=False, doc="of text files"),
+    max_length=Int(min=1, doc="tokens per row"),
+    truncation=Choice("head", "tail", "head+tail", doc="which tokens an over-long example keeps"),
+    causal=Bool(doc="lm: causal (EOS-terminated documents) or masked (CLS ... SEP)"),
+    pack=Bool(doc="lm/sft: pack documents into rows of max_length"),
+    conll_token_column=Int(doc="CoNLL files: the token's column (negative: from the end)"),
+    conll_tag_column=Int(doc="CoNLL files: the tag's column (negative: from the end)"),
+    cache_dir=Path(doc='the tokenised-data cache; "": none'),
+    train_examples=Float(ge=0, hint="a count >= 1, a fraction in (0, 1), or 0 for all",
+                         doc="the train sample's size"),
+    train_seed=Int(min=0, doc="the train sample's draw"),
+    train_subset=Choice(*TRAIN_SUBSETS, doc="train on the sample or on the rest of train (the pool)"),
+    eval_examples=Map(Int(min=1), doc="split -> N: a seeded sample of N of that split's examples"),
+    quality=quality.SCHEMA,
+    augment=augment.SCHEMA,
+)
+SCHEMA = dict(  # of data_defaults()
+    SOURCE_SCHEMA,
+    mixture=Map(dict(SOURCE_SCHEMA, weight=Float(ge=0, doc="the source's share of rows")),
+                doc="name -> a source's data keys and weight; {}: this section's own train split"),
+    mixture_stages=Tuple(of=Tuple(items=(Int(min=0), Map(Float(ge=0)))),
+                         doc="[[step, {source: weight}], ...]: weights that change with the step"),
+)
 
 
 def _fields(cfg) -> dict[str, str]:
@@ -218,10 +258,7 @@ def _encode(cfg, tokenizer, encoder: formats.Encoder) -> dict:
 
 def prepare(cfg, tokenizer) -> tuple[dict, bool]:
     """The tokenised splits for ``cfg`` (the ``data`` section) and whether they came from the cache."""
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"data.format={cfg.format!r}; expected one of {', '.join(FORMATS)}")
-    if cfg.label_type not in LABEL_TYPES:
-        raise ConfigError(f"data.label_type={cfg.label_type!r}; expected one of {', '.join(LABEL_TYPES)}")
+    schema.check(SCHEMA, cfg, "data")
     augment.check(cfg)
     quality.settings(cfg)  # a bad mode or threshold: one line, before anything is read
     cfg = benchmarks.locate(cfg)
@@ -363,21 +400,6 @@ def save_labels(workdir: str, labels: list[str]) -> None:
     write_json(os.path.join(workdir, "labels.json"), labels, indent=1)
 
 
-def _show(value) -> str:
-    """``value`` (a config value) on one line, a section as the dict it holds."""
-    return " ".join(repr(value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value).split())
-
-
-def _check_keys(cfg, spec, where: str, *extra: str) -> None:
-    """``spec``'s keys must be keys of the data section ``cfg`` (``benchmark`` naming one; or ``extra``)."""
-    known = sorted({*cfg.keys(), "benchmark", *extra} - set(_NOT_SECTION_KEYS))
-    unknown = sorted(set(spec) - set(known))
-    if unknown:
-        raise ConfigError(f"{where} has unknown key(s) {unknown}; expected any of {', '.join(known)}")
-    if spec.get("benchmark") is not None:
-        benchmarks.get(spec["benchmark"], f"{where}.benchmark")
-
-
 def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
     """The data section ``cfg`` with ``spec``'s keys set: the data of one mixture source or one named evaluation
     set (``where``: its config key, for errors). A ``benchmark`` key sets that benchmark's data keys first
@@ -386,7 +408,7 @@ def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
     without a ``benchmark`` of the spec's own, the section's benchmark). The result has no ``mixture`` or
     ``mixture_stages``."""
     spec = dict(spec)
-    _check_keys(cfg, spec, where)
+    schema.check(SOURCE_SCHEMA, spec, where)
     sub = ml_collections.ConfigDict(cfg.to_dict())
     sub.mixture, sub.mixture_stages = {}, []
     benchmark = spec.pop("benchmark", None)
@@ -401,7 +423,7 @@ def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
             try:
                 sub[k] = v
             except (TypeError, ValueError) as e:  # the type of this section's value
-                raise ConfigError(f"{where}.{k}={_show(v)}: {e}") from None
+                raise ConfigError(f"{where}.{k}={schema.show(v)}: {e}") from None
     return sub
 
 
@@ -415,7 +437,7 @@ def _check_weights(weights: dict, where: str, key) -> None:
     """Each weight a finite number >= 0 (``key(source)``: its name in errors), not all 0."""
     for n, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (w >= 0 and math.isfinite(w)):
-            raise ConfigError(f"{key(n)}={_show(w)}; expected a finite number >= 0")
+            raise ConfigError(f"{key(n)}={schema.show(w)}; expected a finite number >= 0")
     if not sum(weights.values()) > 0:
         raise ConfigError(f"{where}: every weight is 0 ({', '.join(f'{n}={w}' for n, w in weights.items())}); "
                           f"at least one source needs a positive weight")
@@ -424,12 +446,12 @@ def _check_weights(weights: dict, where: str, key) -> None:
 def _check_stages(stages, names: list[str]) -> None:
     pair = "[step, {source: weight}]"
     if not isinstance(stages, (list, tuple)):
-        raise ConfigError(f"data.mixture_stages={_show(stages)}; expected a list of {pair} pairs")
+        raise ConfigError(f"data.mixture_stages={schema.show(stages)}; expected a list of {pair} pairs")
     for i, stage in enumerate(stages):
         where = f"data.mixture_stages[{i}]"
         if not (isinstance(stage, (list, tuple)) and len(stage) == 2 and isinstance(stage[0], int)
                 and not isinstance(stage[0], bool) and isinstance(stage[1], _MAPS)):
-            raise ConfigError(f"{where}={_show(stage)}; expected a {pair} pair")
+            raise ConfigError(f"{where}={schema.show(stage)}; expected a {pair} pair")
         step, weights = stage
         if i == 0 and step != 0:
             raise ConfigError(f"{where} starts at step {step}; the first stage starts at step 0")
@@ -452,8 +474,8 @@ def check_mixture(cfg) -> None:
     for name, spec in mixture.items():
         where = f"data.mixture.{name}"
         if not isinstance(spec, _MAPS):
-            raise ConfigError(f"{where}={_show(spec)}; expected the source's keys (weight, files or source, ...)")
-        _check_keys(cfg, {k: v for k, v in spec.items() if k != "weight"}, where, "weight")
+            raise ConfigError(f"{where}={schema.show(spec)}; expected the source's keys (weight, files or source, ...)")
+        schema.check(SCHEMA["mixture"].values, spec, where)
         if stages and "weight" in spec:
             raise ConfigError(f"{where}.weight and data.mixture_stages are both set; use one (a weight per source, "
                               f"or weights per stage)")

@@ -16,12 +16,16 @@ import ml_collections
 
 from adapt.errors import ConfigError
 from adapt.methods.base import Adapter, Method
+from adapt.schema import Tagged
 
 METHODS: dict[str, type[Method]] = {}
+# The ``method`` section: ``name`` picks the method, whose class declares its knobs (``Method.schema``).
+SCHEMA = Tagged("name", {}, default="full", doc="the adaptation method (name) and its knobs")
 
 
 def register(cls: type[Method]) -> type[Method]:
     METHODS[cls.name] = cls
+    SCHEMA.sections[cls.name] = cls.schema
     return cls
 
 

@@ -18,6 +18,7 @@ from adapt.methods.base import (
 )
 from adapt.models import layers as L
 from adapt.models.registry import model_info
+from adapt.schema import Bool, Choice, Float, Int
 from adapt.sharding import variable_axes
 
 
@@ -54,6 +55,11 @@ class AdaptedLinear(nnx.Module):
 class Houlsby(Method):
     name = "houlsby"
     defaults = dict(size=64, act="gelu", init_std=1e-2, train_norms=True, train_head=True)
+    schema = dict(size=Int(min=1, doc="the bottleneck's width"),
+                  act=Choice(*L.ACTIVATIONS, doc="the bottleneck's activation"),
+                  init_std=Float(gt=0, doc="std of the bottleneck's initial weights (near-identity adapters)"),
+                  train_norms=Bool(doc="the normalisation layers train too"),
+                  train_head=Bool(doc="the task head trains too"))
     trains_every_weight = False
     places = ("after_attention", "after_mlp")  # fields of the family's MethodTargets
 

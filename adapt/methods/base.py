@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt import schema
 from adapt.errors import ConfigError
 from adapt.models.layers import Adapter, dense_dot_general
 from adapt.models.registry import model_info
@@ -43,15 +44,13 @@ class Method:
 
     name = "full"
     defaults: dict = {}  # the method's knobs and their default values
+    schema: dict = {}  # each knob's declaration (adapt.schema): its type, range and doc
     # The pretrained weights train (so full fine-tuning's learning rates suit it); False for methods that
     # train a few added or selected parameters (LoRA, adapters, prompts, BitFit), which take higher rates.
     trains_every_weight = True
 
     def __init__(self, **knobs):
-        unknown = set(knobs) - set(self.defaults)
-        if unknown:
-            raise ConfigError(f"method.{sorted(unknown)[0]} is not a knob of method {self.name!r}; "
-                              f"its knobs: {', '.join(sorted(self.defaults)) or 'none'}")
+        schema.Section(self.schema, what=f"method {self.name!r}").check(knobs, "method")  # as the method section's
         self.knobs = {**self.defaults, **knobs}
         for key, value in self.knobs.items():
             setattr(self, key, value)

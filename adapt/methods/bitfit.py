@@ -8,6 +8,7 @@ from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.base import Method, head_prefixes, path_filter, under
 from adapt.models.registry import param_paths
+from adapt.schema import Bool
 
 
 def _is_bias(path: tuple) -> bool:
@@ -18,6 +19,7 @@ def _is_bias(path: tuple) -> bool:
 class BitFit(Method):
     name = "bitfit"
     defaults = dict(train_head=True)
+    schema = dict(train_head=Bool(doc="the task head trains too"))
     trains_every_weight = False
 
     def apply(self, model, rngs):

@@ -16,12 +16,14 @@ import re
 from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.base import Method, dotted, path_filter
+from adapt.schema import Int, Str, Tuple
 
 
 @register
 class Freeze(Method):
     name = "freeze"
     defaults = dict(patterns=())
+    schema = dict(patterns=Tuple(of=Str(empty=False), doc="regexes (re.search) of the dotted parameter paths frozen"))
 
     def trainable(self, model):
         if not self.patterns:
@@ -35,6 +37,7 @@ class Freeze(Method):
 class GradualUnfreezing(Method):
     name = "gradual_unfreezing"
     defaults = dict(every=100)
+    schema = dict(every=Int(min=1, doc="steps between unfreezing one more layer group, from the top"))
 
     def unfreeze_step(self, path, depth, top):
         return (top - depth) * self.every

@@ -13,7 +13,9 @@ from adapt.methods.base import (
     Adapter, Method, adapters_and_head, compute_dtype, linear_axes, linear_modules, matches_target, merge_injected,
     plain_linear, replace_module,
 )
+from adapt.methods.lora import TARGETS
 from adapt.models.registry import model_info
+from adapt.schema import Bool, Either, Str, Tuple
 
 
 class IA3Linear(nnx.Module):
@@ -48,6 +50,10 @@ class IA3Linear(nnx.Module):
 class IA3(Method):
     name = "ia3"
     defaults = dict(targets=(), feedforward=(), train_head=True)
+    schema = dict(targets=TARGETS, train_head=Bool(doc="the task head trains too"),
+                  feedforward=Either(Str(), Tuple(of=Str(empty=False)),
+                                     doc="which targets are feed-forward layers (their input is scaled); "
+                                         "empty: the family's"))
     trains_every_weight = False
 
     def apply(self, model, rngs):

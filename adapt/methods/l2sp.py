@@ -13,12 +13,15 @@ import jax.numpy as jnp
 
 from adapt.methods import register
 from adapt.methods.base import Method, head_prefixes, leaf_paths, under
+from adapt.schema import Float
 
 
 @register
 class L2SP(Method):
     name = "l2sp"
     defaults = dict(alpha=0.01, beta=0.01)
+    schema = dict(alpha=Float(ge=0, doc="weight of the pull towards the pretrained weights"),
+                  beta=Float(ge=0, doc="weight of the L2 penalty on the task head"))
 
     def decays(self, path, kind):
         return False

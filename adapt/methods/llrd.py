@@ -4,20 +4,16 @@ ELECTRA (Clark et al., 2020, arXiv:2003.10555) and most BERT recipes use: a para
 embeddings, i+1 for transformer layer i, L+1 for the final norm and the task head) trains at
 ``learning_rate * decay ** (L + 1 - d)``."""
 
-from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.base import Method
+from adapt.schema import Float
 
 
 @register
 class LayerwiseLRDecay(Method):
     name = "llrd"
     defaults = dict(decay=0.9)
-
-    def __init__(self, **knobs):
-        super().__init__(**knobs)
-        if not 0.0 < self.decay <= 1.0:
-            raise ConfigError(f"method.decay={self.decay}; expected a factor in (0, 1]")
+    schema = dict(decay=Float(gt=0, le=1, doc="learning-rate factor per layer below the top"))
 
     def lr_scale(self, path, depth, top):
         return self.decay ** (top - depth)

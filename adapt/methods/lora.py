@@ -33,6 +33,11 @@ from adapt.methods.base import (
 )
 from adapt.models import layers as L
 from adapt.models.registry import model_info
+from adapt.schema import Bool, Either, Float, Int, Str, Tuple
+
+# PEFT's target_modules: a regex matched against the whole dotted module path, or module names matched as suffixes
+TARGETS = Either(Str(), Tuple(of=Str(empty=False)), doc="the linear layers adapted: a regex of the whole dotted "
+                 "path, or names matched as path suffixes; empty: the family's default")
 
 
 class LoRAScale(nnx.Variable):
@@ -90,6 +95,11 @@ class LoRALinear(nnx.Module):
 class LoRA(Method):
     name = "lora"
     defaults = dict(rank=8, alpha=16.0, dropout=0.0, targets=(), rslora=False, train_head=True)
+    schema = dict(rank=Int(min=1, doc="r, the rank of the update A [in, r] B [r, out]"),
+                  alpha=Float(gt=0, doc="the update's scale s = alpha / r (rslora: alpha / sqrt(r))"),
+                  dropout=Float(ge=0, lt=1, doc="dropout on the update's input"),
+                  targets=TARGETS, rslora=Bool(doc="scale by alpha / sqrt(r) (rsLoRA)"),
+                  train_head=Bool(doc="the task head trains too"))
     trains_every_weight = False
     dora = False
 

@@ -12,21 +12,17 @@ point of the randomly initialised head is its initial value, as in the paper.
 import jax
 import jax.numpy as jnp
 
-from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.base import Method, leaf_paths, map_with_path
 from adapt.models.layers import keep_mask
+from adapt.schema import Float
 
 
 @register
 class Mixout(Method):
     name = "mixout"
     defaults = dict(p=0.1)
-
-    def __init__(self, **knobs):
-        super().__init__(**knobs)
-        if not 0.0 <= self.p < 1.0:
-            raise ConfigError(f"method.p={self.p}; expected a probability in [0, 1)")
+    schema = dict(p=Float(ge=0, lt=1, doc="probability of mixing out each weight to its pretrained value"))
 
     def anchors(self, model, params):
         return {"start": jax.tree.map(jnp.copy, params)}

@@ -54,6 +54,7 @@ from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.base import Adapter, Method, adapters_and_head
 from adapt.models.registry import model_info
+from adapt.schema import Bool, Choice, Int
 
 
 def draw(key, shape: tuple, *, fan_in: int | None = None) -> jax.Array:
@@ -122,16 +123,14 @@ class ProjectedPrefix(nnx.Module):
         return self.encoder(self.layer)
 
 
+VIRTUAL_TOKENS = Int(min=1, doc="P, the virtual tokens added")
+
+
 class VirtualTokens(Method):
-    """What both methods share: the knob checks, the trainable filter (the added parameters, plus the
+    """What both methods share: the trainable filter (the added parameters, plus the
     task head when ``train_head``) and a merge that refuses."""
 
     trains_every_weight = False
-
-    def __init__(self, **knobs):
-        super().__init__(**knobs)
-        if int(self.num_virtual_tokens) < 1:
-            raise ConfigError(f"method.num_virtual_tokens={self.num_virtual_tokens!r}; expected at least 1")
 
     def trainable(self, model):
         return adapters_and_head(model, self.train_head)
@@ -145,12 +144,9 @@ class VirtualTokens(Method):
 class PromptTuning(VirtualTokens):
     name = "prompt_tuning"
     defaults = dict(num_virtual_tokens=20, init="vocab", train_head=True)
-    inits = ("vocab", "random")
-
-    def __init__(self, **knobs):
-        super().__init__(**knobs)
-        if self.init not in self.inits:
-            raise ConfigError(f"method.init={self.init!r}; expected one of {', '.join(self.inits)}")
+    schema = dict(num_virtual_tokens=VIRTUAL_TOKENS, train_head=Bool(doc="the task head trains too"),
+                  init=Choice("vocab", "random", doc="the prompt's start: embeddings of random vocabulary tokens, "
+                                                     "or random vectors of their scale"))
 
     def apply(self, model, rngs):
         info = model_info(model)
@@ -167,6 +163,9 @@ class PromptTuning(VirtualTokens):
 class PrefixTuning(VirtualTokens):
     name = "prefix_tuning"
     defaults = dict(num_virtual_tokens=20, projection=False, projection_dim=512, train_head=True)
+    schema = dict(num_virtual_tokens=VIRTUAL_TOKENS, train_head=Bool(doc="the task head trains too"),
+                  projection=Bool(doc="reparameterise the prefixes through a two-layer MLP"),
+                  projection_dim=Int(min=1, doc="the MLP's hidden width"))
 
     def apply(self, model, rngs):
         info = model_info(model)

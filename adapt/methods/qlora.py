@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adapt.errors import ConfigError
 from adapt.methods import register
 from adapt.methods.lora import LoRA, LoRALinear
 from adapt.models.registry import model_info
+from adapt.schema import Choice, Int
 
 # bitsandbytes' NF4 table (functional.py, get_4bit_type("nf4")), the paper's NormalFloat levels. numpy, so
 # importing the module does not start a JAX backend (before jax.distributed.initialize).
@@ -118,13 +118,8 @@ class QLoRA(LoRA):
 
     name = "qlora"
     defaults = dict(LoRA.defaults, bits=4, block_size=64)
-
-    def __init__(self, **knobs):
-        super().__init__(**knobs)
-        if self.bits not in (4, 8):
-            raise ConfigError(f"method.bits={self.bits!r}; expected 4 (NF4) or 8 (int8)")
-        if not (isinstance(self.block_size, int) and self.block_size > 0):
-            raise ConfigError(f"method.block_size={self.block_size!r}; expected a positive integer")
+    schema = dict(LoRA.schema, bits=Choice(4, 8, doc="bits per quantised weight: 4 (NF4) or 8 (int8)"),
+                  block_size=Int(min=1, doc="weights per quantisation block (one scale each)"))
 
     def targets_of(self, model) -> tuple | str:
         return self.targets or model_info(model).layer_linears()

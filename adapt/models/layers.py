@@ -26,7 +26,7 @@ from adapt.sharding import shard
 if TYPE_CHECKING:  # kv_cache imports nothing from here; the name is for the annotation only
     from adapt.models import kv_cache
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
     "relu": jax.nn.relu,
@@ -74,9 +74,9 @@ def run_layer(layer: nnx.Module, *args):
 
 
 def activation(name: str):
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(_ACTIVATIONS)}")
-    return _ACTIVATIONS[name]
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def dense_dot_general(x, kernel, dimension_numbers, precision=None, preferred_element_type=None,

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from adapt import privacy
-from adapt.sharding import DEFAULT_RULES
+from adapt import methods, privacy
+from adapt.models.layers import REMAT_POLICIES
+from adapt.schema import Bool, Choice, Either, Float, Int, Str, Tuple
+from adapt.sharding import DEFAULT_RULES, MESH_AXES
+from adapt.training.optim import DECAY_KINDS, OPTIMIZERS, SCHEDULES
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -59,3 +62,48 @@ def defaults() -> ml_collections.ConfigDict:
     c.lock()
     c.method.unlock()  # its keys depend on the method; adapt.methods.build checks them
     return c
+
+
+_AXES = Either(Choice(None), Str(empty=False), Tuple(of=Str(empty=False)), doc="mesh axes: none, one or several")
+SCHEMA = dict(  # the sections of defaults(), as adapt.schema declares them
+    mesh=dict(
+        shape=Tuple(of=Either(Choice(-1), Int(min=1)), len=len(MESH_AXES),
+                    doc=f"devices per mesh axis {MESH_AXES}; one -1 takes the remaining devices"),
+        rules=Tuple(of=Tuple(items=(Str(empty=False), _AXES)), doc="(logical axis, mesh axes) pairs"),
+    ),
+    optimizer=dict(
+        name=Choice(*OPTIMIZERS, doc="the optimizer"),
+        learning_rate=Float(gt=0, doc="the peak learning rate"),
+        weight_decay=Float(ge=0, doc="decoupled weight decay (adamw, adafactor, sgd)"),
+        decay_exclude=Tuple(of=Choice(*DECAY_KINDS), doc="parameter kinds without weight decay"),
+        b1=Float(ge=0, lt=1, doc="adamw's first-moment decay"),
+        b2=Float(ge=0, lt=1, doc="adamw's second-moment decay"),
+        eps=Float(gt=0, doc="adamw's denominator epsilon"),
+        momentum=Float(ge=0, lt=1, doc="sgd's momentum (0: none)"),
+        schedule=Choice(*SCHEDULES, doc="the learning rate after warmup"),
+        warmup_steps=Int(min=0, doc="linear warmup steps (or warmup_ratio)"),
+        warmup_ratio=Float(ge=0, le=1, doc="linear warmup as a fraction of the run's steps"),
+        end_lr_ratio=Float(ge=0, le=1, doc="the final learning rate / the peak"),
+        clip_norm=Float(ge=0, hint="0: off", doc="global gradient-norm clipping"),
+    ),
+    train=dict(
+        seed=Int(min=0, doc="initialisation, dropout and data order"),
+        batch_size=Int(min=1, doc="examples (rows) per optimizer step, over all devices and processes"),
+        grad_accum=Int(min=1, doc="micro-batches per step"),
+        steps=Int(min=0, hint="0: train.epochs", doc="optimizer steps"),
+        epochs=Float(ge=0, doc="passes over the train split when train.steps is 0"),
+        remat=Choice(*REMAT_POLICIES, doc="rematerialisation of each transformer layer"),
+        head_warmup_steps=Int(min=0, hint="0: off", doc="steps training only freshly initialised parameters first"),
+        log_every=Int(min=1, doc="steps between train-metric logs"),
+        eval_every=Int(min=0, hint="0: once per epoch", doc="steps between evaluations"),
+        checkpoint_every=Int(min=0, hint="0: only at the end", doc="steps between checkpoints"),
+        keep_checkpoints=Int(min=1, doc="checkpoints kept"),
+        early_stopping=dict(
+            metric=Str(doc='the metric watched, e.g. "dev/macro_f1"; "": no early stopping or best checkpoint'),
+            mode=Choice("max", "min", doc="whether the metric is better high or low"),
+            patience=Int(min=0, hint="0: never stop early", doc="evaluations without improvement before stopping"),
+        ),
+    ),
+    privacy=privacy.SCHEMA,
+    method=methods.SCHEMA,
+)
