@@ -60,6 +60,14 @@ def test_swallows():
     assert take_violations() == []  # the pytest it started had its own log
 
 
+def test_cloud_metadata_probes_fail_as_offline_and_are_not_counted():
+    with pytest.raises(OSError):
+        socket.create_connection(("169.254.169.254", 80), timeout=5)
+    with pytest.raises(OSError):
+        socket.getaddrinfo("metadata.google.internal", 80)
+    assert take_violations() == []
+
+
 def test_loopback_and_unix_sockets_work(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as server:
         with socket.create_connection(server.getsockname(), timeout=5):

@@ -5,16 +5,17 @@ the run, then calls :func:`install` before ``adapt`` or jax is imported; the ``s
 file installs the same guards in every Python process a test starts (conftest puts this folder first on
 ``PYTHONPATH``). The guards raise :class:`HermeticError` on
 
-- a socket reaching outside loopback: a connection or datagram to an address that is not 127.0.0.0/8 or ::1
-  (Unix sockets are local), and a DNS lookup of a name other than the local host's;
+- a socket reaching outside this host: a connection or datagram to an address that is not loopback (127.0.0.0/8,
+  ::1) or unspecified (Unix sockets are local), and a DNS lookup of a name other than this host's;
 - a file opened outside :func:`allowed_roots` (an audit hook on ``open``, which ``open()``, ``os.open`` and
   imports raise): the repository, Python's prefixes and site-packages, the temp folder (the run's home and
   caches are there) and the system's folders. Files native code opens (XLA, tokenizers) are not seen.
 
 Each one is also written to ``$ADAPT_HERMETIC_LOG`` (conftest fails the test that wrote it), so code that
-catches the error cannot hide it.
+catches the error cannot hide it; only the cloud metadata probes of :data:`PROBES` fail as they would offline.
 """
 
+import errno
 import ipaddress
 import os
 import site
@@ -25,7 +26,10 @@ import tempfile
 LOG = "ADAPT_HERMETIC_LOG"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYSTEM = ("/dev", "/proc", "/sys", "/etc", "/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin")
-LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", socket.gethostname().lower()}
+LOCAL_NAMES = {"", "localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback", socket.gethostname().lower()}
+# cloud metadata endpoints that libraries probe to learn where they run (Ray's dashboard, at every start) and do
+# without: refused as on a machine with no network (an OSError), and not counted against the test
+PROBES = {"169.254.169.254", "metadata.google.internal"}
 # variables a user may have set that would lead a test to their own caches; cleared, so each falls back to a
 # folder under the run's home (HF_HOME, XDG_CACHE_HOME)
 CLEARED = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_ASSETS_CACHE", "TRANSFORMERS_CACHE",
@@ -40,13 +44,14 @@ class HermeticError(RuntimeError):
 def environment(root: str) -> dict[str, str]:
     """The variables that give a process an empty data folder, home and caches under ``root`` (made here)."""
     home = os.path.join(root, "home")
-    env = {"ADAPT_DATA_DIR": os.path.join(root, "data"), "HOME": home,
-           "XDG_CACHE_HOME": os.path.join(home, ".cache"), "XDG_CONFIG_HOME": os.path.join(home, ".config"),
-           "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
-           "HF_HOME": os.path.join(home, ".cache", "huggingface")}
-    for folder in env.values():
+    folders = {"ADAPT_DATA_DIR": os.path.join(root, "data"), "HOME": home,
+               "XDG_CACHE_HOME": os.path.join(home, ".cache"), "XDG_CONFIG_HOME": os.path.join(home, ".config"),
+               "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
+               "HF_HOME": os.path.join(home, ".cache", "huggingface")}
+    for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
-    return env
+    # and no usage reports: Ray's dashboard would send one to usage-stats.ray.io a minute after it starts
+    return {**folders, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def allowed_roots() -> tuple[str, ...]:
@@ -85,6 +90,8 @@ def _local_host(host) -> bool:
 def _checked(method):
     def guarded(self, *args):
         where = args[-1] if method.__name__ == "sendto" else args[0]  # sendto(data[, flags], address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and where[0] in PROBES:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"hermetic tests: {where[0]} is not reachable")
         if self.family in (socket.AF_INET, socket.AF_INET6) and not _local_host(where[0]):
             _refuse(f"socket.{method.__name__} to {where!r}: network access outside loopback")
         return method(self, *args)
@@ -95,6 +102,8 @@ def _checked(method):
 def _lookup(function):
     def guarded(host, *args, **kwargs):
         name = host.decode() if isinstance(host, bytes) else host
+        if name in PROBES:
+            raise socket.gaierror(socket.EAI_NONAME, f"hermetic tests: {name} is not looked up")
         if isinstance(name, str) and _address(name) is None and not _local_host(name):  # an address: no lookup
             _refuse(f"socket.{function.__name__}({host!r}): a DNS lookup of a name that is not this host's")
         return function(host, *args, **kwargs)
