@@ -1,6 +1,38 @@
-"""Test setup: 8 fake CPU devices (before jax is imported anywhere) and shared fixtures."""
+"""Test setup: a hermetic run (tests/hermetic/hermetic_guard.py), 8 fake CPU devices (before jax is imported
+anywhere) and shared fixtures."""
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
+
+HERMETIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hermetic")
+FIXTURE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "data")
+sys.path.insert(0, HERMETIC)
+
+import hermetic_guard  # noqa: E402
+
+
+def _hermetic_run():
+    """An empty data folder, home and caches for this run, and the guards, here and (through ``PYTHONPATH``) in
+    every process a test starts. xdist's workers (and any process a test starts that loads this file) inherit the
+    run's folders from the process that made them, which removes them when it exits; each process has its own
+    violations log, so a violation fails the test that caused it."""
+    root = os.environ.get("ADAPT_HERMETIC_ROOT")
+    if root is None:
+        root = tempfile.mkdtemp(prefix="adapt-tests-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        os.environ["ADAPT_HERMETIC_ROOT"] = root
+        for name in hermetic_guard.CLEARED:
+            os.environ.pop(name, None)
+        os.environ.update(hermetic_guard.environment(root))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERMETIC, os.environ.get("PYTHONPATH")]))
+    os.environ[hermetic_guard.LOG] = os.path.join(root, f"violations-{os.getpid()}.log")
+    hermetic_guard.install()
+
+
+_hermetic_run()
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -31,6 +63,26 @@ def _orbax_without_replica_slices():
 _orbax_without_replica_slices()
 
 import pytest  # noqa: E402
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test's setup, call or teardown fails if it, or a process it started, reached outside the repository, the
+    installed packages or loopback, even where the code caught the guard's error (a phase that failed already
+    shows that error)."""
+    report = yield
+    found = hermetic_guard.take_violations()
+    if found and report.passed:
+        report.outcome, report.longrepr = "failed", "not hermetic: " + "; ".join(dict.fromkeys(found))
+    return report
+
+
+@pytest.fixture
+def benchmark_data(monkeypatch):
+    """``ADAPT_DATA_DIR`` is the synthetic benchmark files (tests/fixtures/data), for this process and the ones the
+    test starts; returns that folder."""
+    monkeypatch.setenv("ADAPT_DATA_DIR", FIXTURE_DATA)
+    return FIXTURE_DATA
 
 TINY_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64)

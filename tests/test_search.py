@@ -237,7 +237,7 @@ def get_sweep(arg):
 
 
 def sweep_cli(tmp_path, *args, wait=True, config="cfg.py"):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ["PYTHONPATH"]])}
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--no-progress",
            f"--config={tmp_path}/{config}:{tmp_path}", f"--workdir={tmp_path}/runs", "--trial-fn=test_search:fake_trial",
            *args]

@@ -283,7 +283,7 @@ def get_sweep(arg):
 
 
 def sweep_cli(tmp_path, *args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ["PYTHONPATH"]])}
     return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--no-progress",
                            f"--config={tmp_path}/cfg.py:{tmp_path}", f"--workdir={tmp_path}/runs",
                            "--trial-fn=test_sweeps:fake_trial", *args],
@@ -310,7 +310,7 @@ def test_sweep_command_line(tmp_path):
 @pytest.mark.slow
 def test_ray_backend(tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ["PYTHONPATH"]]))
     sweep = grid("train.seed", [0, 1])
     ids = [t.id for t in sweeps.expand(sweep)]
     flag(tmp_path, "fail", ids[1])
