@@ -143,6 +143,21 @@ def small_bert(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def base_bert(tmp_path_factory):
+    """A 2-layer random-init BERT without a head (pooler included), with the bundled MiniLM tokenizer."""
+    import transformers
+
+    from adapt.models import load_tokenizer
+
+    tok = load_tokenizer("bundled:minilm-l6")
+    folder = random_hf_model(tmp_path_factory.mktemp("base_bert"), transformers.BertModel, transformers.BertConfig,
+                             vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=64)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A random-init HF BERT sequence classifier (3 labels) saved by transformers; returns its folder."""
     import transformers

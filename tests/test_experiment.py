@@ -1,6 +1,8 @@
 """Experiment configs: every config resolves; overrides and misspelt keys. (One trial end to end, TAPT and then a
 LoRA fine-tune from its export, runs in test_study.py.)"""
 
+import os
+
 import pytest
 from config_cases import CASES, IDS, resolve
 
@@ -27,3 +29,22 @@ def test_overrides_and_misspelt_keys():
         configs.load("configs/finetune.py:bcc")
     with pytest.raises(ConfigError, match="no such config file"):
         configs.load("configs/nope.py:bbc")
+
+
+def test_finetune_bc5cdr_builds_a_token_classification_trial(benchmark_data, base_bert, tmp_path):
+    """configs/finetune.py accepts the tagging benchmark: the trial reads BC5CDR's CoNLL files (the synthetic
+    stand-ins) into a token-classification model whose labels are the BIO tags, and records the files it read."""
+    from adapt.experiment import build_trial, data_sections
+    from adapt.data.pipeline import files_read
+
+    config = configs.load("configs/finetune.py:bc5cdr", [f"model.name={base_bert}", "data.max_length=32",
+                                                         f"data.cache_dir={tmp_path / 'cache'}"])
+    assert (config.model.task, config.data.format, config.train.early_stopping.metric) == (
+        "token_classification", "conll", "dev/span_f1")
+    trial = build_trial(config, str(tmp_path / "run"))
+    assert trial.splits["labels"] == ["B-Entity", "I-Entity", "O"]
+    assert type(trial.trainer.model).__name__ == "BertForTokenClassification"
+    assert max(len(row) for row in trial.splits["train"]["labels"]) <= 32
+    read = files_read(data_sections(config)["data"])
+    assert sorted(read) == ["dev", "test", "train"]
+    assert read["train"]["path"] == os.path.join(benchmark_data, "scibert", "ner", "bc5cdr", "train.txt")

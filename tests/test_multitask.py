@@ -20,22 +20,6 @@ WORDS = {"a": "market shares profit bank economy".split(), "b": "match goal seas
 
 
 @pytest.fixture(scope="module")
-def base_bert(tmp_path_factory):
-    """A 2-layer random-init BERT without a head (pooler included), with the bundled MiniLM tokenizer."""
-    import transformers
-
-    from adapt.models import load_tokenizer
-    from conftest import random_hf_model
-
-    tok = load_tokenizer("bundled:minilm-l6")
-    folder = random_hf_model(tmp_path_factory.mktemp("base_bert"), transformers.BertModel, transformers.BertConfig,
-                             vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=2, max_position_embeddings=64)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def tasks_data(tmp_path_factory):
     """A 3-label classification task (jsonl) and a BIO tagging task (CoNLL columns): {name: {split: path}}."""
     d = tmp_path_factory.mktemp("mt_data")

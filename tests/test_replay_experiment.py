@@ -13,23 +13,14 @@ import sys
 
 import pytest
 
-from adapt import configs
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
 def test_replay_smoke_produces_the_forgetting_table_and_pareto_plot(tmp_path, smollm2_stand_in, benchmark_data):
-    # the domain set holds as many dev abstracts as the smoke setting's share of BC5CDR's (2 of 500) would take,
-    # out of the fixture's few
-    experiment = configs.load_module(os.path.join(ROOT, "experiments", "replay_forgetting", "config.py"))
-    with open(os.path.join(benchmark_data, "scibert", "ner", "bc5cdr", "dev.txt"), encoding="utf-8") as f:
-        share = experiment.BUDGET["smoke"]["domain_docs"] / f.read().count("-DOCSTART-")
     command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"),
                "--config=experiments/replay_forgetting/config.py:smoke", f"--workdir={tmp_path / 'runs'}",
-               f"--config.model.name={smollm2_stand_in}", f"--config.data.cache_dir={tmp_path / 'cache'}",
-               f"--config.eval.sets.domain.split_ratios.dev={share}",
-               f"--config.eval.sets.domain.split_ratios.rest={1 - share}"]
+               f"--config.model.name={smollm2_stand_in}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
     out = subprocess.run(command, cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
