@@ -11,7 +11,8 @@ import tempfile
 import pytest
 from hermetic_guard import REPO, HermeticError, take_violations
 
-from adapt.data import cache
+from adapt import benchmarks
+from adapt.data.pipeline import data_defaults
 
 OUTSIDE = os.path.join(os.path.dirname(REPO), "no-such-file")  # beside the repository, as ../shared/data is
 # TEST-NET-1 (RFC 5737): never routed, so a broken guard fails the test by timing out, not by reaching a host
@@ -24,7 +25,8 @@ def test_the_run_has_an_empty_data_folder_home_and_caches():
     for name in ("ADAPT_DATA_DIR", "HOME", "XDG_CACHE_HOME", "HF_HOME"):
         assert os.environ[name].startswith(root + os.sep), name
     assert os.listdir(os.environ["ADAPT_DATA_DIR"]) == []
-    assert os.path.expanduser("~") == os.environ["HOME"] and cache.DEFAULT_DIR.startswith(root + os.sep)
+    assert os.path.expanduser("~") == os.environ["HOME"]
+    assert data_defaults().cache_dir.startswith(root + os.sep) and benchmarks.data_dir().startswith(root + os.sep)
 
 
 @pytest.mark.parametrize("reach", [

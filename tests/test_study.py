@@ -68,6 +68,7 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     out = script("eval.py", "--split=dev", "--split=test", "--config.eval.batch_size=32")
     assert out.returncode == 0, out.stderr[-2000:]
     evaluated, saved = json.loads(out.stdout), json.load(open(os.path.join(runs[0], "results.json")))
+    saved.pop("data_files")  # what the trial read; evaluation reports metrics only
     assert evaluated.keys() == saved.keys()
     for split in saved:
         per_class = {k: saved[split].pop(k) for k in ("per_class", "confusion")}  # from predictions/<split>.jsonl
