@@ -17,12 +17,12 @@ import sys
 import tempfile
 import time
 
-from adapt import benchmarks
-from adapt.data import formats, sources
+from adapt.data import benchmarks, formats, sources
 from adapt.data.batches import array_batches
 from adapt.data.packing import pack
 from adapt.data.pipeline import data_defaults, prepare
 from adapt.models import load_tokenizer
+
 
 def timed(fn, repeat: int = 3):
     best, out = float("inf"), None
@@ -65,7 +65,8 @@ def main():
         rows.append(("prepare, warm cache (load; the file's digest memoised)", time.perf_counter() - t))
     stream = array_batches(splits["train"], 32, seed=0)
     steps = stream.steps_per_epoch
-    rows.append((f"batches of 32, bucketed ({steps} per epoch)", timed(lambda: [stream.next_batch() for _ in range(steps)])[0]))
+    rows.append((f"batches of 32, bucketed ({steps} per epoch)",
+                 timed(lambda: [stream.next_batch() for _ in range(steps)])[0]))
     print(f"ChemProt train: {n} examples, {os.cpu_count()} CPU threads\n")
     print("| stage | seconds | examples/s |\n|---|---|---|")
     for name, s in rows:

@@ -9,9 +9,9 @@ the model as it ships) and its inference throughput on this machine, tokens/s of
 as evaluation runs it (no dropout, no teacher) on full ``[batch, length]`` rows (the median of ``--repeats``
 timed calls after a warm-up call). With ``--perplexity``
 (causal LMs, one document per row), the test perplexity exp(sum of NLL / target tokens) with a 95% interval:
-percentile bootstrap over test documents and the row's seeds (:func:`adapt.stats.interval` on per-document
-(NLL, token) counts); ``--compare "A|B"`` adds row A against row B, paired (:func:`adapt.stats.compare`). Prints
-a Markdown table.
+percentile bootstrap over test documents and the row's seeds (:func:`adapt.analysis.stats.interval` on per-document
+(NLL, token) counts); ``--compare "A|B"`` adds row A against row B, paired (:func:`adapt.analysis.stats.compare`).
+Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from adapt.analysis.results import ResultsDB
+from adapt.analysis.stats import compare, interval
+from adapt.core.host_memory import use_kept_heap
 from adapt.data.batches import eval_batches
-from adapt.experiment import build_trial, load_run
-from adapt.host_memory import use_kept_heap
-from adapt.results import ResultsDB
-from adapt.stats import compare, interval
+from adapt.experiment import load_run
+from adapt.experiment.trial import build_trial
 from adapt.training.objectives import CausalLM
 from adapt.training.state import global_batch
 

@@ -24,7 +24,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
 from adapt.models.generate import GenerationConfig, generate_ids

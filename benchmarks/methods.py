@@ -19,23 +19,23 @@ import subprocess
 import sys
 import tempfile
 
-DEFAULT = ["full", "lora", "dora", "qlora", "ia3", "houlsby", "pfeiffer", "prompt_tuning", "prefix_tuning", "bitfit", "freeze",
-           "llrd", "gradual_unfreezing", "l2sp", "mixout"]
+DEFAULT = ["full", "lora", "dora", "qlora", "ia3", "houlsby", "pfeiffer", "prompt_tuning", "prefix_tuning", "bitfit",
+           "freeze", "llrd", "gradual_unfreezing", "l2sp", "mixout"]
 KNOBS = {"freeze": {"patterns": (r"embed_tokens", r"layers\.([0-9]|1[0-9])\.")},  # bottom 20 of 30 layers
          "gradual_unfreezing": {"every": 1}, "qlora": {"bits": 4}}
 
 
 def one(name: str, steps: int) -> dict:
-    from adapt.host_memory import use_kept_heap
+    from adapt.core.host_memory import use_kept_heap
 
-    use_kept_heap()  # as the scripts do (adapt.cli.run): before JAX starts its threads
+    use_kept_heap()  # as the scripts do (adapt.core.cli.run): before JAX starts its threads
     import jax
     import numpy as np
     from flax import nnx
 
     from adapt import methods
+    from adapt.core.errors import ConfigError
     from adapt.data.batches import array_batches
-    from adapt.errors import ConfigError
     from adapt.models import from_pretrained
     from adapt.training import CausalLM, Trainer, defaults
 
@@ -60,7 +60,8 @@ def one(name: str, steps: int) -> dict:
     batch = {"input_ids": jax.numpy.asarray(ids)}
     memory = trainer.steps._train.lower(trainer.state, batch).compile().memory_analysis()
     compiled = memory.argument_size_in_bytes + memory.temp_size_in_bytes if memory is not None else None
-    return {"method": name, "trainable": int(trainable), "total": int(total), "step_s": float(np.mean([1 / r for r in rates])),
+    return {"method": name, "trainable": int(trainable), "total": int(total),
+            "step_s": float(np.mean([1 / r for r in rates])),
             "compiled_bytes": compiled, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 

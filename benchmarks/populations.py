@@ -1,5 +1,5 @@
 """Trials per hour: a sweep's trials trained one after another vs. packed as populations of N (one vmapped
-program, :mod:`adapt.population`), on the main job's trial shapes.
+program, :mod:`adapt.study.packing`), on the main job's trial shapes.
 
     .venv/bin/python benchmarks/populations.py [--method lora|full|both] [--sizes 1,4,8] [--repeats 1]
 
@@ -25,9 +25,9 @@ sys.path[:0] = [os.path.join(HERE, ".."), HERE]
 
 
 def _configs(method: str, n: int):
-    from adapt import configs
+    from adapt.experiment import configs
     from adapt.methods import method_config
-    from adapt.sweeps import trial_config
+    from adapt.study.sweeps import trial_config
 
     path = os.path.join(HERE, "..", "experiments", "bbc_tapt", "config.py")
     module = configs.load_module(path)
@@ -52,20 +52,21 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")  # the trials' progress bars
 
-    from adapt import cli
-    from adapt.host_memory import use_kept_heap
+    from adapt.core import cli
+    from adapt.core.host_memory import use_kept_heap
 
     use_kept_heap()
     root = tempfile.mkdtemp(prefix="populations-")
     cli.compile_cache(root)
-    from adapt.experiment import run_trial
-    from adapt.population import run_population
+    import jax.numpy as jnp
     from train_throughput import cpu_name, matmul_peak
 
-    import jax.numpy as jnp
+    from adapt.experiment import run_trial
+    from adapt.study.packing import run_population
 
     avx512 = "avx512f" in open("/proc/cpuinfo").read()
-    print(f"CPU: {cpu_name()} ({'AVX-512' if avx512 else 'no AVX-512'}), float32 matmul peak {matmul_peak(jnp.float32) / 1e9:.0f} GFLOP/s, "
+    print(f"CPU: {cpu_name()} ({'AVX-512' if avx512 else 'no AVX-512'}), "
+          f"float32 matmul peak {matmul_peak(jnp.float32) / 1e9:.0f} GFLOP/s, "
           f"{os.cpu_count()} cores", flush=True)
     counter = itertools.count()
 

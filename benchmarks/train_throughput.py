@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adapt.host_memory import resident_bytes, use_kept_heap
+from adapt.core.host_memory import resident_bytes, use_kept_heap
+from adapt.core.sharding import DEFAULT_RULES, make_mesh
 from adapt.models import from_pretrained, save_pretrained
-from adapt.sharding import DEFAULT_RULES, make_mesh
 from adapt.training import CausalLM, SequenceClassification, defaults, optim
 from adapt.training.state import batch_sharding, create_state, global_batch
 from adapt.training.steps import Steps
@@ -70,8 +70,9 @@ def cpu_name() -> str:
 
 
 def train_flops_per_token(matmul_params: int, layers: int, width: int, length: int) -> float:
-    """6N for the N parameters that multiply activations (kernels and an LM head, not embedding lookups) plus 12 L T D for the attention scores and values (a dense
-    kernel computes the causal mask's zeros too: we count what is computed, as PaLM's MFU does not)."""
+    """6N for the N parameters that multiply activations (kernels and an LM head, not embedding lookups) plus 12 L T D
+    for the attention scores and values (a dense kernel computes the causal mask's zeros too: we count what is computed,
+    as PaLM's MFU does not)."""
     return 6 * matmul_params + 12 * layers * length * width
 
 
@@ -198,7 +199,7 @@ def main():
     p.add_argument("--trace", help="write a jax.profiler trace of our timed steps to this folder")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
-    use_kept_heap()  # as the scripts do (adapt.cli.run): before JAX starts its threads
+    use_kept_heap()  # as the scripts do (adapt.core.cli.run): before JAX starts its threads
     peak = matmul_peak(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
     cpu = cpu_name()
     print(f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind}), {cpu}, "
@@ -219,7 +220,8 @@ def main():
             del model
             tokens = case["batch"] * case["length"]
             flops = train_flops_per_token(matmul_params, hf.num_hidden_layers, hf.hidden_size, case["length"]) * tokens
-            row = {"case": key, "batch": case["batch"], "length": case["length"], "tokens_per_step": tokens, "matmul_params": matmul_params, "ours_s_per_step": seconds,
+            row = {"case": key, "batch": case["batch"], "length": case["length"], "tokens_per_step": tokens,
+                   "matmul_params": matmul_params, "ours_s_per_step": seconds,
                    "ours_tokens_per_s": tokens / seconds, "ours_mfu": flops / seconds / peak, "ours_peak_bytes": mem}
             if not args.no_torch:
                 t_seconds, t_mem = pytorch(case, batch, args.steps, args.warmup, folder, args.dtype)
@@ -228,8 +230,8 @@ def main():
                             "ratio": t_seconds / seconds})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| case | ours tok/s | ours s/step | ours MFU | ours peak GB | PyTorch tok/s | PyTorch s/step | PyTorch MFU "
-          "| PyTorch peak GB | ratio |")
+    print("\n| case | ours tok/s | ours s/step | ours MFU | ours peak GB | PyTorch tok/s | PyTorch s/step "
+          "| PyTorch MFU | PyTorch peak GB | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     gb = lambda b: "-" if b is None else f"{b / 1e9:.2f}"  # noqa: E731
     for r in rows:

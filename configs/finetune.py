@@ -4,7 +4,7 @@
     .venv/bin/python scripts/train.py --config=configs/finetune.py:chemprot,lora --workdir=runs/chemprot-lora \
         --config.optimizer.learning_rate=3e-4 --config.method.rank=16
 
-``arg``: a benchmark of :mod:`adapt.benchmarks` with a classification head to train: a sequence-classification one
+``arg``: a benchmark of :mod:`adapt.data.benchmarks` with a classification head to train: a sequence-classification one
 (bbc, chemprot, citation_intent, sciie) or the tagging one (bc5cdr, token classification, span F1), optionally
 followed by ``,<method>`` (an adaptation method of :mod:`adapt.methods`; full fine-tuning by default). Start from a
 continued-pretraining run's export with ``--config.init_from=<that run>/export``.
@@ -16,11 +16,12 @@ Its sweeps (``get_sweep``; pick one with ``--sweep``) run with scripts/sweep.py 
     .venv/bin/python scripts/table.py --db=runs/chemprot/results.db --metric=micro_f1 --vs=optimizer.learning_rate
 """
 
-from adapt import benchmarks, methods
-from adapt.errors import ConfigError
+from adapt import methods
+from adapt.core.errors import ConfigError
+from adapt.data import benchmarks
 from adapt.experiment import base_config
 from adapt.methods import method_config
-from adapt.sweeps import grid, loguniform, product, random, uniform
+from adapt.study.sweeps import grid, loguniform, product, random, uniform
 
 # Learning rates per kind of method: those that train every pretrained weight, and those that train a few
 # added or selected parameters (LoRA, adapters, prompts, BitFit), which take rates 10x higher.

@@ -5,11 +5,11 @@ pretraining, TAPT) or on a domain corpus (DAPT): one trial, whose ``export/`` a 
     .venv/bin/python scripts/train.py --config=configs/finetune.py:bbc --workdir=runs/bbc-tapt \
         --config.init_from=runs/tapt-bbc/export
 
-``arg``: a benchmark of :mod:`adapt.benchmarks`; its text (labels ignored) is the pretraining corpus. For DAPT,
+``arg``: a benchmark of :mod:`adapt.data.benchmarks`; its text (labels ignored) is the pretraining corpus. For DAPT,
 point ``--config.data.files`` (or ``data.source``) at a domain text collection instead.
 """
 
-from adapt import benchmarks
+from adapt.data import benchmarks
 from adapt.experiment import base_config
 
 

@@ -4,7 +4,7 @@ against the label budget per strategy, with intervals over seeds, and the area u
     .venv/bin/python scripts/active.py --config=experiments/active_learning/config.py --workdir=runs/al \
         [--config.active.rounds=2 ...]
 
-Loops run in ``WORKDIR/<strategy>/seed<seed>/`` (see :mod:`adapt.active`); the same command again resumes them
+Loops run in ``WORKDIR/<strategy>/seed<seed>/`` (see :mod:`adapt.study.active`); the same command again resumes them
 (finished rounds are read back from each loop's ``acquired.json``). Prints the tables and writes them with the plot
 to ``WORKDIR/results/`` (``curves.md``, ``curves.png``, ``summary.json``). Bad input is one line and exit code 2.
 """
@@ -18,7 +18,8 @@ import os
 import sys
 import time
 
-from adapt import cli, configs, files
+from adapt.core import cli, files
+from adapt.experiment import configs
 
 
 def main():
@@ -28,7 +29,7 @@ def main():
     args = parser.parse_args(rest)
     files.output_folder(args.workdir, "--workdir")
     config = configs.load(spec, overrides)
-    from adapt import active
+    from adapt.study import active
 
     active.check(config)  # before any data is read or model loaded
     cli.compile_cache(args.workdir)  # every round of every loop has the same shapes and compiles once

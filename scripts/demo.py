@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapt import cli
+from adapt.core import cli
 from adapt.models import from_pretrained, load_tokenizer
 from adapt.models.generate import GenerationConfig, generate
 

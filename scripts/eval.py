@@ -10,7 +10,7 @@ prints the metrics as JSON.
 saved ``config.json`` (with any ``--config.KEY=VALUE`` overrides, e.g. another test file with the same labels)
 and given the parameters of its best checkpoint (the latest when it kept no best) or its latest one.
 ``--lm-eval-tasks`` (a causal LM run; the extra ``[eval]`` installs lm-eval) runs lm-eval's tasks, or those
-defined by the YAML files in ``--lm-eval-include``, on that model (:mod:`adapt.harness`) instead of the
+defined by the YAML files in ``--lm-eval-include``, on that model (:mod:`adapt.integrations.lm_eval`) instead of the
 splits, prints the metrics per task and writes lm-eval's whole result to ``WORKDIR/lm_eval.json``.
 """
 
@@ -21,8 +21,9 @@ import json
 import os
 import sys
 
-from adapt import cli, configs
-from adapt.errors import ConfigError
+from adapt.core import cli
+from adapt.core.errors import ConfigError
+from adapt.experiment import configs
 
 LM_EVAL_ONLY = ("lm_eval_include", "limit", "num_fewshot", "batch_size")
 
@@ -62,8 +63,8 @@ def lm_eval_run(args, overrides: dict) -> dict:
         raise ConfigError("--split and --lm-eval-tasks: give one or the other")
     if not os.path.isfile(os.path.join(args.workdir, "config.json")):
         raise ConfigError(f"{args.workdir}: no config.json; expected a run folder (the --workdir of scripts/train.py)")
-    from adapt import harness  # a one-line error when lm-eval is not installed
-    from adapt.files import write_atomic
+    from adapt.core.files import write_atomic
+    from adapt.integrations import lm_eval as harness  # a one-line error when lm-eval is not installed
 
     manager = harness.task_manager(names, args.lm_eval_include)
     lm = harness.AdaptLM(run=args.workdir, checkpoint=args.checkpoint, overrides=overrides,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from adapt import cli, files
+from adapt.core import cli, files
 
 
 def main():

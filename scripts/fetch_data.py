@@ -15,15 +15,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adapt import cli, configs
-from adapt.errors import ConfigError
+from adapt.core import cli
+from adapt.core.errors import ConfigError
+from adapt.experiment import configs
 
 
 def needed(spec: str, overrides: list[str]) -> list[str]:
     """The benchmarks that config ``spec`` and the trials of its sweeps read."""
-    from adapt import benchmarks, sweeps
-    from adapt import search as adaptive
+    from adapt.data import benchmarks
     from adapt.experiment import data_sections
+    from adapt.study import adaptive, sweeps
 
     path, arg = configs.split_spec(spec)
     module = configs.load_module(path)
@@ -43,9 +44,9 @@ def main():
     spec, overrides, rest = configs.parse_argv(sys.argv[1:], spec_required=False)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", help="comma-separated benchmark names, instead of --config")
-    parser.add_argument("--all", action="store_true", help="every benchmark of adapt.benchmarks")
+    parser.add_argument("--all", action="store_true", help="every benchmark of adapt.data.benchmarks")
     args = parser.parse_args(rest)
-    from adapt import benchmarks
+    from adapt.data import benchmarks
 
     if sum(map(bool, (spec, args.benchmark, args.all))) != 1:
         raise ConfigError("give one of --config=<file.py[:arg]>, --benchmark=<names> and --all")

@@ -1,11 +1,11 @@
-"""The data quality report (adapt/quality.py) of a config's data, without training: Markdown on stdout.
+"""The data quality report (adapt/data/quality.py) of a config's data, without training: Markdown on stdout.
 
     .venv/bin/python scripts/quality.py --config=configs/finetune.py:chemprot [--config.data.quality.threshold=0.9]
     .venv/bin/python scripts/quality.py --benchmark=bbc_headlines
     .venv/bin/python scripts/quality.py --config.data.format=conll \
         --config.data.files="{'train': 'train.txt', 'dev': 'dev.txt', 'test': 'test.txt'}"
 
-The data is the config's (``--config``; or the defaults of adapt.experiment.base_config pointed at
+The data is the config's (``--config``; or the defaults of adapt.experiment.base.base_config pointed at
 ``--benchmark``; or those defaults alone), with any ``--config.KEY=VALUE`` overrides. Every check the config
 leaves "off" runs as "report" unless an override names it (``--config.data.quality.label_errors=off``); a
 "drop" stays, and the report counts what it removes from train. Over-long examples are counted in tokens of the
@@ -19,13 +19,14 @@ import argparse
 import sys
 import time
 
-from adapt import cli, configs
-from adapt.errors import ConfigError
+from adapt.core import cli
+from adapt.core.errors import ConfigError
+from adapt.experiment import configs
 
 
 def load_config(spec: str | None, benchmark: str | None, overrides: list[str]):
     """The config whose data is checked, with ``overrides`` and every check left off by them set to report."""
-    from adapt import benchmarks, quality
+    from adapt.data import benchmarks, quality
     from adapt.experiment import base_config
 
     if spec and benchmark:
@@ -38,7 +39,7 @@ def load_config(spec: str | None, benchmark: str | None, overrides: list[str]):
         if benchmark:
             benchmarks.apply(config, benchmark)
         config = configs.apply_overrides(config, given)
-    if "quality" not in config.data:  # a config built without adapt.experiment.base_config
+    if "quality" not in config.data:  # a config built without adapt.experiment.base.base_config
         with config.data.unlocked():
             config.data.quality = quality.defaults()
     for check in quality.CHECKS:
@@ -51,14 +52,14 @@ def load_config(spec: str | None, benchmark: str | None, overrides: list[str]):
 def main():
     spec, overrides, rest = configs.parse_argv(sys.argv[1:], spec_required=False)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--benchmark", help="a benchmark of adapt.benchmarks, instead of --config")
+    parser.add_argument("--benchmark", help="a benchmark of adapt.data.benchmarks, instead of --config")
     parser.add_argument("--json", help="also write the whole report here")
     args = parser.parse_args(rest)
     start = time.perf_counter()
     config = load_config(spec, args.benchmark, overrides)
-    from adapt import quality
+    from adapt.core.files import write_json
+    from adapt.data import quality
     from adapt.data.formats import Encoder
-    from adapt.files import write_json
     from adapt.models import load_tokenizer
 
     q = quality.settings(config.data)

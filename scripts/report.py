@@ -23,8 +23,9 @@ import json
 import os
 import sys
 
-from adapt import cli, configs
-from adapt.errors import AdaptError
+from adapt.core import cli
+from adapt.core.errors import AdaptError
+from adapt.experiment import configs
 
 WIDTH = 200
 
@@ -79,7 +80,7 @@ def _table(per_class: dict) -> list[str]:
 
 
 def report(workdir: str, split: str, top: int, overrides: dict, title: str = "") -> str:
-    from adapt import predictions
+    from adapt.evaluation import predictions
 
     recs = predictions.read(workdir, split)
     lines = [f"== {title or workdir}: {split}, {len(recs)} examples"]
@@ -135,8 +136,8 @@ def report(workdir: str, split: str, top: int, overrides: dict, title: str = "")
 
 def best_trials(db_path: str, split: str, metric: str, dev_split: str = "dev") -> list[tuple[str, dict]]:
     """(title, trial) of the best finished trial per condition (and benchmark) with predictions for ``split``."""
-    from adapt import predictions
-    from adapt.results import ResultsDB, lower_is_better
+    from adapt.analysis.results import ResultsDB, lower_is_better
+    from adapt.evaluation import predictions
 
     db = ResultsDB.open_existing(db_path)
     try:

@@ -3,15 +3,15 @@
     .venv/bin/python scripts/study.py --config=experiments/bbc_tapt/config.py --workdir=runs/bbc_tapt
 
 The config file defines ``get_config(arg)``, ``get_sweep(arg)`` and ``get_table(arg)`` (the keyword
-arguments of :func:`adapt.tables.build`, plus ``curves``, ``vs``, ``reference`` and ``baselines``: e.g.
-``("majority", "tfidf")``, reference rows :mod:`adapt.baselines` computes on each column's data; ``forgetting``:
-``("domain", "general")``, two evaluation sets of language-model trials, adds the forgetting report of
-:mod:`adapt.forgetting`, and a layout with it and no ``metric`` is that report alone: see
-:func:`adapt.cli.show_layout`). Prints the table and writes it (Markdown, LaTeX, CSV) and the plots to
+arguments of :func:`adapt.analysis.tables.build`, plus ``curves``, ``vs``, ``reference`` and ``baselines``: e.g.
+``("majority", "tfidf")``, reference rows :mod:`adapt.analysis.baselines` computes on each column's data;
+``forgetting``: ``("domain", "general")``, two evaluation sets of language-model trials, adds the forgetting report of
+:mod:`adapt.analysis.forgetting`, and a layout with it and no ``metric`` is that report alone: see
+:func:`adapt.analysis.report.show_layout`). Prints the table and writes it (Markdown, LaTeX, CSV) and the plots to
 ``WORKDIR/results/`` (``table_forgetting.md`` and ``table_pareto.png`` for the forgetting report). Running the
 same command again skips finished trials. Trials run in this process, so trials with the same shapes reuse the
 compiled steps (JAX's persistent compilation cache in ``WORKDIR/jax_cache`` keeps them across runs too);
-``--pack N`` trains up to N trials of one program together (:mod:`adapt.population`).
+``--pack N`` trains up to N trials of one program together (:mod:`adapt.study.packing`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import os
 import sys
 import time
 
-from adapt import cli, configs, files, results
-from adapt.runner import run_sweep
-from adapt.sweeps import load_sweep, sweep_label
+from adapt.analysis import report, results
+from adapt.core import cli, files
+from adapt.experiment import configs
+from adapt.study.runner import run_sweep
+from adapt.study.sweeps import load_sweep, sweep_label
 
 
 def main():
@@ -32,7 +34,7 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 runs trials in this process")
     parser.add_argument("--pack", type=int, default=1, help="train up to N trials of one program together "
-                                                            "(adapt.population)")
+                                                            "(adapt.study.packing)")
     args = parser.parse_args(rest)
     files.output_folder(args.workdir, "--workdir")
     path, arg = configs.split_spec(spec)
@@ -49,7 +51,7 @@ def main():
     db = results.ResultsDB(os.path.join(args.workdir, "results.db"))
     trials = db.trials(sweep=name)
     print()
-    written = cli.show_layout(layout, db, trials, os.path.join(args.workdir, "results", "table"))
+    written = report.show_layout(layout, db, trials, os.path.join(args.workdir, "results", "table"))
     print(f"\n{sum(counts.values())} trials ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}) in "
           f"{(time.time() - started) / 60:.1f} min; wrote {', '.join(os.path.relpath(w) for w in written)}")
     if set(counts) != {"done"}:

@@ -7,14 +7,15 @@
 key or method knob stops the command before any trial runs).
 Trials run in this process (``--workers 0``), in N worker processes, or as Ray tasks; stages run in dependency
 order. ``--pack N`` trains up to N ready trials together as one compiled program when they differ only in learning
-rate, weight decay, seed or mixture weights (:mod:`adapt.population`; each is still its own trial and folder). A failed trial is recorded with its error and the others go on (trials that start from it are skipped).
+rate, weight decay, seed or mixture weights (:mod:`adapt.study.packing`; each is still its own trial and folder).
+A failed trial is recorded with its error and the others go on (trials that start from it are skipped).
 Running the same command again runs only what is not done: failed, skipped, interrupted or never started trials.
 Ctrl-C marks the running trials interrupted. Exit code: 0 when every trial is done, 1 when some are not, 2 on bad
 input. ``python scripts/table.py --db runs/x/results.db`` turns the results into tables.
 
-When the selected sweep is an adaptive search (:func:`adapt.sweeps.search`), its trials run one at a time in this
+When the selected sweep is an adaptive search (:func:`adapt.study.sweeps.search`), its trials run one at a time in this
 process (no ``--workers`` or ``--ray-address``), Optuna's TPE sampler picking each one's values
-(:mod:`adapt.search`); the study is kept in ``optuna.db`` beside the results database. It prints the trials per
+(:mod:`adapt.study.adaptive`); the study is kept in ``optuna.db`` beside the results database. It prints the trials per
 status and the best trial; running the same command again goes on until ``n`` trials are finished (done or
 pruned). Exit code: 0 when ``n`` are, 1 when fewer are, 2 on bad input. Its ``--trial-fn`` also takes ``on_eval``.
 """
@@ -27,10 +28,12 @@ import os
 import signal
 import sys
 
-from adapt import cli, configs, distributed, files, results
-from adapt.errors import ConfigError
-from adapt.runner import DEFAULT_TRIAL_FN, run_sweep
-from adapt.sweeps import Search, check_trial, expand, load_sweep, sweep_label, trial_config
+from adapt.analysis import results
+from adapt.core import cli, distributed, files
+from adapt.core.errors import ConfigError
+from adapt.experiment import configs
+from adapt.study.runner import DEFAULT_TRIAL_FN, run_sweep
+from adapt.study.sweeps import Search, check_trial, expand, load_sweep, sweep_label, trial_config
 
 
 def main():
@@ -89,7 +92,7 @@ def main():
 
 def main_search(args, config, search: Search, label: str) -> None:
     """The adaptive-search path of :func:`main`: runs ``search``, prints the trials per status and the best."""
-    from adapt.search import check, run_search
+    from adapt.study.adaptive import check, run_search
 
     if args.workers or args.ray_address:
         raise ConfigError(f"--{'workers' if args.workers else 'ray-address'}: an adaptive search runs its trials one "

@@ -7,12 +7,12 @@
     python scripts/table.py --db runs/x/results.db --forgetting domain,general [--out tables/x]
 
 Per row (condition) and column (benchmark): the hyperparameters with the best mean dev metric over seeds, and
-their test metric as mean ± std over seeds and its 95% interval (from the trials' test predictions, adapt.stats);
-best per column in bold, an "Avg." column; ``--compare A|B`` tests row A against row B. Prints the Markdown table
-(and, on stderr, each row whose selected value of a swept key is the edge of its grid); with ``--out PREFIX``
-writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png. ``--forgetting DOMAIN,GENERAL`` (two
-evaluation sets of language-model trials) prints the forgetting report of adapt.forgetting, per row: domain
-perplexity before -> after and its gain, general-text loss before -> after and the forgetting, with t-intervals
+their test metric as mean ± std over seeds and its 95% interval (from the trials' test predictions,
+adapt.analysis.stats); best per column in bold, an "Avg." column; ``--compare A|B`` tests row A against row B. Prints
+the Markdown table (and, on stderr, each row whose selected value of a swept key is the edge of its grid); with
+``--out PREFIX`` writes PREFIX.md, PREFIX.tex, PREFIX.csv and the plots as PREFIX_*.png. ``--forgetting DOMAIN,GENERAL``
+(two evaluation sets of language-model trials) prints the forgetting report of adapt.analysis.forgetting, per row:
+domain perplexity before -> after and its gain, general-text loss before -> after and the forgetting, with t-intervals
 over seeds (PREFIX_forgetting.md/.tex/.csv and PREFIX_pareto.png with --out); without --metric it is all that is
 shown. A named set is a metric too: ``--metric general/perplexity --test-split dev --scale 1``.
 """
@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 
-from adapt import cli, files, forgetting
-from adapt.errors import ConfigError
-from adapt.results import ResultsDB
+from adapt.analysis import forgetting, report
+from adapt.analysis.results import ResultsDB
+from adapt.core import cli, files
+from adapt.core.errors import ConfigError
 
 
 def parse_metric(text: str):
@@ -83,7 +84,7 @@ def main():
                       test_split=args.test_split, lower=args.lower_is_better, scale=args.scale, digits=args.digits,
                       curves=args.curves, vs=args.vs, reference=args.reference, compare=pairs,
                       baselines=args.baselines.split(",") if args.baselines else ())
-    written = cli.show_layout(layout, db, trials, args.out)
+    written = report.show_layout(layout, db, trials, args.out)
     if written:
         print("wrote " + ", ".join(written))
 

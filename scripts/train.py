@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from adapt import cli, configs, files
+from adapt.core import cli, files
+from adapt.experiment import configs
 
 
 def main():

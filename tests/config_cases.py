@@ -5,9 +5,11 @@ import glob
 import json
 import os
 
-from adapt import configs, evalsets, privacy, sweeps
-from adapt import search as adaptive
 from adapt.data.pipeline import check_mixture
+from adapt.evaluation import evalsets
+from adapt.experiment import configs
+from adapt.features import privacy
+from adapt.study import adaptive, sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")) +

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from adapt import active
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
 from adapt.experiment import base_config
 from adapt.models import load_tokenizer
+from adapt.study import active
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = {"0": "market shares profit bank economy".split(), "1": "match goal season club player".split()}
@@ -202,7 +202,8 @@ def test_the_loop_grows_disjoint_sets_and_resumes_to_the_same_acquisitions(small
     # The curves' floors, fit at each budget on that round's labelled set (the loop read as random's)
     os.makedirs(tmp_path / "floors" / "random")
     os.symlink(tmp_path / "whole", tmp_path / "floors" / "random" / "seed0")
-    floors = {r["strategy"]: r for r in active.floor_records([{**whole, "strategy": "random"}], str(tmp_path / "floors"))}
+    floors = {r["strategy"]: r
+              for r in active.floor_records([{**whole, "strategy": "random"}], str(tmp_path / "floors"))}
     assert set(floors) == {"Majority class (random's labels)", "TF-IDF + LR (random's labels)"}
     assert [e["budget"] for e in floors["TF-IDF + LR (random's labels)"]["rounds"]] == [4, 7, 10]
     test = [json.loads(line)["label"] for line in open(data["test"])]
@@ -222,7 +223,7 @@ def test_pool_outputs_equal_transformers(small_bert, data, tmp_path, compile_cac
     import torch
     import transformers
 
-    from adapt.experiment import start_trial
+    from adapt.experiment.trial import start_trial
 
     config = _loop_config(small_bert, data)
     config.model.update(hidden_dropout=0.0, attention_dropout=0.0)

@@ -1,4 +1,4 @@
-"""Training-data augmentation (adapt/augment.py): the token edits against direct computations and their
+"""Training-data augmentation (adapt/data/augment.py): the token edits against direct computations and their
 defining properties, seeded reproducibility, dev and test untouched, the tokenised-data cache key, paraphrases
 cached by content, and the one-line errors."""
 
@@ -9,9 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from adapt import augment
+from adapt.core.errors import ConfigError
+from adapt.data import augment
 from adapt.data.pipeline import data_defaults, prepare, records
-from adapt.errors import ConfigError
 
 WORDS = "the bank raised its rates as the market fell and the economy slowed".split()
 
@@ -172,7 +172,8 @@ def test_bad_settings_are_one_line_errors(files, tok, keys, fmt, message):
 
 @pytest.mark.parametrize("arg", [None, "smoke"])
 def test_the_experiment_sweep_sets_valid_augmentation(arg):
-    from adapt import configs, sweeps
+    from adapt.experiment import configs
+    from adapt.study import sweeps
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "augmentation",
                         "config.py")

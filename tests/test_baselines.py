@@ -1,4 +1,4 @@
-"""The reference baselines (adapt/baselines.py) equal scikit-learn run directly on the same splits (C picked on
+"""The reference baselines (adapt/analysis/baselines.py) equal scikit-learn run directly on the same splits (C picked on
 dev the same way, metrics from sklearn.metrics), f1_ignore included; carved sources give the trials' splits;
 the rows land in a table built from a results database, with a bootstrap interval over test examples that equals
 one computed by hand."""
@@ -17,8 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from test_tables import DATA, make_db
 
-from adapt import baselines, stats, tables
-from adapt.errors import ConfigError
+from adapt.analysis import baselines, stats, tables
+from adapt.core.errors import ConfigError
 from adapt.data import pipeline, sources
 from adapt.models import load_tokenizer
 

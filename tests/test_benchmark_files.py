@@ -11,8 +11,9 @@ import threading
 
 import pytest
 
-from adapt import benchmarks, configs
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.data import benchmarks
+from adapt.experiment import configs
 
 SPLITS = ("train", "dev", "test")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

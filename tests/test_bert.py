@@ -9,7 +9,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from adapt.errors import CheckpointError
+from adapt.core.errors import CheckpointError
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
 from adapt.models.bundled import bundled_path
 
@@ -105,7 +105,8 @@ def test_packed_documents_and_dropout(family, tmp_path):
     _reference(family, "base", tmp_path)
     model = from_pretrained(str(tmp_path), hidden_dropout=0.2)
     a, b = np.arange(3, 7), np.arange(20, 26)  # [3, 10] rows, the shape of _batch: packed, a alone, b alone
-    ids = np.stack([np.concatenate([a, b]), np.pad(a, (0, 6), constant_values=model.cfg.pad_token_id), np.pad(b, (0, 4), constant_values=model.cfg.pad_token_id)])
+    ids = np.stack([np.concatenate([a, b]), np.pad(a, (0, 6), constant_values=model.cfg.pad_token_id),
+                    np.pad(b, (0, 4), constant_values=model.cfg.pad_token_id)])
     mask = np.array([[1] * 4 + [2] * 6, [1] * 4 + [0] * 6, [1] * 6 + [0] * 4])
     out = np.asarray(model(ids, mask))
     np.testing.assert_allclose(out[0, :4], out[1, :4], atol=1e-5)

@@ -47,7 +47,8 @@ def test_gguf_tokenizer_matches_transformers_reader():
 def test_smollm2_config_and_perplexity(smollm2):
     model, tok = smollm2
     cfg = model.cfg
-    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.tie_embeddings) == (30, 576, 9, 3, True)
+    assert ((cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.tie_embeddings)
+            == (30, 576, 9, 3, True))
     ids = np.array([tok(PARAGRAPH)["input_ids"]])
     logits = jax.jit(lambda x: model(x))(ids)[0, :-1]
     nll = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), ids[0, 1:, None], -1).mean()

@@ -11,7 +11,7 @@ import torch
 import transformers
 from conftest import random_hf_model
 
-from adapt.errors import CheckpointError
+from adapt.core.errors import CheckpointError
 from adapt.models import export, from_pretrained, save_pretrained
 from adapt.models.checkpoint_io import save_safetensors, weight_refs
 
@@ -45,7 +45,8 @@ def test_bfloat16_tensors_are_read_and_upcast(tmp_path):
     save_safetensors({"w": values.astype(ml_dtypes.bfloat16)}, str(tmp_path))
     ref = weight_refs(str(tmp_path))["w"]
     assert ref.dtype == np.dtype(ml_dtypes.bfloat16) and ref.shape == (3, 4)
-    np.testing.assert_array_equal(np.asarray(ref.read(), np.float32), values.astype(ml_dtypes.bfloat16).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(ref.read(), np.float32),
+                                  values.astype(ml_dtypes.bfloat16).astype(np.float32))
 
 
 def test_checkpoint_saved_without_the_backbone_prefix(tmp_path):

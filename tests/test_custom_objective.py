@@ -1,5 +1,5 @@
 """An objective defined here, a regression (mean-squared error, Pearson's r as STS-B reports it), runs
-through ``run_trial`` from a config: its one registration (``adapt.tasks.register``) says its data format
+through ``run_trial`` from a config: its one registration (``adapt.training.tasks.register``) says its data format
 and the model head it trains (a one-output sequence-classification head, as transformers does regression);
 nothing outside this file changes."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import transformers
 
-from adapt import tasks
 from adapt.experiment import base_config, run_trial
 from adapt.models import load_tokenizer
+from adapt.training import tasks
 from adapt.training.objectives import Objective
 
 

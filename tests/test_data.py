@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 
+from adapt.core.errors import DataError
 from adapt.data import formats, sources
 from adapt.data.batches import Mixture, RowStream, array_batches, eval_batches
 from adapt.data.packing import pack
 from adapt.data.pipeline import data_defaults, prepare
-from adapt.errors import DataError
 from adapt.models import load_tokenizer
 from adapt.models.layers import default_positions
 from adapt.training.objectives import IGNORE
@@ -41,7 +41,8 @@ def test_every_source_kind(tmp_path):
     jsonl = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(r) for r in RECORDS) + "\n\n")
     array = _write(tmp_path / "a.json", json.dumps(RECORDS))
     csv = _write(tmp_path / "a.csv", 'text,label\n"the enzyme binds the receptor",BIND\naspirin inhibits cox,INHIBIT\n')
-    tsv = _write(tmp_path / "a.tsv", "text\tlabel\nthe enzyme binds the receptor\tBIND\naspirin inhibits cox\tINHIBIT\n")
+    tsv = _write(tmp_path / "a.tsv",
+                 "text\tlabel\nthe enzyme binds the receptor\tBIND\naspirin inhibits cox\tINHIBIT\n")
     import datasets
     parquet = str(tmp_path / "a.parquet")
     datasets.Dataset.from_list(RECORDS).to_parquet(parquet)
@@ -55,7 +56,8 @@ def test_every_source_kind(tmp_path):
     conll = "-DOCSTART- (1)\n\nAspirin\tNN\tB-Chem\nworks\tVB\tO\n.\t.\tO\n\nIt\tPRP\tO\nhelps\tVB\tO\n\n" \
             "-DOCSTART- (2)\n\nCox\tNN\tB-Gene\n"
     conll_file = _write(tmp_path / "c.txt", conll)  # a CoNLL file's running text: one example per document
-    assert [r["text"] for r in sources.read_source(conll_file, sample_by="conll")] == ["Aspirin works . It helps", "Cox"]
+    assert ([r["text"] for r in sources.read_source(conll_file, sample_by="conll")]
+            == ["Aspirin works . It helps", "Cox"])
     no_docs = _write(tmp_path / "d.txt", "A\tO\nc\tO\n\nD O\n")  # no -DOCSTART-: one per sentence
     assert [r["text"] for r in sources.read_source(no_docs, sample_by="conll")] == ["A c", "D"]
     for label, doc in (("sport", "001"), ("sport", "002"), ("tech", "001")):
@@ -337,14 +339,15 @@ def test_mixture_from_config(tmp_path, smol_tok):
     from_domain = (rows == enzyme).any(1).mean()
     assert 0.65 < from_domain < 0.85
     cfg.mixture = {"domain": {"weight": 1.0, "file": bio}}
-    from adapt.errors import ConfigError
+    from adapt.core.errors import ConfigError
     with pytest.raises(ConfigError, match=r"data.mixture.domain.file: unknown key; did you mean "
                                           r"data.mixture.domain.files\?"):
         train_stream(cfg, smol_tok, 16, seed=0)
 
 
 def test_numeric_labels_are_regression_targets_and_a_word_is_an_error():
-    np.testing.assert_array_equal(formats.label_values([{"y": 1}, {"y": "2.5"}, {"y": True}], "y", "t.jsonl"), [1, 2.5, 1])
+    np.testing.assert_array_equal(formats.label_values([{"y": 1}, {"y": "2.5"}, {"y": True}], "y", "t.jsonl"),
+                                  [1, 2.5, 1])
     with pytest.raises(DataError, match=r"t.jsonl: example 2: field 'y' is 'high'; expected a number"):
         formats.label_values([{"y": 1}, {"y": "high"}], "y", "t.jsonl")
 
@@ -352,7 +355,7 @@ def test_numeric_labels_are_regression_targets_and_a_word_is_an_error():
 def test_train_examples_stratified_seeded_sample_and_its_pool(tmp_path, bert_tok):
     """data.train_examples: a seeded sample of train that keeps the class proportions (each class at least one),
     its pool (train_subset="pool") the rest, read by an lm-format (TAPT) stage as text; dev/test untouched."""
-    from adapt.errors import ConfigError
+    from adapt.core.errors import ConfigError
 
     counts = {"business": 50, "sport": 30, "tech": 18, "rare": 2}
     train = [{"text": f"{label} story {i}", "label": label} for label, n in counts.items() for i in range(n)]
@@ -383,7 +386,8 @@ def test_train_examples_stratified_seeded_sample_and_its_pool(tmp_path, bert_tok
     assert seqs(text_pool["train"]) == seqs(pool["train"])
     big = seqs(run(train_examples=50)[0]["train"])
     assert set(seqs(sample["train"])) <= set(big)  # same seed: the smaller sample lies inside the larger
-    for kw, error in (({"train_examples": 3}, "fewer than the 4 labels"), ({"train_examples": 101}, "between 1 and 100"),
+    for kw, error in (({"train_examples": 3}, "fewer than the 4 labels"),
+                      ({"train_examples": 101}, "between 1 and 100"),
                       ({"train_examples": 100, "train_subset": "pool"}, "'pool' is empty"),
                       ({"train_subset": "pool"}, "set data.train_examples"), ({"train_examples": 2.5}, "whole number")):
         with pytest.raises(ConfigError, match=error):

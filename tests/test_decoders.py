@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import TINY_LLAMA as TINY
 from flax import nnx
 
 from adapt.models import from_pretrained, save_pretrained
-
-from conftest import TINY_LLAMA as TINY
 
 VARIANTS = {
     "llama": lambda: transformers.LlamaConfig(**TINY),

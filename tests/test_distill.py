@@ -1,5 +1,5 @@
-"""Knowledge distillation (adapt.distill): the loss against a hand computation, alpha = 1 against plain fine-tuning,
-a teacher that never moves, a student initialised from the teacher's layers, and the one-line refusals."""
+"""Knowledge distillation (adapt.features.distill): the loss against a hand computation, alpha = 1 against plain
+fine-tuning, a teacher that never moves, a student initialised from the teacher's layers, and the one-line refusals."""
 
 import json
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from adapt import configs, distill
-from adapt.errors import ConfigError
-from adapt.experiment import base_config, build_trial, start_trial
+from adapt.core.errors import ConfigError
+from adapt.experiment import base_config, configs
+from adapt.experiment.trial import build_trial, start_trial
+from adapt.features import distill
 from adapt.training.objectives import IGNORE, CausalLM, SequenceClassification
 from adapt.training.state import COMPANION
 
@@ -215,7 +216,7 @@ def test_a_teacher_that_does_not_fit_the_task_is_refused(small_bert, data, tmp_p
 
 
 def test_a_relative_teacher_in_a_sweep_lies_in_the_sweep_folder(tmp_path):
-    from adapt.sweeps import trial_config
+    from adapt.study.sweeps import trial_config
 
     config = base_config()
     assert trial_config(config, {"distill.teacher": "teacher/abc"}, str(tmp_path)).distill.teacher == \

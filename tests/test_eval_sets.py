@@ -1,5 +1,5 @@
-"""Named evaluation sets (adapt/evalsets.py): evaluated before the first step and every N steps, logged, kept in
-results.json and the results database and tabulated; a classification run watching masked-LM loss through the
+"""Named evaluation sets (adapt/evaluation/evalsets.py): evaluated before the first step and every N steps, logged, kept
+in results.json and the results database and tabulated; a classification run watching masked-LM loss through the
 checkpoint's own head on its current backbone; sets that do not fit refused, naming the set, before training."""
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ import os
 import numpy as np
 import pytest
 
-from adapt import evalsets, runner, tables
+from adapt.analysis import tables
+from adapt.analysis.results import ResultsDB
+from adapt.core.errors import ConfigError
 from adapt.data.batches import eval_batches
-from adapt.errors import ConfigError
-from adapt.experiment import base_config, build_trial, run_trial
+from adapt.evaluation import evalsets
+from adapt.experiment import base_config, run_trial
+from adapt.experiment.trial import build_trial
 from adapt.models import from_pretrained, load_tokenizer
-from adapt.results import ResultsDB
-from adapt.sweeps import grid
+from adapt.study import runner
+from adapt.study.sweeps import grid
 from adapt.training import Trainer, defaults
 from adapt.training.objectives import MaskedLM
 
@@ -95,7 +98,8 @@ def test_sets_are_evaluated_at_step_0_and_every_n_steps_stored_and_tabulated(sma
             assert steps == [0, 2, 4]
             assert all(f"dev/{name}/perplexity" in r for r in logged if f"dev/{name}/loss" in r)
             saved = json.load(open(os.path.join(t["workdir"], "results.json")))
-            assert saved["start"][name]["loss"] == next(r[f"dev/{name}/loss"] for r in logged if r["step"] == 0 and f"dev/{name}/loss" in r)
+            assert saved["start"][name]["loss"] == next(r[f"dev/{name}/loss"] for r in logged
+                                                        if r["step"] == 0 and f"dev/{name}/loss" in r)
             assert saved["dev"][name]["loss"] == next(r[f"dev/{name}/loss"] for r in evals if r["step"] == best)
             assert t["metrics"]["start"][f"{name}/loss"] == saved["start"][name]["loss"]  # in the database
             assert t["metrics"]["dev"][f"{name}/perplexity"] == pytest.approx(np.exp(saved["dev"][name]["loss"]))
@@ -118,7 +122,8 @@ def test_sets_are_evaluated_at_step_0_and_every_n_steps_stored_and_tabulated(sma
 @pytest.mark.slow
 def test_a_classifier_watches_masked_lm_loss_through_the_checkpoints_head(mlm_bert, tmp_path):
     rng = np.random.default_rng(0)
-    rows = [{"text": " ".join(rng.choice(DOMAIN if y else GENERAL, 8)), "label": str(y)} for y in rng.integers(0, 2, 40)]
+    rows = [{"text": " ".join(rng.choice(DOMAIN if y else GENERAL, 8)), "label": str(y)}
+            for y in rng.integers(0, 2, 40)]
     files = {}
     for split, part in (("train", rows[:32]), ("dev", rows[32:])):
         files[split] = str(tmp_path / f"{split}.jsonl")

@@ -15,10 +15,10 @@ import transformers
 from flax import nnx
 
 from adapt import methods
+from adapt.core.sharding import shard
 from adapt.data.batches import array_batches
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, model_info, register
-from adapt.sharding import shard
 from adapt.training import CausalLM, Trainer, defaults
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

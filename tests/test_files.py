@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from adapt.errors import ConfigError
-from adapt.files import output_files, output_folder, write_atomic, write_folder, write_json
+from adapt.core.errors import ConfigError
+from adapt.core.files import output_files, output_folder, write_atomic, write_folder, write_json
 
 
 class Crash(Exception):

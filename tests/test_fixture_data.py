@@ -7,12 +7,11 @@ import importlib.util
 import os
 
 import pytest
+from conftest import FIXTURE_DATA
 
-from adapt import benchmarks
+from adapt.data import benchmarks
 from adapt.data.formats import read_conll
 from adapt.data.sources import LABEL, TEXT, read_source
-
-from conftest import FIXTURE_DATA
 
 spec = importlib.util.spec_from_file_location("make_data", os.path.join(os.path.dirname(FIXTURE_DATA),
                                                                         "make_data.py"))
@@ -57,7 +56,8 @@ def test_classification_fixtures_parse_with_every_label_in_train(task, benchmark
 
 def test_bc5cdr_fixture_parses_as_conll(benchmark_data):
     data = benchmarks.get("bc5cdr").locate()
-    assert benchmarks.get("bc5cdr").keys["format"] == "conll" and all(p.startswith(FIXTURE_DATA) for p in data["files"].values())
+    assert (benchmarks.get("bc5cdr").keys["format"] == "conll"
+            and all(p.startswith(FIXTURE_DATA) for p in data["files"].values()))
     sentences = {s: read_conll(p) for s, p in data["files"].items()}
     train_tags = {t for _, tags in sentences["train"] for t in tags}
     assert train_tags == {"B-Entity", "I-Entity", "O"}

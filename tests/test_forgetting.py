@@ -1,7 +1,7 @@
 """The forgetting report from a results database of fabricated language-model trials: every number equals a hand
 computation (means, gains, forgetting, Student-t intervals from scipy), the hyperparameter group is selected by
 dev domain loss, the Pareto front holds the trials it should, the plot is a PNG; scripts/table.py --forgetting,
-study.py's layout (cli.show_layout) and a named set as a table metric."""
+study.py's layout (report.show_layout) and a named set as a table metric."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import ml_collections
 import pytest
 from scipy import stats as scipy_stats
 
-from adapt import cli, forgetting, results, sweeps, tables
-from adapt.errors import AdaptError, ConfigError
+from adapt.analysis import forgetting, report, results, tables
+from adapt.core.errors import AdaptError, ConfigError
+from adapt.study import sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAIN_BEFORE, GENERAL_BEFORE = 20.0, 2.5  # the pretrained model's domain perplexity and general loss
@@ -153,20 +154,21 @@ def test_study_layouts(db, tmp_path, capsys):
     """get_table's layout: a table beside the forgetting report, or the report alone."""
     trials = db.trials()
     out = str(tmp_path / "both" / "table")
-    written = cli.show_layout(dict(metric="general/loss", test_split="dev", scale=1, forgetting=("domain", "general")),
-                              db, trials, out)
+    written = report.show_layout(dict(metric="general/loss", test_split="dev", scale=1,
+                                      forgetting=("domain", "general")),
+                                 db, trials, out)
     assert [os.path.basename(w) for w in written] == [
         "table.md", "table.tex", "table.csv", "table_forgetting.md", "table_forgetting.tex", "table_forgetting.csv",
         "table_pareto.png"]
     shown = capsys.readouterr().out
     assert "| condition | general/loss |" in shown and "| condition | n | domain ppl before |" in shown
-    alone = cli.show_layout(dict(rows=("condition",), forgetting="domain,general"), db, trials,
+    alone = report.show_layout(dict(rows=("condition",), forgetting="domain,general"), db, trials,
                             str(tmp_path / "alone" / "table"))
     assert [os.path.basename(w) for w in alone] == ["table_forgetting.md", "table_forgetting.tex",
                                                     "table_forgetting.csv", "table_pareto.png"]
     assert open(alone[0]).read() == forgetting.to_markdown(forgetting.report(trials))
     with pytest.raises(ConfigError, match="get_table: curves need the main table"):
-        cli.show_layout(dict(forgetting=("domain", "general"), curves=("train/loss",)), db, trials, out)
+        report.show_layout(dict(forgetting=("domain", "general"), curves=("train/loss",)), db, trials, out)
 
 
 def test_table_command_line(db, tmp_path):

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import TINY_LLAMA as TINY
 from flax import nnx
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import make_mesh
 from adapt.methods import build
 from adapt.models import from_pretrained, load_tokenizer
 from adapt.models import generate as G
 from adapt.models.generate import GenerationConfig, filter_logits, generate, generate_ids
-from adapt.sharding import make_mesh
-
-from conftest import TINY_LLAMA as TINY
 
 VARIANTS = {
     "gpt2": lambda: transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4,

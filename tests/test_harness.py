@@ -1,5 +1,5 @@
-"""adapt models in lm-evaluation-harness (adapt/harness.py, scripts/eval.py --lm-eval-tasks): tasks defined by local
-YAML files over local JSON data score the same loglikelihoods, greedy flags, rolling loglikelihoods and greedy
+"""adapt models in lm-evaluation-harness (adapt/integrations/lm_eval.py, scripts/eval.py --lm-eval-tasks): tasks defined
+by local YAML files over local JSON data score the same loglikelihoods, greedy flags, rolling loglikelihoods and greedy
 generations as lm-eval's own HFLM on transformers' PyTorch model of the same checkpoint; an unknown task name is one
 line naming the closest ones; eval.py on a run folder writes lm_eval.json with transformers' numbers for the run's
 exported weights."""
@@ -15,8 +15,8 @@ import sys
 import lm_eval
 import pytest
 
-from adapt.errors import ConfigError
-from adapt.harness import AdaptLM, evaluate, task_manager
+from adapt.core.errors import ConfigError
+from adapt.integrations.lm_eval import AdaptLM, evaluate, task_manager
 from adapt.models import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,7 +176,8 @@ def test_an_unknown_task_is_one_line_naming_the_closest(tmp_path):
 
 def test_without_lm_eval_importing_the_harness_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
-    spec = importlib.util.spec_from_file_location("harness_without_lm_eval", os.path.join(ROOT, "adapt", "harness.py"))
+    path = os.path.join(ROOT, "adapt", "integrations", "lm_eval.py")
+    spec = importlib.util.spec_from_file_location("harness_without_lm_eval", path)
     with pytest.raises(ConfigError, match=r"^lm-eval is not installed: pip install 'adapt\[eval\]'"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 

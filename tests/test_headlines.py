@@ -1,6 +1,7 @@
 """Supervised fine-tuning judged by generation: the headline experiment's smoke setting runs end to end through
 scripts/study.py (prompted zero- and few-shot rows, SFT full and LoRA, on a stand-in for SmolLM2 with its
-tokenizer) and ends with its table: ROUGE-L with intervals, the Lead-N floor, the comparisons, and each trial's generated answers saved."""
+tokenizer) and ends with its table: ROUGE-L with intervals, the Lead-N floor, the comparisons, and each trial's
+generated answers saved."""
 
 import json
 import os
@@ -48,9 +49,9 @@ def test_headline_smoke_study_produces_its_table(tmp_path, smollm2_stand_in):
     ("examples", {"dev": -1}, "generation.examples.dev=-1: expected an integer >= 0 (0: all)"),
 ])
 def test_bad_generation_settings_are_one_line_naming_the_key(key, value, message):
-    from adapt.errors import ConfigError
+    from adapt.core.errors import ConfigError
+    from adapt.evaluation.generation import generation_config
     from adapt.experiment import base_config
-    from adapt.generation_eval import generation_config
 
     c = base_config()
     c.generation.max_new_tokens = 8

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 from hermetic_guard import REPO, HermeticError, take_violations
 
-from adapt import benchmarks
+from adapt.data import benchmarks
 from adapt.data.pipeline import data_defaults
 
 OUTSIDE = os.path.join(os.path.dirname(REPO), "no-such-file")  # beside the repository, as ../shared/data is

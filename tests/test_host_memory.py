@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+from adapt.core import cli
+from adapt.core.host_memory import KeptHeap, use_kept_heap
 from adapt.data.batches import array_batches, eval_batches
-from adapt import cli
-from adapt.host_memory import KeptHeap, use_kept_heap
 from adapt.models import from_pretrained
 from adapt.training import CausalLM, Trainer, defaults
 
@@ -25,7 +25,7 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or os.environ.get("
 FAULTS = """
 import resource, sys
 import adapt, jax, jax.numpy as jnp
-from adapt.host_memory import KeptHeap
+from adapt.core.host_memory import KeptHeap
 adapt.use_kept_heap()
 f = jax.jit(lambda x: jnp.sum(jnp.tanh(x @ x.T) @ x))  # [4096, 4096]: 64 MB temporaries, above glibc's largest
 x = jnp.ones((4096, 64), jnp.float32)                   # mmap threshold, for 4 GFLOP a call
@@ -43,7 +43,7 @@ with KeptHeap(enabled=sys.argv[1] == "kept") as heap:
 HELD = """
 import ctypes
 import adapt
-from adapt.host_memory import KeptHeap, resident_bytes
+from adapt.core.host_memory import KeptHeap, resident_bytes
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 BLOCK = 64 << 20

@@ -10,9 +10,19 @@ from jax.ad_checkpoint import print_saved_residuals
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adapt.models.layers import (REMAT_POLICIES, Rate, attention_mask, dense_dot_general, dot_product_attention,
-                                 dropout, dropout_rates, hashed_bits, keep_mask, rate_values)
-from adapt.sharding import make_mesh
+from adapt.core.sharding import make_mesh
+from adapt.models.layers import (
+    REMAT_POLICIES,
+    Rate,
+    attention_mask,
+    dense_dot_general,
+    dot_product_attention,
+    dropout,
+    dropout_rates,
+    hashed_bits,
+    keep_mask,
+    rate_values,
+)
 
 
 def test_hashed_bits_are_uniform_and_independent():
@@ -142,7 +152,9 @@ def test_dense_backward_equals_autodiff():
     weights = jnp.asarray(rng.normal(size=(8, 6, 24)), jnp.float32)
 
     def loss(dot, dtype, policy):
-        f = lambda x, k: jnp.sum(dot(x.astype(dtype), k.astype(dtype), dims).astype(jnp.float32) * weights)
+        def f(x, k):
+            return jnp.sum(dot(x.astype(dtype), k.astype(dtype), dims).astype(jnp.float32) * weights)
+
         return jax.jit(jax.grad(jax.checkpoint(f, policy=REMAT_POLICIES[policy]) if policy else f, argnums=(0, 1)))
 
     # bfloat16: a few ulp of the partial sums (the gradients reach 30) either way round
@@ -158,7 +170,10 @@ def test_dots_remat_policy_keeps_the_dense_outputs(capsys):
     """The `dots` policy saves the output of the dense layers' matmul, which runs inside a custom VJP
     (dense_dot_general) where the primitive-based policy cannot see it; `full` saves only the inputs."""
     x, kernel = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
-    f = lambda x, k: jnp.sum(jnp.tanh(dense_dot_general(jnp.sin(x), k, (((2,), (0,)), ((), ())))))
+
+    def f(x, k):
+        return jnp.sum(jnp.tanh(dense_dot_general(jnp.sin(x), k, (((2,), (0,)), ((), ())))))
+
     for policy, saved in (("dots", True), ("full", False)):
         print_saved_residuals(jax.checkpoint(f, policy=REMAT_POLICIES[policy]), x, kernel)
         assert ("f32[2,3,5] named 'dense'" in capsys.readouterr().out) == saved, policy

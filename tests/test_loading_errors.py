@@ -9,7 +9,7 @@ import pytest
 import safetensors.numpy
 import torch
 
-from adapt.errors import CheckpointError
+from adapt.core.errors import CheckpointError
 from adapt.models import from_pretrained
 
 

@@ -12,17 +12,17 @@ import numpy as np
 import optax
 import pytest
 import transformers
+from conftest import TINY_BERT, TINY_GPT2, TINY_LLAMA
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from adapt import methods
+from adapt.core.errors import CheckpointError, ConfigError
+from adapt.core.sharding import make_mesh
 from adapt.data.batches import array_batches
-from adapt.errors import CheckpointError, ConfigError
 from adapt.models import from_pretrained, model_info, save_pretrained
-from adapt.sharding import make_mesh
 from adapt.training import CausalLM, SequenceClassification, Trainer, defaults, optim
 from adapt.training.state import create_state
-from conftest import TINY_BERT, TINY_GPT2, TINY_LLAMA
 
 
 def _llama_counts(r=8, m=64):
@@ -34,7 +34,8 @@ def _llama_counts(r=8, m=64):
     full = v * d + n_layers * layer + d + d * v
     adapter = 2 * d * m + m + d
     norms = 2 * n_layers * d + d
-    return {"full": full, "lora": n_layers * r * ((d + q) + (d + kv)), "dora": n_layers * (r * (2 * d + q + kv) + q + kv),
+    return {"full": full, "lora": n_layers * r * ((d + q) + (d + kv)),
+            "dora": n_layers * (r * (2 * d + q + kv) + q + kv),
             "ia3": n_layers * (2 * kv + f), "houlsby": 2 * n_layers * adapter + norms, "pfeiffer": n_layers * adapter,
             "freeze": full - v * d, "llrd": full, "l2sp": full, "mixout": full, "gradual_unfreezing": full,
             "qlora": n_layers * r * ((d + q) + 2 * (d + kv) + (q + d) + 2 * (d + f) + (f + d))}
@@ -49,7 +50,8 @@ def _bert_counts(r=8, m=64):
     adapter = 2 * d * m + m + d
     return {"full": full, "lora": n_layers * 2 * r * 2 * d + head, "dora": n_layers * 2 * (r * 2 * d + d) + head,
             # IA3 with PEFT's BERT targets: key, value (outputs) and both "output.dense" layers (inputs)
-            "ia3": n_layers * (d + d + d + f) + head, "houlsby": n_layers * 2 * adapter + 2 * d + n_layers * 4 * d + head,
+            "ia3": n_layers * (d + d + d + f) + head,
+            "houlsby": n_layers * 2 * adapter + 2 * d + n_layers * 4 * d + head,
             "pfeiffer": n_layers * adapter + head, "bitfit": n_layers * (4 * d + f + d + 2 * d) + d + head,
             "freeze": full - v * d, "llrd": full, "l2sp": full, "mixout": full, "gradual_unfreezing": full,
             "qlora": n_layers * r * (4 * 2 * d + 2 * (d + f)) + head}  # query, key, value, dense; intermediate, output
@@ -295,7 +297,8 @@ def _train(name, folder, task, shape, tmp_path, steps=8):
         objective = SequenceClassification(num_labels=3)
     cfg = defaults()
     cfg.mesh.shape = shape
-    kind = "every" if methods.METHODS[name].trains_every_weight else name if name in ("ia3", "bitfit", "qlora") else "added"
+    kind = ("every" if methods.METHODS[name].trains_every_weight
+            else name if name in ("ia3", "bitfit", "qlora") else "added")
     lr = LEARNING_RATES[task][kind]
     cfg.optimizer.update(learning_rate=lr,
                          schedule="constant", weight_decay=0.0 if name == "l2sp" else 0.01)

@@ -8,10 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from adapt import sweeps
+from adapt.core.errors import ConfigError
 from adapt.data.batches import Mixture, RowStream
 from adapt.data.pipeline import check_mixture, data_defaults, section, train_stream
-from adapt.errors import ConfigError
+from adapt.study import sweeps
 
 DOMAIN = "the enzyme binds the receptor in the cell\n"
 GENERAL = "stocks fell as the market closed lower today\n"
@@ -115,7 +115,7 @@ def test_tokens_count_the_mask_else_the_ragged_lengths_else_the_width(arrays, to
 
 
 def test_section_expands_a_benchmark_under_the_specs_own_keys(tmp_path):
-    from adapt import benchmarks
+    from adapt.data import benchmarks
 
     data = data_defaults()
     data.files = {"train": "a.txt", "dev": "b.txt"}

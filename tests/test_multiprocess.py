@@ -1,4 +1,4 @@
-"""Multi-process runs (adapt.distributed): two processes of scripts/train.py on localhost (4 CPU devices each,
+"""Multi-process runs (adapt.core.distributed): two processes of scripts/train.py on localhost (4 CPU devices each,
 one 8-device data-parallel mesh, gloo collectives) train, evaluate and keep the best checkpoint as one 1-process
 8-device run of the same config does, each feeding only its own rows; both SIGKILLed mid-run and restarted, they
 resume exactly; results.json is written by process 0 alone. Two processes of scripts/sweep.py run each trial
@@ -19,9 +19,10 @@ import time
 import numpy as np
 import pytest
 
-from adapt import distributed, runner
+from adapt.core import distributed
+from adapt.core.errors import ConfigError
 from adapt.data.batches import _local_rows, array_batches, eval_batches
-from adapt.errors import ConfigError
+from adapt.study import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = {"business": "market shares bank price trade money profit economy".split(),
@@ -33,7 +34,7 @@ STARTED: list[subprocess.Popen] = []  # every process a test started (see _no_pr
 
 CONFIG = f"""
 from adapt.experiment import base_config
-from adapt.sweeps import grid
+from adapt.study.sweeps import grid
 
 
 def get_config(folder):
@@ -219,12 +220,12 @@ def test_two_processes_train_as_one_and_resume_exactly_after_both_are_killed(job
         (saved, open(f"{logs}.0.log").read()[-3000:])  # killed mid-run, with a checkpoint to resume from
     logged = [line for line in open(workdir / "metrics.jsonl") if json.loads(line)["step"] <= max(saved)]
 
-    # results.json goes through adapt.files.write_atomic: a temporary file named for the writer's pid, renamed
+    # results.json goes through adapt.core.files.write_atomic: a temporary file named for the writer's pid, renamed
     # into place. A folder where process 1's temporary file would go makes any write of it by process 1 fail
     # that process (and the test); process 0's goes through.
     (tmp_path / f"probe.json.tmp-{os.getpid()}").mkdir()
     with pytest.raises(IsADirectoryError):  # the trap works
-        from adapt.files import write_json
+        from adapt.core.files import write_json
         write_json(str(tmp_path / "probe.json"), {})
     logs = str(tmp_path / "resumed")
     procs = _start_two("train.py", args, logs)
@@ -265,7 +266,7 @@ def test_two_processes_train_as_one_and_resume_exactly_after_both_are_killed(job
 def test_a_two_process_sweep_runs_each_trial_once_and_only_process_0_writes_the_database(job, tmp_path):
     workdir = tmp_path / "sweep"
     unused = tmp_path / "process1.db"  # process 1's own --db: had it opened a database, this file would exist
-    # --pack=2: the two learning rates train as one population (adapt.population) over both processes
+    # --pack=2: the two learning rates train as one population (adapt.study.packing) over both processes
     args = [f"--config={job}/config.py:{job}", f"--workdir={workdir}", "--no-progress", "--config.train.steps=2",
             "--pack=2"]
     logs = str(tmp_path / "sweep")
@@ -290,7 +291,7 @@ def test_a_multi_process_sweep_refuses_worker_processes_ray_and_adaptive_search(
 
     import ml_collections
 
-    from adapt.sweeps import grid
+    from adapt.study.sweeps import grid
 
     monkeypatch.setattr(distributed, "process_count", lambda: 2)
     config = ml_collections.ConfigDict({"train": {"seed": 0}})
@@ -298,7 +299,7 @@ def test_a_multi_process_sweep_refuses_worker_processes_ray_and_adaptive_search(
         with pytest.raises(ConfigError, match=f"^{flags} 2 JAX processes: a multi-process job runs each trial"):
             runner.run_sweep(config, grid("train.seed", [0, 1]), str(tmp_path / "runs"), **kw)
     (tmp_path / "search.py").write_text(CONFIG + """
-from adapt.sweeps import loguniform, search
+from adapt.study.sweeps import loguniform, search
 
 
 def get_sweep(folder):  # noqa: F811

@@ -10,9 +10,9 @@ import optax
 import pytest
 from flax import nnx
 
-from adapt import configs, multitask
-from adapt.errors import ConfigError
-from adapt.experiment import base_config, run_trial
+from adapt.core.errors import ConfigError
+from adapt.experiment import base_config, configs, run_trial
+from adapt.features import multitask
 from adapt.training.objectives import IGNORE
 
 WORDS = {"a": "market shares profit bank economy".split(), "b": "match goal season club player".split(),

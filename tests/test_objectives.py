@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
 from adapt.training import CausalLM, MaskedLM, SequenceClassification, TokenClassification, defaults, optim
 from adapt.training.objectives import IGNORE, argmax, spans
 

@@ -7,10 +7,10 @@ import types
 import numpy as np
 import pytest
 
-from adapt.errors import ConfigError
+from adapt.analysis.results import read_metrics_jsonl
+from adapt.core.errors import ConfigError
 from adapt.experiment import base_config, run_trial
-from adapt.population import check_packable, program_key, run_population
-from adapt.results import read_metrics_jsonl
+from adapt.study.packing import check_packable, program_key, run_population
 
 WORDS = {"0": "market shares profit bank economy".split(), "1": "match goal season club player".split()}
 
@@ -62,13 +62,14 @@ class Killed(Exception):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_path, method, monkeypatch):
-    import adapt.population
-    from adapt import runner
-    from adapt.results import ResultsDB
+    import adapt.study.packing
+    from adapt.analysis.results import ResultsDB
+    from adapt.study import runner
     from adapt.training import loop, population
 
     def config(**over):
-        lora = {"name": "lora", "rank": 4, "alpha": over.pop("method.alpha", 8.0), "dropout": over.pop("method.dropout", 0.0)}
+        lora = {"name": "lora", "rank": 4, "alpha": over.pop("method.alpha", 8.0),
+                "dropout": over.pop("method.dropout", 0.0)}
         c = _config(small_bert, data, **over)
         c.method = {"name": method} if method == "full" else lora
         if method == "full":  # the trial axis split over the mesh's data axis, each member's rows over fsdp
@@ -97,8 +98,8 @@ def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_pat
         assert population.common_start(trainers) == 2
         together = run_population(configs, folders)
     else:  # through the sweep runner: the three trials of one program packed (one diverges), another alone
-        calls, real = [], adapt.population.run_population
-        monkeypatch.setattr(adapt.population, "run_population", lambda cs, ws: calls.append(len(cs)) or real(cs, ws))
+        calls, real = [], adapt.study.packing.run_population
+        monkeypatch.setattr(adapt.study.packing, "run_population", lambda cs, ws: calls.append(len(cs)) or real(cs, ws))
         sweep = members + [{"optimizer.learning_rate": 1e30}, {"train.batch_size": 16}]
         counts = runner.run_sweep(config(), sweep, str(tmp_path / "sweep"), pack=4, progress=False)
         assert counts == {"done": 3, "failed": 1} and calls == [3]

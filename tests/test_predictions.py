@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from adapt import predictions
-from adapt.errors import AdaptError
+from adapt.core.errors import AdaptError
+from adapt.evaluation import predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["animal", "colour", "number"]
@@ -135,7 +135,7 @@ def test_a_finished_trial_writes_predictions_and_per_class_metrics(finished_run,
         assert (workdir / "predictions" / f"{split}_confusion.png").stat().st_size > 0
 
     # the results database: the per-class numbers as metrics, the confusion matrix (lists) left out
-    from adapt.results import ResultsDB
+    from adapt.analysis.results import ResultsDB
 
     db = ResultsDB(str(tmp_path / "results.db"))
     db.finish("t", results, {})
@@ -162,7 +162,7 @@ def test_report_on_a_run_folder_and_a_results_database(finished_run, tmp_path):
 
     # in-process: a results database (the best trial per condition) and a folder without predictions
     script = runpy.run_path(os.path.join(ROOT, "scripts", "report.py"))
-    from adapt.results import ResultsDB
+    from adapt.analysis.results import ResultsDB
 
     db = ResultsDB(str(tmp_path / "results.db"))
     db.conn.execute("INSERT INTO trials (id, sweep, stage, condition, overrides, workdir, status) "

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import make_mesh
 from adapt.data.batches import array_batches
-from adapt.errors import ConfigError
 from adapt.methods import build
 from adapt.models import from_pretrained
 from adapt.models import layers as L
 from adapt.models.registry import param_paths
-from adapt.sharding import make_mesh
 from adapt.training import CausalLM, Trainer, defaults
 from adapt.training.objectives import SequenceClassification
 

@@ -1,4 +1,4 @@
-"""DP-SGD (adapt/privacy.py): per-example gradients equal one example at a time (of the trainable parameters
+"""DP-SGD (adapt/features/privacy.py): per-example gradients equal one example at a time (of the trainable parameters
 only), every clipped gradient within C, the noise's standard deviation sigma C / B measured through the train
 step, gradient accumulation equal to one big batch, Poisson batches of the right mean size that resume exactly,
 epsilon equal to dp_accounting's, a trial end to end writing it, and the configurations that break the guarantee
@@ -12,22 +12,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import random_hf_model
 from dp_accounting import pld, rdp
+from flax import nnx
 from scipy.stats import binom
 
-from flax import nnx
-
-from adapt import methods, privacy
+from adapt import methods
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import make_mesh, normalize_rules
 from adapt.data.batches import REAL, PoissonBatches
-from adapt.errors import ConfigError
-from adapt.experiment import base_config, build_trial, run_trial
+from adapt.experiment import base_config, run_trial
+from adapt.experiment.trial import build_trial
+from adapt.features import privacy
 from adapt.models import from_pretrained
-from adapt.population import run_population
-from adapt.sharding import make_mesh, normalize_rules
+from adapt.study.packing import run_population
 from adapt.training import CausalLM, defaults
+from adapt.training import dp as dpsgd
 from adapt.training.state import create_state
 from adapt.training.steps import make_train_step
-from conftest import random_hf_model
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,8 @@ def test_per_example_gradients_are_one_example_at_a_time_of_the_trainable_parame
         return jax.grad(mean_loss)(params)
 
     with jax.set_mesh(mesh):
-        grads, _ = jax.jit(privacy.per_example_grads(loss_fn))(state.params, state.frozen, state.anchors, rows, keys)
-        total, sums = jax.jit(privacy.clipped_sum(loss_fn, 0.05))(state.params, state.frozen, state.anchors, batch,
+        grads, _ = jax.jit(dpsgd.per_example_grads(loss_fn))(state.params, state.frozen, state.anchors, rows, keys)
+        total, sums = jax.jit(dpsgd.clipped_sum(loss_fn, 0.05))(state.params, state.frozen, state.anchors, batch,
                                                                   key)
         each = [jax.tree.map(lambda g: g[i], grads) for i in range(6)]
         assert jax.tree.structure(each[0]) == jax.tree.structure(state.params)  # LoRA's parameters only
@@ -94,7 +96,7 @@ def test_per_example_gradients_are_one_example_at_a_time_of_the_trainable_parame
             one = alone(state.params, {k: v[i:i + 1] for k, v in rows.items()}, keys[i])
             for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(each[i])):
                 np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=1e-7)
-    clipped = [privacy.clip(g, 0.05) for g in each]
+    clipped = [dpsgd.clip(g, 0.05) for g in each]
     norms = [float(optax.tree.norm(g)) for g in clipped]
     assert max(norms) <= 0.05 * (1 + 1e-5) and min(norms[:4]) > 0.049  # every real row needed clipping here
     for i, leaf in enumerate(jax.tree.leaves(total)):  # the real rows' clipped sum: rows 4 and 5 add nothing
@@ -105,7 +107,7 @@ def test_per_example_gradients_are_one_example_at_a_time_of_the_trainable_parame
     rng = np.random.default_rng(0)
     for scale in (1e-4, 0.3, 1.0, 7.0, 1e3):
         tree = {"a": jnp.asarray(rng.normal(size=(5, 3)) * scale), "b": [jnp.asarray(rng.normal(size=4) * scale)]}
-        norm, clipped = float(optax.tree.norm(tree)), privacy.clip(tree, 1.5)
+        norm, clipped = float(optax.tree.norm(tree)), dpsgd.clip(tree, 1.5)
         assert float(optax.tree.norm(clipped)) <= 1.5 * (1 + 1e-6)
         if norm <= 1.5:  # within the bound: untouched
             assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(clipped), jax.tree.leaves(tree)))
@@ -142,7 +144,7 @@ def test_noise_std_through_the_step_is_sigma_clip_over_the_expected_batch(steps)
 
 def test_gradient_accumulation_gives_the_update_of_one_big_batch(steps):
     batch = _lm_batch(n=8, padding=2)
-    arranged = privacy.real_first(batch, 4)  # the real rows fill micro-batches 0-2: the last computes nothing
+    arranged = dpsgd.real_first(batch, 4)  # the real rows fill micro-batches 0-2: the last computes nothing
     assert [int(arranged[REAL][i::4].sum()) for i in range(4)] == [2, 2, 2, 0]
     one, _ = _update(steps, 1, batch)
     four, _ = _update(steps, 4, batch)
@@ -264,7 +266,8 @@ def test_early_stopping_on_public_dev_is_allowed_and_populations_are_refused(tmp
 def test_epsilon_from_results_json_is_a_table_key(tmp_path):
     import ml_collections
 
-    from adapt import results, sweeps, tables
+    from adapt.analysis import results, tables
+    from adapt.study import sweeps
 
     trials = sweeps.expand(sweeps.product(sweeps.grid("meta.dp", [True, False]), sweeps.grid("train.seed", [0, 1])))
     base = ml_collections.ConfigDict(dict(train=dict(seed=0), privacy=dict(enabled=False, delta=0.0)))

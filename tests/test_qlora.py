@@ -11,18 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
+from conftest import random_hf_model
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import make_mesh
 from adapt.data.batches import array_batches
-from adapt.errors import ConfigError
 from adapt.methods import build
 from adapt.methods.qlora import NF4, QLoRALinear, Quantized, dequantize, quantize
 from adapt.models import from_pretrained
-from adapt.sharding import make_mesh
 from adapt.training import CausalLM, Trainer, defaults
-from conftest import random_hf_model
 
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NF4_MEAN_ABS_ERROR = 0.08  # on N(0, 1) weights, block 64 (measured 0.0727)

@@ -1,4 +1,4 @@
-"""Data quality checks (adapt/quality.py): planted exact duplicates, near duplicates (a few words changed) and
+"""Data quality checks (adapt/data/quality.py): planted exact duplicates, near duplicates (a few words changed) and
 train->dev/test leaks are found with exact counts; "drop" removes them from train only; cleanlab finds a flipped
 label on a separable set; bad settings are one-line errors; a trial stores its counts."""
 
@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from adapt import quality
+from adapt.core.errors import ConfigError
+from adapt.data import quality
 from adapt.data.pipeline import data_defaults, prepare, records
-from adapt.errors import ConfigError
 
 VOCAB = [f"w{i}" for i in range(3000)]
 
@@ -138,8 +138,8 @@ def test_the_cache_key_holds_the_settings_and_the_report(tmp_path):
 
 @pytest.mark.slow
 def test_a_trial_stores_its_counts(tmp_path):
+    from adapt.analysis.results import _flat_metrics
     from adapt.experiment import base_config, run_trial
-    from adapt.results import _flat_metrics
 
     c = base_config()
     c.model.name = "bundled:minilm-l6"  # no step is trained: its size costs only the loading
@@ -165,7 +165,7 @@ def _script(monkeypatch, capsys, *argv):
     import runpy
 
     monkeypatch.setattr("sys.argv", ["scripts/quality.py", *argv])
-    monkeypatch.setattr("adapt.cli.use_kept_heap", lambda: False)  # a setting for a whole process: not the tests'
+    monkeypatch.setattr("adapt.core.cli.use_kept_heap", lambda: False)  # a setting for a whole process: not the tests'
     try:
         runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "scripts", "quality.py"), run_name="__main__")
         code = 0

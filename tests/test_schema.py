@@ -1,4 +1,4 @@
-"""The declared config schema (adapt.schema): every key of a trial's config and every method's knobs declared, an
+"""The declared config schema (adapt.core.schema): every key of a trial's config and every method's knobs declared, an
 impossible value in any section (used by the trial or not, open dicts' entries included) one line naming the key,
 config files that fail to import one line naming file:line, and sweeps checked before their first trial runs."""
 
@@ -11,11 +11,13 @@ import sys
 
 import pytest
 
-from adapt import active, configs, runner, schema, sweeps
-from adapt.errors import ConfigError
-from adapt.experiment import SCHEMA, base_config, load_run
+from adapt.core import schema
+from adapt.core.errors import ConfigError
+from adapt.core.schema import Choice, Either, Float, Int, Tuple, show, spec_at
+from adapt.experiment import base, configs, load_run
+from adapt.experiment.base import SCHEMA, base_config
 from adapt.methods import METHODS, method_config
-from adapt.schema import Choice, Either, Float, Int, Tuple, show, spec_at
+from adapt.study import active, runner, sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Numeric keys that take any integer (a column index counts from the end when negative)
@@ -48,7 +50,7 @@ def _set(d: dict, key: str, value) -> dict:
 def _raises(config, key: str, value) -> str:
     """The error ``config`` gets; it is one line and names ``key`` and ``value``."""
     with pytest.raises(ConfigError) as e:
-        schema.check(config)
+        base.check(config)
     message = str(e.value)
     assert message.startswith(f"{key}={show(value)}: expected ") and "\n" not in message, message
     return message
@@ -59,8 +61,8 @@ def test_every_key_of_base_config_is_declared():
     assert len(keys) > 100
     undeclared = [k for k in keys if spec_at(SCHEMA, k) is None]
     assert not undeclared, f"keys without a declaration in their section's SCHEMA: {undeclared}"
-    schema.check(base_config())  # and the defaults pass
-    schema.check(_full_config())
+    base.check(base_config())  # and the defaults pass
+    base.check(_full_config())
 
 
 def test_every_method_declares_its_knobs():
@@ -137,10 +139,10 @@ def test_an_unknown_choice_is_one_line_naming_the_key():
 def test_an_undeclared_key_and_a_wrong_type_are_one_line():
     with pytest.raises(ConfigError, match=r"^train.bach_size: unknown key; did you mean train.batch_size\? "
                                           r"\(keys of train: seed, batch_size, "):
-        schema.check(_set(_full_config(), "train.bach_size", 8))
+        base.check(_set(_full_config(), "train.bach_size", 8))
     _raises(_set(_full_config(), "data.pack", "yes"), "data.pack", "yes")
     _raises(_set(_full_config(), "mesh.shape", (1, -1)), "mesh.shape", (1, -1))
-    schema.check({**_full_config(), "meta": {"anything": [1, "x"]}})  # a sweep's labels stay free
+    base.check({**_full_config(), "meta": {"anything": [1, "x"]}})  # a sweep's labels stay free
 
 
 def test_a_section_the_trial_does_not_use_is_checked_too():
@@ -173,7 +175,7 @@ def test_a_section_the_trial_does_not_use_is_checked_too():
 ])
 def test_the_entries_of_open_dicts_are_checked(key, value, message):
     with pytest.raises(ConfigError) as e:
-        schema.check(_set(_full_config(), key, value))
+        base.check(_set(_full_config(), key, value))
     assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
 
 

@@ -28,7 +28,8 @@ def _tree(folder) -> dict:
 @pytest.mark.parametrize("argv, flag", [
     (["scripts/train.py", "--config=configs/finetune.py:bbc", "--workdir={file}"], "--workdir"),
     (["scripts/sweep.py", "--config=configs/finetune.py:bbc", "--workdir={file}"], "--workdir"),
-    (["scripts/sweep.py", "--config=configs/finetune.py:bbc", "--workdir={tmp}/runs", "--db={file}/results.db"], "--db"),
+    (["scripts/sweep.py", "--config=configs/finetune.py:bbc", "--workdir={tmp}/runs", "--db={file}/results.db"],
+     "--db"),
     (["scripts/study.py", "--config=experiments/bbc_tapt/config.py", "--workdir={file}"], "--workdir"),
     (["scripts/export.py", "--workdir={tmp}/run", "--out={file}"], "--out"),
     (["scripts/table.py", "--db={tmp}/results.db", "--out={file}/table"], "--out"),
@@ -80,7 +81,8 @@ def test_train_on_a_row_without_text_exits_with_one_line(tmp_path, name, text, e
     result = _run("scripts/train.py", f"--config={config}", f"--workdir={workdir}")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1:] == ["error: " + error.format(path=data)], result.stderr
-    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == ["error: " + error.format(path=data)]
+    assert ([line for line in result.stderr.splitlines() if line.startswith("error")]
+            == ["error: " + error.format(path=data)])
     # The run folder holds the resolved config (written before the data is read) and nothing else.
     assert list(_tree(workdir)) == ["config.json"] and json.loads((workdir / "config.json").read_text())["data"]
 
@@ -94,7 +96,8 @@ def test_demo_with_a_missing_model_exits_with_one_line():
 
 
 # The main job's venv has no PyTorch (it is a test extra): hide it, as that venv would.
-WITHOUT_TORCH = "import sys, runpy; sys.modules['torch'] = None; sys.argv = {argv!r}; runpy.run_path({argv[0]!r}, run_name='__main__')"
+WITHOUT_TORCH = ("import sys, runpy; sys.modules['torch'] = None; sys.argv = {argv!r}; "
+                 "runpy.run_path({argv[0]!r}, run_name='__main__')")
 
 
 @pytest.mark.slow

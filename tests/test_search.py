@@ -1,4 +1,4 @@
-"""Adaptive search (adapt/search.py): TPE trials recorded in the results database, pruning and tables, resuming
+"""Adaptive search (adapt/study/adaptive.py): TPE trials recorded in the results database, pruning and tables, resuming
 after a kill, bad input. A fake trial function stands in for training (no JAX) except in the last test."""
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import ml_collections
 import optuna
 import pytest
 
-from adapt import results, search as adaptive, sweeps, tables
-from adapt.errors import ConfigError
-from adapt.sweeps import choice, loguniform, search, uniform
+from adapt.analysis import results, tables
+from adapt.core.errors import ConfigError
+from adapt.study import adaptive, sweeps
+from adapt.study.sweeps import choice, loguniform, search, uniform
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = (10, 20, 30, 40)
@@ -219,7 +220,7 @@ def test_a_trial_recorded_done_by_a_killed_run_is_told_not_rerun(tmp_path):
 # ---- the command line
 CONFIG = """
 import ml_collections
-from adapt.sweeps import choice, loguniform, search, uniform
+from adapt.study.sweeps import choice, loguniform, search, uniform
 
 def get_config(arg):
     c = ml_collections.ConfigDict(dict(
@@ -239,7 +240,8 @@ def get_sweep(arg):
 def sweep_cli(tmp_path, *args, wait=True, config="cfg.py"):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ["PYTHONPATH"]])}
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--no-progress",
-           f"--config={tmp_path}/{config}:{tmp_path}", f"--workdir={tmp_path}/runs", "--trial-fn=test_search:fake_trial",
+           f"--config={tmp_path}/{config}:{tmp_path}", f"--workdir={tmp_path}/runs",
+           "--trial-fn=test_search:fake_trial",
            *args]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -277,9 +279,11 @@ def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tmp_path):
 
 def test_bad_search_input_is_one_line_and_exit_code_2(tmp_path):
     (tmp_path / "cfg.py").write_text(CONFIG)
-    (tmp_path / "bad.py").write_text(CONFIG.replace('n=5, metric="dev/accuracy", pruner="median"', "n=0, metric='dev/accuracy'"))
+    (tmp_path / "bad.py").write_text(CONFIG.replace('n=5, metric="dev/accuracy", pruner="median"',
+                                                    "n=0, metric='dev/accuracy'"))
     out = sweep_cli(tmp_path, "--sweep=tpe", config="bad.py")
-    assert out.returncode == 2 and out.stderr == "error: search: n=0; expected the number of trials, an integer of at least 1\n"
+    assert out.returncode == 2 and out.stderr == ("error: search: n=0; expected the number of trials, "
+                                                  "an integer of at least 1\n")
     for args, message in (
             (["--sweep=typo"], "optimizer.learning_rat: no such config key; did you mean optimizer.learning_rate"),
             (["--sweep=fixed_typo"], "train.stpes: no such config key; did you mean train.steps"),
@@ -294,7 +298,7 @@ def test_bad_search_input_is_one_line_and_exit_code_2(tmp_path):
 # ---- a real trial
 @pytest.mark.slow
 def test_run_trial_reports_evaluations_and_stops_when_pruned(tmp_path, tiny_bert, monkeypatch):
-    """Two trials of a tiny BERT through adapt.experiment.run_trial; Optuna is made to prune the second at its
+    """Two trials of a tiny BERT through adapt.experiment.trial.run_trial; Optuna is made to prune the second at its
     first evaluation: it ends there, recorded pruned with its curve up to step 2."""
     from adapt.experiment import base_config as trial_config
 

@@ -1,15 +1,16 @@
 """Logical-axis rules -> shardings, and models loaded straight onto an 8-device CPU mesh."""
 
 import math
+
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from adapt.core.sharding import DEFAULT_RULES, axis_rules, logical_to_spec, make_mesh, variable_axes
 from adapt.models import from_pretrained
 from adapt.models.registry import param_paths
-from adapt.sharding import DEFAULT_RULES, axis_rules, logical_to_spec, make_mesh, variable_axes
 
 
 def test_make_mesh_fills_minus_one_and_checks_sizes():
@@ -72,8 +73,9 @@ def _device_bytes(tree) -> dict:
 def test_a_trial_loads_straight_onto_its_mesh(tmp_path):
     import json
 
-    from adapt.errors import ConfigError
-    from adapt.experiment import base_config, build_trial
+    from adapt.core.errors import ConfigError
+    from adapt.experiment import base_config
+    from adapt.experiment.trial import build_trial
 
     rows = [{"text": f"article {i} about {'markets' if i % 2 else 'football'}", "label": str(i % 2)} for i in range(16)]
     (tmp_path / "train.jsonl").write_text("\n".join(map(json.dumps, rows)))

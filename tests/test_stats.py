@@ -1,4 +1,4 @@
-"""Intervals and paired tests (adapt.stats) against a direct computation: scikit-learn's metrics in plain
+"""Intervals and paired tests (adapt.analysis.stats) against a direct computation: scikit-learn's metrics in plain
 loops over the same random draws; a known difference is found, no difference is not."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import ttest_ind
 from sklearn.metrics import accuracy_score, f1_score
 
-from adapt import stats
+from adapt.analysis import stats
 from adapt.training.objectives import span_f1
 
 LABELS = ["a", "b", "c", "none"]
@@ -125,8 +125,9 @@ def test_a_table_gets_intervals_and_comparisons_from_its_trials_predictions(tmp_
 
     import ml_collections
 
-    from adapt import results, sweeps, tables
-    from adapt.sweeps import grid, product
+    from adapt.analysis import results, tables
+    from adapt.study import sweeps
+    from adapt.study.sweeps import grid, product
 
     rng = np.random.default_rng(7)
     gold = list(rng.choice(LABELS, 200))
@@ -147,7 +148,8 @@ def test_a_table_gets_intervals_and_comparisons_from_its_trials_predictions(tmp_
             (workdir / "predictions").mkdir(parents=True)
             (workdir / "labels.json").write_text(json.dumps(LABELS))
             (workdir / "predictions" / "test.jsonl").write_text("".join(
-                json.dumps({"index": i, "gold": g, "prediction": p}) + "\n" for i, (g, p) in enumerate(zip(gold, pred))))
+                json.dumps({"index": i, "gold": g, "prediction": p}) + "\n"
+                for i, (g, p) in enumerate(zip(gold, pred))))
         acc = accuracy_score(gold, pred)
         db.finish(tid, {"dev": {"accuracy": acc}, "test": {"accuracy": acc}}, {})
     table = tables.build(db.trials(), rows=("meta.condition",))

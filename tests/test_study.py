@@ -17,9 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
-    command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"), "--config=experiments/bbc_tapt/config.py:smoke",
+    command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"),
+               "--config=experiments/bbc_tapt/config.py:smoke",
                f"--workdir={tmp_path}", f"--config.data.cache_dir={tmp_path / 'cache'}",
-               "--pack=2"]  # each stage's two seeds train as one population (adapt.population), as --pack runs them
+               "--pack=2"]  # each stage's two seeds train as one population (adapt.study.packing), as --pack runs them
     # one CPU device, as the README's command runs; a Python warning is an error: the main job prints none
     env = {**os.environ, "XLA_FLAGS": "", "PYTHONWARNINGS": "error"}
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -37,16 +38,18 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     assert re.search(r"^\| TF-IDF \+ LR \| 92\.4 \[\d+\.\d, \d+\.\d\] \| 96\.9 \[\d+\.\d, \d+\.\d\] \|$", table,
                      re.M), table
     # 95% intervals on our rows (from each trial's test predictions), and the TAPT-vs-Baseline comparison
-    assert re.search(rf"^\| TAPT / lora \| \d+\.\d ± \d+\.\d \[\d+\.\d, \d+\.\d\] \| – \|$", table, re.M), table
+    assert re.search(r"^\| TAPT / lora \| \d+\.\d ± \d+\.\d \[\d+\.\d, \d+\.\d\] \| – \|$", table, re.M), table
     assert re.search(rf"^\| Baseline / full \| – \| \*\*{number}\*\* \|$", table, re.M), table  # the ceiling
-    assert "| TAPT / lora | Baseline / lora | 16 per class |" in (tmp_path / "results" / "table_comparisons.md").read_text()
+    assert ("| TAPT / lora | Baseline / lora | 16 per class |"
+            in (tmp_path / "results" / "table_comparisons.md").read_text())
     for name in ("table.tex", "table.csv", "table_curves_train_loss.png", "table_vs_optimizer.learning_rate.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
     assert "6 trials (6 done)" in out.stdout
     assert len(glob.glob(str(tmp_path / "tapt" / "*" / "export" / "model.safetensors"))) == 1
     # MiniLM ships without its MLM head: said once, as a fact, in the TAPT run's log (not as a warning)
     (log,) = glob.glob(str(tmp_path / "tapt" / "*" / "log.txt"))
-    assert "initialised fresh (no pretrained weights from bundled:minilm-l6): cls; trained with the rest" in open(log).read()
+    assert ("initialised fresh (no pretrained weights from bundled:minilm-l6): cls; trained with the rest"
+            in open(log).read())
     runs = sorted(glob.glob(str(tmp_path / "tapt_finetune" / "*")))
     assert len(runs) == 2  # two seeds, each from the TAPT export
     for run in runs:

@@ -16,9 +16,10 @@ import time
 import ml_collections
 import pytest
 
-from adapt import results, runner, sweeps
-from adapt.errors import AdaptError, ConfigError, TrainingError
-from adapt.sweeps import grid, loguniform, product, random, stage, zip_
+from adapt.analysis import results
+from adapt.core.errors import AdaptError, ConfigError, TrainingError
+from adapt.study import runner, sweeps
+from adapt.study.sweeps import grid, loguniform, product, random, stage, zip_
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,7 +144,8 @@ def test_stages_depend_and_set_init_from(tmp_path):
 
 def test_bad_keys_are_one_line_errors(tmp_path):
     cfg = base_config(tmp_path)
-    with pytest.raises(ConfigError, match=r"optimizer.learning_rat: no such config key; did you mean optimizer.learning_rate"):
+    with pytest.raises(ConfigError,
+                       match=r"optimizer.learning_rat: no such config key; did you mean optimizer.learning_rate"):
         sweeps.trial_config(cfg, {"optimizer.learning_rat": 1e-4})
     with pytest.raises(ConfigError, match="optimizer.learning_rate is a value"):
         sweeps.trial_config(cfg, {"optimizer.learning_rate.x": 1})
@@ -268,7 +270,7 @@ def test_two_worker_processes(tmp_path):
 # ---- the command line
 CONFIG = """
 import ml_collections
-from adapt.sweeps import grid, product
+from adapt.study.sweeps import grid, product
 
 def get_config(arg):
     c = ml_collections.ConfigDict(dict(optimizer=dict(learning_rate=1e-3), train=dict(seed=0, steps=5), init_from="",

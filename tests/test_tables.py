@@ -14,9 +14,10 @@ import sys
 import ml_collections
 import pytest
 
-from adapt import results, runner, sweeps, tables
-from adapt.errors import AdaptError
-from adapt.sweeps import grid, product
+from adapt.analysis import results, tables
+from adapt.core.errors import AdaptError
+from adapt.study import runner, sweeps
+from adapt.study.sweeps import grid, product
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (condition, benchmark, learning rate) -> (dev accuracy per seed 0..2, test accuracy per seed 0..2)

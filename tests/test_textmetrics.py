@@ -8,7 +8,8 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from adapt import stats, textmetrics
+from adapt.analysis import stats
+from adapt.evaluation import textmetrics
 
 REFS = ["Economy grows faster than expected", "Club signs striker for record fee", "Minister resigns",
         "New phone sales rise in Europe", "Film wins top award at festival"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from adapt.core.errors import CheckpointError, ConfigError
+from adapt.core.sharding import make_mesh
 from adapt.data.batches import array_batches, eval_batches
-from adapt.errors import CheckpointError, ConfigError
 from adapt.models import from_pretrained
-from adapt.sharding import make_mesh
 from adapt.training import CausalLM, EarlyStopping, Trainer, defaults
 from adapt.training.checkpoints import Checkpointer
 
@@ -175,7 +175,7 @@ def test_rematerialised_layers_give_the_same_step(tiny_llama, tmp_path):
 
 
 def test_cluster_environments_start_the_distributed_runtime():
-    from adapt.distributed import cluster_size, initialize
+    from adapt.core.distributed import cluster_size, initialize
 
     assert cluster_size({}) == 1
     assert cluster_size({"SLURM_NTASKS": "4"}) == 4

@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from adapt.cli import run  # noqa: E402
+from adapt.core.cli import run  # noqa: E402
 from adapt.data.batches import Mixture, RowStream, array_batches  # noqa: E402
 from adapt.models import from_pretrained  # noqa: E402
 from adapt.training import CausalLM, Trainer, defaults  # noqa: E402

@@ -13,7 +13,7 @@ source's row count and token count) is saved with each checkpoint and restored e
 function of the step. Every process draws the same choices and reads only its own slice of rows.
 ``eval_batches`` walks a split once in order; the last batch is padded with rows that count for nothing
 (labels -100, no tokens). Differentially private training reads :class:`PoissonBatches` instead (see
-:mod:`adapt.privacy`).
+:mod:`adapt.features.privacy`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from adapt.errors import DataError
-from adapt.training.objectives import IGNORE
+from adapt.core.errors import DataError
+from adapt.data.formats import IGNORE
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 REAL = "real"  # PoissonBatches' column [B]: 1 for a row that is an example, 0 for padding

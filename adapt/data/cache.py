@@ -3,8 +3,8 @@
 The key hashes what the result depends on: the content of the source files (SHA-256), the tokenizer's
 fingerprint (its vocabulary, rules, special tokens and chat template), and the encoding's settings. A
 changed file or tokenizer gives a new key, so stale entries are never read. Entries are ``.npz`` files
-written atomically (``adapt.files.write_atomic``); ragged columns are stored flat with offsets. Its default
-folder is ``adapt.files.user_cache("tokenized")`` (the ``data.cache_dir`` key).
+written atomically (``adapt.core.files.write_atomic``); ragged columns are stored flat with offsets. Its default
+folder is ``adapt.core.files.user_cache("tokenized")`` (the ``data.cache_dir`` key).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from adapt.files import write_atomic
+from adapt.core.files import write_atomic
+
 
 def file_digest(path: str) -> str:
     """The SHA-256 of a file's bytes (a folder: of its files' relative paths and digests; a path that is not there,

@@ -20,9 +20,10 @@ import json
 
 import numpy as np
 
+from adapt.core.errors import DataError
 from adapt.data.sources import LABEL, TEXT, read_file_text, require_columns
-from adapt.errors import DataError
-from adapt.training.objectives import IGNORE
+
+IGNORE = -100  # a label no loss counts: padding, a prompt's tokens, a word's later pieces
 
 TRUNCATIONS = ("head", "tail", "head+tail")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapt.errors import DataError
+from adapt.core.errors import DataError
 
 
 def pack(columns: dict[str, list[np.ndarray]], length: int) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ first ``max_length`` tokens; ``causal`` adds EOS, else the encoder's CLS/SEP), `
 pair + label: a category of the label vocabulary built from train, or with ``label_type="number"`` a float target),
 ``conll`` (token classification) or ``sft`` (prompt/response, packed or padded). Splits come from ``files`` (split
 name -> path), from one ``source`` carved by ``split_ratios`` with ``split_seed``, or from a named ``benchmark``
-(:mod:`adapt.benchmarks`), whose files are found (downloaded if missing) only when the data is read: by
+(:mod:`adapt.data.benchmarks`), whose files are found (downloaded if missing) only when the data is read: by
 :func:`prepare` and :func:`records`.
 
 Training-set size: ``train_examples`` (a number >= 1: that many train examples; in (0, 1): that fraction,
@@ -35,14 +35,14 @@ import os
 import ml_collections
 import numpy as np
 
-from adapt import augment, benchmarks, quality, schema
-from adapt.data import formats, sources
+from adapt.core import schema
+from adapt.core.errors import ConfigError
+from adapt.core.files import user_cache, write_json
+from adapt.core.schema import Bool, Choice, Float, Int, Map, Path, Str, Tuple
+from adapt.data import augment, benchmarks, formats, quality, sources
 from adapt.data.batches import Mixture, RowStream, array_batches
 from adapt.data.cache import cache_key, cached, file_digest
 from adapt.data.packing import pack
-from adapt.errors import ConfigError
-from adapt.files import user_cache, write_json
-from adapt.schema import Bool, Choice, Float, Int, Map, Path, Str, Tuple
 
 FORMATS = ("lm", "classification", "conll", "sft")
 TRAIN_SUBSETS = ("sample", "pool")
@@ -53,8 +53,8 @@ _MAPS = (dict, ml_collections.ConfigDict)
 def data_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         format="classification",
-        # a name of adapt.benchmarks whose data this section reads (files found when read; files below replace
-        # its splits); set with adapt.benchmarks.apply
+        # a name of adapt.data.benchmarks whose data this section reads (files found when read; files below replace
+        # its splits); set with adapt.data.benchmarks.apply
         benchmark="",
         files={},  # split -> file or folder (train, dev, test)
         source="",  # or one source, carved into splits by split_ratios
@@ -72,7 +72,7 @@ def data_defaults() -> ml_collections.ConfigDict:
         conll_token_column=0, conll_tag_column=-1,
         cache_dir=user_cache("tokenized"),  # "" disables the cache
         # Training mixture: name -> {"weight": w, plus any keys of this section for that source (each replaces
-        # this section's value whole), e.g. "benchmark": a name of adapt.benchmarks, with its data keys};
+        # this section's value whole), e.g. "benchmark": a name of adapt.data.benchmarks, with its data keys};
         # e.g. {"domain": {"weight": 0.75, "files": {"train": "bio.txt"}}, "general": {"weight": 0.25,
         # "benchmark": "bbc"}}. Each row of a batch comes from a source drawn with these weights: shares of
         # rows (sequences), not of tokens (for packed lm rows the two coincide). Empty: train on this
@@ -95,17 +95,17 @@ def data_defaults() -> ml_collections.ConfigDict:
         eval_examples={},
         # Data quality checks on the raw examples, before the train_examples sample: duplicates, near duplicates,
         # train->dev/test leakage, empty and over-long examples, labels, likely label errors; each "off" |
-        # "report" | "drop" (from train only). See adapt/quality.py.
+        # "report" | "drop" (from train only). See adapt/data/quality.py.
         quality=quality.defaults(),
         # Augmented copies of the train examples (after the train_examples sample; classification and sft):
-        # EDA-style token edits or language-model paraphrases, seeded; see adapt/augment.py. copies=0: off.
+        # EDA-style token edits or language-model paraphrases, seeded; see adapt/data/augment.py. copies=0: off.
         augment=augment.defaults(),
     ))
 
 
 _COLUMN = "a column (field) name of the records"
 # The keys of one set of data: this section's, a mixture source's, a named evaluation set's or a task's
-# (adapt.evalsets, adapt.multitask), each checked against its declaration.
+# (adapt.evaluation.evalsets, adapt.features.multitask), each checked against its declaration.
 SOURCE_SCHEMA = dict(
     benchmark=Choice("", *benchmarks.BENCHMARKS, doc="a benchmark whose data the section reads (found when read)"),
     format=Choice(*FORMATS, doc="how records become rows: lm, classification, conll or sft"),
@@ -403,7 +403,7 @@ def save_labels(workdir: str, labels: list[str]) -> None:
 def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
     """The data section ``cfg`` with ``spec``'s keys set: the data of one mixture source or one named evaluation
     set (``where``: its config key, for errors). A ``benchmark`` key sets that benchmark's data keys first
-    (:meth:`adapt.benchmarks.Benchmark.data_keys`; nothing is read), the spec's other keys then override them;
+    (:meth:`adapt.data.benchmarks.Benchmark.data_keys`; nothing is read), the spec's other keys then override them;
     each key replaces the section's value whole, and ``files`` clears ``source`` and the other way round (and,
     without a ``benchmark`` of the spec's own, the section's benchmark). The result has no ``mixture`` or
     ``mixture_stages``."""

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from adapt.errors import DataError
+from adapt.core.errors import DataError
 
 TEXT_SUFFIXES = (".txt",)
 TEXT, LABEL = "text", "label"  # kinds of fields: a text is a string; a label a string, number or boolean

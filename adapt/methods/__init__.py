@@ -14,9 +14,9 @@ import difflib
 
 import ml_collections
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.core.schema import Tagged
 from adapt.methods.base import Adapter, Method
-from adapt.schema import Tagged
 
 METHODS: dict[str, type[Method]] = {}
 # The ``method`` section: ``name`` picks the method, whose class declares its knobs (``Method.schema``).
@@ -47,8 +47,18 @@ def method_config(name: str = "full", **knobs) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"name": name, **method.knobs})
 
 
-from adapt.methods import (  # noqa: E402  (each file registers its methods)
-    adapters, bitfit, freeze, full, ia3, l2sp, llrd, lora, mixout, prefix, qlora,
+from adapt.methods import (  # noqa: E402, F401  (each file registers its methods)
+    adapters,
+    bitfit,
+    freeze,
+    full,
+    ia3,
+    l2sp,
+    llrd,
+    lora,
+    mixout,
+    prefix,
+    qlora,
 )
 
 __all__ = ["METHODS", "Adapter", "Method", "build", "method_config", "register"]

@@ -12,14 +12,20 @@ initialisation. An adapter is not linear, so it cannot be merged into the base w
 
 from flax import nnx
 
+from adapt.core.schema import Bool, Choice, Float, Int
+from adapt.core.sharding import variable_axes
 from adapt.methods import register
 from adapt.methods.base import (
-    Adapter, Method, adapters_and_head, compute_dtype, linear_axes, linear_modules, replace_module,
+    Adapter,
+    Method,
+    adapters_and_head,
+    compute_dtype,
+    linear_axes,
+    linear_modules,
+    replace_module,
 )
 from adapt.models import layers as L
 from adapt.models.registry import model_info
-from adapt.schema import Bool, Choice, Float, Int
-from adapt.sharding import variable_axes
 
 
 def _adapter_linear(d_in, d_out, axes, std, rngs) -> nnx.Linear:

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adapt import schema
-from adapt.errors import ConfigError
+from adapt.core import schema
+from adapt.core.errors import ConfigError
 from adapt.models.layers import Adapter, dense_dot_general
 from adapt.models.registry import model_info
 
@@ -44,7 +44,7 @@ class Method:
 
     name = "full"
     defaults: dict = {}  # the method's knobs and their default values
-    schema: dict = {}  # each knob's declaration (adapt.schema): its type, range and doc
+    schema: dict = {}  # each knob's declaration (adapt.core.schema): its type, range and doc
     # The pretrained weights train (so full fine-tuning's learning rates suit it); False for methods that
     # train a few added or selected parameters (LoRA, adapters, prompts, BitFit), which take higher rates.
     trains_every_weight = True

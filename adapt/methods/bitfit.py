@@ -4,11 +4,11 @@ linear layers and of the layer norms), plus the task head."""
 
 from flax import nnx
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.core.schema import Bool
 from adapt.methods import register
 from adapt.methods.base import Method, head_prefixes, path_filter, under
 from adapt.models.registry import param_paths
-from adapt.schema import Bool
 
 
 def _is_bias(path: tuple) -> bool:

@@ -13,10 +13,10 @@ moments nor updates (weight decay included).
 
 import re
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.core.schema import Int, Str, Tuple
 from adapt.methods import register
 from adapt.methods.base import Method, dotted, path_filter
-from adapt.schema import Int, Str, Tuple
 
 
 @register

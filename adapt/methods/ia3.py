@@ -8,14 +8,22 @@ model is unchanged at initialisation, and merges exactly into ``W`` (and ``b``).
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.core.schema import Bool, Either, Str, Tuple
 from adapt.methods import register
 from adapt.methods.base import (
-    Adapter, Method, adapters_and_head, compute_dtype, linear_axes, linear_modules, matches_target, merge_injected,
-    plain_linear, replace_module,
+    Adapter,
+    Method,
+    adapters_and_head,
+    compute_dtype,
+    linear_axes,
+    linear_modules,
+    matches_target,
+    merge_injected,
+    plain_linear,
+    replace_module,
 )
 from adapt.methods.lora import TARGETS
 from adapt.models.registry import model_info
-from adapt.schema import Bool, Either, Str, Tuple
 
 
 class IA3Linear(nnx.Module):
@@ -37,12 +45,12 @@ class IA3Linear(nnx.Module):
         return y if self.feedforward else y * scale
 
     def merged(self) -> nnx.Linear:
-        l, kernel = self.ia3_l[...], self.kernel[...]
+        scale, kernel = self.ia3_l[...], self.kernel[...]
         bias = None if self.bias is None else self.bias[...]
         if self.feedforward:
-            kernel = kernel * l[:, None]
+            kernel = kernel * scale[:, None]
         else:
-            kernel, bias = kernel * l[None, :], None if bias is None else bias * l
+            kernel, bias = kernel * scale[None, :], None if bias is None else bias * scale
         return plain_linear(self, kernel.astype(self.kernel.dtype), bias, self.dtype)
 
 

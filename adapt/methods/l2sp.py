@@ -11,9 +11,9 @@ the parameters' shardings; one more copy of the trainable parameters in memory).
 import jax
 import jax.numpy as jnp
 
+from adapt.core.schema import Float
 from adapt.methods import register
 from adapt.methods.base import Method, head_prefixes, leaf_paths, under
-from adapt.schema import Float
 
 
 @register

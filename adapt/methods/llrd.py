@@ -4,9 +4,9 @@ ELECTRA (Clark et al., 2020, arXiv:2003.10555) and most BERT recipes use: a para
 embeddings, i+1 for transformer layer i, L+1 for the final norm and the task head) trains at
 ``learning_rate * decay ** (L + 1 - d)``."""
 
+from adapt.core.schema import Float
 from adapt.methods import register
 from adapt.methods.base import Method
-from adapt.schema import Float
 
 
 @register

@@ -26,14 +26,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.core.schema import Bool, Either, Float, Int, Str, Tuple
 from adapt.methods import register
 from adapt.methods.base import (
-    Adapter, Method, adapters_and_head, compute_dtype, dotted, linear_axes, linear_modules, merge_injected,
-    plain_linear, replace_module,
+    Adapter,
+    Method,
+    adapters_and_head,
+    compute_dtype,
+    dotted,
+    linear_axes,
+    linear_modules,
+    merge_injected,
+    plain_linear,
+    replace_module,
 )
 from adapt.models import layers as L
 from adapt.models.registry import model_info
-from adapt.schema import Bool, Either, Float, Int, Str, Tuple
 
 # PEFT's target_modules: a regex matched against the whole dotted module path, or module names matched as suffixes
 TARGETS = Either(Str(), Tuple(of=Str(empty=False)), doc="the linear layers adapted: a regex of the whole dotted "
@@ -61,7 +69,7 @@ class LoRALinear(nnx.Module):
             self.magnitude = Adapter(jnp.linalg.norm(base.kernel[...].astype(jnp.float32), axis=0),
                                      logical_axes=(ax_out,))
         # A frozen variable, not a constant of the traced program: trials differing only in alpha share a program
-        # (a population stacks it per member, adapt.population).
+        # (a population stacks it per member, adapt.study.packing).
         self.scaling = LoRAScale(jnp.asarray(scaling, jnp.float32))
         self.name, self.dropout, self.dora = name, dropout, dora
 

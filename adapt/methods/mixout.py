@@ -12,10 +12,10 @@ point of the randomly initialised head is its initial value, as in the paper.
 import jax
 import jax.numpy as jnp
 
+from adapt.core.schema import Float
 from adapt.methods import register
 from adapt.methods.base import Method, leaf_paths, map_with_path
 from adapt.models.layers import keep_mask
-from adapt.schema import Float
 
 
 @register

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from adapt import tasks
-from adapt.errors import ConfigError
-from adapt.files import write_folder
+from adapt.core.errors import ConfigError
+from adapt.core.files import write_folder
 from adapt.methods.base import under
 from adapt.methods.lora import LoRA, LoRALinear
+from adapt.models import heads
 from adapt.models.checkpoint_io import save_safetensors
 from adapt.models.registry import hf_key, model_info, param_paths, to_hf
 
@@ -48,17 +48,17 @@ def save_peft(model: nnx.Module, method: LoRA, folder: str, *, base_model: str |
             tensors[f"base_model.model.{name}.lora_magnitude_vector"] = _host(layer.magnitude[...])
     if not modules:
         raise ConfigError(f"{type(model).__name__} has no LoRA layers: apply the method before saving it")
-    heads = info.heads if method.train_head else ()
+    trained_heads = info.heads if method.train_head else ()
     for path, var in param_paths(nnx.state(model, nnx.Param)):
-        if under(path, heads):
+        if under(path, trained_heads):
             key, transpose = hf_key(family, path)
             tensors[f"base_model.model.{key}"] = np.ascontiguousarray(to_hf(_host(var[...]), transpose))
     config = {
-        "peft_type": "LORA", "task_type": tasks.get(info.head).peft_task_type, "base_model_name_or_path": base_model,
+        "peft_type": "LORA", "task_type": heads.get(info.head).peft_task_type, "base_model_name_or_path": base_model,
         "r": method.rank, "lora_alpha": method.alpha, "lora_dropout": method.dropout, "use_rslora": method.rslora,
         "use_dora": method.dora, "target_modules": sorted(modules), "bias": "none",
         "fan_in_fan_out": not family.transpose_kernels, "inference_mode": True,
-        "modules_to_save": sorted({p.split(".")[-1] for p in heads}) or None,
+        "modules_to_save": sorted({p.split(".")[-1] for p in trained_heads}) or None,
     }
     if jax.process_index() != 0:
         return folder

@@ -50,11 +50,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.core.schema import Bool, Choice, Int
 from adapt.methods import register
 from adapt.methods.base import Adapter, Method, adapters_and_head
 from adapt.models.registry import model_info
-from adapt.schema import Bool, Choice, Int
 
 
 def draw(key, shape: tuple, *, fan_in: int | None = None) -> jax.Array:

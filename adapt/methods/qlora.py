@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from adapt.core.schema import Choice, Int
 from adapt.methods import register
 from adapt.methods.lora import LoRA, LoRALinear
 from adapt.models.registry import model_info
-from adapt.schema import Choice, Int
 
 # bitsandbytes' NF4 table (functional.py, get_4bit_type("nf4")), the paper's NormalFloat levels. numpy, so
 # importing the module does not start a JAX backend (before jax.distributed.initialize).

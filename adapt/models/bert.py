@@ -15,10 +15,10 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from adapt.errors import CheckpointError
+from adapt.core.errors import CheckpointError
+from adapt.core.sharding import shard
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
-from adapt.sharding import shard
 
 
 @dataclasses.dataclass(frozen=True)

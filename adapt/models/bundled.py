@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
-from adapt.errors import CheckpointError
+from adapt.core.errors import CheckpointError
 
 PREFIX = "bundled:"
 # name -> (distribution, file suffix that marks the weights inside it)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import ml_dtypes
 import numpy as np
 
-from adapt.errors import CheckpointError
-from adapt.files import write_atomic, write_json
+from adapt.core.errors import CheckpointError
+from adapt.core.files import write_atomic, write_json
 
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -132,7 +132,7 @@ def save_safetensors(tensors: dict[str, np.ndarray], folder: str, max_shard_byte
     """Write ``tensors`` as HF safetensors (``{name}.safetensors``), sharded with an index past
     ``max_shard_bytes``.
 
-    Each file is written atomically (:func:`adapt.files.write_atomic`), so an interrupted export never
+    Each file is written atomically (:func:`adapt.core.files.write_atomic`), so an interrupted export never
     leaves a file that looks complete.
     """
     shards, current, size = [], {}, 0

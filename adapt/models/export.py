@@ -11,9 +11,9 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from adapt import tasks
-from adapt.errors import CheckpointError
-from adapt.files import write_folder
+from adapt.core.errors import CheckpointError
+from adapt.core.files import write_folder
+from adapt.models import heads
 from adapt.models.checkpoint_io import save_safetensors
 from adapt.models.layers import Adapter
 from adapt.models.registry import hf_key, model_info, param_paths, to_hf
@@ -24,7 +24,7 @@ def architecture_name(model_type: str, head: str) -> str:
     task's auto-class table. The name tables are read from the module itself: the
     ``transformers.models.auto`` package refuses them without PyTorch."""
     names = importlib.import_module("transformers.models.auto.modeling_auto")
-    return getattr(names, tasks.get(head).auto_mapping)[model_type]
+    return getattr(names, heads.get(head).auto_mapping)[model_type]
 
 
 def hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:

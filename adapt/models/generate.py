@@ -10,7 +10,8 @@ row's last token sits in the last column. Positions count a row's real tokens (t
 derives them from the attention mask) and padding is never attended. One jitted program runs the prefill (the
 prompts through the model, every layer's keys and values written into a :class:`~adapt.models.kv_cache.KVCache`
 of prompt + new-token slots, the latter ``max_new_tokens`` rounded up to a power of two) and a ``while_loop`` of
-one-token steps that ends when every row has stopped or ``max_new_tokens`` (data, not a constant) are out. Programs are cached by the model's structure (its ``nnx`` graph, not its parameter
+one-token steps that ends when every row has stopped or ``max_new_tokens`` (data, not a constant) are out.
+Programs are cached by the model's structure (its ``nnx`` graph, not its parameter
 values), the padded shapes and the sampler, so evaluation during training compiles once. A model on a mesh
 (``from_pretrained(..., mesh=)``) runs there, its activations and cache sharded by the axis rules in force.
 
@@ -34,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import axis_rules, current_rules
 from adapt.models import kv_cache
 from adapt.models.registry import model_info
-from adapt.sharding import axis_rules, current_rules
 
 
 @dataclasses.dataclass(frozen=True)

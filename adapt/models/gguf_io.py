@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from adapt.errors import CheckpointError
+from adapt.core.errors import CheckpointError
 from adapt.models.checkpoint_io import TensorRef
 
 _NAMES = (  # GGUF name -> HF name

@@ -11,10 +11,10 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.core.sharding import shard
 from adapt.models import kv_cache
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
-from adapt.sharding import shard
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adapt.sharding import shard
+from adapt.core.sharding import shard
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=("keys", "values", "segments", "index"),

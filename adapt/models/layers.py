@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from adapt.sharding import shard
+from adapt.core.sharding import shard
 
 if TYPE_CHECKING:  # kv_cache imports nothing from here; the name is for the annotation only
     from adapt.models import kv_cache

@@ -11,10 +11,10 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.core.sharding import shard
 from adapt.models import kv_cache
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
-from adapt.sharding import shard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +72,10 @@ class LlamaAttention(nnx.Module):
         d, n, k, h, dt = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.dtype
         self.cfg = cfg
         self.q_proj = L.linear(d, n * h, ("embed", "heads"), bias=cfg.qkv_bias, std=cfg.init_std, dtype=dt, rngs=rngs)
-        self.k_proj = L.linear(d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, std=cfg.init_std, dtype=dt, rngs=rngs)
-        self.v_proj = L.linear(d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, std=cfg.init_std, dtype=dt, rngs=rngs)
+        self.k_proj = L.linear(d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, std=cfg.init_std, dtype=dt,
+                               rngs=rngs)
+        self.v_proj = L.linear(d, k * h, ("embed", "kv_heads"), bias=cfg.qkv_bias, std=cfg.init_std, dtype=dt,
+                               rngs=rngs)
         self.o_proj = L.linear(n * h, d, ("heads", "embed"), bias=cfg.o_bias, std=cfg.init_std, dtype=dt, rngs=rngs)
         if cfg.qk_norm:
             self.q_norm = L.rms_norm(h, cfg.rms_eps, dtype=dt, rngs=rngs)

@@ -23,13 +23,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from adapt import tasks
-from adapt.errors import CheckpointError
-from adapt.models import bundled
+from adapt.core.errors import CheckpointError
+from adapt.core.sharding import Rules, variable_sharding
+from adapt.models import bundled, heads
 from adapt.models.checkpoint_io import weight_refs
 from adapt.models.gguf_io import gguf_config, gguf_refs, gguf_tokenizer
 from adapt.models.registry import Family, family_for, hf_key, param_paths
-from adapt.sharding import Rules, variable_sharding
 
 log = logging.getLogger(__name__)
 FRESH_ATTR = "fresh_params"  # the model attribute holding the paths of the parameters initialised fresh
@@ -58,7 +57,8 @@ def locate(name_or_path: str, *, revision: str | None = None, allow_pickle: bool
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.path.exists(path)
     if looks_local or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise CheckpointError(f"{name}: no such model folder (expected a folder with config.json and weights, "
-                              f"a .gguf file, a Hub id or one of {', '.join(bundled.PREFIX + k for k in bundled.BUNDLED)})")
+                              "a .gguf file, a Hub id or one of "
+                              f"{', '.join(bundled.PREFIX + k for k in bundled.BUNDLED)})")
     from huggingface_hub import snapshot_download
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"] + (["*.bin"] if allow_pickle else [])
     try:
@@ -97,7 +97,7 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
                     random_init: bool = False) -> nnx.Module:
     """Load a pretrained model as an NNX module.
 
-    ``task``: a task kind of :mod:`adapt.tasks` whose model head the family has; by default the
+    ``task``: a task kind of :mod:`adapt.training.tasks` whose model head the family has; by default the
     checkpoint's own (``config.architectures``). Classification heads take ``num_labels`` (or ``labels``,
     their names).
     ``mesh``/``rules``: place parameters sharded (by default on the first device). ``dtype``: the
@@ -111,12 +111,10 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     source = locate(name_or_path, revision=revision, allow_pickle=allow_pickle)
     hf = read_config(source)
     family = family_for(hf.model_type)
-    task = task or tasks.of_architecture(hf.architectures)
-    head = tasks.get(task, where="task").head
+    head = heads.get(task or heads.of_architecture(hf.architectures), where="task").name
     if head not in family.heads:
-        available = [t for t in tasks.names() if tasks.get(t).head in family.heads]
-        raise CheckpointError(f"{source.name}: task {task!r} is not available for {hf.model_type}; "
-                              f"available: {', '.join(available)}")
+        raise CheckpointError(f"{source.name}: task {head!r} is not available for {hf.model_type}; "
+                              f"available: {', '.join(h for h in heads.HEADS if h in family.heads)}")
     if labels is not None:
         hf.id2label = dict(enumerate(labels))
         hf.label2id = {v: k for k, v in hf.id2label.items()}

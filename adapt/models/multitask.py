@@ -1,4 +1,4 @@
-"""One shared backbone under one head per task: the model of multi-task fine-tuning (:mod:`adapt.multitask`).
+"""One shared backbone under one head per task: the model of multi-task fine-tuning (:mod:`adapt.features.multitask`).
 
     multi = MultiTask.combine({"chemprot": chemprot_model, "bc5cdr": ner_model})   # each from from_pretrained
     logits = multi(input_ids=ids, attention_mask=mask)   # {"chemprot": [B, C1], "bc5cdr": [B, T, C2]}
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
 from adapt.models.loading import FRESH_ATTR, fresh_paths
 from adapt.models.registry import head_of, model_info
 

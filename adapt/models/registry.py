@@ -9,7 +9,7 @@ exceptions to that rule.
 
 The contract a family's modules keep, besides what :class:`Family` declares:
 
-* Parameters carry logical axis names (``adapt.sharding``); the scale and bias of every normalisation
+* Parameters carry logical axis names (``adapt.core.sharding``); the scale and bias of every normalisation
   layer carry the ``norm`` axis, biases are leaves named ``bias`` and embedding tables leaves named
   ``embedding`` (the kinds weight decay and BitFit read).
 * Linear layers are ``nnx.Linear`` (built with :func:`adapt.models.layers.linear`), so LoRA, (IA)^3 and
@@ -40,7 +40,7 @@ from collections.abc import Callable
 import numpy as np
 from flax import nnx
 
-from adapt.errors import CheckpointError, ConfigError
+from adapt.core.errors import CheckpointError, ConfigError
 
 Targets = tuple[str, ...] | str  # PEFT's target_modules: module-name suffixes, or one regex of the whole path
 
@@ -68,7 +68,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     config_from_hf: Callable  # (hf_config, dtype) -> the family's frozen config dataclass
-    heads: dict[str, type]  # model head ("base", "causal_lm", ..., see adapt.tasks) -> class(config, *, rngs)
+    heads: dict[str, type]  # model head ("base", "causal_lm", ..., see adapt.training.tasks) -> class(config, *, rngs)
     base_prefix: str  # attribute (and HF prefix) of the backbone under a head ("model", "transformer", "bert")
     # HF config keys the generic dropout overrides set: {"hidden": (...), "attention": (...)}.
     dropout_keys: dict[str, tuple[str, ...]]

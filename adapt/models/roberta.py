@@ -10,11 +10,20 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.core.sharding import shard
 from adapt.models import layers as L
-from adapt.models.bert import (BUFFERS, ENCODER, BertConfig, BertForTokenClassification, BertModel,
-                               VocabProjection, bert_dense, bert_norm, config_from_hf)
+from adapt.models.bert import (
+    BUFFERS,
+    ENCODER,
+    BertConfig,
+    BertForTokenClassification,
+    BertModel,
+    VocabProjection,
+    bert_dense,
+    bert_norm,
+    config_from_hf,
+)
 from adapt.models.registry import Family, register
-from adapt.sharding import shard
 
 
 class RobertaModel(BertModel):

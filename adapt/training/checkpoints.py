@@ -17,7 +17,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from adapt.errors import CheckpointError
+from adapt.core.errors import CheckpointError
 from adapt.training.state import TrainState
 
 _FIELDS = ("step", "params", "opt_state", "rng")

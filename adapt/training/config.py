@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from adapt import methods, privacy
+from adapt import methods
+from adapt.core.schema import Choice, Either, Float, Int, Str, Tuple
+from adapt.core.sharding import DEFAULT_RULES, MESH_AXES
 from adapt.models.layers import REMAT_POLICIES
-from adapt.schema import Bool, Choice, Either, Float, Int, Str, Tuple
-from adapt.sharding import DEFAULT_RULES, MESH_AXES
+from adapt.training import dp
 from adapt.training.optim import DECAY_KINDS, OPTIMIZERS, SCHEDULES
 
 
@@ -57,7 +58,7 @@ def defaults() -> ml_collections.ConfigDict:
             patience=0,  # evaluations without improvement before stopping; 0 = never stop early
         )),
     ))
-    c.privacy = privacy.defaults()  # DP-SGD: see adapt/privacy.py
+    c.privacy = dp.defaults()  # DP-SGD: adapt/training/dp.py (the step), adapt/features/privacy.py (accounting)
     c.method = ml_collections.ConfigDict(dict(name="full"))
     c.lock()
     c.method.unlock()  # its keys depend on the method; adapt.methods.build checks them
@@ -65,7 +66,7 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 _AXES = Either(Choice(None), Str(empty=False), Tuple(of=Str(empty=False)), doc="mesh axes: none, one or several")
-SCHEMA = dict(  # the sections of defaults(), as adapt.schema declares them
+SCHEMA = dict(  # the sections of defaults(), as adapt.core.schema declares them
     mesh=dict(
         shape=Tuple(of=Either(Choice(-1), Int(min=1)), len=len(MESH_AXES),
                     doc=f"devices per mesh axis {MESH_AXES}; one -1 takes the remaining devices"),
@@ -104,6 +105,6 @@ SCHEMA = dict(  # the sections of defaults(), as adapt.schema declares them
             patience=Int(min=0, hint="0: never stop early", doc="evaluations without improvement before stopping"),
         ),
     ),
-    privacy=privacy.SCHEMA,
+    privacy=dp.SCHEMA,
     method=methods.SCHEMA,
 )

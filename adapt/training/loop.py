@@ -7,7 +7,7 @@ A run's folder (``workdir``) holds ``checkpoints/`` (the latest K), ``best/``, `
 
 Non-finite losses: each step's metrics are read back one step late (so the host never stalls the
 device), and always before a checkpoint is written; a non-finite loss or gradient ends the run with a
-:class:`~adapt.errors.TrainingError` naming the step, and no checkpoint after the last good step exists.
+:class:`~adapt.core.errors.TrainingError` naming the step, and no checkpoint after the last good step exists.
 """
 
 from __future__ import annotations
@@ -24,17 +24,22 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from adapt.errors import CheckpointError, ConfigError, TrainingError
-from adapt.files import write_atomic
+from adapt.core.errors import CheckpointError, ConfigError, TrainingError
+from adapt.core.files import write_atomic
+from adapt.core.sharding import make_mesh, normalize_rules
+from adapt.data.formats import IGNORE
 from adapt.methods.base import Method
 from adapt.models.loading import fresh_paths
-from adapt.sharding import make_mesh, normalize_rules
 from adapt.training import optim
 from adapt.training.checkpoints import Checkpointer
-from adapt.training.objectives import IGNORE
-from adapt.training.state import TrainState, batch_sharding, create_state, global_batch, merge_model
+from adapt.training.state import (
+    TrainState,
+    batch_sharding,
+    create_state,
+    global_batch,
+    merge_model,
+)
 from adapt.training.steps import Steps
-
 
 _NOT_SUMS = ("grad_norm", "tokens", "penalty")  # step metrics that are not objective sums
 
@@ -137,7 +142,7 @@ class Trainer:
     / ``restore(state)`` for its position, ``steps_per_epoch`` (and ``token_shares()`` for a mixture: logged
     as ``train/share/<source>``). ``eval_data``: name -> a callable returning an iterable of batches (see
     :func:`adapt.data.batches.eval_batches`), evaluated by the run's objective, or an object with
-    ``evaluate(trainer, state) -> metrics`` and ``at_start`` (a named set, :mod:`adapt.evalsets`: with
+    ``evaluate(trainer, state) -> metrics`` and ``at_start`` (a named set, :mod:`adapt.evaluation.evalsets`: with
     ``at_start`` also evaluated before the first step). After :meth:`fit`, ``start_metrics`` holds the step-0
     evaluation (kept in every checkpoint, so a resumed run has it) and ``last_eval`` the (step, metrics) of
     the last evaluation this process ran (None if none). ``on_eval`` (None by default): called as
@@ -146,7 +151,7 @@ class Trainer:
     adaptation method (:mod:`adapt.methods`; full fine-tuning by default), already applied to ``model``.
     ``fresh``: the paths of the parameters loading initialised fresh (default: those recorded on ``model``,
     :func:`adapt.models.loading.fresh_paths`), which ``train.head_warmup_steps`` trains alone first. ``dp``: DP-SGD
-    (:func:`adapt.privacy.plan`); its train data are :class:`~adapt.data.batches.PoissonBatches` of
+    (:func:`adapt.features.privacy.plan`); its train data are :class:`~adapt.data.batches.PoissonBatches` of
     ``dp.max_batch_size`` rows.
     """
 

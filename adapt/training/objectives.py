@@ -10,7 +10,7 @@ accumulated gradient of ``loss_sum`` divided by the total ``weight`` equals the 
 ``targets(batch) -> (targets, valid)``: what each position of the logits is scored against and whether it
 counts (``labels`` and where they are not -100; causal LM: the next token within its document).
 ``outputs(model_outputs, batch)`` (evaluation only; the train step never calls it) is None, or a dict of
-per-example arrays ``[B, ...]`` that the host writes out one line per example (``adapt/predictions.py``):
+per-example arrays ``[B, ...]`` that the host writes out one line per example (``adapt/evaluation/predictions.py``):
 sequence classification's ``probabilities [B, C]`` (float32) and ``prediction [B]``, token classification's
 ``prediction [B, T]``.
 
@@ -19,7 +19,7 @@ Batch keys: ``input_ids [B, T]``; ``attention_mask [B, T]`` (0 padding, else the
 (``[B]`` for sequence classification, ``[B, T]`` for token classification and masked LM; -100 = ignore).
 
 Each objective's task kind (its data formats, model head, export names) is registered at the end of the
-file (:mod:`adapt.tasks`).
+file (:mod:`adapt.training.tasks`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adapt import tasks
-from adapt.errors import ConfigError
-
-IGNORE = -100
+from adapt.core.errors import ConfigError
+from adapt.data.formats import IGNORE
+from adapt.training import tasks
 
 
 def argmax(logits):
@@ -237,7 +236,7 @@ class MultiTask(Objective):
     with its own labels, ``batch["labels"] = {task: [B] or [B, T]}`` (-100 where a row is not that task's). The
     sums hold each task's own under its name and their totals: ``loss_sum`` = sum over tasks of ``weight_k *``
     task k's summed loss, ``weight`` = the labels counted over all tasks. So a batch drawn from one task (as
-    :mod:`adapt.multitask` draws them) steps on ``weight_k *`` that task's mean loss, exactly under gradient
+    :mod:`adapt.features.multitask` draws them) steps on ``weight_k *`` that task's mean loss, exactly under gradient
     accumulation. ``summarize`` gives each task's metrics as ``<task>/<metric>`` (of tasks with labels in the
     sums), the total ``loss`` and ``mean_score``: the mean over those tasks of each one's ``scores`` metric."""
     tasks: tuple[tuple[str, Objective], ...]  # (name, objective) per task
@@ -271,7 +270,7 @@ class MultiTask(Objective):
         return out
 
 
-# ---- the task kinds these objectives train (adapt.tasks): one registration each ----------------------------
+# ---- the task kinds these objectives train (adapt.training.tasks): one registration each ----------------------------
 
 def _masked_lm(inputs: tasks.TaskInputs) -> MaskedLM:
     tok = inputs.tokenizer
@@ -295,20 +294,9 @@ def _token_classification(inputs: tasks.TaskInputs) -> TokenClassification:
     return TokenClassification(label_names=tuple(inputs.labels))
 
 
-tasks.register(tasks.Task(
-    "causal_lm", formats=("lm", "sft"), objective=lambda inputs: CausalLM(),
-    architectures=("ForCausalLM", "LMHeadModel"), auto_mapping="MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
-    peft_task_type="CAUSAL_LM"))
-tasks.register(tasks.Task(
-    "masked_lm", formats=("lm",), objective=_masked_lm, head_args=lambda labels: {},
-    architectures=("ForMaskedLM",), auto_mapping="MODEL_FOR_MASKED_LM_MAPPING_NAMES"))
+tasks.register(tasks.Task("causal_lm", formats=("lm", "sft"), objective=lambda inputs: CausalLM()))
+tasks.register(tasks.Task("masked_lm", formats=("lm",), objective=_masked_lm, head_args=lambda labels: {}))
 tasks.register(tasks.Task(
     "sequence_classification", formats=("classification",),
-    objective=lambda inputs: SequenceClassification(num_labels=len(inputs.labels), f1_ignore=_f1_ignore(inputs)),
-    architectures=("ForSequenceClassification",), auto_mapping="MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    peft_task_type="SEQ_CLS"))
-tasks.register(tasks.Task(
-    "token_classification", formats=("conll",),
-    objective=_token_classification,
-    architectures=("ForTokenClassification",), auto_mapping="MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    peft_task_type="TOKEN_CLS"))
+    objective=lambda inputs: SequenceClassification(num_labels=len(inputs.labels), f1_ignore=_f1_ignore(inputs))))
+tasks.register(tasks.Task("token_classification", formats=("conll",), objective=_token_classification))

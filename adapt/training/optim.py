@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import variable_axes
 from adapt.models.registry import model_info, param_paths
-from adapt.sharding import variable_axes
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")

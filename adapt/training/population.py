@@ -28,12 +28,19 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from adapt.errors import AdaptError, ConfigError
+from adapt.core.errors import AdaptError, ConfigError
+from adapt.data.formats import IGNORE
 from adapt.models import layers
 from adapt.training.checkpoints import Checkpointer
 from adapt.training.loop import Trainer
-from adapt.training.objectives import IGNORE
-from adapt.training.state import STACKED, Model, TrainState, global_batch, population_batch_sharding, stacked_shardings
+from adapt.training.state import (
+    STACKED,
+    Model,
+    TrainState,
+    global_batch,
+    population_batch_sharding,
+    stacked_shardings,
+)
 from adapt.training.steps import Steps
 
 
@@ -132,7 +139,7 @@ def _rates_as_data(trainers: list[Trainer]) -> tuple[Model, dict]:
 def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[dict]) -> list:
     """Train the members ``trainers`` (each with its ``train_data`` stream and ``eval_data``, as for
     :meth:`Trainer.fit`) as one population; returns each member's :class:`FitResult`, or the
-    :class:`~adapt.errors.AdaptError` that ended that member (the others go on)."""
+    :class:`~adapt.core.errors.AdaptError` that ended that member (the others go on)."""
     n, first = len(trainers), trainers[0]
     totals = [t.total_steps(d) for t, d in zip(trainers, train_data)]
     if len(set(totals)) > 1:

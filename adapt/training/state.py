@@ -18,13 +18,13 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from adapt.errors import ConfigError
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import Rules, logical_to_spec, state_shardings
 from adapt.methods.base import Method
 from adapt.models import layers
-from adapt.sharding import Rules, logical_to_spec, state_shardings
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "token_type_ids")
-# A model's attribute holding a frozen module called on the same inputs in training (adapt.distill's teacher).
+# A model's attribute holding a frozen module called on the same inputs in training (adapt.features.distill's teacher).
 COMPANION = "companion"
 
 

@@ -6,7 +6,7 @@ statistics over ``accum`` micro-batches with ``lax.scan``, divides by the total 
 equals one big batch), adds the adaptation method's penalty (once per step) and applies one optimizer
 update. The forward pass sees the parameters as the method perturbs them (Mixout); evaluation never
 does. Micro-batch i takes rows i, i+A, i+2A, ... so every device holds its share of every micro-batch.
-With ``dp`` (DP-SGD, :mod:`adapt.privacy`) the real rows fill the first micro-batches, each micro-batch gives the
+With ``dp`` (DP-SGD, :mod:`adapt.training.dp`) the real rows fill the first micro-batches, each micro-batch gives the
 sum of its examples' clipped gradients instead (one of padding alone computes nothing), and noise is added once to
 their total, which is divided by the expected batch size.
 """
@@ -20,12 +20,18 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from adapt import privacy
-from adapt.host_memory import KeptHeap
+from adapt.core.host_memory import KeptHeap
+from adapt.core.sharding import Rules, axis_rules, without_axes
 from adapt.methods.base import Method
 from adapt.models import layers
-from adapt.sharding import Rules, axis_rules, without_axes
-from adapt.training.state import STACKED, Model, TrainState, stacked_shardings, trial_axes
+from adapt.training import dp as dpsgd
+from adapt.training.state import (
+    STACKED,
+    Model,
+    TrainState,
+    stacked_shardings,
+    trial_axes,
+)
 
 
 def _micro_batches(batch: dict, accum: int) -> dict:  # [B, ...] -> [A, B/A, ...]
@@ -33,7 +39,7 @@ def _micro_batches(batch: dict, accum: int) -> dict:  # [B, ...] -> [A, B/A, ...
 
 
 def make_train_step(model: Model, objective, tx: optax.GradientTransformation, accum: int = 1,
-                    method: Method | None = None, dp: privacy.DPSGD | None = None):
+                    method: Method | None = None, dp: dpsgd.DPSGD | None = None):
     method = method or Method()
 
     def micro_loss(params, frozen, anchors, batch, key):
@@ -43,14 +49,14 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
         sums, _ = objective.loss(outputs, batch)
         return sums["loss_sum"], sums
 
-    grad_fn = jax.grad(micro_loss, has_aux=True) if dp is None else privacy.clipped_sum(micro_loss, dp.clip_norm)
+    grad_fn = jax.grad(micro_loss, has_aux=True) if dp is None else dpsgd.clipped_sum(micro_loss, dp.clip_norm)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(state.rng, state.step)
         if accum == 1:
             grads, sums = grad_fn(state.params, state.frozen, state.anchors, batch, key)
         else:
-            micro = _micro_batches(batch if dp is None else privacy.real_first(batch, accum), accum)
+            micro = _micro_batches(batch if dp is None else dpsgd.real_first(batch, accum), accum)
 
             def body(carry, xs):
                 i, mb = xs
@@ -64,7 +70,7 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
         if dp is None:
             grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
         else:
-            grads = privacy.noisy_mean(grads, jax.random.fold_in(key, privacy.NOISE), dp)
+            grads = dpsgd.noisy_mean(grads, jax.random.fold_in(key, dpsgd.NOISE), dp)
         extra = {}
         if type(method).penalty is not Method.penalty:  # once per step, not per token
             extra["penalty"], penalty_grads = jax.value_and_grad(method.penalty)(state.params, state.anchors)
@@ -127,12 +133,12 @@ class Steps:
     and rematerialisation are baked into the compiled steps. With ``population`` (the number of members, their
     batches' sharding, which frozen leaves they stack, and their dropout rates that are data) the train step is
     the population's (:func:`make_population_step`) over the stacked state; evaluation is always one member's.
-    ``dp``: the train step is DP-SGD's (:mod:`adapt.privacy`).
+    ``dp``: the train step is DP-SGD's (:mod:`adapt.training.dp`).
     """
 
     def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
                  *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None,
-                 population: tuple | None = None, dp: privacy.DPSGD | None = None):
+                 population: tuple | None = None, dp: dpsgd.DPSGD | None = None):
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
         replicated = NamedSharding(self.mesh, PartitionSpec())
         train_step = make_train_step(model, objective, tx, accum, method, dp)
@@ -149,7 +155,7 @@ class Steps:
                                   in_shardings=(stacked, members_batch, replicated),
                                   out_shardings=(stacked, replicated), donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
-        # Enter it around a loop of train steps on the CPU: see adapt/host_memory.py.
+        # Enter it around a loop of train steps on the CPU: see adapt/core/host_memory.py.
         self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), set()
         self._last_eval = None  # the last eval step's outputs, waited for before the next step in the heap
 

@@ -10,12 +10,14 @@ training articles (the pool, so that scoring it stays cheap on 2 cores), acquire
 fine-tunes MiniLM afresh at each budget (10, 20, 30) for a fixed 16 steps (batch 8, full fine-tuning, learning
 rate 3e-4, the rate the bbc_tapt study selected for 80 articles); the model after the last step is evaluated on the
 fixed test split (223 articles; nothing is selected on dev, which is not evaluated) and scores the pool (BALD: 5
-dropout passes). Inputs are an article's first 64 tokens. 3 seeds. ``:smoke`` is a pipeline check (2 strategies, 1 seed, 1 round of 2-step trials).
+dropout passes). Inputs are an article's first 64 tokens. 3 seeds.
+``:smoke`` is a pipeline check (2 strategies, 1 seed, 1 round of 2-step trials).
 """
 
 import os
 
-from adapt import active, configs
+from adapt.experiment import configs
+from adapt.study import active
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "coreset")

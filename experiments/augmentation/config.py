@@ -7,9 +7,10 @@ as measured, in the README beside this file).
 
 Columns: 10, 20 and 40 labelled articles per class (``data.train_examples`` 50, 100, 200, a stratified sample
 seeded by ``data.train_seed``). Rows: no augmentation, and ``COPIES`` augmented copies of each labelled article
-(``data.augment``, adapt/augment.py) by each token edit (``p = 0.1``, EDA's alpha) and, in the 10-per-class
+(``data.augment``, adapt/data/augment.py) by each token edit (``p = 0.1``, EDA's alpha) and, in the 10-per-class
 column only (generation is slow on CPU), by paraphrase (the bundled SmolLM2-135M-Instruct rewrites the first 40
-words, sampled at temperature 0.7, top-p 0.9; generated once, cached by content). Every trial takes the same number of steps (``STEPS`` of 8 articles, full fine-tuning at the
+words, sampled at temperature 0.7, top-p 0.9; generated once, cached by content).
+Every trial takes the same number of steps (``STEPS`` of 8 articles, full fine-tuning at the
 learning rate experiments/bbc_tapt selected, 3e-4, linear decay after 10% warm-up): augmentation changes what
 the steps see, not how many there are. Seeds: 3, each drawing the labelled sample, the augmentation and the
 training order anew (``train.seed``, ``data.train_seed`` and ``data.augment.seed`` together), so the intervals
@@ -20,8 +21,8 @@ articles (unaugmented). Comparisons: each augmenter against none, per column. In
 
 import os
 
-from adapt import configs
-from adapt.sweeps import grid, product, stage, zip_
+from adapt.experiment import configs
+from adapt.study.sweeps import grid, product, stage, zip_
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PER_CLASS = {None: [10, 20, 40], "smoke": [10]}

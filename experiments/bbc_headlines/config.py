@@ -19,10 +19,10 @@ full vs. few-shot, SFT LoRA vs. SFT full, few-shot vs. zero-shot.
 argument a larger run (a GPU's worth).
 """
 
-from adapt import benchmarks
+from adapt.data import benchmarks
 from adapt.experiment import base_config
 from adapt.methods import method_config
-from adapt.sweeps import grid, product, stage
+from adapt.study.sweeps import grid, product, stage
 
 SHOTS = 3
 BUDGET = {

@@ -24,9 +24,9 @@ median of the earlier trials' there.
 
 import os
 
-from adapt import configs
+from adapt.experiment import configs
 from adapt.methods import method_config
-from adapt.sweeps import choice, grid, loguniform, product, search, stage, uniform
+from adapt.study.sweeps import choice, grid, loguniform, product, search, stage, uniform
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABELS = 80  # 16 per class: the 5 BBC classes are near balanced and the sample is stratified

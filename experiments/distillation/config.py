@@ -22,9 +22,9 @@ from ``benchmarks/distillation.py`` (tables bootstrap per-example counts, which 
 ``:smoke`` (beside either: ``bbc,smoke``) is a pipeline check of a few steps.
 """
 
-from adapt import benchmarks
+from adapt.data import benchmarks
 from adapt.experiment import base_config
-from adapt.sweeps import grid, product, stage, trial_id
+from adapt.study.sweeps import grid, product, stage, trial_id
 
 TEACHER, ALONE, DISTILLED = "Teacher", "Student alone", "Distilled"
 LAYERS = {"bbc": (0, 2, 5), "lm": tuple(range(0, 30, 2))}

@@ -29,9 +29,10 @@ in perplexity, what general text lost).
 
 import os
 
-from adapt import benchmarks, configs
-from adapt.errors import ConfigError
-from adapt.sweeps import grid, product, stage
+from adapt.core.errors import ConfigError
+from adapt.data import benchmarks
+from adapt.experiment import configs
+from adapt.study.sweeps import grid, product, stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOMAIN_OF = {"chemprot": "biomed", "citation_intent": "cs", "sciie": "cs"}
@@ -104,8 +105,8 @@ def _mlm(steps: int, b: dict) -> dict:
 def _finetune(name: str, b: dict) -> dict:
     """One epoch or a fixed step budget: the model after the last step; more epochs: the best epoch on dev."""
     epochs = b["epochs"][name]
-    return {**benchmarks.overrides(name), "meta.benchmark": name, "meta.domain": DOMAIN_OF[name], "train.epochs": epochs,
-            "train.early_stopping.metric": f"dev/{METRICS[name]}" if epochs > 1 else ""}
+    return {**benchmarks.overrides(name), "meta.benchmark": name, "meta.domain": DOMAIN_OF[name],
+            "train.epochs": epochs, "train.early_stopping.metric": f"dev/{METRICS[name]}" if epochs > 1 else ""}
 
 
 def _mix_sweep(b: dict) -> list:
@@ -137,7 +138,8 @@ def get_sweep(arg=None):
     dapt = stage("dapt", [{**dapt_mlm, **_domain_text(d), "meta.domain": d} for d in sorted(set(DOMAIN_OF.values()))])
     tapt = stage("tapt", [{**tapt_mlm, **_benchmark_text(t), "meta.benchmark": t} for t in DOMAIN_OF])
     dapt_tapt = stage("dapt_tapt", [{**tapt_mlm, **_benchmark_text(t), "meta.benchmark": t,
-                                     "meta.domain": DOMAIN_OF[t]} for t in DOMAIN_OF], after="dapt", match=["meta.domain"])
+                                     "meta.domain": DOMAIN_OF[t]} for t in DOMAIN_OF],
+                      after="dapt", match=["meta.domain"])
     grid_ = product(grid("optimizer.learning_rate", b["learning_rates"]), grid("train.seed", b["seeds"]))
     runs = lambda cond: product([{**_finetune(t, b), "meta.condition": cond} for t in DOMAIN_OF], grid_)  # noqa: E731
     return [dapt, tapt, dapt_tapt,

@@ -26,9 +26,9 @@ The encoder is the bundled MiniLM-L6 (SciBERT is not on this machine:
 cores run (the README beside this file has its table and wall time); ``:smoke`` a pipeline check.
 """
 
-from adapt import benchmarks
+from adapt.data import benchmarks
 from adapt.experiment import base_config
-from adapt.sweeps import grid, product, stage
+from adapt.study.sweeps import grid, product, stage
 
 METRICS = {"chemprot": "micro_f1", "citation_intent": "macro_f1", "sciie": "macro_f1", "bc5cdr": "span_f1"}
 EPOCHS = {"chemprot": 2.0, "citation_intent": 2.0, "sciie": 2.0, "bc5cdr": 2.0}  # single-task fine-tuning

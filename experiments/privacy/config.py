@@ -12,10 +12,10 @@ One learning rate per method and privacy setting, not tuned here (DP-SGD takes l
 the clipped one, of norm <= C, plus noise). ``:smoke`` is a pipeline check (2 steps, 2 seeds, epsilon 8 only).
 """
 
-from adapt import benchmarks
+from adapt.data import benchmarks
 from adapt.experiment import base_config
 from adapt.methods import method_config
-from adapt.sweeps import grid, product
+from adapt.study.sweeps import grid, product
 
 BUDGET = {
     None: dict(steps=25, batch=32, max_length=32, seeds=[0, 1, 2], epsilons=[1.0, 3.0, 8.0]),

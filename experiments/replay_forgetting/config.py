@@ -9,19 +9,20 @@ Biderman et al. 2024, "LoRA Learns Less and Forgets Less".)
 
 Domain: the PubMed abstracts of the BC5CDR benchmark (``data.benchmark``, read as running text with
 ``sample_by="conll"``): its train abstracts are the training text, a seeded sample of its dev abstracts
-(``data.eval_examples``) the domain set. General: BBC News (bundled): its train articles are the replayed text, a sample of articles outside
+(``data.eval_examples``) the domain set.
+General: BBC News (bundled): its train articles are the replayed text, a sample of articles outside
 the train split the general set. Both sets are evaluated before the first step and after the last
 (``eval.sets``), so each trial has its own before -> after. Replay is the mixture weight of the BBC source
 (``data.mixture``, rows of ``max_length`` packed tokens; the share of tokens each source gave is stored with the
 trial). The learning rate warms up again for the first 10% of the steps and decays linearly to 0 (re-warming and
-re-decaying). The table is the forgetting report (adapt/forgetting.py) and the Pareto plot of domain gain
+re-decaying). The table is the forgetting report (adapt/analysis/forgetting.py) and the Pareto plot of domain gain
 against general-text cost. ``:cpu`` is the budget 2 CPU cores run (the README beside this file has the time and
 the results); ``:smoke`` a pipeline check; no argument a small real run (a GPU's worth).
 """
 
 from adapt.experiment import base_config
 from adapt.methods import method_config
-from adapt.sweeps import grid, product, zip_
+from adapt.study.sweeps import grid, product, zip_
 
 REPLAY = [0.0, 0.01, 0.05, 0.25]  # the share of training rows drawn from general text
 BUDGET = {  # steps of batch x max_length tokens; the sets: how many held-out documents each evaluates
