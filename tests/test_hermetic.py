@@ -14,7 +14,7 @@ from hermetic_guard import REPO, HermeticError, take_violations
 from adapt.data import benchmarks
 from adapt.data.pipeline import data_defaults
 
-OUTSIDE = os.path.join(os.path.dirname(REPO), "no-such-file")  # beside the repository, as ../shared/data is
+OUTSIDE = os.path.join(os.path.dirname(REPO), "no-such-file")  # beside the repository, where a developer keeps data
 # TEST-NET-1 (RFC 5737): never routed, so a broken guard fails the test by timing out, not by reaching a host
 REMOTE = ("192.0.2.1", 80)
 
