@@ -27,6 +27,7 @@ def _hermetic_run():
         for name in hermetic_guard.CLEARED:
             os.environ.pop(name, None)
         os.environ.update(hermetic_guard.environment(root))
+        tempfile.tempdir = None  # mkdtemp cached the system's: from here on, the run's (TMPDIR)
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERMETIC, os.environ.get("PYTHONPATH")]))
     os.environ[hermetic_guard.LOG] = os.path.join(root, f"violations-{os.getpid()}.log")
     hermetic_guard.install()

@@ -21,7 +21,7 @@ REMOTE = ("192.0.2.1", 80)
 
 def test_the_run_has_an_empty_data_folder_home_and_caches():
     root = os.environ["ADAPT_HERMETIC_ROOT"]
-    assert root.startswith(tempfile.gettempdir())
+    assert tempfile.gettempdir() == os.path.join(root, "tmp")  # a repository in the system's temp folder stays alone
     for name in ("ADAPT_DATA_DIR", "HOME", "XDG_CACHE_HOME", "HF_HOME"):
         assert os.environ[name].startswith(root + os.sep), name
     assert os.listdir(os.environ["ADAPT_DATA_DIR"]) == []

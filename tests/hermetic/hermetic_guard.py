@@ -8,8 +8,9 @@ file installs the same guards in every Python process a test starts (conftest pu
 - a socket reaching outside this host: a connection or datagram to an address that is not loopback (127.0.0.0/8,
   ::1) or unspecified (Unix sockets are local), and a DNS lookup of a name other than this host's;
 - a file opened outside :func:`allowed_roots` (an audit hook on ``open``, which ``open()``, ``os.open`` and
-  imports raise): the repository, Python's prefixes and site-packages, the temp folder (the run's home and
-  caches are there) and the system's folders. Files native code opens (XLA, tokenizers) are not seen.
+  imports raise): the repository, Python's prefixes and site-packages, the run's own folder (its home, caches
+  and temp folder: ``TMPDIR`` points inside it, so a repository that itself lies in the system's temp folder has
+  no allowed neighbours) and the system's folders. Files native code opens (XLA, tokenizers) are not seen.
 
 Each one is also written to ``$ADAPT_HERMETIC_LOG`` (conftest fails the test that wrote it), so code that
 catches the error cannot hide it; only the cloud metadata probes of :data:`PROBES` fail as they would offline.
@@ -42,9 +43,10 @@ class HermeticError(RuntimeError):
 
 
 def environment(root: str) -> dict[str, str]:
-    """The variables that give a process an empty data folder, home and caches under ``root`` (made here)."""
+    """The variables that give a process an empty data folder, home, caches and temp folder under ``root`` (made
+    here)."""
     home = os.path.join(root, "home")
-    folders = {"ADAPT_DATA_DIR": os.path.join(root, "data"), "HOME": home,
+    folders = {"ADAPT_DATA_DIR": os.path.join(root, "data"), "HOME": home, "TMPDIR": os.path.join(root, "tmp"),
                "XDG_CACHE_HOME": os.path.join(home, ".cache"), "XDG_CONFIG_HOME": os.path.join(home, ".config"),
                "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
                "HF_HOME": os.path.join(home, ".cache", "huggingface")}
@@ -55,7 +57,8 @@ def environment(root: str) -> dict[str, str]:
 
 
 def allowed_roots() -> tuple[str, ...]:
-    folders = [REPO, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, tempfile.gettempdir(),
+    run = os.environ.get("ADAPT_HERMETIC_ROOT") or tempfile.gettempdir()  # the run's folders, its temp one included
+    folders = [REPO, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, run,
                *site.getsitepackages(), *SYSTEM]
     return tuple(sorted({os.path.join(os.path.realpath(f), "") for f in folders}))
 
@@ -63,7 +66,7 @@ def allowed_roots() -> tuple[str, ...]:
 def _refuse(message: str):
     log = os.environ.get(LOG)
     if log:
-        with open(log, "a", encoding="utf-8") as f:  # in the temp folder: the audit hook lets it through
+        with open(log, "a", encoding="utf-8") as f:  # in the run's folder: the audit hook lets it through
             f.write(f"{message}\n")
     raise HermeticError(f"hermetic tests: {message} (tests/hermetic/hermetic_guard.py)")
 
