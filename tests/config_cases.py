@@ -1,5 +1,5 @@
 """Every experiment config and sweep in the repository, with the settings each documents, and what resolving one
-checks; tests/test_experiment.py runs them in the suite, tests/test_fresh_clone.py in a copy with no data."""
+checks; tests/experiment/test_experiment.py runs them in the suite, tests/test_fresh_clone.py in a copy with no data."""
 
 import glob
 import json

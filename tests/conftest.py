@@ -54,7 +54,7 @@ def _orbax_without_replica_slices():
     """Orbax writes a replicated array on CPU in slices, one per replica (compiling a slice per array shape): on the
     suite's 8 fake devices that is compile time for nothing. Here replica 0 writes each array whole, as Orbax does on
     GPUs; what is saved and restored is the same (the resume tests compare it bitwise). 11% less CPU in
-    tests/test_training.py."""
+    tests/training/test_training.py."""
     import orbax.checkpoint as ocp
     from orbax.checkpoint._src.serialization.jax_array_handlers import ArrayHandler
 

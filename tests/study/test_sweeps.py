@@ -21,7 +21,8 @@ from adapt.core.errors import AdaptError, ConfigError, TrainingError
 from adapt.study import runner, sweeps
 from adapt.study.sweeps import grid, loguniform, product, random, stage, zip_
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))  # a subprocess imports this file's trial function
+ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
 def base_config(folder) -> ml_collections.ConfigDict:
@@ -285,7 +286,7 @@ def get_sweep(arg):
 
 
 def sweep_cli(tmp_path, *args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ["PYTHONPATH"]])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT, os.environ["PYTHONPATH"]])}
     return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--no-progress",
                            f"--config={tmp_path}/cfg.py:{tmp_path}", f"--workdir={tmp_path}/runs",
                            "--trial-fn=test_sweeps:fake_trial", *args],
@@ -312,7 +313,7 @@ def test_sweep_command_line(tmp_path):
 @pytest.mark.slow
 def test_ray_backend(tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ["PYTHONPATH"]]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([HERE, ROOT, os.environ["PYTHONPATH"]]))
     sweep = grid("train.seed", [0, 1])
     ids = [t.id for t in sweeps.expand(sweep)]
     flag(tmp_path, "fail", ids[1])

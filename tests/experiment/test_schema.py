@@ -19,7 +19,7 @@ from adapt.experiment.base import SCHEMA, base_config
 from adapt.methods import METHODS, method_config
 from adapt.study import active, runner, sweeps
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Numeric keys that take any integer (a column index counts from the end when negative)
 UNBOUNDED = {"data.conll_token_column", "data.conll_tag_column"}
 

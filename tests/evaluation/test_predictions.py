@@ -15,7 +15,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from adapt.core.errors import AdaptError
 from adapt.evaluation import predictions
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LABELS = ["animal", "colour", "number"]
 WORDS = {"animal": ["cat", "dog", "horse", "cow"], "colour": ["red", "blue", "green", "black"],
          "number": ["one", "two", "three", "four"]}

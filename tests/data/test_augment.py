@@ -175,8 +175,8 @@ def test_the_experiment_sweep_sets_valid_augmentation(arg):
     from adapt.experiment import configs
     from adapt.study import sweeps
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "augmentation",
-                        "config.py")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "experiments", "augmentation", "config.py")
     module, base = configs.load_module(path), configs.load(path + (f":{arg}" if arg else ""))
     trials = [t.overrides for part in module.get_sweep(arg)["default"] for t in sweeps.expand(part)]
     for t in trials:

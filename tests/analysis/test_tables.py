@@ -19,7 +19,7 @@ from adapt.core.errors import AdaptError
 from adapt.study import runner, sweeps
 from adapt.study.sweeps import grid, product
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # (condition, benchmark, learning rate) -> (dev accuracy per seed 0..2, test accuracy per seed 0..2)
 DATA = {
     ("A", "X", 1e-5): ([.80, .82, .81], [.75, .77, .76]),

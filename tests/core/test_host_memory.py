@@ -18,7 +18,7 @@ from adapt.data.batches import array_batches, eval_batches
 from adapt.models import from_pretrained
 from adapt.training import CausalLM, Trainer, defaults
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or os.environ.get("ADAPT_SYSTEM_MALLOC") == "1",
                            reason="the kept heap is glibc's mallopt and malloc_trim")
 

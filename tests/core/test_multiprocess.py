@@ -24,7 +24,7 @@ from adapt.core.errors import ConfigError
 from adapt.data.batches import _local_rows, array_batches, eval_batches
 from adapt.study import runner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LABELS = {"business": "market shares bank price trade money profit economy".split(),
           "sport": "football match goal team player season club game".split()}
 NOISE = "river cloud window garden music paper table island".split()  # one WordPiece token each, like LABELS'

@@ -22,7 +22,8 @@ from adapt.core.errors import ConfigError
 from adapt.study import adaptive, sweeps
 from adapt.study.sweeps import choice, loguniform, search, uniform
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))  # a subprocess imports this file's trial function
+ROOT = os.path.dirname(os.path.dirname(HERE))
 STEPS = (10, 20, 30, 40)
 
 
@@ -238,7 +239,7 @@ def get_sweep(arg):
 
 
 def sweep_cli(tmp_path, *args, wait=True, config="cfg.py"):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ["PYTHONPATH"]])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT, os.environ["PYTHONPATH"]])}
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--no-progress",
            f"--config={tmp_path}/{config}:{tmp_path}", f"--workdir={tmp_path}/runs",
            "--trial-fn=test_search:fake_trial",

@@ -16,7 +16,7 @@ from adapt.experiment import base_config
 from adapt.models import load_tokenizer
 from adapt.study import active
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = {"0": "market shares profit bank economy".split(), "1": "match goal season club player".split()}
 
 

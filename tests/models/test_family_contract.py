@@ -21,7 +21,7 @@ from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, model_info, register
 from adapt.training import CausalLM, Trainer, defaults
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)

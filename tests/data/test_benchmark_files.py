@@ -16,7 +16,7 @@ from adapt.data import benchmarks
 from adapt.experiment import configs
 
 SPLITS = ("train", "dev", "test")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture

@@ -167,7 +167,8 @@ def _script(monkeypatch, capsys, *argv):
     monkeypatch.setattr("sys.argv", ["scripts/quality.py", *argv])
     monkeypatch.setattr("adapt.core.cli.use_kept_heap", lambda: False)  # a setting for a whole process: not the tests'
     try:
-        runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "scripts", "quality.py"), run_name="__main__")
+        script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "quality.py")
+        runpy.run_path(script, run_name="__main__")
         code = 0
     except SystemExit as e:
         code = e.code

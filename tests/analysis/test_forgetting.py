@@ -20,7 +20,7 @@ from adapt.analysis import forgetting, report, results, tables
 from adapt.core.errors import AdaptError, ConfigError
 from adapt.study import sweeps
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOMAIN_BEFORE, GENERAL_BEFORE = 20.0, 2.5  # the pretrained model's domain perplexity and general loss
 # (condition, learning rate) -> (domain perplexity after, general loss after) per seed 0..2
 DATA = {

@@ -19,7 +19,7 @@ from adapt.core.errors import ConfigError
 from adapt.integrations.lm_eval import AdaptLM, evaluate, task_manager
 from adapt.models import load_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASKS = ("tiny_mc", "tiny_ppl", "tiny_gen")
 MC = [  # an empty context, a context ending in a space, one longer than the model's 64 positions
     {"question": "The capital of France is", "choices": [" Paris", " Berlin", " a big city on a river"], "answer": 0},
