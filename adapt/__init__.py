@@ -51,11 +51,6 @@ _EXPORTS = {
     "run_sweep": "adapt.study.runner", "run_population": "adapt.study.packing",
     "use_kept_heap": "adapt.core.host_memory",
 }
-# public module name -> the module (adapt.methods.build, adapt.tables.build, ...)
-_MODULES = {"benchmarks": "adapt.data.benchmarks", "configs": "adapt.experiment.configs",
-            "distill": "adapt.features.distill", "forgetting": "adapt.analysis.forgetting", "methods": "adapt.methods",
-            "multitask": "adapt.features.multitask", "privacy": "adapt.features.privacy",
-            "tables": "adapt.analysis.tables", "tasks": "adapt.training.tasks"}
 # the module paths of the flat layout -> their layered paths
 MOVED = {f"adapt.{old}": f"adapt.{new}" for old, new in {
     "errors": "core.errors", "files": "core.files", "schema": "core.schema", "sharding": "core.sharding",
@@ -68,6 +63,10 @@ MOVED = {f"adapt.{old}": f"adapt.{new}" for old, new in {
     "stats": "analysis.stats", "baselines": "analysis.baselines", "forgetting": "analysis.forgetting",
     "sweeps": "study.sweeps", "runner": "study.runner", "search": "study.adaptive", "population": "study.packing",
     "active": "study.active", "harness": "integrations.lm_eval"}.items()}
+
+# public module name -> the module (adapt.methods.build, adapt.tables.build, ...)
+_MODULES = {name: MOVED.get(f"adapt.{name}", f"adapt.{name}") for name in (
+    "benchmarks", "configs", "distill", "forgetting", "methods", "multitask", "privacy", "tables", "tasks")}
 
 __all__ = sorted([*_EXPORTS, *_MODULES])
 
