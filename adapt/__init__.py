@@ -12,7 +12,7 @@ The public API, as the README uses it::
     table = adapt.tables.build(trials, rows=("meta.condition",))
 
 Importing ``adapt`` loads neither JAX nor numpy: each name is imported from its module on first use. It adds one
-import hook: the module paths of the flat layout before the layered one (``adapt.sweeps``, ``adapt.benchmarks``,
+import hook: the module paths of earlier layouts (``adapt.sweeps``, ``adapt.benchmarks``, ``adapt.study.packing``
 ... :data:`MOVED`) still import, as the module at its new path, with a ``DeprecationWarning`` naming that path.
 :func:`use_kept_heap` is the one process-wide setting, and only the scripts and benchmarks make it (see
 ``adapt/core/host_memory.py``).
@@ -48,25 +48,28 @@ _EXPORTS = {
     "grid": "adapt.study.sweeps", "product": "adapt.study.sweeps", "zip_": "adapt.study.sweeps",
     "random": "adapt.study.sweeps", "uniform": "adapt.study.sweeps", "loguniform": "adapt.study.sweeps",
     "choice": "adapt.study.sweeps", "stage": "adapt.study.sweeps",
-    "run_sweep": "adapt.study.runner", "run_population": "adapt.study.packing",
+    "run_sweep": "adapt.study.runner", "run_population": "adapt.study.populations",
     "use_kept_heap": "adapt.core.host_memory",
 }
-# the module paths of the flat layout -> their layered paths
+# the module paths of earlier layouts -> their paths now: the flat layout's, then the layered ones renamed since
 MOVED = {f"adapt.{old}": f"adapt.{new}" for old, new in {
     "errors": "core.errors", "files": "core.files", "schema": "core.schema", "sharding": "core.sharding",
     "distributed": "core.distributed", "host_memory": "core.host_memory", "cli": "core.cli",
-    "benchmarks": "data.benchmarks", "quality": "data.quality", "augment": "data.augment", "tasks": "training.tasks",
+    "benchmarks": "data.catalog", "quality": "data.quality", "augment": "data.augment", "tasks": "training.tasks",
     "predictions": "evaluation.predictions", "evalsets": "evaluation.evalsets",
     "generation_eval": "evaluation.generation", "textmetrics": "evaluation.textmetrics",
     "multitask": "features.multitask", "distill": "features.distill", "privacy": "features.privacy",
     "configs": "experiment.configs", "results": "analysis.results", "tables": "analysis.tables",
     "stats": "analysis.stats", "baselines": "analysis.baselines", "forgetting": "analysis.forgetting",
-    "sweeps": "study.sweeps", "runner": "study.runner", "search": "study.adaptive", "population": "study.packing",
-    "active": "study.active", "harness": "integrations.lm_eval"}.items()}
+    "sweeps": "study.sweeps", "runner": "study.runner", "search": "study.adaptive", "population": "study.populations",
+    "active": "study.active", "harness": "integrations.lm_eval",
+    "data.benchmarks": "data.catalog", "study.packing": "study.populations", "models.multitask": "models.multihead",
+}.items()}
 
 # public module name -> the module (adapt.methods.build, adapt.tables.build, ...)
 _MODULES = {name: MOVED.get(f"adapt.{name}", f"adapt.{name}") for name in (
-    "benchmarks", "configs", "distill", "forgetting", "methods", "multitask", "privacy", "tables", "tasks")}
+    "configs", "distill", "forgetting", "methods", "multitask", "privacy", "tables", "tasks")}
+_MODULES["catalog"] = "adapt.data.catalog"
 
 __all__ = sorted([*_EXPORTS, *_MODULES])
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from adapt.data import benchmarks, formats, sources
+from adapt.data import catalog, formats, sources
 from adapt.data.batches import array_batches
 from adapt.data.packing import pack
 from adapt.data.pipeline import data_defaults, prepare
@@ -37,7 +37,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="a folder with train.jsonl (default: ChemProt's in the data folder)")
     args = p.parse_args()
-    args.data = args.data or os.path.dirname(benchmarks.get("chemprot").locate()["files"]["train"])
+    args.data = args.data or os.path.dirname(catalog.get("chemprot").locate()["files"]["train"])
     train = os.path.join(args.data, "train.jsonl")
     bert, smol = load_tokenizer("bundled:minilm-l6"), load_tokenizer("bundled:smollm2-135m")
     enc_bert, enc_smol = formats.Encoder(bert), formats.Encoder(smol)

@@ -1,5 +1,5 @@
 """Trials per hour: a sweep's trials trained one after another vs. packed as populations of N (one vmapped
-program, :mod:`adapt.study.packing`), on the main job's trial shapes.
+program, :mod:`adapt.study.populations`), on the main job's trial shapes.
 
     .venv/bin/python benchmarks/populations.py [--method lora|full|both] [--sizes 1,4,8] [--repeats 1]
 
@@ -62,7 +62,7 @@ def main():
     from train_throughput import cpu_name, matmul_peak
 
     from adapt.experiment import run_trial
-    from adapt.study.packing import run_population
+    from adapt.study.populations import run_population
 
     avx512 = "avx512f" in open("/proc/cpuinfo").read()
     print(f"CPU: {cpu_name()} ({'AVX-512' if avx512 else 'no AVX-512'}), "

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/train.py --config=configs/finetune.py:chemprot,lora --workdir=runs/chemprot-lora \
         --config.optimizer.learning_rate=3e-4 --config.method.rank=16
 
-``arg``: a benchmark of :mod:`adapt.data.benchmarks` with a classification head to train: a sequence-classification one
+``arg``: a benchmark of :mod:`adapt.data.catalog` with a classification head to train: a sequence-classification one
 (bbc, chemprot, citation_intent, sciie) or the tagging one (bc5cdr, token classification, span F1), optionally
 followed by ``,<method>`` (an adaptation method of :mod:`adapt.methods`; full fine-tuning by default). Start from a
 continued-pretraining run's export with ``--config.init_from=<that run>/export``.
@@ -18,7 +18,7 @@ Its sweeps (``get_sweep``; pick one with ``--sweep``) run with scripts/sweep.py 
 
 from adapt import methods
 from adapt.core.errors import ConfigError
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.experiment import base_config
 from adapt.methods import method_config
 from adapt.study.sweeps import grid, loguniform, product, random, uniform
@@ -26,7 +26,7 @@ from adapt.study.sweeps import grid, loguniform, product, random, uniform
 # Learning rates per kind of method: those that train every pretrained weight, and those that train a few
 # added or selected parameters (LoRA, adapters, prompts, BitFit), which take rates 10x higher.
 LEARNING_RATES = {"every": [1e-5, 2e-5, 3e-5, 5e-5], "few": [1e-4, 3e-4, 1e-3]}
-NAMES = [n for n, b in benchmarks.BENCHMARKS.items() if b.task in ("sequence_classification", "token_classification")]
+NAMES = [n for n, b in catalog.BENCHMARKS.items() if b.task in ("sequence_classification", "token_classification")]
 
 
 def get_config(arg="bbc"):
@@ -35,7 +35,7 @@ def get_config(arg="bbc"):
         raise ConfigError(f"configs/finetune.py:{arg}: {benchmark!r} is not a benchmark with a classification or "
                           f"tagging head; expected one of {', '.join(NAMES)}")
     c = base_config()
-    benchmarks.apply(c, benchmark)  # its data, its task (a tagging one: token classification) and metric
+    catalog.apply(c, benchmark)  # its data, its task (a tagging one: token classification) and metric
     c.data.update(max_length=256, truncation="head")
     c.method = method_config(method or "full")
     c.optimizer.update(learning_rate=2e-5, weight_decay=0.01, warmup_ratio=0.06, schedule="linear")

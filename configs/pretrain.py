@@ -5,17 +5,17 @@ pretraining, TAPT) or on a domain corpus (DAPT): one trial, whose ``export/`` a 
     .venv/bin/python scripts/train.py --config=configs/finetune.py:bbc --workdir=runs/bbc-tapt \
         --config.init_from=runs/tapt-bbc/export
 
-``arg``: a benchmark of :mod:`adapt.data.benchmarks`; its text (labels ignored) is the pretraining corpus. For DAPT,
+``arg``: a benchmark of :mod:`adapt.data.catalog`; its text (labels ignored) is the pretraining corpus. For DAPT,
 point ``--config.data.files`` (or ``data.source``) at a domain text collection instead.
 """
 
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.experiment import base_config
 
 
 def get_config(arg="bbc"):
     c = base_config()
-    benchmarks.apply(c, arg)
+    catalog.apply(c, arg)
     c.model.task = "masked_lm"
     c.data.update(format="lm", causal=False, pack=True, max_length=128)
     c.optimizer.update(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.06, schedule="linear")

@@ -22,7 +22,7 @@ from adapt.experiment import configs
 
 def needed(spec: str, overrides: list[str]) -> list[str]:
     """The benchmarks that config ``spec`` and the trials of its sweeps read."""
-    from adapt.data import benchmarks
+    from adapt.data import catalog
     from adapt.experiment import data_sections
     from adapt.study import adaptive, sweeps
 
@@ -37,25 +37,25 @@ def needed(spec: str, overrides: list[str]) -> list[str]:
                 trials.append(adaptive.check(config, part))
             else:
                 trials += [sweeps.trial_config(config, t.overrides) for t in sweeps.expand(part)]
-    return benchmarks.used(s for t in trials for s in data_sections(t).values())
+    return catalog.used(s for t in trials for s in data_sections(t).values())
 
 
 def main():
     spec, overrides, rest = configs.parse_argv(sys.argv[1:], spec_required=False)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", help="comma-separated benchmark names, instead of --config")
-    parser.add_argument("--all", action="store_true", help="every benchmark of adapt.data.benchmarks")
+    parser.add_argument("--all", action="store_true", help="every benchmark of adapt.data.catalog")
     args = parser.parse_args(rest)
-    from adapt.data import benchmarks
+    from adapt.data import catalog
 
     if sum(map(bool, (spec, args.benchmark, args.all))) != 1:
         raise ConfigError("give one of --config=<file.py[:arg]>, --benchmark=<names> and --all")
-    names = (list(benchmarks.BENCHMARKS) if args.all else args.benchmark.split(",") if args.benchmark
+    names = (list(catalog.BENCHMARKS) if args.all else args.benchmark.split(",") if args.benchmark
              else needed(spec, overrides))
-    print(f"data folder: {benchmarks.data_dir()}")
+    print(f"data folder: {catalog.data_dir()}")
     differ = 0
     for name in names:
-        for path, done in benchmarks.fetch(name):
+        for path, done in catalog.fetch(name):
             print(f"{name}: {path}: {done}")
             differ += done.startswith("differs")
     if differ:

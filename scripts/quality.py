@@ -26,7 +26,7 @@ from adapt.experiment import configs
 
 def load_config(spec: str | None, benchmark: str | None, overrides: list[str]):
     """The config whose data is checked, with ``overrides`` and every check left off by them set to report."""
-    from adapt.data import benchmarks, quality
+    from adapt.data import catalog, quality
     from adapt.experiment import base_config
 
     if spec and benchmark:
@@ -37,7 +37,7 @@ def load_config(spec: str | None, benchmark: str | None, overrides: list[str]):
     else:
         config = base_config()
         if benchmark:
-            benchmarks.apply(config, benchmark)
+            catalog.apply(config, benchmark)
         config = configs.apply_overrides(config, given)
     if "quality" not in config.data:  # a config built without adapt.experiment.base.base_config
         with config.data.unlocked():
@@ -52,7 +52,7 @@ def load_config(spec: str | None, benchmark: str | None, overrides: list[str]):
 def main():
     spec, overrides, rest = configs.parse_argv(sys.argv[1:], spec_required=False)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--benchmark", help="a benchmark of adapt.data.benchmarks, instead of --config")
+    parser.add_argument("--benchmark", help="a benchmark of adapt.data.catalog, instead of --config")
     parser.add_argument("--json", help="also write the whole report here")
     args = parser.parse_args(rest)
     start = time.perf_counter()

@@ -11,7 +11,7 @@ arguments of :func:`adapt.analysis.tables.build`, plus ``curves``, ``vs``, ``ref
 ``WORKDIR/results/`` (``table_forgetting.md`` and ``table_pareto.png`` for the forgetting report). Running the
 same command again skips finished trials. Trials run in this process, so trials with the same shapes reuse the
 compiled steps (JAX's persistent compilation cache in ``WORKDIR/jax_cache`` keeps them across runs too);
-``--pack N`` trains up to N trials of one program together (:mod:`adapt.study.packing`).
+``--pack N`` trains up to N trials of one program together (:mod:`adapt.study.populations`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--workers", type=int, default=0, help="worker processes; 0 runs trials in this process")
     parser.add_argument("--pack", type=int, default=1, help="train up to N trials of one program together "
-                                                            "(adapt.study.packing)")
+                                                            "(adapt.study.populations)")
     args = parser.parse_args(rest)
     files.output_folder(args.workdir, "--workdir")
     path, arg = configs.split_spec(spec)

@@ -7,7 +7,7 @@
 key or method knob stops the command before any trial runs).
 Trials run in this process (``--workers 0``), in N worker processes, or as Ray tasks; stages run in dependency
 order. ``--pack N`` trains up to N ready trials together as one compiled program when they differ only in learning
-rate, weight decay, seed or mixture weights (:mod:`adapt.study.packing`; each is still its own trial and folder).
+rate, weight decay, seed or mixture weights (:mod:`adapt.study.populations`; each is still its own trial and folder).
 A failed trial is recorded with its error and the others go on (trials that start from it are skipped).
 Running the same command again runs only what is not done: failed, skipped, interrupted or never started trials.
 Ctrl-C marks the running trials interrupted. Exit code: 0 when every trial is done, 1 when some are not, 2 on bad

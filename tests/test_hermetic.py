@@ -11,7 +11,7 @@ import tempfile
 import pytest
 from hermetic_guard import REPO, HermeticError, take_violations
 
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.data.pipeline import data_defaults
 
 OUTSIDE = os.path.join(os.path.dirname(REPO), "no-such-file")  # beside the repository, where a developer keeps data
@@ -26,7 +26,7 @@ def test_the_run_has_an_empty_data_folder_home_and_caches():
         assert os.environ[name].startswith(root + os.sep), name
     assert os.listdir(os.environ["ADAPT_DATA_DIR"]) == []
     assert os.path.expanduser("~") == os.environ["HOME"]
-    assert data_defaults().cache_dir.startswith(root + os.sep) and benchmarks.data_dir().startswith(root + os.sep)
+    assert data_defaults().cache_dir.startswith(root + os.sep) and catalog.data_dir().startswith(root + os.sep)
 
 
 @pytest.mark.parametrize("reach", [

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from adapt.core.errors import ConfigError
-from adapt.data import benchmarks, formats, pipeline
+from adapt.data import catalog, formats, pipeline
 from adapt.evaluation import textmetrics
 from adapt.training import tasks
 
@@ -79,7 +79,7 @@ def _lead(data, names, limits=None) -> tuple[dict, dict] | None:
     _known(names)
     if "lead" not in names or not generative(data):
         return None
-    cfg = benchmarks.locate(_section(data))  # the files read, for messages too
+    cfg = catalog.locate(_section(data))  # the files read, for messages too
     splits = pipeline.records(cfg)
     if "train" not in splits:
         raise ConfigError("data has no 'train' split: the Lead-N baseline takes N from it")
@@ -104,7 +104,7 @@ def _majority_tags(data, names) -> tuple[dict, dict] | None:
     _known(names)
     if "majority" not in names or not tagging(data):
         return None
-    cfg = benchmarks.locate(_section(data))  # the files read, for messages too
+    cfg = catalog.locate(_section(data))  # the files read, for messages too
     splits = {s: formats.read_conll(p, token_column=cfg.conll_token_column, tag_column=cfg.conll_tag_column)
               for s, p in cfg.files.items()}
     if "train" not in splits:
@@ -150,7 +150,7 @@ def _fit(data, names, f1_ignore, select: str, dev_split: str):
         raise ConfigError(f"baselines: select={select!r}; they report {', '.join(METRICS)}")
     if not applies(data):
         return None
-    cfg = benchmarks.locate(_section(data))  # the files read, for messages too
+    cfg = catalog.locate(_section(data))  # the files read, for messages too
     splits = pipeline.records(cfg)
     if "train" not in splits:
         raise ConfigError("data has no 'train' split: the baselines are fit on it")

@@ -7,7 +7,7 @@ first ``max_length`` tokens; ``causal`` adds EOS, else the encoder's CLS/SEP), `
 pair + label: a category of the label vocabulary built from train, or with ``label_type="number"`` a float target),
 ``conll`` (token classification) or ``sft`` (prompt/response, packed or padded). Splits come from ``files`` (split
 name -> path), from one ``source`` carved by ``split_ratios`` with ``split_seed``, or from a named ``benchmark``
-(:mod:`adapt.data.benchmarks`), whose files are found (downloaded if missing) only when the data is read: by
+(:mod:`adapt.data.catalog`), whose files are found (downloaded if missing) only when the data is read: by
 :func:`prepare` and :func:`records`.
 
 Training-set size: ``train_examples`` (a number >= 1: that many train examples; in (0, 1): that fraction,
@@ -38,7 +38,7 @@ import numpy as np
 from adapt.core import schema
 from adapt.core.errors import ConfigError
 from adapt.core.files import write_json
-from adapt.data import augment, benchmarks, formats, quality, sources
+from adapt.data import augment, catalog, formats, quality, sources
 from adapt.data.batches import Mixture, RowStream, array_batches
 from adapt.data.cache import cache_key, cached, file_digest
 from adapt.data.packing import pack
@@ -85,7 +85,7 @@ def records(cfg, encoder: formats.Encoder | None = None) -> dict[str, list[dict]
 
 def _checked_records(cfg, encoder=None) -> tuple[dict[str, list[dict]], dict | None]:
     """:func:`records` and the quality report (None when every check is off)."""
-    cfg = benchmarks.locate(cfg)
+    cfg = catalog.locate(cfg)
     _check_sources(cfg)
     out, report = quality.clean(cfg, _records(cfg), encoder)
     if _sampled(cfg) and "train" in out:
@@ -165,7 +165,7 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
     schema.check(SCHEMA, cfg, "data")
     augment.check(cfg)
     quality.settings(cfg)  # a bad mode or threshold: one line, before anything is read
-    cfg = benchmarks.locate(cfg)
+    cfg = catalog.locate(cfg)
     _check_sources(cfg)
     files = list(cfg.files.values()) if cfg.files else [cfg.source]
     encoder = formats.Encoder(tokenizer)
@@ -186,7 +186,7 @@ def prepare(cfg, tokenizer) -> tuple[dict, bool]:
 def files_read(cfg) -> dict[str, dict]:
     """The files the data section ``cfg`` reads (its benchmark located): split (or "source") -> ``{"path",
     "sha256"}`` (a folder's digest covers its files; :func:`adapt.data.cache.file_digest`)."""
-    cfg = benchmarks.locate(cfg)
+    cfg = catalog.locate(cfg)
     files = dict(cfg.files) if cfg.files else {"source": cfg.source}
     return {split: {"path": os.path.abspath(path), "sha256": file_digest(path)} for split, path in files.items()}
 
@@ -307,7 +307,7 @@ def save_labels(workdir: str, labels: list[str]) -> None:
 def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
     """The data section ``cfg`` with ``spec``'s keys set: the data of one mixture source or one named evaluation
     set (``where``: its config key, for errors). A ``benchmark`` key sets that benchmark's data keys first
-    (:meth:`adapt.data.benchmarks.Benchmark.data_keys`; nothing is read), the spec's other keys then override them;
+    (:meth:`adapt.data.catalog.Benchmark.data_keys`; nothing is read), the spec's other keys then override them;
     each key replaces the section's value whole, and ``files`` clears ``source`` and the other way round (and,
     without a ``benchmark`` of the spec's own, the section's benchmark). The result has no ``mixture`` or
     ``mixture_stages``."""
@@ -318,7 +318,7 @@ def section(cfg, spec: dict, where: str) -> ml_collections.ConfigDict:
     benchmark = spec.pop("benchmark", None)
     if not benchmark and ("files" in spec or "source" in spec):
         sub.benchmark = ""
-    for keys in ([benchmarks.get(benchmark).data_keys()] if benchmark else []) + [spec]:
+    for keys in ([catalog.get(benchmark).data_keys()] if benchmark else []) + [spec]:
         if "source" in keys:
             sub.files = {}
         if "files" in keys:

@@ -43,7 +43,7 @@ import numpy as np
 
 from adapt.core import schema
 from adapt.core.schema import Choice, Float, Int
-from adapt.data import benchmarks
+from adapt.data import catalog
 
 CHECKS = ("duplicates", "near_duplicates", "leakage", "empty", "too_long", "labels", "label_errors")
 MODES = ("off", "report", "drop")
@@ -324,7 +324,7 @@ def read(cfg) -> dict[str, list]:
     (CoNLL: its (tokens, tags) sentences), before ``data.train_examples`` samples train."""
     from adapt.data import formats, pipeline
 
-    cfg = benchmarks.locate(cfg)
+    cfg = catalog.locate(cfg)
     if cfg.format == "conll":
         return {s: formats.read_conll(p, token_column=cfg.conll_token_column, tag_column=cfg.conll_tag_column)
                 for s, p in cfg.files.items()}

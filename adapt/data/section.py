@@ -8,7 +8,7 @@ import ml_collections
 
 from adapt.core.files import user_cache
 from adapt.core.schema import Bool, Choice, Float, Int, Map, Path, Str, Tuple
-from adapt.data import augment, benchmarks, quality
+from adapt.data import augment, catalog, quality
 
 FORMATS = ("lm", "classification", "conll", "sft")
 TRAIN_SUBSETS = ("sample", "pool")
@@ -18,8 +18,8 @@ LABEL_TYPES = ("category", "number")
 def data_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         format="classification",
-        # a name of adapt.data.benchmarks whose data this section reads (files found when read; files below replace
-        # its splits); set with adapt.data.benchmarks.apply
+        # a name of adapt.data.catalog whose data this section reads (files found when read; files below replace
+        # its splits); set with adapt.data.catalog.apply
         benchmark="",
         files={},  # split -> file or folder (train, dev, test)
         source="",  # or one source, carved into splits by split_ratios
@@ -37,7 +37,7 @@ def data_defaults() -> ml_collections.ConfigDict:
         conll_token_column=0, conll_tag_column=-1,
         cache_dir=user_cache("tokenized"),  # "" disables the cache
         # Training mixture: name -> {"weight": w, plus any keys of this section for that source (each replaces
-        # this section's value whole), e.g. "benchmark": a name of adapt.data.benchmarks, with its data keys};
+        # this section's value whole), e.g. "benchmark": a name of adapt.data.catalog, with its data keys};
         # e.g. {"domain": {"weight": 0.75, "files": {"train": "bio.txt"}}, "general": {"weight": 0.25,
         # "benchmark": "bbc"}}. Each row of a batch comes from a source drawn with these weights: shares of
         # rows (sequences), not of tokens (for packed lm rows the two coincide). Empty: train on this
@@ -72,7 +72,7 @@ _COLUMN = "a column (field) name of the records"
 # The keys of one set of data: this section's, a mixture source's, a named evaluation set's or a task's
 # (adapt.evaluation.evalsets, adapt.features.multitask), each checked against its declaration.
 SOURCE_SCHEMA = dict(
-    benchmark=Choice("", *benchmarks.BENCHMARKS, doc="a benchmark whose data the section reads (found when read)"),
+    benchmark=Choice("", *catalog.BENCHMARKS, doc="a benchmark whose data the section reads (found when read)"),
     format=Choice(*FORMATS, doc="how records become rows: lm, classification, conll or sft"),
     files=Map(Path(empty=False), doc="split -> file or folder (train, dev, test)"),
     source=Path(doc="one source carved into splits by split_ratios (instead of files)"),

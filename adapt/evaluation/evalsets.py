@@ -35,7 +35,7 @@ from flax import nnx
 from adapt.core.errors import ConfigError
 from adapt.core.schema import Choice, Either, Str
 from adapt.core.sharding import state_shardings
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import SOURCE_SCHEMA, prepare, section
 from adapt.models.loading import fresh_paths
@@ -56,7 +56,7 @@ def specs(config) -> dict[str, dict]:
     out = {}
     for name, spec in dict(config.eval.get("sets", {}) or {}).items():
         if isinstance(spec, str):
-            spec = {"benchmark": spec} if spec in benchmarks.BENCHMARKS else {"files": {"dev": spec}}
+            spec = {"benchmark": spec} if spec in catalog.BENCHMARKS else {"files": {"dev": spec}}
         elif hasattr(spec, "to_dict"):
             spec = spec.to_dict()
         if not isinstance(spec, dict):

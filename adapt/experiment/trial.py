@@ -283,7 +283,7 @@ def run_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None) 
     """Train and evaluate one trial in ``workdir``; returns ``{split: {metric: value}}`` of the best model (for
     classification also ``per_class`` and ``confusion``: :mod:`adapt.evaluation.predictions`), as ``results.json`` holds
     it. ``on_eval(step, metrics)``: called after each evaluation during training (see :class:`adapt.training.Trainer`).
-    A sweep's trials can also train together: :func:`adapt.study.packing.run_population`.
+    A sweep's trials can also train together: :func:`adapt.study.populations.run_population`.
     """
     started = start_trial(config, workdir, on_eval=on_eval)
     return finish_trial(started, started.trial.trainer.fit(started.train, started.eval_data))

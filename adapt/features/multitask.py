@@ -9,13 +9,13 @@ A task is a data section (the trial's ``data`` section with the task's keys, as 
 kind; by default the one its format trains: ``classification`` -> sequence classification, ``conll`` -> token
 classification), ``weight`` (its loss weight, default 1), ``metric`` (the metric ``mean_score`` averages; by
 default the benchmark's, else macro-F1 or span F1) and ``f1_ignore`` (label names left out of its F1 averages).
-Each has its own label set and head; kinds mix freely (:class:`adapt.models.multitask.MultiTask`).
+Each has its own label set and head; kinds mix freely (:class:`adapt.models.multihead.MultiHead`).
 
 Training draws each batch from one task (MT-DNN, Liu et al., 2019): task k with probability p_k proportional to
 n_k ** (1 / T), n_k its train examples: ``sampling="proportional"`` is T = 1, ``"temperature"`` takes T from
 ``multitask.temperature`` (T = 2 in MT-DNN's follow-ups, "temperature-scaled mixing" of Arivazhagan et al., 2019),
 ``"equal"`` is T = infinity. The step's loss is ``weight_k`` times the task's mean loss
-(:class:`adapt.training.objectives.MultiTask`); the data position (one row stream per task) is checkpointed and
+(:class:`adapt.training.objectives.PerHead`); the data position (one row stream per task) is checkpointed and
 resumes exactly. Evaluation runs every task's split and reports ``<task>/<metric>`` and ``mean_score`` (early
 stopping may watch ``dev/mean_score`` or one task's metric). ``export.model`` writes ``export/<task>/``, each a
 plain model of the family (the shared backbone with that task's head), and ``export/multitask.json``; a later
@@ -37,7 +37,7 @@ from adapt.core import schema
 from adapt.core.errors import ConfigError
 from adapt.core.files import write_json
 from adapt.core.schema import Choice, Float, Map, Str, Tuple
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.data.batches import Mixture, RowStream, eval_batches
 from adapt.data.formats import IGNORE
 from adapt.data.pipeline import SOURCE_SCHEMA, prepare, section
@@ -113,7 +113,7 @@ def specs(config) -> list[TaskSpec]:
                               f"(label_type='category')")
         weight = own.get("weight", 1.0)
         benchmark = entry.get("benchmark")
-        metric = own.get("metric") or (benchmarks.get(benchmark).metric if benchmark else _DEFAULT_SCORE[kind])
+        metric = own.get("metric") or (catalog.get(benchmark).metric if benchmark else _DEFAULT_SCORE[kind])
         out.append(TaskSpec(name, data, kind, float(weight), metric, tuple(own.get("f1_ignore", ()))))
     return out
 
@@ -194,14 +194,14 @@ class MultiTaskData:
                 for batch in eval_batches(self.splits[split][name], batch_size, name=f"{name} {split}"):
                     yield labels_by_task(batch, j, self.names, self.token_level)
 
-    def objective(self, tokenizer, config) -> objectives.MultiTask:
+    def objective(self, tokenizer, config) -> objectives.PerHead:
         built = []
         for s in self.specs:
             cfg = ml_collections.ConfigDict(config.to_dict())
             cfg.objective.f1_ignore = s.f1_ignore
             built.append((s.name, tasks.get(s.kind).objective(tasks.TaskInputs(tokenizer, self.splits["labels"][s.name],
                                                                                 cfg))))
-        return objectives.MultiTask(tuple(built), tuple(s.weight for s in self.specs),
+        return objectives.PerHead(tuple(built), tuple(s.weight for s in self.specs),
                                     tuple(s.metric for s in self.specs))
 
     def train_stream(self, config) -> MultiTaskBatches:
@@ -228,14 +228,14 @@ def prepare_tasks(task_specs: list[TaskSpec], tokenizer) -> MultiTaskData:
 def build_model(data: MultiTaskData, source: str, **load):
     """The tasks' heads on one backbone from ``source`` (``load``: :func:`adapt.models.from_pretrained`'s keywords)."""
     from adapt.models import from_pretrained
-    from adapt.models.multitask import MultiTask
+    from adapt.models.multihead import MultiHead
 
-    return MultiTask.combine({s.name: from_pretrained(source, task=s.kind, **tasks.get(s.kind).head_args(
+    return MultiHead.combine({s.name: from_pretrained(source, task=s.kind, **tasks.get(s.kind).head_args(
         data.splits["labels"][s.name]), **load) for s in data.specs})
 
 
 def export(model, out: str, tokenizer) -> str:
-    """``out/<task>/`` per task (:meth:`MultiTask.task_model`, in HF layout with the tokenizer) and
+    """``out/<task>/`` per task (:meth:`MultiHead.task_model`, in HF layout with the tokenizer) and
     ``out/multitask.json``."""
     from adapt.models import save_pretrained
 

@@ -47,7 +47,7 @@ Refused, each a one-line ConfigError naming the key (jax_privacy's sharp edges, 
   more than one example (empty, too long and leakage judge each train example alone against fixed dev/test);
 - ``optimizer.clip_norm`` > 0: clipping the noisy mean again does not protect anything (the per-example bound is
   ``privacy.clip_norm``) and distorts the calibrated update; set it to 0;
-- populations (:func:`adapt.study.packing.run_population`): not supported, run DP trials alone;
+- populations (:func:`adapt.study.populations.run_population`): not supported, run DP trials alone;
 - ``noise_multiplier`` 0 with no ``target_epsilon`` (no noise is not private), or both set.
 
 Not refused, and outside the guarantee: choosing among trials by a dev metric (a sweep's best hyperparameters, an

@@ -69,7 +69,7 @@ class LoRALinear(nnx.Module):
             self.magnitude = Adapter(jnp.linalg.norm(base.kernel[...].astype(jnp.float32), axis=0),
                                      logical_axes=(ax_out,))
         # A frozen variable, not a constant of the traced program: trials differing only in alpha share a program
-        # (a population stacks it per member, adapt.study.packing).
+        # (a population stacks it per member, adapt.study.populations).
         self.scaling = LoRAScale(jnp.asarray(scaling, jnp.float32))
         self.name, self.dropout, self.dora = name, dropout, dora
 

@@ -22,7 +22,7 @@ The contract a family's modules keep, besides what :class:`Family` declares:
   :func:`adapt.models.layers.run_layer` (rematerialisation).
 * Every model class has ``cfg``, the family config, whose ``hf`` is the HF config (export writes it).
 * A classification head class that multi-task training can put on a shared backbone
-  (:class:`adapt.models.multitask.MultiTask`) splits its call as ``head(x [B, T, D], backbone, rngs)``: the
+  (:class:`adapt.models.multihead.MultiHead`) splits its call as ``head(x [B, T, D], backbone, rngs)``: the
   logits from the backbone's output, reading nothing of the backbone but through ``backbone`` (BERT's pooler).
 * A family that declares ``kv_cache`` (generation) takes ``cache=`` (:class:`adapt.models.kv_cache.KVCache`) in its
   causal-LM head and backbone: the backbone passes it to ``prepend_prompt``, masks with ``cache.attend`` and
@@ -193,10 +193,10 @@ def head_of(cls: type) -> tuple[Family, str]:
 
 def model_info(model: nnx.Module) -> ModelInfo:
     """The family facts of a model built by a registered family (``from_pretrained`` or the class itself)."""
-    from adapt.models.multitask import MultiTask
+    from adapt.models.multihead import MultiHead
 
     _import_families()
-    if isinstance(model, MultiTask):  # one backbone under a head per task: its heads are the tasks' heads
+    if isinstance(model, MultiHead):  # one backbone under a head per task: its heads are the tasks' heads
         family = model_info(model.backbone).family
         return ModelInfo(family, "multi_task", family.dims(model.cfg), family.base_prefix, model.head_prefixes())
     family, head = head_of(type(model))

@@ -47,7 +47,7 @@ class Plan:
     root: str  # the sweep folder (absolute)
     trial_fn: str | Callable = DEFAULT_TRIAL_FN  # fn(config, workdir) -> metrics, or "module:function"
     heartbeat_s: float = 30.0  # how often a worker marks its running trials alive
-    pack: int = 1  # trials trained together at most (adapt.study.packing), those of one program
+    pack: int = 1  # trials trained together at most (adapt.study.populations), those of one program
     programs: dict = dataclasses.field(default_factory=dict)  # {trial id: its program key}, with pack > 1
 
     def workdir(self, trial_id: str) -> str:
@@ -80,7 +80,7 @@ def error_text(e: BaseException) -> str:
 
 
 def _run(plan: Plan, group: list[str], fn: Callable) -> list:
-    """Runs claimed trials: alone with ``fn``, or more than one as a population (:mod:`adapt.study.packing`);
+    """Runs claimed trials: alone with ``fn``, or more than one as a population (:mod:`adapt.study.populations`);
     returns each one's metrics or the error that ended it."""
     workdirs = [plan.workdir(t) for t in group]
     for w in workdirs:
@@ -90,7 +90,7 @@ def _run(plan: Plan, group: list[str], fn: Callable) -> list:
             return [fn(plan.jobs[group[0]][1], workdirs[0])]
         except (Exception, SystemExit) as e:  # noqa: BLE001  (a failed trial is recorded; the sweep goes on)
             return [e]
-    from adapt.study.packing import run_population
+    from adapt.study.populations import run_population
 
     try:
         return run_population([plan.jobs[t][1] for t in group], workdirs)
@@ -262,7 +262,7 @@ def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path
     ``trial_fn(config, workdir) -> metrics`` (a callable importable by name, or "module:function") defaults to
     ``adapt.experiment.trial.run_trial``. Every config is resolved before anything runs, so a bad key fails at once.
     In a multi-process JAX job every process calls this and gets the same counts; trials run in this process.
-    ``pack`` > 1 trains up to that many ready trials of one program together (:mod:`adapt.study.packing`: those
+    ``pack`` > 1 trains up to that many ready trials of one program together (:mod:`adapt.study.populations`: those
     differing only in learning rate, weight decay, seed or mixture weights), each still its own trial here.
     """
     processes = distributed.process_count()
@@ -271,8 +271,8 @@ def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path
         raise ConfigError(f"{flags} with {processes} JAX processes: a multi-process job runs each trial over all "
                           f"its processes, one trial at a time; leave {'it' if ' and ' not in flags else 'them'} out")
     if pack > 1 and (ray_address or (trial_fn or DEFAULT_TRIAL_FN) != DEFAULT_TRIAL_FN):
-        raise ConfigError(f"--pack={pack} trains trials together with adapt.study.packing; it runs in this process or "
-                          f"--workers, with the default trial function, not with --ray-address or --trial-fn")
+        raise ConfigError(f"--pack={pack} trains trials together with adapt.study.populations; it runs in this "
+                          f"process or --workers, with the default trial function, not --ray-address or --trial-fn")
     if pack < 1:
         raise ConfigError(f"--pack={pack}: expected 1 (trials one by one) or more")
     trials = sweeps.expand(sweep)
@@ -283,7 +283,7 @@ def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path
             sweeps.check_trial(t, jobs[t.id][1])
     programs = {}
     if pack > 1:
-        from adapt.study.packing import program_key
+        from adapt.study.populations import program_key
 
         programs = {i: program_key(c) for i, (_, c) in jobs.items()}
     db_path = db_path or os.path.join(root, "results.db")

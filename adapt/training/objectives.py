@@ -231,8 +231,8 @@ def span_f1(predictions: list[tuple[np.ndarray, np.ndarray]], label_names) -> di
 
 
 @dataclasses.dataclass(frozen=True)
-class MultiTask(Objective):
-    """Several tasks' objectives over one model's outputs ``{task: logits}`` (:mod:`adapt.models.multitask`), each
+class PerHead(Objective):
+    """Several tasks' objectives over one model's outputs ``{task: logits}`` (:mod:`adapt.models.multihead`), each
     with its own labels, ``batch["labels"] = {task: [B] or [B, T]}`` (-100 where a row is not that task's). The
     sums hold each task's own under its name and their totals: ``loss_sum`` = sum over tasks of ``weight_k *``
     task k's summed loss, ``weight`` = the labels counted over all tasks. So a batch drawn from one task (as

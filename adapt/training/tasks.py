@@ -8,7 +8,7 @@ token classification, ...), holding everything the rest of the library looks up 
 
 A task registers itself beside its objective (the built-in ones at the end of
 ``adapt/training/objectives.py``; see ``docs/adding_an_objective.md``). Named datasets (BBC News,
-ChemProt, ...) are *benchmarks*, in :mod:`adapt.data.benchmarks`.
+ChemProt, ...) are *benchmarks*, in :mod:`adapt.data.catalog`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ full vs. few-shot, SFT LoRA vs. SFT full, few-shot vs. zero-shot.
 argument a larger run (a GPU's worth).
 """
 
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.experiment import base_config
 from adapt.methods import method_config
 from adapt.study.sweeps import grid, product, stage
@@ -41,7 +41,7 @@ def get_config(arg=None):
     b = BUDGET[arg]
     c = base_config()
     c.model.update(name="bundled:smollm2-135m", task="causal_lm")
-    benchmarks.apply(c, "bbc_headlines")  # data (sft), and early stopping on dev/rougeL
+    catalog.apply(c, "bbc_headlines")  # data (sft), and early stopping on dev/rougeL
     c.data.update(max_length=128, pack=False, train_examples=b["train"], train_seed=0)
     c.generation.update(max_new_tokens=b["new"], batch_size=16)
     c.generation.examples = {"dev": b["dev"], **({"test": b["test"]} if "test" in b else {})}

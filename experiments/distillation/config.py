@@ -22,7 +22,7 @@ from ``benchmarks/distillation.py`` (tables bootstrap per-example counts, which 
 ``:smoke`` (beside either: ``bbc,smoke``) is a pipeline check of a few steps.
 """
 
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.experiment import base_config
 from adapt.study.sweeps import grid, product, stage, trial_id
 
@@ -43,7 +43,7 @@ def _parts(arg):
 def get_config(arg="bbc"):
     kind, b = _parts(arg)
     c = base_config()
-    benchmarks.apply(c, "bbc")
+    catalog.apply(c, "bbc")
     c.train.early_stopping.metric = ""  # a fixed budget: the model after the last step is evaluated
     c.train.update(batch_size=b["batch"], steps=b.get("steps", 0), epochs=b.get("epochs", 0.0), log_every=8)
     c.optimizer.update(learning_rate=b["lr"], warmup_ratio=0.1, schedule="linear")

@@ -30,7 +30,7 @@ in perplexity, what general text lost).
 import os
 
 from adapt.core.errors import ConfigError
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.experiment import configs
 from adapt.study.sweeps import grid, product, stage
 
@@ -105,7 +105,7 @@ def _mlm(steps: int, b: dict) -> dict:
 def _finetune(name: str, b: dict) -> dict:
     """One epoch or a fixed step budget: the model after the last step; more epochs: the best epoch on dev."""
     epochs = b["epochs"][name]
-    return {**benchmarks.overrides(name), "meta.benchmark": name, "meta.domain": DOMAIN_OF[name],
+    return {**catalog.overrides(name), "meta.benchmark": name, "meta.domain": DOMAIN_OF[name],
             "train.epochs": epochs, "train.early_stopping.metric": f"dev/{METRICS[name]}" if epochs > 1 else ""}
 
 

@@ -26,7 +26,7 @@ The encoder is the bundled MiniLM-L6 (SciBERT is not on this machine:
 cores run (the README beside this file has its table and wall time); ``:smoke`` a pipeline check.
 """
 
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.experiment import base_config
 from adapt.study.sweeps import grid, product, stage
 
@@ -59,13 +59,13 @@ def get_config(arg=None):
 
 def _task(name: str) -> dict:
     """Overrides of a single-task trial on benchmark ``name`` (its data, task kind and metric)."""
-    return {**benchmarks.overrides(name), "meta.benchmark": name}
+    return {**catalog.overrides(name), "meta.benchmark": name}
 
 
 def _steps(b) -> int:
     """The multi-task run's steps: the single-task runs' together (from the benchmarks' train sizes: nothing is
     read)."""
-    total = sum(int(epochs * round(benchmarks.get(name).train_size * b["train"]) / b["batch"])
+    total = sum(int(epochs * round(catalog.get(name).train_size * b["train"]) / b["batch"])
                 for name, epochs in EPOCHS.items())
     return max(2, int(total * b["scale"]))
 

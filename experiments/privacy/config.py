@@ -12,7 +12,7 @@ One learning rate per method and privacy setting, not tuned here (DP-SGD takes l
 the clipped one, of norm <= C, plus noise). ``:smoke`` is a pipeline check (2 steps, 2 seeds, epsilon 8 only).
 """
 
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.experiment import base_config
 from adapt.methods import method_config
 from adapt.study.sweeps import grid, product
@@ -39,7 +39,7 @@ def get_config(arg=None):
     b = BUDGET[arg]
     c = base_config()
     c.model.name = "bundled:minilm-l6"
-    benchmarks.apply(c, "bbc")
+    catalog.apply(c, "bbc")
     c.data.max_length = b["max_length"]
     c.train.update(steps=b["steps"], epochs=0.0, batch_size=b["batch"], log_every=5 if arg is None else 1)
     c.train.early_stopping.metric = ""  # a fixed budget: the model after the last step, private or not

@@ -266,7 +266,7 @@ def test_two_processes_train_as_one_and_resume_exactly_after_both_are_killed(job
 def test_a_two_process_sweep_runs_each_trial_once_and_only_process_0_writes_the_database(job, tmp_path):
     workdir = tmp_path / "sweep"
     unused = tmp_path / "process1.db"  # process 1's own --db: had it opened a database, this file would exist
-    # --pack=2: the two learning rates train as one population (adapt.study.packing) over both processes
+    # --pack=2: the two learning rates train as one population (adapt.study.populations) over both processes
     args = [f"--config={job}/config.py:{job}", f"--workdir={workdir}", "--no-progress", "--config.train.steps=2",
             "--pack=2"]
     logs = str(tmp_path / "sweep")

@@ -17,7 +17,7 @@ def test_every_public_name_resolves():
         if name in adapt._EXPORTS:  # a function named like a submodule would hide it: `from adapt import search`
             assert importlib.util.find_spec(f"adapt.{name}") is None, f"adapt.{name} is a module and an export"
     assert adapt.methods.build and adapt.configs.load and adapt.tables.build and adapt.tasks.get
-    assert adapt.forgetting.report and adapt.benchmarks.apply
+    assert adapt.forgetting.report and adapt.catalog.apply
 
 
 def test_importing_adapt_loads_nothing_heavy():

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from adapt.core.errors import ConfigError
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.experiment import configs
 
 SPLITS = ("train", "dev", "test")
@@ -31,7 +31,7 @@ def server(tmp_path, monkeypatch):
     for split in SPLITS:
         body = f'{{"text": "a {split} sentence", "label": "X", "metadata": []}}\n'.encode()
         (served / "chemprot" / f"{split}.jsonl").write_bytes(body)
-        remotes[split] = benchmarks.Remote(f"scibert/chemprot/{split}.jsonl", f"{url}/chemprot/{split}.jsonl",
+        remotes[split] = catalog.Remote(f"scibert/chemprot/{split}.jsonl", f"{url}/chemprot/{split}.jsonl",
                                            hashlib.sha256(body).hexdigest())
     requests = []
 
@@ -48,8 +48,8 @@ def server(tmp_path, monkeypatch):
     thread.start()
     (tmp_path / "data").mkdir()
     monkeypatch.setenv("ADAPT_DATA_DIR", str(tmp_path / "data"))
-    chemprot = dataclasses.replace(benchmarks.BENCHMARKS["chemprot"], files=remotes)
-    monkeypatch.setitem(benchmarks.BENCHMARKS, "chemprot", chemprot)
+    chemprot = dataclasses.replace(catalog.BENCHMARKS["chemprot"], files=remotes)
+    monkeypatch.setitem(catalog.BENCHMARKS, "chemprot", chemprot)
     yield requests
     httpd.shutdown()
     httpd.server_close()
@@ -61,12 +61,12 @@ def data_files(tmp_path):
 
 
 def test_downloads_into_the_data_folder_once(server, tmp_path):
-    files = benchmarks.get("chemprot").locate()["files"]
+    files = catalog.get("chemprot").locate()["files"]
     assert files == {s: str(tmp_path / "data" / "scibert" / "chemprot" / f"{s}.jsonl") for s in SPLITS}
     assert b"a dev sentence" in open(files["dev"], "rb").read()
     assert sorted(server) == sorted(f"/chemprot/{s}.jsonl" for s in SPLITS)
     assert data_files(tmp_path) == [f"scibert/chemprot/{s}.jsonl" for s in sorted(SPLITS)]  # no temporary files
-    assert benchmarks.get("chemprot").locate()["files"] == files
+    assert catalog.get("chemprot").locate()["files"] == files
     assert len(server) == 3  # the second resolution read the folder
 
 
@@ -76,17 +76,17 @@ def test_resolving_a_config_reads_no_file_and_a_trial_locates_them(server, tmp_p
     assert (config.data.benchmark, config.data.files.to_dict(), config.model.task) == (
         "chemprot", {}, "sequence_classification")
     config.data.files = {"test": "mine.jsonl"}  # a split of one's own replaces the benchmark's
-    located = benchmarks.locate(config.data)
+    located = catalog.locate(config.data)
     assert located.files.test == "mine.jsonl" and located.files.train.endswith("scibert/chemprot/train.jsonl")
     assert located.benchmark == "" and len(server) == 3
 
 
 def test_wrong_checksum_keeps_nothing(server, tmp_path, monkeypatch):
-    b = benchmarks.BENCHMARKS["chemprot"]
+    b = catalog.BENCHMARKS["chemprot"]
     wrong = {**b.files, "train": dataclasses.replace(b.files["train"], sha256="0" * 64)}
-    monkeypatch.setitem(benchmarks.BENCHMARKS, "chemprot", dataclasses.replace(b, files=wrong))
+    monkeypatch.setitem(catalog.BENCHMARKS, "chemprot", dataclasses.replace(b, files=wrong))
     with pytest.raises(ConfigError) as e:
-        benchmarks.get("chemprot").locate()
+        catalog.get("chemprot").locate()
     message = str(e.value)
     assert "\n" not in message and wrong["train"].url in message and "0" * 64 in message
     assert "scibert/chemprot/train.jsonl" not in data_files(tmp_path)
@@ -96,11 +96,11 @@ def test_unreachable_server_names_benchmark_and_folder(server, tmp_path, monkeyp
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    b = benchmarks.BENCHMARKS["chemprot"]
+    b = catalog.BENCHMARKS["chemprot"]
     gone = {k: dataclasses.replace(r, url=f"http://127.0.0.1:{port}/{r.path}") for k, r in b.files.items()}
-    monkeypatch.setitem(benchmarks.BENCHMARKS, "chemprot", dataclasses.replace(b, files=gone))
+    monkeypatch.setitem(catalog.BENCHMARKS, "chemprot", dataclasses.replace(b, files=gone))
     with pytest.raises(ConfigError) as e:
-        benchmarks.get("chemprot").locate()
+        catalog.get("chemprot").locate()
     message = str(e.value)
     local = os.path.join(str(tmp_path / "data"), "scibert", "chemprot", "train.jsonl")
     assert "\n" not in message and "benchmark chemprot" in message and local in message
@@ -113,13 +113,13 @@ def test_a_file_in_the_data_folder_is_used_without_fetching(server, tmp_path):
     local.mkdir(parents=True)
     for split in SPLITS:
         (local / f"{split}.jsonl").write_text("my own copy\n")  # not checksummed
-    files = benchmarks.get("sciie").locate()["files"]
+    files = catalog.get("sciie").locate()["files"]
     assert files == {s: str(local / f"{s}.jsonl") for s in SPLITS}
     assert server == []
 
 
 def test_every_published_file_is_pinned():
-    for b in benchmarks.BENCHMARKS.values():
+    for b in catalog.BENCHMARKS.values():
         assert bool(b.files) != (b.find is not None), b.name  # published files, or a package's data
         for remote in b.files.values():
             assert len(remote.sha256) == 64 and remote.url.startswith("https://") and not os.path.isabs(remote.path)
@@ -129,17 +129,17 @@ def test_every_published_file_is_pinned():
 def test_the_data_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("ADAPT_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert benchmarks.data_dir() == str(tmp_path / "xdg" / "adapt" / "data")
+    assert catalog.data_dir() == str(tmp_path / "xdg" / "adapt" / "data")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert benchmarks.data_dir() == str(tmp_path / "home" / ".cache" / "adapt" / "data")
+    assert catalog.data_dir() == str(tmp_path / "home" / ".cache" / "adapt" / "data")
 
 
 def test_fetch_downloads_then_verifies_and_reports_a_differing_copy(server, tmp_path):
-    assert [done for _, done in benchmarks.fetch("chemprot")] == ["downloaded, SHA-256 verified"] * 3
-    assert [done for _, done in benchmarks.fetch("chemprot")] == ["present, SHA-256 verified"] * 3
+    assert [done for _, done in catalog.fetch("chemprot")] == ["downloaded, SHA-256 verified"] * 3
+    assert [done for _, done in catalog.fetch("chemprot")] == ["present, SHA-256 verified"] * 3
     (tmp_path / "data" / "scibert" / "chemprot" / "dev.jsonl").write_text("edited\n")
-    done = dict(benchmarks.fetch("chemprot"))
+    done = dict(catalog.fetch("chemprot"))
     assert done[str(tmp_path / "data" / "scibert" / "chemprot" / "dev.jsonl")].startswith("differs: SHA-256 ")
     assert (tmp_path / "data" / "scibert" / "chemprot" / "dev.jsonl").read_text() == "edited\n"  # left as it is
     assert len(server) == 3

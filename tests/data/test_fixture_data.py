@@ -9,7 +9,7 @@ import os
 import pytest
 from conftest import FIXTURE_DATA
 
-from adapt.data import benchmarks
+from adapt.data import catalog
 from adapt.data.formats import read_conll
 from adapt.data.sources import LABEL, TEXT, read_source
 
@@ -35,7 +35,7 @@ def test_the_fixtures_are_the_generators_output(tmp_path):
 
 @pytest.mark.parametrize("task", sorted(LABELS))
 def test_classification_fixtures_parse_with_every_label_in_train(task, benchmark_data):
-    files = benchmarks.get(task).locate()["files"]
+    files = catalog.get(task).locate()["files"]
     assert all(path.startswith(FIXTURE_DATA) for path in files.values())  # found locally, nothing downloaded
     rows = {s: read_source(p, fields={"text": TEXT, "label": LABEL}) for s, p in files.items()}
     counts = collections.Counter(r["label"] for r in rows["train"])
@@ -55,8 +55,8 @@ def test_classification_fixtures_parse_with_every_label_in_train(task, benchmark
 
 
 def test_bc5cdr_fixture_parses_as_conll(benchmark_data):
-    data = benchmarks.get("bc5cdr").locate()
-    assert (benchmarks.get("bc5cdr").keys["format"] == "conll"
+    data = catalog.get("bc5cdr").locate()
+    assert (catalog.get("bc5cdr").keys["format"] == "conll"
             and all(p.startswith(FIXTURE_DATA) for p in data["files"].values()))
     sentences = {s: read_conll(p) for s, p in data["files"].items()}
     train_tags = {t for _, tags in sentences["train"] for t in tags}

@@ -115,25 +115,25 @@ def test_tokens_count_the_mask_else_the_ragged_lengths_else_the_width(arrays, to
 
 
 def test_section_expands_a_benchmark_under_the_specs_own_keys(tmp_path):
-    from adapt.data import benchmarks
+    from adapt.data import catalog
 
     data = data_defaults()
     data.files = {"train": "a.txt", "dev": "b.txt"}
     data.mixture = {"domain": {"weight": 1.0}}
     data.mixture_stages = [[0, {"domain": 1.0}]]
     sub = section(data, {"benchmark": "bbc", "encoding": "utf-8"}, "eval.sets.general")
-    # the benchmark's data keys, its files found only when read (benchmarks.locate)
+    # the benchmark's data keys, its files found only when read (catalog.locate)
     assert (sub.benchmark, sub.source, sub.split_ratios.to_dict(), sub.sample_by) == (
         "bbc", "", {"train": 0.8, "dev": 0.1, "test": 0.1}, "document")
     assert (sub.encoding, sub.files.to_dict(), sub.mixture.to_dict(), sub.mixture_stages) == ("utf-8", {}, {}, [])
-    assert benchmarks.locate(sub).source == benchmarks.bbc_folder() and benchmarks.locate(sub).benchmark == ""
+    assert catalog.locate(sub).source == catalog.bbc_folder() and catalog.locate(sub).benchmark == ""
     other = section(data, {"files": {"dev": "c.txt"}}, "eval.sets.general")  # replaced whole, not merged
     assert (other.files.to_dict(), other.source, data.files.train) == ({"dev": "c.txt"}, "", "a.txt")
     mine = section(sub, {"files": {"dev": "c.txt"}}, "eval.sets.mine")  # own files replace an inherited benchmark
     assert (mine.benchmark, mine.files.to_dict()) == ("", {"dev": "c.txt"})
     with pytest.raises(ConfigError) as e:
         section(data, {"benchmark": "nope"}, "eval.sets.general")
-    assert str(e.value) == "eval.sets.general.benchmark='nope': expected one of '', " + ", ".join(benchmarks.BENCHMARKS)
+    assert str(e.value) == "eval.sets.general.benchmark='nope': expected one of '', " + ", ".join(catalog.BENCHMARKS)
     with pytest.raises(ConfigError, match=r"^eval.sets.general.file: unknown key; did you mean "
                                           r"eval.sets.general.files\? \(keys of "):
         section(data, {"file": "c.txt"}, "eval.sets.general")

@@ -80,7 +80,7 @@ def test_one_step_trains_heads_of_different_sizes_and_kinds(base_bert):
     """A batch holding rows of a 3-class sequence task and a 4-tag token task: one step's gradient is the loss
     weights' combination of each task's gradient alone (sums over rows, divided by the labels counted)."""
     from adapt.models import from_pretrained
-    from adapt.models.multitask import MultiTask
+    from adapt.models.multihead import MultiHead
     from adapt.training.objectives import SequenceClassification, TokenClassification
     from adapt.training.state import TrainState, split_model
     from adapt.training.steps import make_train_step
@@ -88,9 +88,9 @@ def test_one_step_trains_heads_of_different_sizes_and_kinds(base_bert):
     off = dict(hidden_dropout=0.0, attention_dropout=0.0)  # each row's outputs then depend on that row alone
     rel = from_pretrained(base_bert, task="sequence_classification", labels=list("xyz"), **off)
     tag = from_pretrained(base_bert, task="token_classification", labels=["B-E", "I-E", "O", "B-F"], **off)
-    multi = MultiTask.combine({"rel": rel, "tag": tag})
+    multi = MultiHead.combine({"rel": rel, "tag": tag})
     assert {"tasks.rel.classifier", "tasks.tag.classifier", "bert.pooler"} == set(multi.head_prefixes())
-    objective = multitask.objectives.MultiTask(
+    objective = multitask.objectives.PerHead(
         (("rel", SequenceClassification(3)), ("tag", TokenClassification(("B-E", "I-E", "O", "B-F")))),
         (1.0, 0.25), ("macro_f1", "span_f1"))
     static, params, frozen = split_model(multi)

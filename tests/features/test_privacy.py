@@ -25,7 +25,7 @@ from adapt.experiment import base_config, run_trial
 from adapt.experiment.trial import build_trial
 from adapt.features import privacy
 from adapt.models import from_pretrained
-from adapt.study.packing import run_population
+from adapt.study.populations import run_population
 from adapt.training import CausalLM, defaults
 from adapt.training import dp as dpsgd
 from adapt.training.state import create_state

@@ -20,7 +20,7 @@ def test_main_job_pipeline_produces_the_table_and_plots(tmp_path):
     command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"),
                "--config=experiments/bbc_tapt/config.py:smoke",
                f"--workdir={tmp_path}", f"--config.data.cache_dir={tmp_path / 'cache'}",
-               "--pack=2"]  # each stage's two seeds train as one population (adapt.study.packing), as --pack runs them
+               "--pack=2"]  # each stage's two seeds train as one population (adapt.study.populations)
     # one CPU device, as the README's command runs; a Python warning is an error: the main job prints none
     env = {**os.environ, "XLA_FLAGS": "", "PYTHONWARNINGS": "error"}
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

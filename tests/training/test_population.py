@@ -10,7 +10,7 @@ import pytest
 from adapt.analysis.results import read_metrics_jsonl
 from adapt.core.errors import ConfigError
 from adapt.experiment import base_config, run_trial
-from adapt.study.packing import check_packable, program_key, run_population
+from adapt.study.populations import check_packable, program_key, run_population
 
 WORDS = {"0": "market shares profit bank economy".split(), "1": "match goal season club player".split()}
 
@@ -62,7 +62,7 @@ class Killed(Exception):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_path, method, monkeypatch):
-    import adapt.study.packing
+    import adapt.study.populations
     from adapt.analysis.results import ResultsDB
     from adapt.study import runner
     from adapt.training import loop, population
@@ -98,8 +98,9 @@ def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_pat
         assert population.common_start(trainers) == 2
         together = run_population(configs, folders)
     else:  # through the sweep runner: the three trials of one program packed (one diverges), another alone
-        calls, real = [], adapt.study.packing.run_population
-        monkeypatch.setattr(adapt.study.packing, "run_population", lambda cs, ws: calls.append(len(cs)) or real(cs, ws))
+        calls, real = [], adapt.study.populations.run_population
+        monkeypatch.setattr(adapt.study.populations, "run_population",
+                            lambda cs, ws: calls.append(len(cs)) or real(cs, ws))
         sweep = members + [{"optimizer.learning_rate": 1e30}, {"train.batch_size": 16}]
         counts = runner.run_sweep(config(), sweep, str(tmp_path / "sweep"), pack=4, progress=False)
         assert counts == {"done": 3, "failed": 1} and calls == [3]

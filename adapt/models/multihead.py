@@ -1,6 +1,6 @@
 """One shared backbone under one head per task: the model of multi-task fine-tuning (:mod:`adapt.features.multitask`).
 
-    multi = MultiTask.combine({"chemprot": chemprot_model, "bc5cdr": ner_model})   # each from from_pretrained
+    multi = MultiHead.combine({"chemprot": chemprot_model, "bc5cdr": ner_model})   # each from from_pretrained
     logits = multi(input_ids=ids, attention_mask=mask)   # {"chemprot": [B, C1], "bc5cdr": [B, T, C2]}
     single = multi.task_model("chemprot")                 # that task's plain family model (export, evaluation)
 
@@ -27,7 +27,7 @@ def _like(abstract, source):
     return {k: _like(v, source[k]) for k, v in abstract.items()}
 
 
-class MultiTask(nnx.Module):
+class MultiHead(nnx.Module):
     """``backbone`` (under attribute ``prefix``) and ``heads`` (task name -> a head-class instance without its
     backbone). Calling it gives each task's logits: ``{name: [B, C] or [B, T, C]}``."""
 
@@ -41,7 +41,7 @@ class MultiTask(nnx.Module):
         return getattr(self, self.prefix)
 
     @classmethod
-    def combine(cls, models: dict[str, nnx.Module]) -> MultiTask:
+    def combine(cls, models: dict[str, nnx.Module]) -> MultiHead:
         """One model per task, all of one family and checkpoint, into one: the backbone of the model whose backbone
         has the most parameters (a pooler that a sequence classifier reads) is kept, the others' are dropped.
         The models are consumed (their backbones detached)."""
