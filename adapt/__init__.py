@@ -63,7 +63,8 @@ MOVED = {f"adapt.{old}": f"adapt.{new}" for old, new in {
     "stats": "analysis.stats", "baselines": "analysis.baselines", "forgetting": "analysis.forgetting",
     "sweeps": "study.sweeps", "runner": "study.runner", "search": "study.adaptive", "population": "study.populations",
     "active": "study.active", "harness": "integrations.lm_eval",
-    "data.benchmarks": "data.catalog", "study.packing": "study.populations", "models.multitask": "models.multihead",
+    "data.benchmarks": "data.catalog", "methods.peft": "methods.peft_io", "study.packing": "study.populations",
+    "models.multitask": "models.multihead",
 }.items()}
 
 # public module name -> the module (adapt.methods.build, adapt.tables.build, ...)

@@ -331,7 +331,7 @@ def export_run(workdir: str, out: str, *, peft: bool = False, checkpoint: str = 
     trial, state = load_run(workdir, checkpoint=checkpoint)
     model = trial.trainer.best_model(state)
     if peft:
-        from adapt.methods.peft import save_peft
+        from adapt.methods.peft_io import save_peft
 
         if trial.tasks:
             raise ConfigError(f"{workdir}: a multi-task run exports merged models per task, not a PEFT adapter")

@@ -35,7 +35,7 @@ def hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     if added:
         raise CheckpointError(f"the model holds {len(added)} parameters an adaptation method added ({added[0]}, ...): "
                               f"merge them into the base weights first (method.merge(model)), or save a LoRA as a "
-                              f"PEFT adapter (adapt.methods.peft.save_peft)")
+                              f"PEFT adapter (adapt.methods.peft_io.save_peft)")
     for path, var in params:
         value = var.get_value()
         if not value.is_fully_addressable:

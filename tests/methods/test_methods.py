@@ -140,7 +140,7 @@ def test_peft_export_loads_in_peft_with_the_same_logits(name, folder, task, voca
     import peft
     import torch
 
-    from adapt.methods.peft import save_peft
+    from adapt.methods.peft_io import save_peft
 
     folder = request.getfixturevalue(folder)
     model, method = _build(name, folder, task)
