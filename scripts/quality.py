@@ -58,14 +58,14 @@ def main():
     start = time.perf_counter()
     config = load_config(spec, args.benchmark, overrides)
     from adapt.core.files import write_json
-    from adapt.data import quality
+    from adapt.data import pipeline, quality
     from adapt.data.formats import Encoder
     from adapt.models import load_tokenizer
 
     q = quality.settings(config.data)
     encoder = None if q.too_long == "off" or q.max_chars else Encoder(load_tokenizer(config.init_from or
                                                                                       config.model.name))
-    _, report = quality.clean(config.data, quality.read(config.data), encoder)
+    _, report = quality.clean(config.data, pipeline.raw_records(config.data), encoder)
     if args.json:
         write_json(args.json, report)
     print(quality.to_markdown(report, spec or args.benchmark or "data"))

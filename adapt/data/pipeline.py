@@ -83,6 +83,18 @@ def records(cfg, encoder: formats.Encoder | None = None) -> dict[str, list[dict]
     return _checked_records(cfg, encoder)[0]
 
 
+def raw_records(cfg) -> dict[str, list]:
+    """The splits of ``cfg`` (the data section) as the quality checks see them in a trial (:mod:`adapt.data.quality`):
+    the records of each split (CoNLL: its (tokens, tags) sentences), before any check drops one and before
+    ``data.train_examples`` samples train."""
+    cfg = catalog.locate(cfg)
+    if cfg.format == "conll":
+        return {s: formats.read_conll(p, token_column=cfg.conll_token_column, tag_column=cfg.conll_tag_column)
+                for s, p in cfg.files.items()}
+    _check_sources(cfg)
+    return eval_subsets(cfg, _records(cfg))
+
+
 def _checked_records(cfg, encoder=None) -> tuple[dict[str, list[dict]], dict | None]:
     """:func:`records` and the quality report (None when every check is off)."""
     cfg = catalog.locate(cfg)

@@ -43,7 +43,6 @@ import numpy as np
 
 from adapt.core import schema
 from adapt.core.schema import Choice, Float, Int
-from adapt.data import catalog
 
 CHECKS = ("duplicates", "near_duplicates", "leakage", "empty", "too_long", "labels", "label_errors")
 MODES = ("off", "report", "drop")
@@ -317,20 +316,6 @@ def counts(report: dict) -> dict:
     """The numbers a trial stores (``results.json`` "quality"): ``{"found": {check: n}, "dropped": {check: n,
     "total": n}, "train": {"before": n, "after": n}}``."""
     return {k: dict(report[k]) for k in ("found", "dropped", "train")}
-
-
-def read(cfg) -> dict[str, list]:
-    """The splits of ``cfg`` (the data section) as the checks see them in a trial: the records of each split
-    (CoNLL: its (tokens, tags) sentences), before ``data.train_examples`` samples train."""
-    from adapt.data import formats, pipeline
-
-    cfg = catalog.locate(cfg)
-    if cfg.format == "conll":
-        return {s: formats.read_conll(p, token_column=cfg.conll_token_column, tag_column=cfg.conll_tag_column)
-                for s, p in cfg.files.items()}
-    raw = ml_collections.ConfigDict(cfg.to_dict())  # the same data, no check or sample
-    raw.update(quality=defaults(), train_examples=0.0, train_subset="sample")
-    return pipeline.records(raw)
 
 
 def to_markdown(report: dict, title: str = "") -> str:

@@ -17,7 +17,7 @@ from flax import nnx
 
 from adapt.core.errors import ConfigError
 from adapt.models.loading import FRESH_ATTR, fresh_paths
-from adapt.models.registry import head_of, model_info
+from adapt.models.registry import ModelInfo, head_of, model_info
 
 
 def _like(abstract, source):
@@ -39,6 +39,12 @@ class MultiHead(nnx.Module):
     @property
     def backbone(self) -> nnx.Module:
         return getattr(self, self.prefix)
+
+    def model_info(self) -> ModelInfo:
+        """Its family's facts (:func:`adapt.models.registry.model_info`): the backbone's family, under a head per
+        task, whose heads are the tasks' heads."""
+        family = model_info(self.backbone).family
+        return ModelInfo(family, "multi_task", family.dims(self.cfg), family.base_prefix, self.head_prefixes())
 
     @classmethod
     def combine(cls, models: dict[str, nnx.Module]) -> MultiHead:

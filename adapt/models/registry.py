@@ -2,7 +2,8 @@
 parameter paths map to HF tensor names, and the facts about its structure that the adaptation methods and
 the engine read (:class:`Family`; ``docs/adding_a_family.md`` walks through one).
 
-A family file (``llama.py``, ``gpt2.py``, ``bert.py``) ends with one :class:`Family` registration. The
+A family file (``llama.py``, ``gpt2.py``, ``bert.py``) ends with one :class:`Family` registration, and
+``adapt/models/__init__.py`` imports it (so any import of ``adapt.models`` fills the registry). The
 default name mapping joins the NNX path with dots and renames the leaf (``kernel``/``embedding``/``scale``
 -> ``weight``, kernels transposed from ``[in, out]`` to PyTorch's ``[out, in]``); a family lists only the
 exceptions to that rule.
@@ -110,20 +111,14 @@ def register(family: Family) -> Family:
 
 
 def supported_model_types() -> list[str]:
-    _import_families()
     return sorted(_FAMILIES)
 
 
 def family_for(model_type: str, where: str = "") -> Family:
-    _import_families()
     if model_type not in _FAMILIES:
         raise CheckpointError(f"{where}unsupported architecture model_type={model_type!r}; "
                               f"supported: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[model_type]
-
-
-def _import_families():
-    from adapt.models import bert, gpt2, llama, roberta  # noqa: F401  (each registers itself)
 
 
 def _under(name: str, prefixes) -> bool:
@@ -185,7 +180,6 @@ class ModelInfo:
 
 def head_of(cls: type) -> tuple[Family, str]:
     """The family and the head (``"sequence_classification"``, ...) a model class is registered as."""
-    _import_families()
     if cls not in _CLASSES:
         raise ConfigError(f"{cls.__name__} is not a model head of a registered family (adapt.models.registry.register)")
     return _CLASSES[cls]
@@ -193,12 +187,8 @@ def head_of(cls: type) -> tuple[Family, str]:
 
 def model_info(model: nnx.Module) -> ModelInfo:
     """The family facts of a model built by a registered family (``from_pretrained`` or the class itself)."""
-    from adapt.models.multihead import MultiHead
-
-    _import_families()
-    if isinstance(model, MultiHead):  # one backbone under a head per task: its heads are the tasks' heads
-        family = model_info(model.backbone).family
-        return ModelInfo(family, "multi_task", family.dims(model.cfg), family.base_prefix, model.head_prefixes())
+    if hasattr(model, "model_info"):  # a model of models (adapt.models.multihead.MultiHead) says its own
+        return model.model_info()
     family, head = head_of(type(model))
     has_backbone = isinstance(getattr(model, family.base_prefix, None), nnx.Module)
     return ModelInfo(family, head, family.dims(model.cfg), family.base_prefix if has_backbone else "",

@@ -7,7 +7,8 @@ token classification, ...), holding everything the rest of the library looks up 
     task.head                        # the model head each family declares for it (Family.heads)
 
 A task registers itself beside its objective (the built-in ones at the end of
-``adapt/training/objectives.py``; see ``docs/adding_an_objective.md``). Named datasets (BBC News,
+``adapt/training/objectives.py``, which ``adapt/training/__init__.py`` imports; see
+``docs/adding_an_objective.md``). Named datasets (BBC News,
 ChemProt, ...) are *benchmarks*, in :mod:`adapt.data.catalog`.
 """
 
@@ -55,17 +56,11 @@ def register(task: Task) -> Task:
     return task
 
 
-def _import_builtin():
-    from adapt.training import objectives  # noqa: F401  (registers the built-in tasks)
-
-
 def names() -> list[str]:
-    _import_builtin()
     return list(_TASKS)
 
 
 def get(name: str, where: str = "model.task") -> Task:
-    _import_builtin()
     if name not in _TASKS:
         close = difflib.get_close_matches(str(name), list(_TASKS), n=3)
         raise ConfigError(f"{where}={name!r} is not a task; " + (f"did you mean {', '.join(close)}? " if close else "")

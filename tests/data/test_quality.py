@@ -10,7 +10,7 @@ import pytest
 
 from adapt.core.errors import ConfigError
 from adapt.data import quality
-from adapt.data.pipeline import data_defaults, prepare, records
+from adapt.data.pipeline import data_defaults, prepare, raw_records, records
 
 VOCAB = [f"w{i}" for i in range(3000)]
 
@@ -59,7 +59,7 @@ def _cfg(tmp_path, splits, **checks):
 def test_planted_duplicates_near_duplicates_and_leaks_are_counted_exactly(tmp_path):
     splits = _planted()
     cfg = _cfg(tmp_path, splits, duplicates="report", near_duplicates="report", leakage="report", labels="report")
-    report, _ = quality.check(cfg, quality.read(cfg))
+    report, _ = quality.check(cfg, raw_records(cfg))
     assert report["found"] == {"duplicates": 3, "near_duplicates": 2, "leakage": 3}
     assert report["by_split"]["leakage"] == {"dev": 2, "test": 1}
     assert report["duplicate_conflicts"] == 1
@@ -76,7 +76,7 @@ def test_drop_removes_from_train_only(tmp_path):
     removed = {40, 41, 42, 43, 44, 5, 6, 7}  # the copies, the near copies, the train side of each leak
     assert out["train"] == [r for i, r in enumerate(splits["train"]) if i not in removed]
     assert out["dev"] == splits["dev"] and out["test"] == splits["test"]
-    report, _ = quality.check(cfg, quality.read(cfg))
+    report, _ = quality.check(cfg, raw_records(cfg))
     assert report["dropped"] == {"duplicates": 3, "near_duplicates": 2, "leakage": 3, "total": 8}
     # leakage "report": the train side stays; the other checks still drop theirs
     cfg.quality.leakage = "report"
@@ -90,11 +90,11 @@ def test_empty_and_over_long_in_characters_and_tokens(tmp_path):
     rows = [{"text": "short one", "label": "a"}, {"text": "  ", "label": "b"},
             {"text": "word " * 40, "label": "a"}, {"text": "another short", "label": "b"}]
     cfg = _cfg(tmp_path, {"train": rows, "dev": rows[:2]}, empty="drop", too_long="report", max_chars=100)
-    report, _ = quality.check(cfg, quality.read(cfg))
+    report, _ = quality.check(cfg, raw_records(cfg))
     assert report["found"] == {"empty": 1, "too_long": 1} and report["by_split"]["empty"] == {"train": 1, "dev": 1}
     assert [r["text"] for r in records(cfg)["train"]] == ["short one", "word " * 40, "another short"]
     cfg.quality.max_chars, cfg.max_length = 0, 39  # "word " * 40: 40 tokens of the MiniLM tokenizer
-    report, _ = quality.check(cfg, quality.read(cfg), Encoder(load_tokenizer("bundled:minilm-l6")))
+    report, _ = quality.check(cfg, raw_records(cfg), Encoder(load_tokenizer("bundled:minilm-l6")))
     assert report["found"]["too_long"] == 1 and report["too_long_limit"] == "39 tokens"
 
 
@@ -104,7 +104,7 @@ def test_cleanlab_finds_a_flipped_label_on_a_separable_set(tmp_path):
     rows = [{"text": " ".join(rng.choice(words[y], 12)), "label": y} for y in "ab" * 20]
     rows[6]["label"] = "b"  # its words are all "a" words
     cfg = _cfg(tmp_path, {"train": rows}, label_errors="drop")
-    report, drops = quality.check(cfg, quality.read(cfg))
+    report, drops = quality.check(cfg, raw_records(cfg))
     assert drops == {"label_errors": {6}} and report["found"] == {"label_errors": 1}
     assert report["samples"]["label_errors"][0][0].startswith("[b] alpha")
 
