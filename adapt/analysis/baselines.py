@@ -37,6 +37,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from adapt.analysis import stats, tables
 from adapt.core.errors import ConfigError
 from adapt.data import catalog, formats, pipeline
 from adapt.evaluation import textmetrics
@@ -196,11 +197,9 @@ def compute(data, names=BASELINES, f1_ignore=(), select: str = "accuracy", dev_s
         return {row: {s: textmetrics.scores(refs[s], answers) for s, answers in by_split.items()}
                 for row, by_split in predicted.items()}
     if (tags := _majority_tags(data, names)) is not None:
-        from adapt.analysis.stats import metric_fn, span_counts
-
         gold, predicted = tags
-        f1 = metric_fn("span_f1")
-        return {row: {s: {"span_f1": float(f1(span_counts(gold[s], p).sum(0)))} for s, p in by_split.items()}
+        f1 = stats.metric_fn("span_f1")
+        return {row: {s: {"span_f1": float(f1(stats.span_counts(gold[s], p).sum(0)))} for s, p in by_split.items()}
                 for row, by_split in predicted.items()}
     fitted = _fit(data, [n for n in names if n != "lead"], f1_ignore, select, dev_split)
     if fitted is None:
@@ -214,8 +213,6 @@ def intervals(data, names=BASELINES, f1_ignore=(), metric: str = "accuracy", dev
     """``{row name: stats.Interval}``: each baseline's ``metric`` on ``test_split`` with its 95% percentile
     bootstrap interval over the test examples (:func:`adapt.analysis.stats.interval` with one seed: a deterministic
     baseline has no seed spread, but its number is still one draw of a test set)."""
-    from adapt.analysis import stats
-
     if (lead := _lead(data, names, limits)) is not None:
         refs, predicted = lead
         fn = textmetrics.metric_fn(metric)
@@ -243,8 +240,6 @@ def add_to_table(table, trials: list[dict], names=BASELINES):
     trials in ``trials``, C picked by the column's metric on the dev split, the column's metric on the test split
     with its interval over test examples (:func:`intervals`), scaled as the table. No ±: one fit, no seeds.
     A column whose data is not single-label classification gets none."""
-    from adapt.analysis import tables
-
     by_id = {t["id"]: t for t in trials}
     rows = {NAMES[n]: {} for n in names}
     for col in table.columns:

@@ -38,7 +38,8 @@ import numpy as np
 
 from adapt.core.errors import AdaptError
 from adapt.core.files import write_atomic
-from adapt.evaluation import textmetrics
+from adapt.data.formats import spans
+from adapt.evaluation import predictions, textmetrics
 
 # ---- per-example counts and the metrics computed from their sums ---------------------------------------
 
@@ -57,7 +58,6 @@ def confusion_counts(gold, pred, labels) -> np.ndarray:
 
 def span_counts(gold_tags, pred_tags) -> np.ndarray:
     """``[n, 3]``: each example's (correct, predicted, gold) entity spans, as conlleval counts them."""
-    from adapt.training.objectives import spans
 
     rows = []
     for g, p in zip(gold_tags, pred_tags, strict=True):
@@ -111,8 +111,6 @@ def read_counts(workdir: str, split: str, metric: str, f1_ignore=()) -> tuple[np
     """A finished trial's per-example counts on ``split`` (from ``predictions/<split>.jsonl`` and its
     ``labels.json``) and the function of their sums that gives ``metric``; ``f1_ignore``: label names left
     out of the F1 averages, as the trial's ``objective.f1_ignore``."""
-    from adapt.evaluation import predictions
-
     rows = predictions.read(workdir, split)
     gold, pred = [r["gold"] for r in rows], [r["prediction"] for r in rows]
     if metric in textmetrics.METRICS:  # generated text against its reference

@@ -38,6 +38,8 @@ from adapt.core import schema
 from adapt.core.errors import ConfigError
 from adapt.core.files import user_cache, write_json
 from adapt.core.schema import Choice, Either, Float, Int, Path, Str, Tuple
+from adapt.models import from_pretrained, load_tokenizer
+from adapt.models.generate import GenerationConfig, generate
 
 TOKEN_METHODS = ("delete", "swap", "insert")
 METHODS = (*TOKEN_METHODS, "paraphrase")
@@ -166,8 +168,6 @@ def _key(settings: dict, copy: int, text: str) -> str:
 
 def _generate(model_id: str, prompts: list[str], config, batch_size: int) -> list[str]:
     """``prompts`` answered by ``model_id`` (loaded once per call) through its chat template, KV-cached."""
-    from adapt import from_pretrained, generate, load_tokenizer
-
     model = from_pretrained(model_id, task="causal_lm")
     return generate(model, load_tokenizer(model_id), prompts, config, chat=True, batch_size=batch_size)
 
@@ -176,8 +176,6 @@ def paraphrase(texts: list[str], para, seed: int, copy: int) -> tuple[list[str],
     """Each of ``texts`` with its first ``para.max_words`` words paraphrased (``para``: the section
     ``data.augment.paraphrase``), from the cache where it holds them; returns them and how many were generated.
     An empty answer keeps the text as it was."""
-    from adapt import GenerationConfig
-
     settings = {"model": para.model, "prompt": para.prompt, "temperature": float(para.temperature),
                 "top_p": float(para.top_p), "max_new_tokens": int(para.max_new_tokens),
                 "max_words": int(para.max_words), "seed": int(seed)}

@@ -207,6 +207,22 @@ def encode_token_classification(sentences, encoder: Encoder, *, vocab: list[str]
     return {"input_ids": ids_out, "labels": labels_out}
 
 
+def spans(tags: list[str]) -> set[tuple[int, int, str]]:
+    """Entity spans ``(start, end, type)`` of a BIO/IOBES tag sequence, conlleval's way: an ``I-`` that
+    does not continue a span of its type starts one."""
+    found, start, kind, prev = set(), None, None, "O"
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, typ = tag.partition("-") if tag != "O" else ("O", "", "")
+        ends = start is not None and (prefix in ("O", "B", "S") or typ != kind or prev in ("E", "S"))
+        if ends:
+            found.add((start, i - 1, kind))
+            start = None
+        if prefix in ("B", "S") or (prefix in ("I", "E") and start is None):
+            start, kind = i, typ
+        prev = prefix
+    return found
+
+
 def sft_prompt(tokenizer, prompt: str, shots: list[tuple[str, str]] = ()) -> list[int]:
     """The token ids a model answers ``prompt`` after, as supervised fine-tuning formats it (:func:`encode_sft`):
     with a chat template, a user turn and the assistant's generation prompt; without one, ``prompt\\n``.

@@ -38,6 +38,7 @@ from adapt.core.sharding import state_shardings
 from adapt.data import catalog
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import SOURCE_SCHEMA, prepare, section
+from adapt.models import from_pretrained
 from adapt.models.loading import fresh_paths
 from adapt.models.registry import model_info
 from adapt.training import tasks
@@ -142,8 +143,6 @@ def build(config, tokenizer, model: nnx.Module, source: str, *, mesh=None, rules
     sharded by ``rules``, as the run's model). Every problem
     (a format or task that does not fit, a missing split, a head the checkpoint lacks) is a one-line error
     naming the set, raised before anything trains."""
-    from adapt.models import from_pretrained
-
     out = {}
     for name, spec in specs(config).items():
         where = f"eval.sets.{name}"

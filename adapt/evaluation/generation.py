@@ -24,6 +24,7 @@ from adapt.core.schema import Either, Float, Int, Map, Str, Tuple
 from adapt.data.batches import eval_batches
 from adapt.data.formats import sft_prompt
 from adapt.evaluation import textmetrics
+from adapt.models.generate import GenerationConfig, cut_at_stops, generate_ids
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -63,8 +64,6 @@ def examples(config, split: str) -> int | None:
 def generation_config(section):
     """The :class:`adapt.models.generate.GenerationConfig` of a ``generation`` section (bad values: one line
     naming the key)."""
-    from adapt.models.generate import GenerationConfig
-
     schema.check(SCHEMA, section, "generation")
     return GenerationConfig(max_new_tokens=section.max_new_tokens, temperature=section.temperature,
                             top_k=section.top_k, top_p=section.top_p, seed=section.seed, stop=tuple(section.stop))
@@ -104,8 +103,6 @@ class GenerationEval:
 
     def outputs(self, trainer, state) -> list[str]:
         """The model's answers (``state``'s parameters) to the split's prompts."""
-        from adapt.models.generate import cut_at_stops, generate_ids
-
         tokenizer = self.trial.tokenizer
         with trainer.steps.context():
             ids = generate_ids(trainer.best_model(state), self.prompt_ids, self.generation,

@@ -26,15 +26,8 @@ import numpy as np
 from adapt.core.errors import AdaptError
 from adapt.core.files import write_atomic
 from adapt.data.formats import IGNORE
-from adapt.training.objectives import Objective
 
 FOLDER = "predictions"
-
-
-def has_outputs(objective) -> bool:
-    """Whether ``objective`` gives per-example outputs (:meth:`Objective.outputs` overridden)."""
-    method = getattr(type(objective), "outputs", None)
-    return method is not None and method is not Objective.outputs
 
 
 def path(workdir: str, split: str) -> str:

@@ -19,6 +19,7 @@ import traceback
 
 import ml_collections
 
+from adapt import methods
 from adapt.core.errors import AdaptError, ConfigError
 from adapt.experiment import base
 
@@ -154,8 +155,6 @@ def from_module(module, arg: str | None, overrides: list[str] | dict = (),
     if checked:
         base.check(config)
     elif "method" in config:
-        from adapt import methods
-
         methods.build(config.method)
     return config
 

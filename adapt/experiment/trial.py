@@ -49,7 +49,7 @@ from adapt.features import distill, multitask, privacy
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
 from adapt.models.loading import fresh_paths
 from adapt.models.registry import model_info
-from adapt.training import Trainer, tasks
+from adapt.training import Trainer, objectives, tasks
 from adapt.training.state import batch_sharding, batch_ways
 
 
@@ -97,7 +97,7 @@ class TrialSetup:
             if jax.process_index() == 0:
                 predictions.write(trainer.workdir, split, self.generated(split).rows(answers))
             return {**metrics, **(known or {})}
-        if not predictions.has_outputs(trainer.objective):
+        if not objectives.has_outputs(trainer.objective):
             return known or trainer.evaluate(state, trainer.steps, self.eval_batches(split))
         metrics, rows = trainer.evaluate(state, trainer.steps, self.eval_batches(split), examples=True)
         extra = predictions.save(trainer.workdir, split, rows, self.splits.get("labels"),

@@ -51,6 +51,9 @@ from tqdm import tqdm
 from adapt.core.errors import AdaptError, ConfigError
 from adapt.core.sharding import axis_rules, current_rules, normalize_rules
 from adapt.data.batches import DEFAULT_BUCKETS, bucket_width
+from adapt.experiment import load_run
+from adapt.models import from_pretrained, load_tokenizer
+from adapt.models.generate import GenerationConfig, generate_ids
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -114,8 +117,6 @@ class AdaptLM(TemplateLM):
             self.model, self.tokenizer, self._rules = _load_run(str(run), checkpoint, overrides)
             self.source, self.checkpoint = str(run), checkpoint
         elif isinstance(pretrained, (str, os.PathLike)):
-            from adapt.models import from_pretrained, load_tokenizer
-
             self.source, self.checkpoint = str(pretrained), None
             self.model = from_pretrained(self.source, task="causal_lm", dtype=dtype, revision=revision)
             self.tokenizer = tokenizer if hasattr(tokenizer, "encode") else \
@@ -245,8 +246,6 @@ class AdaptLM(TemplateLM):
         """Continuations through :func:`adapt.models.generate.generate_ids`, one call per distinct ``gen_kwargs``
         (``until``, ``max_gen_toks``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``), cut at the first stop
         string as HFLM cuts them."""
-        from adapt.models.generate import GenerationConfig, generate_ids
-
         groups: dict[str, list[int]] = {}
         for n, req in enumerate(requests):
             groups.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(n)
@@ -276,8 +275,6 @@ class AdaptLM(TemplateLM):
 
 def _load_run(workdir: str, checkpoint: str, overrides):
     """A run folder's trained causal LM (with its method applied), its tokenizer and its axis rules."""
-    from adapt.experiment import load_run
-
     path = os.path.join(workdir, "config.json")
     if os.path.isfile(path):
         with open(path) as f:

@@ -40,14 +40,22 @@ import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from adapt.analysis import baselines
+from adapt.analysis.forgetting import estimate
 from adapt.core import schema
 from adapt.core.errors import ConfigError
 from adapt.core.files import write_atomic, write_json
 from adapt.core.schema import Bool, Choice, Int, Str, Tuple
+from adapt.data import pipeline
 from adapt.experiment import base
+from adapt.experiment.trial import finish_trial, start_trial
+from adapt.training.loop import to_host
+from adapt.training.state import global_batch, merge_model
 
 STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "coreset")
 RECORD = "acquired.json"
@@ -187,9 +195,6 @@ def choose(strategy: str, n: int, outputs: dict, rng: np.random.Generator) -> np
 
 def _batches(trial, split: str):
     """(global batch, its real rows' positions) of ``split``, in order (eval batches pad the last one)."""
-    from adapt.training.loop import to_host
-    from adapt.training.state import global_batch
-
     for local in trial.eval_batches(split):
         batch = global_batch(local, trial.trainer.batch_sharding)
         yield batch, np.flatnonzero(to_host(batch["attention_mask"]).any(1))
@@ -201,12 +206,6 @@ def pool_outputs(trial, state, strategy: str, key) -> dict:
     for bald ``mc [T, P, C]``, T passes with dropout on (pass t, batch i: masks from ``fold_in(fold_in(key, t), i)``);
     for coreset the final [CLS] states of the pool and of the labelled set, ``embeddings [P, D]`` and
     ``labelled_embeddings``."""
-    import jax
-    import jax.numpy as jnp
-
-    from adapt.training.loop import to_host
-    from adapt.training.state import merge_model
-
     trainer, model = trial.trainer, trial.trainer.static
     out = {"size": len(trial.splits["pool"]["input_ids"])}
     if strategy in ("least_confidence", "margin", "entropy"):
@@ -250,16 +249,12 @@ def _write_jsonl(path: str, records: list[dict]) -> str:
 
 def read_data(config: ml_collections.ConfigDict) -> dict:
     """The raw records of each split of ``config.data`` (:func:`adapt.data.pipeline.records`)."""
-    from adapt.data import pipeline
-
     return pipeline.records(config.data)
 
 
 def initial_set(config: ml_collections.ConfigDict, labels: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(the train indices a loop of ``seed`` may draw from, sorted; its initial labelled ones, sorted): a plain
     seeded sample of ``active.pool_size`` (all when 0), then the stratified ``active.initial`` of those."""
-    from adapt.data.pipeline import split_train
-
     size = check_pool(config, len(labels))
     universe = np.arange(len(labels)) if size == len(labels) else np.sort(
         np.random.default_rng([seed, 1]).permutation(len(labels))[:size])
@@ -267,7 +262,7 @@ def initial_set(config: ml_collections.ConfigDict, labels: list[str], seed: int)
     if config.active.initial < n_labels:
         raise ConfigError(f"active.initial={config.active.initial} is fewer than the {n_labels} labels; the initial "
                           f"sample holds at least one of each (the label vocabulary comes from it)")
-    keep = split_train(config.active.initial, [labels[i] for i in universe], seed, len(universe))
+    keep = pipeline.split_train(config.active.initial, [labels[i] for i in universe], seed, len(universe))
     return universe, universe[keep]
 
 
@@ -299,10 +294,6 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, strategy: str, see
     """One (strategy, seed) loop in ``workdir`` (resumed where its ``acquired.json`` left off); returns that record:
     ``{"strategy", "seed", "universe", "initial", "rounds": [{"round", "budget", "dev", "test", "acquired"}]}``
     (``acquired``: train indices, in the order picked; none after the last round)."""
-    import jax
-
-    from adapt.experiment.trial import finish_trial, start_trial
-
     a = config.active
     data = data or read_data(config)
     labels = [str(r[config.data.label_column]) for r in data["train"]]
@@ -348,8 +339,6 @@ def floor_records(records: list[dict], workdir: str, metric: str = "accuracy") -
     """The floors of the curves, as records :func:`summarize` takes: majority class and TF-IDF + LR
     (:mod:`adapt.analysis.baselines`) fit, at each budget, on the labelled set random acquisition had there (each
     round's own ``data`` section, from its ``config.json``), scored on the same test split."""
-    from adapt.analysis import baselines
-
     out = {}
     for rec in (r for r in records if r["strategy"] == "random"):
         folder = loop_folder(workdir, rec["strategy"], rec["seed"])
@@ -398,8 +387,6 @@ def summarize(records: list[dict], metric: str = "accuracy") -> dict:
     difference from random's, paired by seed; each an :class:`adapt.analysis.forgetting.Estimate` (mean, Student-t 95%
     interval over seeds). ``{"budgets": [...], "rows": {strategy: {"curve": {budget: Estimate}, "auc",
     "vs_random": Estimate or None}}}``."""
-    from adapt.analysis.forgetting import estimate
-
     by = {}
     for rec in records:
         by.setdefault(rec["strategy"], []).append(rec)

@@ -21,7 +21,10 @@ import ml_collections
 from flax import nnx
 
 from adapt.core.errors import AdaptError, ConfigError
+from adapt.experiment import run_trial
+from adapt.experiment.trial import finish_trial, start_trial
 from adapt.models.registry import param_paths
+from adapt.training.population import fit_population
 
 # Keys whose values are data to the train step: the optimizer's peak rate and decay live in its state, the seed
 # draws initial values, dropout masks and the data order, mixture weights draw the data, LoRA's alpha sets its
@@ -83,10 +86,6 @@ def run_population(configs: list, workdirs: list[str]) -> list:
     """Train and evaluate the trials ``configs`` (in ``workdirs``) as one population; returns what
     :func:`adapt.experiment.trial.run_trial` returns for each, or the :class:`~adapt.core.errors.AdaptError` that ended
     that trial (a failed member does not stop the others). A population of one is :func:`run_trial`."""
-    from adapt.experiment import run_trial
-    from adapt.experiment.trial import finish_trial, start_trial
-    from adapt.training.population import fit_population
-
     if len(configs) != len(workdirs) or not configs:
         raise ConfigError(f"run_population: {len(configs)} configs for {len(workdirs)} run folders")
     if len(configs) == 1:

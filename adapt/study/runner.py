@@ -32,7 +32,7 @@ import ml_collections
 from adapt.analysis import results
 from adapt.core import distributed
 from adapt.core.errors import AdaptError, ConfigError
-from adapt.study import sweeps
+from adapt.study import populations, sweeps
 
 DEFAULT_TRIAL_FN = "adapt.experiment.trial:run_trial"
 
@@ -90,10 +90,9 @@ def _run(plan: Plan, group: list[str], fn: Callable) -> list:
             return [fn(plan.jobs[group[0]][1], workdirs[0])]
         except (Exception, SystemExit) as e:  # noqa: BLE001  (a failed trial is recorded; the sweep goes on)
             return [e]
-    from adapt.study.populations import run_population
 
     try:
-        return run_population([plan.jobs[t][1] for t in group], workdirs)
+        return populations.run_population([plan.jobs[t][1] for t in group], workdirs)
     except (Exception, SystemExit) as e:  # noqa: BLE001  (the population as a whole failed: each trial records it)
         return [e] * len(group)
 
@@ -283,9 +282,7 @@ def run_sweep(config: ml_collections.ConfigDict, sweep, workdir: str, *, db_path
             sweeps.check_trial(t, jobs[t.id][1])
     programs = {}
     if pack > 1:
-        from adapt.study.populations import program_key
-
-        programs = {i: program_key(c) for i, (_, c) in jobs.items()}
+        programs = {i: populations.program_key(c) for i, (_, c) in jobs.items()}
     db_path = db_path or os.path.join(root, "results.db")
     if distributed.process_index() > 0:
         follow(Plan(db_path, tuple(t.id for t in trials), jobs, root, trial_fn or DEFAULT_TRIAL_FN, heartbeat_s,

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from adapt.core.errors import ConfigError
-from adapt.data.formats import IGNORE
+from adapt.data.formats import IGNORE, spans
 from adapt.training import tasks
 
 
@@ -83,6 +83,12 @@ class Objective:
 
     def summarize(self, sums, predictions=None) -> dict:
         return _mean_metrics(sums)
+
+
+def has_outputs(objective) -> bool:
+    """Whether ``objective`` gives per-example outputs (:meth:`Objective.outputs` overridden)."""
+    method = getattr(type(objective), "outputs", None)
+    return method is not None and method is not Objective.outputs
 
 
 class _LanguageModel(Objective):
@@ -198,22 +204,6 @@ class TokenClassification(Objective):
         if predictions is not None:
             out.update(span_f1(predictions, self.label_names))
         return out
-
-
-def spans(tags: list[str]) -> set[tuple[int, int, str]]:
-    """Entity spans ``(start, end, type)`` of a BIO/IOBES tag sequence, conlleval's way: an ``I-`` that
-    does not continue a span of its type starts one."""
-    found, start, kind, prev = set(), None, None, "O"
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, typ = tag.partition("-") if tag != "O" else ("O", "", "")
-        ends = start is not None and (prefix in ("O", "B", "S") or typ != kind or prev in ("E", "S"))
-        if ends:
-            found.add((start, i - 1, kind))
-            start = None
-        if prefix in ("B", "S") or (prefix in ("I", "E") and start is None):
-            start, kind = i, typ
-        prev = prefix
-    return found
 
 
 def span_f1(predictions: list[tuple[np.ndarray, np.ndarray]], label_names) -> dict:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from adapt.core.errors import ConfigError
+from adapt.data.formats import spans
 from adapt.training import CausalLM, MaskedLM, SequenceClassification, TokenClassification, defaults, optim
-from adapt.training.objectives import IGNORE, argmax, spans
+from adapt.training.objectives import IGNORE, argmax
 
 
 def _nll(logits, target):
