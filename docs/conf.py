@@ -18,7 +18,7 @@ project = "adapt"
 author = "the adapt authors"
 copyright = "the adapt authors; Apache-2.0"
 
-extensions = ["myst_parser", "sphinx.ext.autodoc", "config_reference", "docstrings"]
+extensions = ["myst_parser", "sphinx.ext.autodoc", "api_pages", "config_reference", "docstrings"]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build"]
