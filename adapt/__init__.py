@@ -51,7 +51,7 @@ _EXPORTS = {
     "run_sweep": "adapt.study.runner", "run_population": "adapt.study.populations",
     "use_kept_heap": "adapt.core.host_memory",
 }
-# the module paths of earlier layouts -> their paths now: the flat layout's, then the layered ones renamed since
+#: the module paths of earlier layouts -> their paths now: the flat layout's, then the layered ones renamed since
 MOVED = {f"adapt.{old}": f"adapt.{new}" for old, new in {
     "errors": "core.errors", "files": "core.files", "schema": "core.schema", "sharding": "core.sharding",
     "distributed": "core.distributed", "host_memory": "core.host_memory", "cli": "core.cli",

@@ -15,7 +15,7 @@ from adapt.core.files import write_atomic
 def show_table(table, trials: list[dict], *, references=(), baselines=(), pairs=(), out: str | None = None) -> list:
     """Completes ``table`` (:mod:`adapt.analysis.tables`) as scripts/table.py and scripts/study.py present it: reference
     rows (files or dicts), the reference baselines named in ``baselines``, each cell's interval and the comparisons of
-    ``pairs`` (written as ``out``_comparisons.md/.tex with ``out``); prints the table and the comparisons, and on
+    ``pairs`` (written as ``<out>_comparisons.md/.tex`` with ``out``); prints the table and the comparisons, and on
     stderr the edge-of-grid notices and the cells left without an interval. Returns the comparison rows."""
     for ref in references:
         tables.add_references(table, ref)
@@ -34,7 +34,7 @@ def show_table(table, trials: list[dict], *, references=(), baselines=(), pairs=
 
 def show_forgetting(report, out: str | None = None) -> list[str]:
     """Prints the forgetting report (:mod:`adapt.analysis.forgetting`, its notes on stderr too); with ``out`` writes it
-    as ``out``_forgetting.md/.tex/.csv and its Pareto plot as ``out``_pareto.png. Returns the paths written."""
+    as ``<out>_forgetting.md/.tex/.csv`` and its Pareto plot as ``<out>_pareto.png``. Returns the paths written."""
     print(forgetting.to_markdown(report))
     for line in report.notes:
         print(f"warning: {line}", file=sys.stderr)
@@ -54,7 +54,7 @@ def show_layout(layout: dict, db, trials: list[dict], out: str | None) -> list[s
     :func:`show_table`) and ``forgetting``: two evaluation set names, (domain, general), for the forgetting report
     (:func:`show_forgetting`) beside the table. A layout with ``forgetting`` and no ``metric`` (a language-model
     study, no classification metric) is the forgetting report alone, with its ``rows`` and ``seed_keys``.
-    Prints it all and, with ``out``, writes ``out``.md/.tex/.csv, ``out``_*.png and the rest; returns the paths
+    Prints it all and, with ``out``, writes ``<out>.md/.tex/.csv``, ``<out>_*.png`` and the rest; returns the paths
     written."""
     layout = dict(layout)
     extras = {k: layout.pop(k, ()) for k in ("curves", "vs", "reference", "baselines", "compare")}

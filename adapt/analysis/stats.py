@@ -15,7 +15,7 @@ set. Two things make it vary: which test examples happened to be drawn, and whic
   side of 0}) / (1 + B)), so p < 0.05 goes with a 95% interval that excludes 0; it counts both the test
   set's and the seeds' variance. Two more are reported. Approximate randomisation over examples (Noreen,
   1989; the test Dror et al., 2018, recommend for F1-type metrics): each of R permutations swaps, example by
-  example with probability 1/2, all of A's seeds' outputs with B's, and p = (1 + #{|d_perm| >= |d|}) / (1 + R);
+  example with probability 1/2, all of A's seeds' outputs with B's, and ``p = (1 + #{|d_perm| >= |d|}) / (1 + R)``;
   it holds the trained models fixed, so it answers "do these models differ on this test set", not "does
   the method differ", and with a few noisy seeds it can be far smaller than the bootstrap's p. With at least
   5 seeds in each row, Welch's t-test on the per-seed metric values (a seed-level test). Pairing needs the
@@ -307,7 +307,7 @@ def comparisons_latex(rows: list[dict], digits: int = 1) -> str:
 
 def annotate(table, trials: list[dict], pairs=(), out: str | None = None) -> tuple[list[str], list[dict]]:
     """What the scripts do after building a table: its cells' intervals, then the comparisons of ``pairs``
-    (written as ``out``_comparisons.md/.tex when ``out`` is given and there are any). Returns the notes for
+    (written as ``<out>_comparisons.md/.tex`` when ``out`` is given and there are any). Returns the notes for
     cells without an interval, and the comparison rows."""
     notes = add_intervals(table, trials)
     rows = compare_rows(table, trials, pairs) if pairs else []

@@ -463,8 +463,8 @@ def _save(plt, fig, path: str) -> str:
 
 
 def write_outputs(table: Table, db, trials: list[dict], out: str, curves=(), vs=()) -> list[str]:
-    """``out``.md/.tex/.csv, plus learning curves of each metric in ``curves`` and the dev metric against each
-    swept key in ``vs`` as ``out``_*.png; returns the paths written."""
+    """``<out>.md/.tex/.csv``, plus learning curves of each metric in ``curves`` and the dev metric against each
+    swept key in ``vs`` as ``<out>_*.png``; returns the paths written."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     written = []
     for ext, write in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):

@@ -365,3 +365,78 @@ def spec_at(schema: dict | Spec, dotted: str) -> Spec | None:
             return None
     return spec
 
+
+
+class Entry:
+    """One key of a schema, as :func:`entries` lists it: its dotted ``key`` (an open dict's names shown as
+    ``<name>``), its ``spec``, and ``variant``, the tag value that declares it below a :class:`Tagged` section (a
+    method's knobs: ``"lora"``), else ""."""
+
+    def __init__(self, key: str, spec: Spec, variant: str = ""):
+        self.key, self.spec, self.variant = key, spec, variant
+
+    def __repr__(self) -> str:
+        return f"Entry({self.key!r}{', ' + repr(self.variant) if self.variant else ''})"
+
+
+def _sections_in(spec: Spec) -> list[Section]:
+    """The sections a key's value may be (an :class:`Either`'s options included)."""
+    if isinstance(spec, Section):
+        return [spec]
+    if isinstance(spec, Either):
+        return [s for o in spec.options for s in _sections_in(o)]
+    return []
+
+
+def entries(schema: dict | Spec, prefix: str = "", variant: str = "") -> list[Entry]:
+    """Every key declared below ``schema``, in declaration order: what a config reference lists. A plain section
+    is a heading (its keys follow, not itself); a key whose value may be a section (a map of sections, an
+    :class:`Either` with a section) is listed and so are the section's keys, an open dict's name as ``<name>``;
+    a :class:`Tagged` section lists its tag, then each variant's keys with ``variant`` set. Every entry but a
+    plain section's carries a ``doc`` (``tests/core/test_config_reference.py`` holds the trial config to it)."""
+    out = []
+    for name, spec in as_spec(schema).keys.items():
+        key = f"{prefix}{name}"
+        if isinstance(spec, Section):
+            out += entries(spec, key + ".", variant)
+        elif isinstance(spec, Tagged):
+            out.append(Entry(f"{key}.{spec.tag}", Choice(*spec.sections, doc=spec.doc), variant))
+            for tag, section in spec.sections.items():
+                out += entries(section, key + ".", tag)
+        else:
+            out.append(Entry(key, spec, variant))
+            inner = spec.values if isinstance(spec, Map) else spec
+            for section in _sections_in(inner):
+                out += entries(section, f"{key}.<name>." if isinstance(spec, Map) else key + ".", variant)
+    return out
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def reference(schema: dict | Spec, default=None, heading: str = "##", intro: dict | None = None) -> str:
+    """``schema`` as a Markdown config reference: one table per top-level section (the variants of a tagged
+    section one each), a row per :func:`entries` key: key, what it holds, default, doc. ``default(entry)`` gives
+    an entry's default value (raise ``KeyError`` for none); ``intro`` maps a section's name to a line above its
+    table."""
+    intro = intro or {}
+    groups: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries(schema):
+        groups.setdefault((e.key.split(".")[0], e.variant), []).append(e)
+    lines = []
+    for (section, variant), rows in groups.items():
+        title = f"`{section}`" + (f": `{variant}`" if variant else "")
+        lines += [f"{heading} {title}", ""]
+        if (section, variant) in intro or (not variant and section in intro):
+            lines += [intro.get((section, variant), intro.get(section)), ""]
+        lines += ["| key | expected | default | |", "|---|---|---|---|"]
+        for e in rows:
+            try:
+                shown = f"`{show(default(e))}`" if default is not None else ""
+            except KeyError:
+                shown = ""
+            hint = f" ({e.spec.hint})" if e.spec.hint else ""
+            lines.append(f"| `{e.key}` | {_cell(e.spec.expected() + hint)} | {_cell(shown)} | {_cell(e.spec.doc)} |")
+        lines.append("")
+    return "\n".join(lines)

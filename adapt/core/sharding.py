@@ -7,7 +7,7 @@ flax's lm1b example and MaxText.
 
 A mesh axis is used at most once per array: a later dimension that asks for an axis an earlier one
 already took stays replicated (so ``[batch, length, embed]`` activations shard ``batch`` over
-``data``x``fsdp`` while ``embed`` parameters shard over ``fsdp``). A dimension whose size the mesh
+``data`` x ``fsdp`` while ``embed`` parameters shard over ``fsdp``). A dimension whose size the mesh
 axes do not divide stays replicated too.
 """
 

@@ -28,7 +28,7 @@ from adapt.core.errors import DataError
 from adapt.data.formats import IGNORE
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-REAL = "real"  # PoissonBatches' column [B]: 1 for a row that is an example, 0 for padding
+REAL = "real"  #: PoissonBatches' column [B]: 1 for a row that is an example, 0 for padding
 
 
 def _size(arrays: dict, where: str) -> int:
@@ -133,7 +133,7 @@ class Mixture:
     start at 0 and increase: a stage weighs the batches from its step (the mixture's ``step``: batches drawn
     before) to the next stage's; a source it leaves out has weight 0 there. Weights are shares of rows
     (sequences), not of tokens; for packed LM rows, whose every position is a token, the two coincide.
-    ``tokens``: the tokens each source gave the global batches so far (:func:`_tokens`; every process counts
+    ``tokens``: the tokens each source gave the global batches so far (``_tokens``; every process counts
     the whole batch, so all agree), ``token_shares()`` their shares. ``steps_per_epoch``: one pass over the
     most-weighted source of the first stage. ``per_batch``: every row of a batch comes from one source, drawn per
     batch with the weights (multi-task training's batches of one task each); else each row draws its own."""

@@ -163,6 +163,7 @@ SEQUENCE = "sequence_classification"
 # reports); they were not compared with the files at DSP_URL (no network on the machine that wrote this): should
 # those differ, the first download says so, naming both checksums, and keeps nothing. BC5CDR's are of the files at
 # SCIBERT_URL's commit.
+#: Every named benchmark: its name -> :class:`Benchmark` (:func:`apply` sets one in a config).
 BENCHMARKS = {b.name: b for b in [
     Benchmark("bbc", "accuracy", SEQUENCE, {"split_ratios": {"train": 0.8, "dev": 0.1, "test": 0.1},
                                             "encoding": "latin-1", "sample_by": "document"},

@@ -63,6 +63,7 @@ def defaults() -> ml_collections.ConfigDict:
     ))
 
 
+#: The ``data.quality`` section's keys declared (:mod:`adapt.core.schema`), of :func:`defaults`.
 SCHEMA = dict(  # of defaults()
     **{check: Choice(*(MODES[:2] if check == "labels" else MODES), doc=f"the {check} check's mode ('drop': from "
                      f"train)") for check in CHECKS},

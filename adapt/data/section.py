@@ -69,8 +69,8 @@ def data_defaults() -> ml_collections.ConfigDict:
 
 
 _COLUMN = "a column (field) name of the records"
-# The keys of one set of data: this section's, a mixture source's, a named evaluation set's or a task's
-# (adapt.evaluation.evalsets, adapt.features.multitask), each checked against its declaration.
+#: The keys of one set of data: this section's, a mixture source's, a named evaluation set's or a task's
+#: (adapt.evaluation.evalsets, adapt.features.multitask), each checked against its declaration.
 SOURCE_SCHEMA = dict(
     benchmark=Choice("", *catalog.BENCHMARKS, doc="a benchmark whose data the section reads (found when read)"),
     format=Choice(*FORMATS, doc="how records become rows: lm, classification, conll or sft"),
@@ -99,6 +99,7 @@ SOURCE_SCHEMA = dict(
     quality=quality.SCHEMA,
     augment=augment.SCHEMA,
 )
+#: The ``data`` section's keys declared: :data:`SOURCE_SCHEMA`, a mixture's sources and its stages.
 SCHEMA = dict(  # of data_defaults()
     SOURCE_SCHEMA,
     mixture=Map(dict(SOURCE_SCHEMA, weight=Float(ge=0, doc="the source's share of rows")),

@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _DROPOUT = Either(Choice(-1.0), Float(ge=0, lt=1), hint="-1: the checkpoint's own", doc="a dropout rate")
-# Every section of base_config(), declared (adapt.core.schema): schema.check(config) holds a trial's config to it.
+#: Every section of base_config(), declared (adapt.core.schema): schema.check(config) holds a trial's config to it.
 SCHEMA = dict(
     training_config.SCHEMA,  # mesh, optimizer, train, privacy, method
     model=dict(

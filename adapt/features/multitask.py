@@ -235,8 +235,8 @@ def build_model(data: MultiTaskData, source: str, **load):
 
 
 def export(model, out: str, tokenizer) -> str:
-    """``out/<task>/`` per task (:meth:`MultiHead.task_model`, in HF layout with the tokenizer) and
-    ``out/multitask.json``."""
+    """``out/<task>/`` per task (:meth:`~adapt.models.multihead.MultiHead.task_model`, in HF layout with the
+    tokenizer) and ``out/multitask.json``."""
     from adapt.models import save_pretrained
 
     names = list(model.tasks)

@@ -12,7 +12,8 @@ noise N(0, (sigma C)^2) is added once per logical batch (its key ``fold_in(fold_
 sum is divided by the EXPECTED batch size B (``train.batch_size``), not by the rows drawn. An example's loss is
 its summed token loss over its token count (token-level objectives: the mean over its targets; sequence
 classification: its loss). Padding rows (``batch["real"] == 0``) add nothing; with gradient accumulation the real
-rows fill the first micro-batches (:func:`real_first`) and a micro-batch of padding alone computes nothing. The
+rows fill the first micro-batches (:func:`~adapt.training.dp.real_first`) and a micro-batch of padding alone
+computes nothing. The
 adaptation method's penalty (L2-SP) does not read data: it is added after the noise.
 
 Sampling (:class:`adapt.data.batches.PoissonBatches`, as jax_privacy 2.0's ``CyclicPoissonSampling`` with one

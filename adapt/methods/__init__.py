@@ -18,8 +18,9 @@ from adapt.core.errors import ConfigError
 from adapt.core.schema import Tagged
 from adapt.methods.base import Adapter, Method
 
+#: Every registered method: its name -> its class (:func:`register` adds one).
 METHODS: dict[str, type[Method]] = {}
-# The ``method`` section: ``name`` picks the method, whose class declares its knobs (``Method.schema``).
+#: The ``method`` section: ``name`` picks the method, whose class declares its knobs (``Method.schema``).
 SCHEMA = Tagged("name", {}, default="full", doc="the adaptation method (name) and its knobs")
 
 

@@ -15,7 +15,7 @@ Targets follow PEFT's ``target_modules``: names matched as suffixes of the modul
 matched against the whole path; empty means the family's default (``MethodTargets.lora``, PEFT's:
 attention query and value).
 The task head (a classifier the base checkpoint lacks) trains fully, as PEFT's ``modules_to_save``.
-:func:`save_peft` writes the adapter as a PEFT folder.
+:func:`~adapt.methods.peft_io.save_peft` writes the adapter as a PEFT folder.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Choices, for both methods:
   see every real token of the row, as in PEFT: so an encoder's packed documents meet through the prompt
   from the second layer on (do not pack encoder rows for prompt tuning).
 * Nothing here can be merged into the base weights (the virtual tokens are not a weight update):
-  :meth:`merge` raises; keep the trained model with its method, or its checkpoint.
+  :meth:`VirtualTokens.merge` raises; keep the trained model with its method, or its checkpoint.
 * With ``projection=True`` one MLP serves every layer; NNX names a module shared this way by its first
   path, so its parameters live under layer 0's attention (``...layers.0.self_attn.prefix.encoder``),
   which is also the depth layer-wise learning rates give them.

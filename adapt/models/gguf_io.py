@@ -3,7 +3,7 @@ float32 with the ``gguf`` package, and llama.cpp's Q/K row permutation undone.
 
 llama.cpp's converter reorders the rows of ``q_proj``/``k_proj`` of Llama-architecture models so that
 its RoPE pairs adjacent dimensions; HF pairs dimension i with i + H/2 (rotate-half). Undoing it:
-see :func:`_unpermute`.
+see ``_unpermute``.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ class KVCache:
     """Every attention layer's keys and values, for decoding one token at a time. Slot ``s`` of the buffers
     (``keys``/``values``: one ``[B, K, S, H]`` per layer, heads before slots so that a step's attention reads
     them without a transpose) holds the token a call wrote there; ``segments [B, S]`` what each slot holds, as
-    :func:`attention_mask` reads segment ids (0: nothing or padding, never attended; 1: a token; -1: a virtual
-    token of prompt tuning); ``index`` is the first slot the next call writes.
+    :func:`~adapt.models.layers.attention_mask` reads segment ids (0: nothing or padding, never attended; 1: a
+    token; -1: a virtual token of prompt tuning); ``index`` is the first slot the next call writes.
 
     A model call given the cache (``model(ids, mask, positions, cache=cache)``) writes its T tokens at slots
     ``index..index+T-1`` and attends over every slot, so T = 1 decodes one token after the earlier ones. The
@@ -49,10 +49,11 @@ class KVCache:
                    jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
 
     def attend(self, segments: jax.Array, windows) -> dict:
-        """Reserve the slots of this call's tokens (``segments [B, T]``, after :func:`prepend_prompt`) and
-        return, for each sliding ``window`` in ``windows`` (None: none), the mask ``[B, T, S]`` over the slots
-        that :func:`attention_mask` gives the whole sequence's rows of these tokens. The attention layers then
-        write their keys and values into the reserved slots (:meth:`LayerCache.attention`)."""
+        """Reserve the slots of this call's tokens (``segments [B, T]``, after
+        :func:`~adapt.models.layers.prepend_prompt`) and return, for each sliding ``window`` in ``windows`` (None:
+        none), the mask ``[B, T, S]`` over the slots that :func:`~adapt.models.layers.attention_mask` gives the
+        whole sequence's rows of these tokens. The attention layers then write their keys and values into the
+        reserved slots (:meth:`LayerCache.attention`)."""
         t, s = segments.shape[1], self.segments.shape[1]
         self.segments = jax.lax.dynamic_update_slice(self.segments, segments.astype(jnp.int32), (0, self.index))
         q_idx, k_idx = self.index + jnp.arange(t)[:, None], jnp.arange(s)[None, :]  # [T, 1], [1, S] slots
@@ -80,8 +81,9 @@ class LayerCache:
     def attention(self, attn: nnx.Module, q, k, v, mask, *, scale: float):
         """The cache path of an attention module ``attn``: this call's keys and values ``[B, T, K, H]`` (after
         RoPE) go into the slots :meth:`KVCache.attend` reserved, then q ``[B, T, N, H]`` attends over every slot
-        (``mask [B, T, S]``) and over ``attn``'s prefix (prefix tuning, as :func:`prepend_prefix`: seen by every
-        query) -> ``[B, T, N, H]``. :func:`dot_product_attention` without dropout, on the cache's layout."""
+        (``mask [B, T, S]``) and over ``attn``'s prefix (prefix tuning, as
+        :func:`~adapt.models.layers.prepend_prefix`: seen by every query) -> ``[B, T, N, H]``.
+        :func:`~adapt.models.layers.dot_product_attention` without dropout, on the cache's layout."""
         c, start = self.cache, (0, 0, self.cache.index - k.shape[1], 0)
         for buffers, new in ((c.keys, k), (c.values, v)):
             update = new.transpose(0, 2, 1, 3).astype(buffers[self.i].dtype)  # [B, K, T, H]

@@ -202,7 +202,8 @@ def _batches(trial, split: str):
 
 def pool_outputs(trial, state, strategy: str, key) -> dict:
     """What ``strategy`` scores the ``pool`` split by, from the train ``state`` of the round's ``trial``
-    (:class:`adapt.experiment.trial.TrialSetup`): ``probabilities [P, C]`` (the eval step's, :meth:`Trainer.evaluate`);
+    (:class:`adapt.experiment.trial.TrialSetup`): ``probabilities [P, C]`` (the eval step's,
+    :meth:`~adapt.training.Trainer.evaluate`);
     for bald ``mc [T, P, C]``, T passes with dropout on (pass t, batch i: masks from ``fold_in(fold_in(key, t), i)``);
     for coreset the final [CLS] states of the pool and of the labelled set, ``embeddings [P, D]`` and
     ``labelled_embeddings``."""

@@ -26,10 +26,10 @@ from adapt.experiment.trial import finish_trial, start_trial
 from adapt.models.registry import param_paths
 from adapt.training.population import fit_population
 
-# Keys whose values are data to the train step: the optimizer's peak rate and decay live in its state, the seed
-# draws initial values, dropout masks and the data order, mixture weights draw the data, LoRA's alpha sets its
-# scale, a frozen variable (adapt.methods.lora.LoRAScale) that a population stacks per member, and dropout rates
-# (the model's, LoRA's) become data where members differ in them (adapt.models.layers.Rate).
+#: Keys whose values are data to the train step: the optimizer's peak rate and decay live in its state, the seed
+#: draws initial values, dropout masks and the data order, mixture weights draw the data, LoRA's alpha sets its
+#: scale, a frozen variable (adapt.methods.lora.LoRAScale) that a population stacks per member, and dropout rates
+#: (the model's, LoRA's) become data where members differ in them (adapt.models.layers.Rate).
 PACKABLE = ("optimizer.learning_rate", "optimizer.weight_decay", "train.seed", "data.mixture.*.weight",
             "data.mixture_stages", "method.alpha", "model.hidden_dropout", "model.attention_dropout",
             "method.dropout")
@@ -84,8 +84,8 @@ def _share_parameters(model: nnx.Module, base: nnx.Module) -> None:
 
 def run_population(configs: list, workdirs: list[str]) -> list:
     """Train and evaluate the trials ``configs`` (in ``workdirs``) as one population; returns what
-    :func:`adapt.experiment.trial.run_trial` returns for each, or the :class:`~adapt.core.errors.AdaptError` that ended
-    that trial (a failed member does not stop the others). A population of one is :func:`run_trial`."""
+    :func:`~adapt.experiment.trial.run_trial` returns for each, or the :class:`~adapt.core.errors.AdaptError` that ended
+    that trial (a failed member does not stop the others). A population of one is that trial run alone."""
     if len(configs) != len(workdirs) or not configs:
         raise ConfigError(f"run_population: {len(configs)} configs for {len(workdirs)} run folders")
     if len(configs) == 1:

@@ -258,9 +258,9 @@ def expand(sweep) -> list[Trial]:
     return [t for ts in done.values() for t in ts]
 
 
-# ---- a trial's config, a sweep's label
-# Overrides naming a folder that, given as a relative path, lies in the sweep folder: a previous stage's export, a
-# teacher trained by an earlier stage (``f"teacher/{trial_id('teacher', overrides)}"``, adapt.features.distill).
+#: ---- a trial's config, a sweep's label
+#: Overrides naming a folder that, given as a relative path, lies in the sweep folder: a previous stage's export, a
+#: teacher trained by an earlier stage (``f"teacher/{trial_id('teacher', overrides)}"``, adapt.features.distill).
 IN_SWEEP = ("init_from", "distill.teacher")
 
 

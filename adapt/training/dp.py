@@ -107,7 +107,7 @@ def clipped_sum(loss_fn, clip_norm: float):
 
 def real_first(batch: dict, accum: int) -> dict:
     """``batch`` with its real rows moved so that they fill micro-batches 0, 1, ... in turn (micro-batch i takes
-    rows i, i + A, ...: :func:`adapt.training.steps._micro_batches`), so the micro-batches after them are all
+    rows i, i + A, ...: ``adapt.training.steps._micro_batches``), so the micro-batches after them are all
     padding and compute nothing (jax_privacy's padding at the end). The rows' order does not change the sum."""
     rows = batch[REAL].shape[0]
     per = rows // accum

@@ -1,4 +1,4 @@
-"""Populations: several trials trained as one compiled program, the train step ``vmap``ped over a trial axis.
+"""Populations: several trials trained as one compiled program, the train step mapped (``vmap``) over a trial axis.
 
 Trials that differ only in values the program does not depend on (the learning rate and weight decay, which
 live in the optimizer state; seeds, hence initial values, dropout masks and data order; mixture weights,
@@ -138,7 +138,7 @@ def _rates_as_data(trainers: list[Trainer]) -> tuple[Model, dict]:
 
 def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[dict]) -> list:
     """Train the members ``trainers`` (each with its ``train_data`` stream and ``eval_data``, as for
-    :meth:`Trainer.fit`) as one population; returns each member's :class:`FitResult`, or the
+    :meth:`Trainer.fit`) as one population; returns each member's :class:`~adapt.training.FitResult`, or the
     :class:`~adapt.core.errors.AdaptError` that ended that member (the others go on)."""
     n, first = len(trainers), trainers[0]
     totals = [t.total_steps(d) for t, d in zip(trainers, train_data)]

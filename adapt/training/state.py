@@ -24,7 +24,7 @@ from adapt.methods.base import Method
 from adapt.models import layers
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "positions", "token_type_ids")
-# A model's attribute holding a frozen module called on the same inputs in training (adapt.features.distill's teacher).
+#: A model's attribute holding a frozen module called on the same inputs in training (adapt.features.distill's teacher).
 COMPANION = "companion"
 
 
@@ -109,7 +109,7 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation, *, mesh: M
     return static, state, shardings
 
 
-STACKED = ("step", "params", "opt_state", "rng", "anchors")  # a population's per-member fields: all but frozen
+STACKED = ("step", "params", "opt_state", "rng", "anchors")  #: a population's per-member fields: all but frozen
 
 
 def _axes(entry) -> tuple:
