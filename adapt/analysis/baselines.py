@@ -34,6 +34,8 @@ training ``mixture`` is not what these are fit on: they train on the section's o
 
 from __future__ import annotations
 
+from collections import Counter
+
 import ml_collections
 import numpy as np
 
@@ -100,8 +102,6 @@ def tagging(data) -> bool:
 def _majority_tags(data, names) -> tuple[dict, dict] | None:
     """``(gold {split: [tags]}, {row: {split: [tags]}})`` of the per-word majority tag on every split but train;
     None when it does not apply."""
-    from collections import Counter
-
     _known(names)
     if "majority" not in names or not tagging(data):
         return None

@@ -35,6 +35,8 @@ import os
 import re
 import statistics
 
+import numpy as np
+
 from adapt.analysis.results import lower_is_better
 from adapt.core.errors import AdaptError
 from adapt.core.files import write_atomic
@@ -391,8 +393,6 @@ def _axes(n: int):
 
 def plot_curves(table: Table, db, metric: str, path: str) -> str:
     """Learning curves of each cell's selected trials: mean ± std over seeds of ``metric`` against the step."""
-    import numpy as np
-
     if metric not in (known := db.curve_metrics()):
         close = difflib.get_close_matches(metric, known, 3, 0.5)
         raise AdaptError(f"no curve for metric {metric!r}; " + (f"closest: {', '.join(close)}" if close else

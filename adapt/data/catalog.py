@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
 
 from adapt.core.errors import ConfigError
 from adapt.core.files import user_cache, write_atomic
@@ -125,8 +126,6 @@ def bbc_headlines() -> dict:
     title and its first paragraph after that the lead. Articles whose (title, lead) repeats an earlier one are
     dropped (the corpus holds some twice), so no pair is in two splits; the rest are carved 80/10/10 by a fixed
     seed. The files are written (atomically) once per corpus version, in the package's cache."""
-    import numpy as np
-
     source = bbc_folder()
     paths = sorted(os.path.join(d, f) for d in sorted(os.listdir(source)) if os.path.isdir(os.path.join(source, d))
                    for f in sorted(os.listdir(os.path.join(source, d))))

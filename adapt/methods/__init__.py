@@ -8,47 +8,8 @@
 so command-line overrides of the knobs are checked). See ``docs/adding_a_method.md``.
 """
 
-from __future__ import annotations
-
-import difflib
-
-import ml_collections
-
-from adapt.core.errors import ConfigError
-from adapt.core.schema import Tagged
-from adapt.methods.base import Adapter, Method
-
-#: Every registered method: its name -> its class (:func:`register` adds one).
-METHODS: dict[str, type[Method]] = {}
-#: The ``method`` section: ``name`` picks the method, whose class declares its knobs (``Method.schema``).
-SCHEMA = Tagged("name", {}, default="full", doc="the adaptation method (name) and its knobs")
-
-
-def register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    SCHEMA.sections[cls.name] = cls.schema
-    return cls
-
-
-def build(cfg) -> Method:
-    """The method a config section (``name`` plus knobs; a dict or ConfigDict) describes."""
-    knobs = dict(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg)
-    name = knobs.pop("name", "full")
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, METHODS, n=3)
-        raise ConfigError(f"method.name={name!r} is not a method; "
-                          + (f"did you mean {', '.join(close)}? " if close else "")
-                          + f"methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name](**knobs)
-
-
-def method_config(name: str = "full", **knobs) -> ml_collections.ConfigDict:
-    """A config section for method ``name``: its name and all its knobs (defaults overridden by ``knobs``)."""
-    method = build({"name": name, **knobs})
-    return ml_collections.ConfigDict({"name": name, **method.knobs})
-
-
-from adapt.methods import (  # noqa: E402, F401  (each file registers its methods)
+# Each method file registers its methods with adapt.methods.registry on import.
+from adapt.methods import (  # noqa: F401
     adapters,
     bitfit,
     freeze,
@@ -61,5 +22,7 @@ from adapt.methods import (  # noqa: E402, F401  (each file registers its method
     prefix,
     qlora,
 )
+from adapt.methods.base import Adapter, Method
+from adapt.methods.registry import METHODS, SCHEMA, build, method_config, register
 
-__all__ = ["METHODS", "Adapter", "Method", "build", "method_config", "register"]
+__all__ = ["METHODS", "SCHEMA", "Adapter", "Method", "build", "method_config", "register"]

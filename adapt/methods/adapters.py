@@ -14,7 +14,6 @@ from flax import nnx
 
 from adapt.core.schema import Bool, Choice, Float, Int
 from adapt.core.sharding import variable_axes
-from adapt.methods import register
 from adapt.methods.base import (
     Adapter,
     Method,
@@ -24,6 +23,7 @@ from adapt.methods.base import (
     linear_modules,
     replace_module,
 )
+from adapt.methods.registry import register
 from adapt.models import layers as L
 from adapt.models.registry import model_info
 

@@ -1,7 +1,7 @@
 """The adaptation-method interface.
 
 A method is a :class:`Method` subclass in its own file, registered under a name with
-:func:`adapt.methods.register`. Each hook has a do-nothing default (full fine-tuning), so a method
+:func:`adapt.methods.registry.register`. Each hook has a do-nothing default (full fine-tuning), so a method
 overrides only what it changes:
 
 (a) ``apply(model, rngs)`` rewrites the model once, before training (inject LoRA, adapters, prompts);

@@ -6,8 +6,8 @@ from flax import nnx
 
 from adapt.core.errors import ConfigError
 from adapt.core.schema import Bool
-from adapt.methods import register
 from adapt.methods.base import Method, head_prefixes, path_filter, under
+from adapt.methods.registry import register
 from adapt.models.registry import param_paths
 
 

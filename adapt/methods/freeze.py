@@ -15,8 +15,8 @@ import re
 
 from adapt.core.errors import ConfigError
 from adapt.core.schema import Int, Str, Tuple
-from adapt.methods import register
 from adapt.methods.base import Method, dotted, path_filter
+from adapt.methods.registry import register
 
 
 @register

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.core.schema import Bool, Either, Str, Tuple
-from adapt.methods import register
 from adapt.methods.base import (
     Adapter,
     Method,
@@ -23,6 +22,7 @@ from adapt.methods.base import (
     replace_module,
 )
 from adapt.methods.lora import TARGETS
+from adapt.methods.registry import register
 from adapt.models.registry import model_info
 
 

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from adapt.core.schema import Float
-from adapt.methods import register
 from adapt.methods.base import Method, head_prefixes, leaf_paths, under
+from adapt.methods.registry import register
 
 
 @register

@@ -5,8 +5,8 @@ embeddings, i+1 for transformer layer i, L+1 for the final norm and the task hea
 ``learning_rate * decay ** (L + 1 - d)``."""
 
 from adapt.core.schema import Float
-from adapt.methods import register
 from adapt.methods.base import Method
+from adapt.methods.registry import register
 
 
 @register

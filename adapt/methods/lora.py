@@ -27,7 +27,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.core.schema import Bool, Either, Float, Int, Str, Tuple
-from adapt.methods import register
 from adapt.methods.base import (
     Adapter,
     Method,
@@ -40,6 +39,7 @@ from adapt.methods.base import (
     plain_linear,
     replace_module,
 )
+from adapt.methods.registry import register
 from adapt.models import layers as L
 from adapt.models.registry import model_info
 

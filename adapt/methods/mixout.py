@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from adapt.core.schema import Float
-from adapt.methods import register
 from adapt.methods.base import Method, leaf_paths, map_with_path
+from adapt.methods.registry import register
 from adapt.models.layers import keep_mask
 
 

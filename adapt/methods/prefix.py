@@ -52,8 +52,8 @@ from flax import nnx
 
 from adapt.core.errors import ConfigError
 from adapt.core.schema import Bool, Choice, Int
-from adapt.methods import register
 from adapt.methods.base import Adapter, Method, adapters_and_head
+from adapt.methods.registry import register
 from adapt.models.registry import model_info
 
 

@@ -35,8 +35,8 @@ import numpy as np
 from flax import nnx
 
 from adapt.core.schema import Choice, Int
-from adapt.methods import register
 from adapt.methods.lora import LoRA, LoRALinear
+from adapt.methods.registry import register
 from adapt.models.registry import model_info
 
 # bitsandbytes' NF4 table (functional.py, get_4bit_type("nf4")), the paper's NormalFloat levels. numpy, so
