@@ -79,7 +79,7 @@ class Feature:
     solo: str = ""  # why its trials cannot train in a population ("": they can)
 
     def defaults(self):
-        """Its config section at its defaults (a :class:`ml_collections.ConfigDict`; a feature with a section)."""
+        """Its config section at its defaults (an ``ml_collections.ConfigDict``; a feature with a section)."""
         raise NotImplementedError
 
     def enabled(self, config) -> bool:
