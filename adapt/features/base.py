@@ -145,10 +145,6 @@ def register(feature: Feature) -> Feature:
     return feature
 
 
-def get(name: str) -> Feature:
-    return FEATURES[name]
-
-
 def enabled(config) -> list[Feature]:
     """The registered features ``config`` turns on, in registration order."""
     return [f for f in FEATURES.values() if f.enabled(config)]
