@@ -5,10 +5,8 @@ import glob
 import json
 import os
 
-from adapt.data.pipeline import check_mixture
-from adapt.evaluation import evalsets
 from adapt.experiment import configs
-from adapt.features import privacy
+from adapt.features import base as features
 from adapt.study import adaptive, sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +43,7 @@ def resolve(path: str, arg: str | None) -> None:
                 for t, trial in zip(trials, resolved):
                     sweeps.check_trial(t, trial)
             assert resolved
-            for trial in resolved:  # and its mixture and named sets pass the checks run_trial makes before it loads
-                check_mixture(trial.data)
-                if trial.privacy.enabled:  # and DP-SGD's refusals
-                    privacy.check(trial)
-                for name, spec in evalsets.specs(trial).items():
-                    evalsets.data_section(trial, name, spec)
+            for trial in resolved:  # and its features pass the checks run_trial makes before it loads
+                features.check(trial)
     if hasattr(module, "get_table"):  # the layout scripts/study.py reads
         assert isinstance(dict(configs.call(module, "get_table", arg)), dict)

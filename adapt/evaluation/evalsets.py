@@ -35,7 +35,7 @@ from flax import nnx
 from adapt.core.errors import ConfigError
 from adapt.core.schema import Choice, Either, Str
 from adapt.core.sharding import state_shardings
-from adapt.data import catalog
+from adapt.data import augment, catalog
 from adapt.data.batches import eval_batches
 from adapt.data.pipeline import SOURCE_SCHEMA, prepare, section
 from adapt.models import from_pretrained
@@ -80,7 +80,7 @@ def data_section(config, name: str, spec: dict):
                           f"head); another split of the run's own data goes in eval.splits")
     same = task.name == config.model.task
     defaults = {"format": config.data.format if same else task.formats[0] if task.formats else "",
-                "train_examples": 0.0, "train_subset": "sample"}
+                "train_examples": 0.0, "train_subset": "sample", "augment": augment.defaults()}  # nothing trains on it
     if defaults["format"] == "lm" and not same:
         defaults["causal"] = task.name != "masked_lm"
     data = section(config.data, {**defaults, **{k: v for k, v in spec.items() if k not in OWN_KEYS}}, where)

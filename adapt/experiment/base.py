@@ -1,19 +1,19 @@
 """A trial's config: every section at its defaults (:func:`base_config`), each key declared (:data:`SCHEMA`, from
-the section modules' own schemas) and :func:`check`, which holds a config to it before anything is read. A layer
-above that adds a section of its own to the configs it runs (active learning's ``active``) registers it with
-:func:`add_section`."""
+the section modules' own schemas and the registered trial features' sections, :mod:`adapt.features`) and
+:func:`check`, which holds a config to it before anything is read. A layer above that adds a section of its own to
+the configs it runs (active learning's ``active``) registers it with :func:`add_section`."""
 
 from __future__ import annotations
 
 import ml_collections
 
+from adapt import features  # noqa: F401  (registers the built-in features)
 from adapt.core import schema
 from adapt.core.schema import Bool, Choice, Either, Float, Int, Map, Path, Str, Tuple
 from adapt.data import pipeline
 from adapt.data.pipeline import data_defaults
 from adapt.evaluation import evalsets
-from adapt.evaluation import generation as generation_eval
-from adapt.features import distill, multitask
+from adapt.features.base import FEATURES
 from adapt.training import config as training_config
 from adapt.training import defaults, tasks
 
@@ -37,12 +37,12 @@ def base_config() -> ml_collections.ConfigDict:
     # sets: named evaluation sets (adapt.evaluation.evalsets), name -> data keys (or a benchmark name or a dev file),
     # evaluated at step 0 and with every evaluation; e.g. {"general": {"benchmark": "bbc"}}
     c.eval = ml_collections.ConfigDict(dict(splits=("dev", "test"), batch_size=64, sets={}))
-    c.generation = generation_eval.defaults()  # sft: generate at evaluation and score the answers
     c.export = ml_collections.ConfigDict(dict(model=False))  # write export/ (a later stage starts from it)
     c.init_from = ""  # a previous stage's export folder: the model (and tokenizer) to start from
     c.init_task = ""  # init_from a multi-task export: the task whose model to start from (default: data.benchmark)
-    c.multitask = multitask.defaults()  # tasks: one shared backbone, one head per task (adapt/features/multitask.py)
-    c.distill = distill.defaults()  # a teacher to distil from (adapt.features.distill); off by default
+    for f in FEATURES.values():  # each feature's section, off: privacy, multitask, distill, generation ...
+        if f.section:
+            c[f.section] = f.defaults()
     c.lock()
     c.method.unlock()
     return c
@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
 _DROPOUT = Either(Choice(-1.0), Float(ge=0, lt=1), hint="-1: the checkpoint's own", doc="a dropout rate")
 #: Every section of base_config(), declared (adapt.core.schema): schema.check(config) holds a trial's config to it.
 SCHEMA = dict(
-    training_config.SCHEMA,  # mesh, optimizer, train, privacy, method
+    training_config.SCHEMA,  # mesh, optimizer, train, method
     model=dict(
         name=Str(empty=False, doc="a Hub id, a local folder, a .gguf file or a bundled name"),
         task=Choice(tasks.names, doc="a task kind of adapt.training.tasks"),
@@ -68,13 +68,11 @@ SCHEMA = dict(
         batch_size=Int(min=1, doc="rows per evaluation batch"),
         sets=Map(evalsets.SET_SCHEMA, doc="named evaluation sets (adapt.evaluation.evalsets)"),
     ),
-    generation=generation_eval.SCHEMA,
     export=dict(model=Bool(doc="write export/, the trained model merged into plain weights")),
     init_from=Path(doc="a previous stage's export folder: the model (and tokenizer) to start from"),
     init_task=Str(doc="init_from a multi-task export: the task whose model to start from"),
-    multitask=multitask.SCHEMA,
-    distill=distill.SCHEMA,
     meta=Map(doc="a sweep's labels of the trial (free-form)"),
+    **{f.section: f.schema for f in FEATURES.values() if f.section},  # the features' own sections
 )
 
 
@@ -86,5 +84,6 @@ def add_section(name: str, section_schema: dict) -> None:
 
 
 def check(config) -> None:
-    """``config`` (a trial's, or a plain dict of one) held to :data:`SCHEMA`: one line for its first bad key."""
-    schema.check(SCHEMA, config)
+    """``config`` (a trial's, or a plain dict of one) held to :data:`SCHEMA` and the sections of features registered
+    since: one line for its first bad key."""
+    schema.check({**SCHEMA, **{f.section: f.schema for f in FEATURES.values() if f.section}}, config)

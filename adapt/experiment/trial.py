@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 
@@ -31,26 +30,18 @@ from adapt import methods
 from adapt.core.errors import ConfigError
 from adapt.core.files import output_folder, write_json
 from adapt.core.sharding import make_mesh, normalize_rules
-from adapt.data import quality
-from adapt.data.batches import PoissonBatches, eval_batches
-from adapt.data.pipeline import (
-    check_mixture,
-    component,
-    files_read,
-    prepare,
-    records,
-    save_labels,
-    train_stream,
-)
-from adapt.evaluation import evalsets, predictions
-from adapt.evaluation import generation as generation_eval
+from adapt.data.batches import eval_batches
+from adapt.data.pipeline import files_read, prepare, save_labels, train_stream
+from adapt.evaluation import predictions
 from adapt.experiment import base, configs
-from adapt.features import distill, multitask, privacy
+from adapt.features import base as registry  # the features, registered as adapt.features imports
+from adapt.features.base import Build, Feature, model_source, provider
+from adapt.methods.peft_io import save_peft
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
 from adapt.models.loading import fresh_paths
 from adapt.models.registry import model_info
 from adapt.training import Trainer, objectives, tasks
-from adapt.training.state import batch_sharding, batch_ways
+from adapt.training.state import batch_sharding
 
 
 def _read_json(path: str):
@@ -61,41 +52,44 @@ def _read_json(path: str):
 @dataclasses.dataclass
 class TrialSetup:
     """What a trial is built from: its config, the tokenizer, the prepared splits, the adaptation method, the
-    model (the method applied), the trainer over ``workdir`` and the named evaluation sets."""
+    model (the method applied), the trainer over ``workdir``, the named evaluation sets, the enabled features
+    (:mod:`adapt.features`) and what each built."""
     config: ml_collections.ConfigDict
     tokenizer: object
     splits: dict
     method: methods.Method
     trainer: Trainer
     sets: dict  # name -> adapt.evaluation.evalsets.EvalSet
-    _generated: dict = dataclasses.field(default_factory=dict)  # split -> generation_eval.GenerationEval
-    _records: dict | None = None  # the raw examples per split, read (and quality-checked) once, for generation
-    tasks: multitask.MultiTaskData | None = None  # a multi-task trial's tasks (then ``splits`` is theirs)
+    features: list[Feature] = dataclasses.field(default_factory=list)  # the enabled ones, in registration order
+    parts: dict = dataclasses.field(default_factory=dict)  # feature name -> what it built
+    source: str = ""  # where the model came from
     fresh_heads: list = dataclasses.field(default_factory=list)  # heads the checkpoint had no weights for
 
-    def generated(self, split: str) -> generation_eval.GenerationEval:
-        """``split`` evaluated by generation (built once per split)."""
-        if split not in self._generated:
-            if self._records is None:
-                self._records = records(self.config.data)
-            self._generated[split] = generation_eval.GenerationEval(self, split, self._records)
-        return self._generated[split]
+    def provider(self, phase: str) -> Feature | None:
+        """The enabled feature that provides ``phase`` (:data:`adapt.features.base.PHASES`), or None."""
+        return provider(self.features, phase)
 
     def eval_batches(self, split: str):
-        if self.tasks is not None:
-            return self.tasks.eval_batches(split, self.config.eval.batch_size)
+        if f := self.provider("eval_batches"):
+            return f.eval_batches(self, split)
         return eval_batches(self.splits[split], self.config.eval.batch_size, name=split)
+
+    def judge(self, split: str):
+        """What judges ``split`` in place of its loss and per-example outputs (a feature's, e.g. generation's), or
+        None."""
+        f = self.provider("evaluation")
+        return f.evaluation(self, split) if f else None
 
     def evaluate(self, state, split: str, known: dict | None = None) -> dict:
         """``state``'s metrics on ``split`` (``known``: already computed ones, kept) and, for an objective with
         per-example outputs, ``predictions/<split>.jsonl`` written (by process 0) and for classification
         ``per_class`` and ``confusion`` added (:func:`adapt.evaluation.predictions.save`)."""
         trainer = self.trainer
-        if generation_eval.enabled(self.config):  # an sft trial judged by its answers: they are its predictions
+        if judge := self.judge(split):  # e.g. an sft trial judged by its answers: they are its predictions
             answers = []
-            metrics = self.generated(split).evaluate(trainer, state, predictions=answers)
+            metrics = judge.evaluate(trainer, state, predictions=answers)
             if jax.process_index() == 0:
-                predictions.write(trainer.workdir, split, self.generated(split).rows(answers))
+                predictions.write(trainer.workdir, split, judge.rows(answers))
             return {**metrics, **(known or {})}
         if not objectives.has_outputs(trainer.objective):
             return known or trainer.evaluate(state, trainer.steps, self.eval_batches(split))
@@ -111,77 +105,59 @@ def _under(metrics: dict, prefix: str) -> dict:
 
 
 def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
+    """The trial of ``config``: every check first (nothing is read until they pass), then the data, the model, the
+    objective, the train step's extension and the adaptation method, each phase the trial's own unless an enabled
+    feature provides it, then each enabled feature's hook of that phase (:mod:`adapt.features.base`)."""
     base.check(config)  # every section, used or not: one line for the first bad key, before anything is read
-    multi = multitask.enabled(config)
+    on = registry.check(config)  # pairs that do not combine, then each feature's values: one line each
     task = tasks.get(config.model.task)
-    # A multi-task trial's tasks are checked instead of data.format and model.task: one line each, before any reading
-    task_specs = multitask.specs(config) if multi else None
-    if not multi and config.data.format not in task.formats:
-        raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task.name!r}; expected one of "
-                          f"{task.formats}")
-    if task.objective is None and not multi:
-        raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
-    check_mixture(config.data)  # bad weights, stages or sets: one line each, before anything is read
-    distill.check(config)
-    private = config.get("privacy", {}).get("enabled", False)
-    if private:
-        privacy.check(config)  # a configuration that would break the guarantee: one line, now
-    if generation_eval.enabled(config):
-        generation_eval.generation_config(config.generation)  # bad sampling settings: one line, now
-    for name, spec in evalsets.specs(config).items():
-        evalsets.data_section(config, name, spec)
+    if not provider(on, "data"):  # a feature's own data (a multi-task trial's tasks) is checked by the feature
+        if config.data.format not in task.formats:
+            raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task.name!r}; expected "
+                              f"one of {task.formats}")
+        if task.objective is None:
+            raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
     mesh, rules = run_mesh(config), normalize_rules(config.mesh.rules)
     batch_sharding(mesh, rules, config.train.batch_size)  # a batch the data axes do not divide: one line, now
-    source = multitask.init_source(config)
+    source = model_source(config)
     tokenizer = load_tokenizer(source)
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
     # Straight onto the mesh: each device receives only its shards, one tensor read at a time.
     load = dict(dtype=config.model.dtype, seed=config.train.seed, mesh=mesh, rules=rules, **dropouts)
-    data = teacher = model = dp = None
-    if multi:
-        if distill.enabled(config):
-            raise ConfigError("distill.teacher with multitask.tasks: distil a task's model (a per-task export) "
-                              "in a single-task trial instead")
-        data = multitask.prepare_tasks(task_specs, tokenizer)
-        splits = data.splits
-        model = multitask.build_model(data, source, **load)
-        objective = data.objective(tokenizer, config)
-    else:
-        splits, _ = prepare(config.data, tokenizer)
-        labels = splits.get("labels")
-        if private:
-            if "train" not in splits:
-                raise ConfigError("privacy.enabled=True needs a train split to sample from")
-            multiple = math.lcm(config.train.grad_accum, batch_ways(mesh, rules), jax.process_count())
-            dp = privacy.plan(config, len(next(iter(splits["train"].values()))), multiple)
-        if distill.enabled(config):
-            teacher = distill.load_teacher(config, tokenizer, labels, mesh=mesh, rules=rules, run_model=_run_model)
-            model = distill.build_student(config, teacher, task, labels, mesh=mesh, rules=rules, dropouts=dropouts)
-        if model is None:
-            model = from_pretrained(source, task=task.head, **task.head_args(labels), **load)
-        objective = distill.objective(config, task.objective(tasks.TaskInputs(tokenizer, labels, config)))
-    fresh = fresh_paths(model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
-    fresh_heads = model_info(model).head_names(fresh)
-    model = method.apply(model, nnx.Rngs(config.train.seed))
-    sets = evalsets.build(config, tokenizer, model, source, mesh=mesh, rules=rules)
-    if teacher is not None:
-        model = distill.attach(model, teacher)
-    return TrialSetup(config, tokenizer, splits, method,
-                      Trainer(model, objective, config, workdir, method=method, mesh=mesh, fresh=fresh, dp=dp), sets,
-                      tasks=data, fresh_heads=fresh_heads)
+    b = Build(config, tokenizer, source, task, mesh, rules, dropouts, load, run_model=_run_model)
+    b.splits = None if provider(on, "data") else prepare(config.data, tokenizer)[0]
+    _each(on, "data", b)
+    _each(on, "model", b)
+    labels = b.splits.get("labels")
+    if b.model is None:
+        b.model = from_pretrained(source, task=task.head, **task.head_args(labels), **load)
+    if not provider(on, "objective"):
+        b.objective = task.objective(tasks.TaskInputs(tokenizer, labels, config))
+    _each(on, "objective", b)
+    _each(on, "step", b)
+    fresh = fresh_paths(b.model)  # read before the method rewrites the model: train.head_warmup_steps trains them first
+    fresh_heads = model_info(b.model).head_names(fresh)
+    b.model = method.apply(b.model, nnx.Rngs(config.train.seed))
+    _each(on, "after_method", b)
+    trainer = Trainer(b.model, b.objective, config, workdir, method=method, mesh=mesh, fresh=fresh,
+                      extension=b.extension)
+    return TrialSetup(config, tokenizer, b.splits, method, trainer, b.sets, on, b.parts, source, fresh_heads)
+
+
+def _each(on: list[Feature], phase: str, build: Build) -> None:
+    """Each feature of ``on``'s hook of build ``phase``, in order."""
+    for f in on:
+        getattr(f, phase)(build)
 
 
 def data_sections(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
     """Every data section a trial reads, by its config key: ``data`` (a multi-task trial: each task's instead),
-    each source of ``data.mixture`` and each set of ``eval.sets``. Nothing is read."""
-    if multitask.enabled(config):
-        out = {f"multitask.tasks.{s.name}": s.data for s in multitask.specs(config)}
-    else:
-        out = {"data": config.data}
-    out.update({f"data.mixture.{name}": component(config.data, name) for name in config.data.mixture})
-    out.update({f"eval.sets.{name}": evalsets.data_section(config, name, spec)[0]
-                for name, spec in evalsets.specs(config).items()})
+    each source of ``data.mixture`` and each set of ``eval.sets``: the enabled features' sections. Nothing is read."""
+    on = registry.enabled(config)
+    out = {} if provider(on, "data") else {"data": config.data}
+    for f in on:
+        out.update(f.sections(config))
     return out
 
 
@@ -217,18 +193,17 @@ def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None
     splits = trial.splits
     if splits.get("labels"):
         save_labels(workdir, splits["labels"])
-    if "quality" in splits:  # data.quality's report on the data this trial trains on
-        write_json(os.path.join(workdir, "quality.json"), splits["quality"])
+    for f in trial.features:  # their files (data quality's quality.json)
+        f.start(trial)
     eval_splits = [s for s in config.eval.splits if s in splits]
-    dp = trial.trainer.dp
-    if dp:
-        train = PoissonBatches(splits["train"], dp.expected_batch_size, dp.max_batch_size, seed=config.train.seed)
+    if f := trial.provider("train_stream"):
+        train = f.train_stream(trial)
     else:
-        train = trial.tasks.train_stream(config) if trial.tasks else \
-            train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed, splits.get("train"))
+        train = train_stream(config.data, trial.tokenizer, config.train.batch_size, config.train.seed,
+                             splits.get("train"))
     during = config.train.early_stopping.metric or config.train.eval_every  # else evaluate once, at the end
     watched = {f"dev/{name}": s for name, s in trial.sets.items()}  # at step 0 and at every evaluation
-    first = {s: trial.generated(s) if generation_eval.enabled(config) else (lambda s=s: trial.eval_batches(s))
+    first = {s: trial.judge(s) or (lambda s=s: trial.eval_batches(s))
              for s in eval_splits[:1] if during}  # the first is dev
     data_files = {where: files_read(section) for where, section in data_sections(config).items()}
     _log(workdir, [f"{where} {split}: {f['path']} (SHA-256 {f['sha256']})" for where, files in data_files.items()
@@ -236,7 +211,7 @@ def start_trial(config: ml_collections.ConfigDict, workdir: str, *, on_eval=None
     if trial.fresh_heads:  # a fact of the checkpoint, said once per run
         warmup = config.train.get("head_warmup_steps", 0)
         how = f"alone for the first {warmup} steps (train.head_warmup_steps)" if warmup else "with the rest"
-        _log(workdir, [f"initialised fresh (no pretrained weights from {multitask.init_source(config)}): "
+        _log(workdir, [f"initialised fresh (no pretrained weights from {trial.source}): "
                        f"{', '.join(trial.fresh_heads)}; trained {how}"])
     return StartedTrial(trial, train, {**first, **watched}, eval_splits, watched, data_files)
 
@@ -251,7 +226,7 @@ def _log(workdir: str, lines: list[str]) -> None:
 def finish_trial(started: StartedTrial, fit) -> dict:
     """The part of :func:`run_trial` after training (``fit``: its :class:`~adapt.training.FitResult`): the best
     model evaluated, exported when asked, ``results.json`` written (by process 0); returns the results."""
-    trial, watched, eval_splits, train = started.trial, started.watched, started.eval_splits, started.train
+    trial, watched, eval_splits = started.trial, started.watched, started.eval_splits
     trainer, config, workdir = trial.trainer, trial.config, trial.trainer.workdir
     best = trainer.best_state()
     known = {s: {k: v for k, v in _under(trainer.best_metrics, s).items() if k.split("/")[0] not in trial.sets}
@@ -264,13 +239,8 @@ def finish_trial(started: StartedTrial, fit) -> dict:
                  for key, s in watched.items()}
         results["dev"] = {**results.get("dev", {}), **after}
         results["start"] = {key[4:]: _under(trainer.start_metrics, key) for key in watched}
-    if len(train.tokens) > 1:  # a mixture: the tokens each source gave
-        results["mixture"] = {n: {"tokens": train.tokens[n], "share": share}
-                              for n, share in train.token_shares().items()}
-    if trainer.dp is not None:  # epsilon and delta of the steps done: numbers, so the results database keeps them
-        results["privacy"] = privacy.report(trainer.dp, fit.steps)
-    if "quality" in trial.splits:  # found / dropped per check: numbers, so the results database keeps them
-        results["quality"] = quality.counts(trial.splits["quality"])
+    for f in trial.features:  # their entries: numbers, so the results database keeps them
+        results.update(f.results(started, fit))
     results["data_files"] = started.data_files
     if config.export.model:
         _export(trial, trainer.best_model(best), os.path.join(workdir, "export"))
@@ -329,20 +299,14 @@ def export_run(workdir: str, out: str, *, peft: bool = False, checkpoint: str = 
     """Write a run folder's trained model to ``out``: merged into plain weights in HF layout (with the
     tokenizer), or with ``peft`` as a PEFT adapter folder (LoRA/DoRA). Returns the folder."""
     trial, state = load_run(workdir, checkpoint=checkpoint)
-    model = trial.trainer.best_model(state)
+    return _export(trial, trial.trainer.best_model(state), out, peft=peft)
+
+
+def _export(trial: TrialSetup, model, out: str, peft: bool = False) -> str:
+    """The trained model merged into plain weights in HF layout with the tokenizer, or a PEFT adapter (a feature
+    providing the export writes its own, e.g. a multi-task model's folder per task)."""
+    if f := trial.provider("export"):
+        return f.export(trial, model, out, peft)
     if peft:
-        from adapt.methods.peft_io import save_peft
-
-        if trial.tasks:
-            raise ConfigError(f"{workdir}: a multi-task run exports merged models per task, not a PEFT adapter")
-        return save_peft(model, trial.method, out, base_model=multitask.init_source(trial.config))
-    return _export(trial, model, out)
-
-
-def _export(trial: TrialSetup, model, out: str) -> str:
-    """The trained model merged into plain weights in HF layout with the tokenizer (a multi-task model: one folder
-    per task, :func:`adapt.features.multitask.export`)."""
-    merged = trial.method.merge(model)
-    if trial.tasks:
-        return multitask.export(merged, out, trial.tokenizer)
-    return save_pretrained(merged, out, tokenizer=trial.tokenizer)
+        return save_peft(model, trial.method, out, base_model=trial.source)
+    return save_pretrained(trial.method.merge(model), out, tokenizer=trial.tokenizer)

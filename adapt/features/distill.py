@@ -39,6 +39,7 @@ from flax import nnx
 from adapt.core import schema
 from adapt.core.errors import ConfigError
 from adapt.core.schema import Bool, Either, Float, Int, Map, Path, Str, Tuple
+from adapt.features.base import Feature, register
 from adapt.models import from_pretrained, load_tokenizer
 from adapt.models.loading import fresh_paths, set_dropouts
 from adapt.models.registry import model_info, param_paths
@@ -263,3 +264,35 @@ def objective(config, task_objective: Objective) -> Objective:
     if not enabled(config):
         return task_objective
     return Distillation(task_objective, float(config.distill.alpha), float(config.distill.temperature))
+
+
+class Distill(Feature):
+    """The ``distill`` section as a trial feature: the teacher loaded (and the student it describes), the
+    objective's distillation term, the teacher attached to the student after the adaptation method."""
+
+    name, key, section, schema = "distill", "distill.teacher", "distill", SCHEMA
+
+    def defaults(self):
+        return defaults()
+
+    def enabled(self, config) -> bool:
+        return enabled(config)
+
+    def check(self, config) -> None:
+        check(config)
+
+    def model(self, build) -> None:
+        b = build
+        labels = b.splits.get("labels")
+        teacher = load_teacher(b.config, b.tokenizer, labels, mesh=b.mesh, rules=b.rules, run_model=b.run_model)
+        b.parts[self.name] = teacher
+        b.model = build_student(b.config, teacher, b.task, labels, mesh=b.mesh, rules=b.rules, dropouts=b.dropouts)
+
+    def objective(self, build) -> None:
+        build.objective = objective(build.config, build.objective)
+
+    def after_method(self, build) -> None:
+        build.model = attach(build.model, build.parts[self.name])
+
+
+register(Distill())

@@ -41,6 +41,9 @@ from adapt.data import catalog
 from adapt.data.batches import Mixture, RowStream, eval_batches
 from adapt.data.formats import IGNORE
 from adapt.data.pipeline import SOURCE_SCHEMA, prepare, section
+from adapt.features.base import Feature, Refusal, register, token_report
+from adapt.models import from_pretrained, save_pretrained
+from adapt.models.multihead import MultiHead
 from adapt.training import objectives, tasks
 
 SAMPLING = ("proportional", "temperature", "equal")
@@ -88,9 +91,6 @@ def specs(config) -> list[TaskSpec]:
     """The tasks of ``config.multitask``, checked (one line naming the key) before anything is read."""
     mt = config.multitask
     schema.check(SCHEMA, mt, "multitask")
-    if config.eval.sets:
-        raise ConfigError("eval.sets with multitask.tasks: a named set is evaluated by one task's head; evaluate the "
-                          "tasks' own splits (or a per-task export) instead")
     out = []
     for name, entry in mt.tasks.items():
         where = f"multitask.tasks.{name}"
@@ -227,9 +227,6 @@ def prepare_tasks(task_specs: list[TaskSpec], tokenizer) -> MultiTaskData:
 
 def build_model(data: MultiTaskData, source: str, **load):
     """The tasks' heads on one backbone from ``source`` (``load``: :func:`adapt.models.from_pretrained`'s keywords)."""
-    from adapt.models import from_pretrained
-    from adapt.models.multihead import MultiHead
-
     return MultiHead.combine({s.name: from_pretrained(source, task=s.kind, **tasks.get(s.kind).head_args(
         data.splits["labels"][s.name]), **load) for s in data.specs})
 
@@ -237,8 +234,6 @@ def build_model(data: MultiTaskData, source: str, **load):
 def export(model, out: str, tokenizer) -> str:
     """``out/<task>/`` per task (:meth:`~adapt.models.multihead.MultiHead.task_model`, in HF layout with the
     tokenizer) and ``out/multitask.json``."""
-    from adapt.models import save_pretrained
-
     names = list(model.tasks)
     for name in names:
         save_pretrained(model.task_model(name), os.path.join(out, name), tokenizer=tokenizer)
@@ -261,3 +256,64 @@ def init_source(config) -> str:
         raise ConfigError(f"init_task={name!r}: init_from={config.init_from} is a multi-task export of tasks "
                           f"{', '.join(names)}; set init_task to one of them")
     return os.path.join(config.init_from, name)
+
+
+class MultiTask(Feature):
+    """The ``multitask`` section as a trial feature: the tasks' data, heads, objective, batches, evaluation and
+    export replace the trial's single task."""
+
+    name, key, section, schema = "multitask", "multitask.tasks", "multitask", SCHEMA
+    provides = ("data", "objective", "train_stream", "eval_batches", "export")
+    refuses = (
+        Refusal("distill", "distil a task's model (a per-task export) in a single-task trial instead"),
+        Refusal("eval_sets", "a named set is evaluated by one task's head; evaluate the tasks' own splits (or a "
+                             "per-task export) instead"),
+        Refusal("mixture", "a multi-task trial draws its batches per task and reads no data.mixture; give each task "
+                           "its data"),
+        Refusal("generation", "a multi-task trial's tasks classify; nothing is generated"),
+    )
+    solo = "multi-task trials train one at a time, not as a population (--pack=1)"  # each task's batches' shapes
+
+    def defaults(self):
+        return defaults()
+
+    def enabled(self, config) -> bool:
+        return enabled(config)
+
+    def check(self, config) -> None:
+        if enabled(config):
+            specs(config)
+
+    def source(self, config, source: str) -> str:
+        return init_source(config) if config.init_from else source
+
+    def sections(self, config) -> dict:
+        return {f"multitask.tasks.{s.name}": s.data for s in specs(config)}
+
+    def data(self, build) -> None:
+        build.parts[self.name] = prepare_tasks(specs(build.config), build.tokenizer)
+        build.splits = build.parts[self.name].splits
+
+    def model(self, build) -> None:
+        build.model = build_model(build.parts[self.name], build.source, **build.load)
+
+    def objective(self, build) -> None:
+        build.objective = build.parts[self.name].objective(build.tokenizer, build.config)
+
+    def train_stream(self, trial):
+        return trial.parts[self.name].train_stream(trial.config)
+
+    def eval_batches(self, trial, split: str):
+        return trial.parts[self.name].eval_batches(split, trial.config.eval.batch_size)
+
+    def results(self, started, fit) -> dict:
+        return token_report(started.train)  # the tokens each task gave
+
+    def export(self, trial, model, out: str, peft: bool) -> str:
+        if peft:
+            raise ConfigError(f"{trial.trainer.workdir}: a multi-task run exports merged models per task, not a PEFT "
+                              f"adapter")
+        return export(trial.method.merge(model), out, trial.tokenizer)
+
+
+register(MultiTask())

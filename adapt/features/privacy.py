@@ -4,7 +4,11 @@ Poisson sampling and a privacy accountant (``dp_accounting``), turned on by the 
     dp = plan(config, examples=n, multiple=8)   # the run's DPSGD: clip, noise, batch sizes, steps, delta
     report(dp, steps)                            # {"epsilon": ..., "delta": ..., ...}: results.json's "privacy"
 
-What a step does (:mod:`adapt.training.dp`, which :func:`adapt.training.steps.make_train_step` calls):
+The feature (:class:`Privacy`) declares the section, plans the run's DP-SGD (:func:`plan`), whose
+:class:`~adapt.training.dp.DPSGD` is the train step's extension, trains on Poisson batches and writes
+:func:`report` into the results; the trial itself knows nothing of DP.
+
+What a step does (:mod:`adapt.training.dp`, the step extension :func:`adapt.training.steps.make_train_step` takes):
 each example of the batch gets its own gradient (``jax.vmap`` over the rows, of the TRAINABLE parameters only:
 under LoRA or adapters the frozen base gets none), is clipped to global L2 norm <= C (``privacy.clip_norm``), the
 clipped gradients are summed over the logical batch (over every micro-batch of gradient accumulation too), Gaussian
@@ -31,7 +35,8 @@ differ only when a step truncates). Auto ``max_batch_size``: per-step truncation
 delta' <= 1.01 delta (rdp). ``noise_multiplier`` 0 calibrates sigma for ``target_epsilon`` at ``delta``
 (``dp_accounting.calibrate_dp_mechanism``). The epsilon reported is for the steps the run did.
 
-Refused, each a one-line ConfigError naming the key (jax_privacy's sharp edges, as they apply here):
+Refused, each a one-line ConfigError naming the key (jax_privacy's sharp edges, as they apply here; those naming
+another feature are :attr:`Privacy.refuses`, the pair rule's, :mod:`adapt.features.base`):
 
 - early stopping or the best checkpoint chosen on dev (``train.early_stopping.metric``): non-private model
   selection on data that may be private, unless ``privacy.public_dev`` says the dev data is public;
@@ -62,18 +67,53 @@ from __future__ import annotations
 import functools
 import math
 
+import jax
+import ml_collections
+
 from adapt.core import schema
 from adapt.core.errors import ConfigError
-from adapt.training.dp import ACCOUNTANTS, DPSGD, NOISE, SCHEMA, defaults  # noqa: F401  (the feature's)
+from adapt.core.schema import Bool, Choice, Float, Int
+from adapt.data.batches import PoissonBatches, epoch_steps
+from adapt.features.base import Feature, Refusal, register
+from adapt.training.dp import DPSGD
+from adapt.training.state import batch_ways
 
+ACCOUNTANTS = ("pld", "rdp")
 TRUNCATION = 1e-6  # pld, auto max_batch_size: the largest probability that a step truncates its draw
 RDP_DELTA_SHARE = 0.01  # rdp, auto max_batch_size: truncation's largest share of delta
 SIGMA_MIN = 0.3  # calibration searches noise multipliers from here up
 CROSS_EXAMPLE_CHECKS = ("duplicates", "near_duplicates", "label_errors")  # data.quality checks comparing examples
 
 
+def defaults() -> ml_collections.ConfigDict:
+    """The ``privacy`` section: off."""
+    return ml_collections.ConfigDict(dict(
+        enabled=False,
+        noise_multiplier=0.0,  # sigma; 0: calibrated for target_epsilon
+        target_epsilon=0.0,
+        delta=0.0,  # 0: 1 / n, n the train examples
+        clip_norm=1.0,  # C: each example's gradient is clipped to this global L2 norm
+        accountant="pld",  # pld | rdp
+        max_batch_size=0,  # rows of a step (draws truncated, batches padded to it); 0: auto
+        public_dev=False,  # the dev data is public: early stopping and the best checkpoint on it are allowed
+    ))
+
+
+SCHEMA = dict(  # of defaults()
+    enabled=Bool(doc="train with DP-SGD"),
+    noise_multiplier=Float(ge=0, hint="0: calibrated for target_epsilon", doc="sigma of the Gaussian noise"),
+    target_epsilon=Float(ge=0, doc="the epsilon to calibrate sigma for"),
+    delta=Float(ge=0, lt=1, hint="0: 1 / train examples", doc="delta of the guarantee"),
+    clip_norm=Float(gt=0, doc="C: each example's gradient is clipped to this global L2 norm"),
+    accountant=Choice(*ACCOUNTANTS, doc="the privacy accountant"),
+    max_batch_size=Int(min=0, hint="0: auto", doc="rows of a step (draws truncated, batches padded to it)"),
+    public_dev=Bool(doc="the dev data is public: early stopping on it is allowed"),
+)
+
+
 def check(config) -> None:
-    """The refusals of the module docstring for a trial's ``config`` with privacy on; the section's own values too."""
+    """The refusals of the module docstring for a trial's ``config`` with privacy on that name no other feature (those
+    are :attr:`Privacy.refuses`); the section's own values too."""
     p = config.privacy
     schema.check(SCHEMA, p, "privacy")
     if (p.noise_multiplier > 0) == (p.target_epsilon > 0):
@@ -85,26 +125,16 @@ def check(config) -> None:
     if config.optimizer.clip_norm:
         raise ConfigError(f"optimizer.clip_norm={config.optimizer.clip_norm} would clip the noisy mean gradient, "
                           f"which protects nothing under privacy (privacy.clip_norm bounds each example); set it to 0")
-    if config.get("multitask", {}).get("tasks"):
-        raise ConfigError("multitask.tasks: a multi-task trial draws its batches per task, not by the Poisson sampling "
-                          "privacy accounts; train one task")
-    if config.get("distill", {}).get("teacher"):
-        raise ConfigError(f"distill.teacher={config.distill.teacher!r}: the teacher's outputs carry what it learned "
-                          f"from its own training data, which the student's epsilon does not count; not supported")
     d = config.data
-    if d.get("mixture") or d.get("mixture_stages"):
-        raise ConfigError("data.mixture: a mixture samples batches other than by the Poisson sampling privacy "
-                          "accounts; train one source")
-    if d.get("augment", {}).get("copies", 0):
-        raise ConfigError(f"data.augment.copies={d.augment.copies}: an example's copies are rows clipped apart, "
-                          f"so it moves a batch by more than privacy.clip_norm; set it to 0")
     if d.format in ("lm", "sft") and d.pack:
         raise ConfigError("data.pack=True: a packed row mixes documents and a document spans rows, so a row is not "
                           "the example privacy protects; set data.pack=False")
-    for name in CROSS_EXAMPLE_CHECKS:
-        if d.get("quality", {}).get(name) == "drop":
-            raise ConfigError(f"data.quality.{name}='drop' removes train examples because of others, so one example "
-                              f"can change several; use 'report' under privacy")
+
+
+def _drops_by_others(config) -> str:
+    """The first ``data.quality`` check that drops train examples because of others, as its setting ("" if none)."""
+    quality = config.data.get("quality", {})
+    return next((f"data.quality.{name}='drop'" for name in CROSS_EXAMPLE_CHECKS if quality.get(name) == "drop"), "")
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -163,10 +193,6 @@ def plan(config, examples: int, multiple: int = 1) -> DPSGD:
     """The DP-SGD of a trial whose train split has ``examples`` examples and whose step's rows must divide by
     ``multiple`` (gradient accumulation, the batch's shards): checks (:func:`check`), the rows, the steps
     (``train.steps``, else ``train.epochs`` of n / B steps) and sigma (given, or calibrated)."""
-    from adapt.data.batches import (
-        epoch_steps,  # here: adapt.data imports adapt.training, which imports this
-    )
-
     check(config)
     p, t = config.privacy, config.train
     batch = t.batch_size
@@ -203,3 +229,53 @@ def report(dp: DPSGD, steps: int) -> dict:
     return {"epsilon": eps, "delta": delta, "noise_multiplier": dp.noise_multiplier, "clip_norm": dp.clip_norm,
             "sampling_rate": dp.sampling_rate, "steps": steps, "examples": dp.examples,
             "expected_batch_size": dp.expected_batch_size, "max_batch_size": dp.max_batch_size}
+
+
+class Privacy(Feature):
+    """DP-SGD as a trial feature: the ``privacy`` section, its refusals, the run's :class:`DPSGD` as the train step's
+    extension, Poisson batches as the train stream and the guarantee spent in the results."""
+
+    name, key, section, schema = "privacy", "privacy.enabled", "privacy", SCHEMA
+    provides = ("step", "train_stream")
+    refuses = (
+        Refusal("multitask", "a multi-task trial draws its batches per task, not by the Poisson sampling privacy "
+                             "accounts; train one task"),
+        Refusal("distill", "the teacher's outputs carry what it learned from its own training data, which the "
+                           "student's epsilon does not count; not supported"),
+        Refusal("mixture", "a mixture samples batches other than by the Poisson sampling privacy accounts; train one "
+                           "source"),
+        Refusal("augment", "an example's copies are rows clipped apart, so it moves a batch by more than "
+                           "privacy.clip_norm; set it to 0"),
+        Refusal("quality", "removes train examples because of others, so one example can change several; use "
+                           "'report' under privacy", when=_drops_by_others),
+    )
+    solo = "DP-SGD trials do not train as a population (not supported); run them alone (pack 1)"
+
+    def defaults(self):
+        return defaults()
+
+    def enabled(self, config) -> bool:
+        return bool(config.get("privacy", {}).get("enabled", False))
+
+    def check(self, config) -> None:
+        if self.enabled(config):
+            check(config)
+
+    def step(self, build) -> None:
+        if "train" not in build.splits:
+            raise ConfigError("privacy.enabled=True needs a train split to sample from")
+        t = build.config.train
+        multiple = math.lcm(t.grad_accum, batch_ways(build.mesh, build.rules), jax.process_count())
+        examples = len(next(iter(build.splits["train"].values())))
+        build.extension = build.parts[self.name] = plan(build.config, examples, multiple)
+
+    def train_stream(self, trial):
+        dp = trial.parts[self.name]
+        return PoissonBatches(trial.splits["train"], dp.expected_batch_size, dp.max_batch_size,
+                              seed=trial.config.train.seed)
+
+    def results(self, started, fit) -> dict:  # epsilon and delta of the steps done
+        return {"privacy": report(started.trial.parts[self.name], fit.steps)}
+
+
+register(Privacy())

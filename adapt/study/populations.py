@@ -23,6 +23,7 @@ from flax import nnx
 from adapt.core.errors import AdaptError, ConfigError
 from adapt.experiment import run_trial
 from adapt.experiment.trial import finish_trial, start_trial
+from adapt.features.base import FEATURES
 from adapt.models.registry import param_paths
 from adapt.training.population import fit_population
 
@@ -90,13 +91,10 @@ def run_population(configs: list, workdirs: list[str]) -> list:
         raise ConfigError(f"run_population: {len(configs)} configs for {len(workdirs)} run folders")
     if len(configs) == 1:
         return [run_trial(configs[0], workdirs[0])]
-    if any(c.get("privacy", {}).get("enabled") for c in configs):
-        raise ConfigError("privacy.enabled=True: DP-SGD trials do not train as a population (not supported); run "
-                          "them alone (pack 1)")
+    for f in FEATURES.values():  # a feature whose trials train alone (Feature.solo): DP-SGD, multi-task ...
+        if f.solo and any(f.enabled(c) for c in configs):
+            raise ConfigError(f"{f.key}: {f.solo}")
     check_packable(configs)
-    if configs[0].get("multitask", {}).get("tasks"):  # members would draw batches of different tasks' shapes
-        raise ConfigError("multitask.tasks: multi-task trials train one at a time, not as a population "
-                          "(--pack=1)")
     started = []
     for config, workdir in zip(configs, workdirs):
         started.append(start_trial(config, workdir))

@@ -1,4 +1,5 @@
-"""Defaults for the ``mesh``, ``optimizer``, ``train``, ``privacy`` and ``method`` sections of an experiment config.
+"""Defaults for the ``mesh``, ``optimizer``, ``train`` and ``method`` sections of an experiment config (a trial
+feature's section, ``privacy`` for one, is the feature's: :mod:`adapt.features`).
 
 Experiment configs (``configs/*.py``) start from :func:`defaults` and override what they need; the
 sections are locked, so a misspelt key is an error instead of a silent no-op. The ``method`` section
@@ -15,7 +16,6 @@ from adapt import methods
 from adapt.core.schema import Choice, Either, Float, Int, Str, Tuple
 from adapt.core.sharding import DEFAULT_RULES, MESH_AXES
 from adapt.models.layers import REMAT_POLICIES
-from adapt.training import dp
 from adapt.training.optim import DECAY_KINDS, OPTIMIZERS, SCHEDULES
 
 
@@ -58,7 +58,6 @@ def defaults() -> ml_collections.ConfigDict:
             patience=0,  # evaluations without improvement before stopping; 0 = never stop early
         )),
     ))
-    c.privacy = dp.defaults()  # DP-SGD: adapt/training/dp.py (the step), adapt/features/privacy.py (accounting)
     c.method = ml_collections.ConfigDict(dict(name="full"))
     c.lock()
     c.method.unlock()  # its keys depend on the method; adapt.methods.build checks them
@@ -105,6 +104,5 @@ SCHEMA = dict(  # the sections of defaults(), as adapt.core.schema declares them
             patience=Int(min=0, hint="0: never stop early", doc="evaluations without improvement before stopping"),
         ),
     ),
-    privacy=dp.SCHEMA,
     method=methods.SCHEMA,
 )

@@ -1,8 +1,9 @@
-"""DP-SGD's part of the train step and its config section (the rest, accounting and planning, is
-:mod:`adapt.features.privacy`): each example's gradient clipped to global L2 norm <= C, the clipped gradients
-summed over the logical batch's real rows, Gaussian noise N(0, (sigma C)^2) added once per logical batch and the
-sum divided by the expected batch size. :func:`adapt.training.steps.make_train_step` calls :func:`clipped_sum`,
-:func:`real_first` and :func:`noisy_mean` when it is given a :class:`DPSGD`."""
+"""DP-SGD's part of the train step (the rest, its config section, accounting and planning, is the privacy
+feature, :mod:`adapt.features.privacy`): each example's gradient clipped to global L2 norm <= C, the clipped
+gradients summed over the logical batch's real rows, Gaussian noise N(0, (sigma C)^2) added once per logical batch
+and the sum divided by the expected batch size. A :class:`DPSGD` is the train step's extension
+(:class:`adapt.training.steps.StepExtension`): its micro-batches are :func:`real_first`, its gradient
+:func:`clipped_sum` and its step's gradient :func:`noisy_mean`."""
 
 from __future__ import annotations
 
@@ -11,40 +12,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from adapt.core.schema import Bool, Choice, Float, Int
 from adapt.data.batches import REAL
 
-ACCOUNTANTS = ("pld", "rdp")
 NOISE = 0x4E015E  # folded into the step's key for the noise (micro-batches fold in 0 .. accum - 1)
-
-
-def defaults() -> ml_collections.ConfigDict:
-    """The ``privacy`` section: off."""
-    return ml_collections.ConfigDict(dict(
-        enabled=False,
-        noise_multiplier=0.0,  # sigma; 0: calibrated for target_epsilon
-        target_epsilon=0.0,
-        delta=0.0,  # 0: 1 / n, n the train examples
-        clip_norm=1.0,  # C: each example's gradient is clipped to this global L2 norm
-        accountant="pld",  # pld | rdp
-        max_batch_size=0,  # rows of a step (draws truncated, batches padded to it); 0: auto
-        public_dev=False,  # the dev data is public: early stopping and the best checkpoint on it are allowed
-    ))
-
-
-SCHEMA = dict(  # of defaults()
-    enabled=Bool(doc="train with DP-SGD"),
-    noise_multiplier=Float(ge=0, hint="0: calibrated for target_epsilon", doc="sigma of the Gaussian noise"),
-    target_epsilon=Float(ge=0, doc="the epsilon to calibrate sigma for"),
-    delta=Float(ge=0, lt=1, hint="0: 1 / train examples", doc="delta of the guarantee"),
-    clip_norm=Float(gt=0, doc="C: each example's gradient is clipped to this global L2 norm"),
-    accountant=Choice(*ACCOUNTANTS, doc="the privacy accountant"),
-    max_batch_size=Int(min=0, hint="0: auto", doc="rows of a step (draws truncated, batches padded to it)"),
-    public_dev=Bool(doc="the dev data is public: early stopping on it is allowed"),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +35,15 @@ class DPSGD:
     @property
     def sampling_rate(self) -> float:
         return self.expected_batch_size / self.examples
+
+    def arrange(self, batch: dict, accum: int) -> dict:  # the step's extension (StepExtension)
+        return real_first(batch, accum)
+
+    def grad_fn(self, loss_fn):
+        return clipped_sum(loss_fn, self.clip_norm)
+
+    def combine(self, grads, sums: dict, key: jax.Array):
+        return noisy_mean(grads, jax.random.fold_in(key, NOISE), self)
 
 
 def clip(grads, clip_norm: float):

@@ -150,20 +150,21 @@ class Trainer:
     it, which ends :meth:`fit` after the checkpoints in flight are written). ``method``: the
     adaptation method (:mod:`adapt.methods`; full fine-tuning by default), already applied to ``model``.
     ``fresh``: the paths of the parameters loading initialised fresh (default: those recorded on ``model``,
-    :func:`adapt.models.loading.fresh_paths`), which ``train.head_warmup_steps`` trains alone first. ``dp``: DP-SGD
-    (:func:`adapt.features.privacy.plan`); its train data are :class:`~adapt.data.batches.PoissonBatches` of
-    ``dp.max_batch_size`` rows.
+    :func:`adapt.models.loading.fresh_paths`), which ``train.head_warmup_steps`` trains alone first. ``extension``:
+    what a trial's feature changes in the train step (:class:`adapt.training.steps.StepExtension`, e.g. DP-SGD's);
+    with a ``max_batch_size`` its train data's batches have that many rows.
     """
 
     def __init__(self, model: nnx.Module, objective, cfg, workdir: str, *, method: Method | None = None, mesh=None,
-                 fresh=None, dp=None):
-        self.objective, self.cfg, self.workdir, self.dp = objective, cfg, workdir, dp
+                 fresh=None, extension=None):
+        self.objective, self.cfg, self.workdir, self.extension = objective, cfg, workdir, extension
         t = cfg.train
         self.mesh = mesh or make_mesh(cfg.mesh.shape)
         self.rules = normalize_rules(cfg.mesh.rules)
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
-        self.batch_sharding = batch_sharding(self.mesh, self.rules, dp.max_batch_size if dp else t.batch_size)
+        self.batch_sharding = batch_sharding(self.mesh, self.rules,
+                                             (extension.max_batch_size if extension else 0) or t.batch_size)
         self.model, self.method = model, method or Method()
         self.fresh = fresh_paths(model) if fresh is None else tuple(fresh)
         self.on_eval = None  # called as on_eval(step, metrics) after each evaluation; may raise to end the run
@@ -187,7 +188,7 @@ class Trainer:
         self.static, state, self.shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules,
                                                           seed=t.seed, method=self.method)
         self.steps = Steps(self.static, self.objective, tx, self.shardings, self.batch_sharding, rules=self.rules,
-                           accum=t.grad_accum, remat=t.remat, method=self.method, dp=self.dp)
+                           accum=t.grad_accum, remat=t.remat, method=self.method, extension=self.extension)
         self.state = state
         return state, schedule
 

@@ -6,14 +6,16 @@ statistics over ``accum`` micro-batches with ``lax.scan``, divides by the total 
 equals one big batch), adds the adaptation method's penalty (once per step) and applies one optimizer
 update. The forward pass sees the parameters as the method perturbs them (Mixout); evaluation never
 does. Micro-batch i takes rows i, i+A, i+2A, ... so every device holds its share of every micro-batch.
-With ``dp`` (DP-SGD, :mod:`adapt.training.dp`) the real rows fill the first micro-batches, each micro-batch gives the
-sum of its examples' clipped gradients instead (one of padding alone computes nothing), and noise is added once to
-their total, which is divided by the expected batch size.
+A :class:`StepExtension` changes how the rows are laid out over the micro-batches, what a micro-batch's gradient
+is and how the summed gradients become the step's; DP-SGD is one (:class:`adapt.training.dp.DPSGD`: each
+micro-batch gives the sum of its examples' clipped gradients, and noise is added once to their total). Without one
+the step is :class:`PlainStep`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +26,6 @@ from adapt.core.host_memory import KeptHeap
 from adapt.core.sharding import Rules, axis_rules, without_axes
 from adapt.methods.base import Method
 from adapt.models import layers
-from adapt.training import dp as dpsgd
 from adapt.training.state import (
     STACKED,
     Model,
@@ -38,9 +39,44 @@ def _micro_batches(batch: dict, accum: int) -> dict:  # [B, ...] -> [A, B/A, ...
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+class StepExtension(Protocol):
+    """What a feature changes in the one train step (a trial's feature supplies it: DP-SGD's is
+    :class:`adapt.training.dp.DPSGD`). ``loss_fn(params, frozen, anchors, batch, key) -> (loss_sum, sums)`` is a
+    micro-batch's objective."""
+
+    max_batch_size: int  # rows of every step's batch (0: train.batch_size)
+
+    def arrange(self, batch: dict, accum: int) -> dict:
+        """``batch`` [B, ...] with its rows in the order micro-batch i takes rows i, i + A, ... of."""
+
+    def grad_fn(self, loss_fn):
+        """``fn(params, frozen, anchors, batch, key) -> (grads, sums)``: a micro-batch's gradients and objective sums,
+        both added up over the micro-batches."""
+
+    def combine(self, grads, sums: dict, key: jax.Array):
+        """The step's gradient from the micro-batches' summed ``grads`` and ``sums``; ``key``: the step's."""
+
+
+class PlainStep:
+    """The step without an extension: the gradient of the summed loss, divided by the total weight (so
+    accumulation equals one big batch)."""
+
+    max_batch_size = 0
+
+    def arrange(self, batch: dict, accum: int) -> dict:
+        return batch
+
+    def grad_fn(self, loss_fn):
+        return jax.grad(loss_fn, has_aux=True)
+
+    def combine(self, grads, sums: dict, key: jax.Array):
+        return jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+
+
 def make_train_step(model: Model, objective, tx: optax.GradientTransformation, accum: int = 1,
-                    method: Method | None = None, dp: dpsgd.DPSGD | None = None):
+                    method: Method | None = None, extension: StepExtension | None = None):
     method = method or Method()
+    extension = extension or PlainStep()
 
     def micro_loss(params, frozen, anchors, batch, key):
         batch = objective.prepare(batch, jax.random.fold_in(key, 1))
@@ -49,14 +85,14 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
         sums, _ = objective.loss(outputs, batch)
         return sums["loss_sum"], sums
 
-    grad_fn = jax.grad(micro_loss, has_aux=True) if dp is None else dpsgd.clipped_sum(micro_loss, dp.clip_norm)
+    grad_fn = extension.grad_fn(micro_loss)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(state.rng, state.step)
         if accum == 1:
             grads, sums = grad_fn(state.params, state.frozen, state.anchors, batch, key)
         else:
-            micro = _micro_batches(batch if dp is None else dpsgd.real_first(batch, accum), accum)
+            micro = _micro_batches(extension.arrange(batch, accum), accum)
 
             def body(carry, xs):
                 i, mb = xs
@@ -67,10 +103,7 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                  jax.eval_shape(grad_fn, state.params, state.frozen, state.anchors, first, key))
             (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-        if dp is None:
-            grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
-        else:
-            grads = dpsgd.noisy_mean(grads, jax.random.fold_in(key, dpsgd.NOISE), dp)
+        grads = extension.combine(grads, sums, key)
         extra = {}
         if type(method).penalty is not Method.penalty:  # once per step, not per token
             extra["penalty"], penalty_grads = jax.value_and_grad(method.penalty)(state.params, state.anchors)
@@ -133,15 +166,15 @@ class Steps:
     and rematerialisation are baked into the compiled steps. With ``population`` (the number of members, their
     batches' sharding, which frozen leaves they stack, and their dropout rates that are data) the train step is
     the population's (:func:`make_population_step`) over the stacked state; evaluation is always one member's.
-    ``dp``: the train step is DP-SGD's (:mod:`adapt.training.dp`).
+    ``extension``: what changes the train step (:class:`StepExtension`, e.g. DP-SGD's).
     """
 
     def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
                  *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None,
-                 population: tuple | None = None, dp: dpsgd.DPSGD | None = None):
+                 population: tuple | None = None, extension: StepExtension | None = None):
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        train_step = make_train_step(model, objective, tx, accum, method, dp)
+        train_step = make_train_step(model, objective, tx, accum, method, extension)
         self._train_rules = rules
         if population is None:
             self._train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
