@@ -40,6 +40,7 @@ DEFAULT_RULES: Rules = (
     ("position", None),
     ("labels", None),
     ("adapter", None),  # the small inner dimension of adaptation methods (LoRA rank, adapter bottleneck)
+    ("layers", None),  # the stacked layers of a scanned model (model.scan_layers, adapt.models.scan)
     ("trial", None),  # a population's members (adapt.training.population); "data" spreads them over that axis
 )
 
