@@ -144,6 +144,14 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
                  all_fresh=random_init)
 
 
+def check_stackable(name_or_path: str, *, revision: str | None = None) -> None:
+    """A one-line ConfigError when the checkpoint's family cannot stack its layers (``model.scan_layers``,
+    :attr:`adapt.models.registry.Family.stack_layers`); reads its config only."""
+    family = family_for(read_config(locate(name_or_path, revision=revision)).model_type)
+    if not family.stack_layers:
+        raise ConfigError(f"model.scan_layers=True: {family.name} does not stack its layers yet")
+
+
 def set_dropouts(family: Family, hf, hidden_dropout: float | None = None, attention_dropout: float | None = None):
     """Set the dropout rates that are not None on ``hf`` (an HF config of ``family``), under the family's keys."""
     for kind, rate in (("hidden", hidden_dropout), ("attention", attention_dropout)):
