@@ -17,13 +17,14 @@ from conftest import TINY_LLAMA
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from adapt import methods
 from adapt.core.errors import ConfigError
 from adapt.core.sharding import DEFAULT_RULES, make_mesh
 from adapt.data.batches import array_batches
 from adapt.models import from_pretrained, kv_cache, save_pretrained
 from adapt.models import layers as L
 from adapt.models.registry import hf_keys, model_info
-from adapt.training import CausalLM, Trainer, defaults
+from adapt.training import CausalLM, SequenceClassification, Trainer, defaults
 
 TINY_DECODER = {**TINY_LLAMA, "num_hidden_layers": 3}
 DECODERS = {
@@ -190,24 +191,35 @@ def _cfg(**train):
     return cfg
 
 
-def test_full_fine_tuning_scanned_trains_as_unrolled(tiny_llama, tmp_path):
-    """A few steps of full fine-tuning with dropout on a 2 x 2 x 2 mesh (scanned: rematerialised too): the same
-    losses and parameters."""
+@pytest.mark.parametrize("method", ["full", "bitfit"])
+def test_training_scanned_equals_unrolled(method, request, tmp_path):
+    """A few steps of full fine-tuning (a tiny Llama, dropout on) or BitFit (a tiny BERT classifier: only biases and
+    the head train) on a 2 x 2 x 2 mesh, the scanned model rematerialised too: the same losses and parameters."""
     rng = np.random.RandomState(0)
     data = {"input_ids": rng.randint(0, 128, (24, 16)).astype(np.int32), "attention_mask": np.ones((24, 16), np.int32)}
+    if method == "full":
+        checkpoint, objective = request.getfixturevalue("tiny_llama"), CausalLM()
+    else:
+        checkpoint, objective = request.getfixturevalue("tiny_bert"), SequenceClassification(num_labels=3)
+        data["labels"] = rng.randint(0, 3, 24).astype(np.int32)
     mesh, runs = make_mesh((2, 2, 2)), {}
     for name, scan, remat in (("unrolled", False, "none"), ("scanned", True, "full")):  # remat per scanned layer
-        model = from_pretrained(tiny_llama, mesh=mesh, hidden_dropout=0.1, scan_layers=scan)
-        trainer = Trainer(model, CausalLM(), _cfg(remat=remat), str(tmp_path / name), mesh=mesh)
+        model = from_pretrained(checkpoint, mesh=mesh, hidden_dropout=0.1, scan_layers=scan)
+        before = _stacked(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        trainer = Trainer(model, objective, _cfg(remat=remat), str(tmp_path / name), mesh=mesh,
+                          method=methods.build({"name": method}))
         params = trainer.fit(array_batches(data, 8, seed=0)).state.params
         with open(os.path.join(tmp_path / name, "metrics.jsonl")) as f:
             losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
-        runs[name] = losses, jax.tree.map(np.asarray, params)
-    losses, params = runs.pop("unrolled")
+        runs[name] = losses, _stacked(jax.tree.map(np.asarray, params))
+    losses, params = runs["unrolled"]
     assert len(losses) == 3
-    for name, (other_losses, other_params) in runs.items():
-        np.testing.assert_allclose(other_losses, losses, rtol=1e-6, err_msg=name)
-        _assert_trees_close(other_params, _stacked(params), tol=1e-6)
+    np.testing.assert_allclose(runs["scanned"][0], losses, rtol=1e-6)
+    _assert_trees_close(runs["scanned"][1], params, tol=1e-6)
+    if method == "bitfit":  # only biases (and the head) trained: the stacked kernels are as loaded
+        kernel = params["bert"]["encoder"]["layer"]["attention"]["self"]["query"]
+        assert "kernel" not in kernel and not np.array_equal(kernel["bias"], before["bert"]["encoder"]["layer"][
+            "attention"]["self"]["query"]["bias"])
 
 
 def test_what_does_not_stack_yet_refuses(tiny_gpt2, tiny_llama):
