@@ -27,6 +27,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
+#: The default rules: logical axis name -> mesh axes (None: replicated); a name the table does not list is replicated.
 DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("length", None),

@@ -156,6 +156,16 @@ def test_dropout_and_remat_give_the_unrolled_numbers(tiny_llama):
             _assert_trees_close(grads(models[True]), expected, tol=1e-6)
 
 
+def test_fresh_heads_and_random_init_draw_the_unrolled_numbers(base_bert, tiny_llama):
+    """The stack is built from the layers made in turn, so what is initialised fresh (a classifier and pooler the
+    checkpoint lacks; a whole random-init model) is the same scanned or not."""
+    for name, kwargs in ((base_bert, dict(task="sequence_classification", num_labels=3)),
+                         (tiny_llama, dict(random_init=True, config_overrides={"num_hidden_layers": 3}))):
+        models = [from_pretrained(name, seed=5, scan_layers=scan, **kwargs) for scan in (False, True)]
+        unrolled, scanned = (nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in models)
+        _assert_trees_close(scanned, _stacked(unrolled), tol=0)
+
+
 def test_stacked_parameters_shard_by_the_layers_rule(tiny_llama):
     ids = np.random.RandomState(0).randint(0, 128, (8, 16))
     expected = np.asarray(from_pretrained(tiny_llama)(ids))
