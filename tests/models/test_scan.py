@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from adapt import methods
-from adapt.core.errors import ConfigError
+from adapt.core.errors import CheckpointError, ConfigError
 from adapt.core.sharding import DEFAULT_RULES, make_mesh
 from adapt.data.batches import array_batches
 from adapt.models import from_pretrained, kv_cache, save_pretrained
@@ -230,6 +230,28 @@ def test_training_scanned_equals_unrolled(method, request, tmp_path):
         kernel = params["bert"]["encoder"]["layer"]["attention"]["self"]["query"]
         assert "kernel" not in kernel and not np.array_equal(kernel["bias"], before["bert"]["encoder"]["layer"][
             "attention"]["self"]["query"]["bias"])
+
+
+def test_a_scanned_run_resumes_from_its_checkpoint(tiny_llama, tmp_path):
+    """Stopped after 2 of 4 steps and resumed, a scanned run ends where an uninterrupted one does; the unrolled
+    model refuses its checkpoint (another parameter tree)."""
+    rng = np.random.RandomState(0)
+    data = {"input_ids": rng.randint(0, 128, (32, 16)).astype(np.int32), "attention_mask": np.ones((32, 16), np.int32)}
+
+    def fit(folder, steps, scan=True):
+        model = from_pretrained(tiny_llama, scan_layers=scan)
+        cfg = _cfg(steps=steps, checkpoint_every=2)
+        cfg.mesh.shape = (1, -1, 1)
+        cfg.optimizer.schedule = "constant"  # the same learning rates whatever the number of steps
+        return Trainer(model, CausalLM(), cfg, str(tmp_path / folder)).fit(array_batches(data, 8, seed=0))
+
+    whole = fit("whole", 4).state.params
+    fit("resumed", 2)
+    _assert_trees_close(fit("resumed", 4).state.params, whole, tol=1e-6)
+    with open(tmp_path / "resumed" / "metrics.jsonl") as f:
+        assert [r["step"] for r in map(json.loads, f) if "train/loss" in r] == [1, 2, 3, 4]  # steps 3, 4 resumed
+    with pytest.raises(CheckpointError, match="does not match this model and optimizer"):
+        fit("resumed", 6, scan=False)
 
 
 def test_what_does_not_stack_yet_refuses(tiny_gpt2, tiny_llama):
