@@ -283,3 +283,14 @@ def test_a_trial_refuses_what_does_not_stack_before_reading_anything(small_bert,
     with pytest.raises(ConfigError, match=r"^model.scan_layers=True: populations \(trials trained together\)"):
         run_population([config, config], [str(tmp_path / "a"), str(tmp_path / "b")])
     assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "a")
+
+
+def test_the_config_key_reaches_the_trial_model(benchmark_data, base_bert, tmp_path):
+    from adapt.experiment import configs
+    from adapt.experiment.trial import build_trial
+
+    config = configs.load("configs/finetune.py:bc5cdr", [f"model.name={base_bert}", "data.max_length=32",
+                                                         f"data.cache_dir={tmp_path / 'cache'}",
+                                                         "model.scan_layers=True"])
+    model = build_trial(config, str(tmp_path / "run")).trainer.model
+    assert model_info(model).stacked and model.bert.encoder.layer.output.dense.kernel.shape == (2, 64, 32)
