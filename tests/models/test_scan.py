@@ -294,3 +294,14 @@ def test_the_config_key_reaches_the_trial_model(benchmark_data, base_bert, tmp_p
                                                          "model.scan_layers=True"])
     model = build_trial(config, str(tmp_path / "run")).trainer.model
     assert model_info(model).stacked and model.bert.encoder.layer.output.dense.kernel.shape == (2, 64, 32)
+
+
+@pytest.mark.slow
+def test_the_bundled_gguf_loads_scanned():
+    """The bundled SmolLM2-135M (4-bit GGUF, dequantised, llama.cpp's Q/K permutation undone: gguf_io's names feed
+    the same mapping) loads stacked and gives the unrolled logits."""
+    ids = np.random.RandomState(0).randint(0, 1000, (1, 8))
+    unrolled = np.asarray(from_pretrained("bundled:smollm2-135m")(ids))
+    scanned = from_pretrained("bundled:smollm2-135m", scan_layers=True)
+    assert scanned.model.layers.mlp.up_proj.kernel.shape == (30, 576, 1536)
+    np.testing.assert_allclose(np.asarray(scanned(ids)), unrolled, atol=1e-4, rtol=0)
