@@ -131,8 +131,7 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     hf.architectures = None
     cfg = family.config_from_hf(hf, dtype)
     if scan_layers:
-        if not family.stack_layers:
-            raise ConfigError(f"model.scan_layers=True: {family.name} does not stack its layers yet")
+        _check_stacks(family)
         cfg = dataclasses.replace(cfg, scan_layers=True)
     if random_init:
         refs = {}
@@ -147,7 +146,10 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
 def check_stackable(name_or_path: str, *, revision: str | None = None) -> None:
     """A one-line ConfigError when the checkpoint's family cannot stack its layers (``model.scan_layers``,
     :attr:`adapt.models.registry.Family.stack_layers`); reads its config only."""
-    family = family_for(read_config(locate(name_or_path, revision=revision)).model_type)
+    _check_stacks(family_for(read_config(locate(name_or_path, revision=revision)).model_type))
+
+
+def _check_stacks(family: Family) -> None:
     if not family.stack_layers:
         raise ConfigError(f"model.scan_layers=True: {family.name} does not stack its layers yet")
 
