@@ -27,6 +27,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
+#: The default rules: logical axis name -> mesh axes (None: replicated); a name the table does not list is replicated.
 DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("length", None),
@@ -40,6 +41,7 @@ DEFAULT_RULES: Rules = (
     ("position", None),
     ("labels", None),
     ("adapter", None),  # the small inner dimension of adaptation methods (LoRA rank, adapter bottleneck)
+    ("layers", None),  # the stacked layers of a scanned model (model.scan_layers, adapt.models.scan)
     ("trial", None),  # a population's members (adapt.training.population); "data" spreads them over that axis
 )
 

@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
         dtype="float32",  # compute dtype (parameters stay float32)
         hidden_dropout=-1.0,  # -1: the checkpoint's own
         attention_dropout=-1.0,
+        scan_layers=False,  # the layers stacked [L, ...] and scanned (adapt.models.scan): compile time flat with depth
     ))
     c.data = data_defaults()
     c.objective = ml_collections.ConfigDict(dict(
@@ -57,6 +58,8 @@ SCHEMA = dict(
         task=Choice(tasks.names, doc="a task kind of adapt.training.tasks"),
         dtype=Choice("float32", "bfloat16", "float16", doc="compute dtype (parameters stay float32)"),
         hidden_dropout=_DROPOUT, attention_dropout=_DROPOUT,
+        scan_layers=Bool(doc="stack the transformer layers [L, ...] and apply them with a scan, so compile time stays "
+                             "flat with depth (adapt.models.scan; Llama and BERT families, full and bitfit only)"),
     ),
     data=pipeline.SCHEMA,
     objective=dict(

@@ -38,7 +38,7 @@ from adapt.features import base as registry  # the features, registered as adapt
 from adapt.features.base import Build, Feature, model_source, provider
 from adapt.methods.peft_io import save_peft
 from adapt.models import from_pretrained, load_tokenizer, save_pretrained
-from adapt.models.loading import fresh_paths
+from adapt.models.loading import check_stackable, fresh_paths
 from adapt.models.registry import model_info
 from adapt.training import Trainer, objectives, tasks
 from adapt.training.state import batch_sharding
@@ -120,11 +120,14 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     mesh, rules = run_mesh(config), normalize_rules(config.mesh.rules)
     batch_sharding(mesh, rules, config.train.batch_size)  # a batch the data axes do not divide: one line, now
     source = model_source(config)
+    check_scan_layers(config, on, source)
     tokenizer = load_tokenizer(source)
     method = methods.build(config.method)
     dropouts = {k: v for k in ("hidden_dropout", "attention_dropout") if (v := config.model[k]) >= 0}
     # Straight onto the mesh: each device receives only its shards, one tensor read at a time.
     load = dict(dtype=config.model.dtype, seed=config.train.seed, mesh=mesh, rules=rules, **dropouts)
+    if config.model.get("scan_layers"):
+        load["scan_layers"] = True
     b = Build(config, tokenizer, source, task, mesh, rules, dropouts, load, run_model=_run_model)
     b.splits = None if provider(on, "data") else prepare(config.data, tokenizer)[0]
     _each(on, "data", b)
@@ -143,6 +146,23 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     trainer = Trainer(b.model, b.objective, config, workdir, method=method, mesh=mesh, fresh=fresh,
                       extension=b.extension)
     return TrialSetup(config, tokenizer, b.splits, method, trainer, b.sets, on, b.parts, source, fresh_heads)
+
+
+def check_scan_layers(config: ml_collections.ConfigDict, on: list[Feature], source: str) -> None:
+    """With ``model.scan_layers`` (the layers stacked, :mod:`adapt.models.scan`): the method, each enabled feature
+    and the checkpoint's family must work with stacked layers (``stacked_layers_ok``, ``Family.stack_layers``), else
+    a one-line error naming the first that does not, before anything but the checkpoint's config is read."""
+    if not config.model.get("scan_layers"):
+        return
+    method = methods.METHODS[config.method.name]
+    if not method.stacked_layers_ok:
+        ok = sorted(name for name, cls in methods.METHODS.items() if cls.stacked_layers_ok)
+        raise ConfigError(f"model.scan_layers=True: method.name={method.name!r} does not handle stacked layers yet "
+                          f"(methods that do: {', '.join(ok)})")
+    for f in on:
+        if not f.stacked_layers_ok:
+            raise ConfigError(f"model.scan_layers=True: {f.key} ({f.name}) does not handle stacked layers yet")
+    check_stackable(source)
 
 
 def _each(on: list[Feature], phase: str, build: Build) -> None:

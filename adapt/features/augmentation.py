@@ -10,6 +10,7 @@ from adapt.features.base import Feature, register
 
 class Augmentation(Feature):
     name, key = "augment", "data.augment.copies"
+    stacked_layers_ok = True  # it reads the data, never the model
 
     def enabled(self, config) -> bool:
         return augment.enabled(config.data)

@@ -77,6 +77,8 @@ class Feature:
     provides: tuple[str, ...] = ()  # the PHASES it takes over from the trial
     refuses: tuple[Refusal, ...] = ()
     solo: str = ""  # why its trials cannot train in a population ("": they can)
+    # It works with model.scan_layers (the layers stacked, adapt.models.scan); the others are refused in one line.
+    stacked_layers_ok: bool = False
 
     def defaults(self):
         """Its config section at its defaults (an ``ml_collections.ConfigDict``; a feature with a section)."""

@@ -13,6 +13,7 @@ from adapt.features.base import Feature, register
 
 class DataQuality(Feature):
     name, key = "quality", "data.quality"
+    stacked_layers_ok = True  # it reads the data, never the model
 
     def enabled(self, config) -> bool:
         return quality.enabled(config.data)

@@ -10,6 +10,7 @@ from adapt.features.base import Feature, register, token_report
 
 class Mixture(Feature):
     name, key = "mixture", "data.mixture"
+    stacked_layers_ok = True  # it reads the data, never the model
 
     def enabled(self, config) -> bool:
         return bool(config.data.get("mixture") or config.data.get("mixture_stages"))

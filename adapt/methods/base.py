@@ -48,6 +48,9 @@ class Method:
     # The pretrained weights train (so full fine-tuning's learning rates suit it); False for methods that
     # train a few added or selected parameters (LoRA, adapters, prompts, BitFit), which take higher rates.
     trains_every_weight = True
+    # It works on stacked layers (model.scan_layers: one parameter [L, ...] per kind, adapt.models.scan): True only
+    # for a method that reads no layer by its number or module path inside the layers; the others are refused.
+    stacked_layers_ok = False
 
     def __init__(self, **knobs):
         schema.Section(self.schema, what=f"method {self.name!r}").check(knobs, "method")  # as the method section's

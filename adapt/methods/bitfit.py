@@ -21,6 +21,7 @@ class BitFit(Method):
     defaults = dict(train_head=True)
     schema = dict(train_head=Bool(doc="the task head trains too"))
     trains_every_weight = False
+    stacked_layers_ok = True  # it selects leaves by name (``bias``): a stacked bias [L, D] is every layer's
 
     def apply(self, model, rngs):
         if not any(_is_bias(path) for path, _ in param_paths(nnx.state(model, nnx.Param))):

@@ -9,3 +9,4 @@ from adapt.methods.registry import register
 @register
 class FullFineTuning(Method):
     name = "full"
+    stacked_layers_ok = True  # every parameter alike, stacked or not

@@ -18,6 +18,7 @@ from flax import nnx
 from adapt.core.errors import CheckpointError
 from adapt.core.sharding import shard
 from adapt.models import layers as L
+from adapt.models import scan
 from adapt.models.registry import Dims, Family, MethodTargets, register
 
 
@@ -40,6 +41,7 @@ class BertConfig:
     pad_token_id: int
     tie_embeddings: bool
     dtype: str = "float32"
+    scan_layers: bool = False  # the layers stacked [L, ...] and scanned (adapt.models.scan)
     hf: object = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
     @property
@@ -152,12 +154,10 @@ class BertLayer(nnx.Module):
 
 class BertEncoder(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-        self.layer = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layer = scan.layers(lambda rngs: BertLayer(cfg, rngs=rngs), cfg.num_layers, rngs, stacked=cfg.scan_layers)
 
-    def __call__(self, x, mask, rngs):  # [B, T, D]
-        for layer in self.layer:
-            x = L.run_layer(layer, x, mask, rngs)
-        return x
+    def __call__(self, x, mask, rngs):  # [B, T, D], mask [B, T, T]
+        return scan.apply(self.layer, lambda layer, x, rngs, _: L.run_layer(layer, x, mask, rngs), x, rngs)
 
 
 class BertPooler(nnx.Module):
@@ -307,6 +307,7 @@ ENCODER = dict(
     input_states=input_states,
     layers="encoder.layer",
     embeddings=("embeddings",),
+    stack_layers=True,
 )
 # Non-persistent buffers that older checkpoints saved.
 BUFFERS = r"(^|\.)embeddings\.(position_ids|token_type_ids)$"

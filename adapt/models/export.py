@@ -16,7 +16,7 @@ from adapt.core.files import write_folder
 from adapt.models import heads
 from adapt.models.checkpoint_io import save_safetensors
 from adapt.models.layers import Adapter
-from adapt.models.registry import hf_key, model_info, param_paths, to_hf
+from adapt.models.registry import hf_keys, model_info, param_paths, to_hf
 
 
 def architecture_name(model_type: str, head: str) -> str:
@@ -29,7 +29,8 @@ def architecture_name(model_type: str, head: str) -> str:
 
 def hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The model's parameters as host arrays under their HF names and layouts."""
-    family = model_info(model).family
+    info = model_info(model)
+    family = info.family
     tensors, params = {}, param_paths(nnx.state(model, nnx.Param))
     added = [".".join(map(str, path)) for path, var in params if isinstance(var, Adapter)]
     if added:
@@ -40,8 +41,10 @@ def hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
         value = var.get_value()
         if not value.is_fully_addressable:
             value = multihost_utils.process_allgather(value, tiled=True)
-        key, transpose = hf_key(family, path)
-        tensors[key] = np.ascontiguousarray(to_hf(np.asarray(jax.device_get(value)), transpose))
+        keys, transpose, stacked = hf_keys(family, path, info.dims.num_layers)
+        array = np.asarray(jax.device_get(value))
+        for key, one in zip(keys, array if stacked else [array]):  # a stacked [L, ...]: slice i is layer i's
+            tensors[key] = np.ascontiguousarray(to_hf(one, transpose))
     return tensors
 
 

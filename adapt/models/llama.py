@@ -11,8 +11,9 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.core.errors import ConfigError
 from adapt.core.sharding import shard
-from adapt.models import kv_cache
+from adapt.models import kv_cache, scan
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
 
@@ -39,6 +40,7 @@ class LlamaConfig:
     hidden_dropout: float
     attention_dropout: float
     dtype: str = "float32"
+    scan_layers: bool = False  # the layers stacked [L, ...] and scanned (adapt.models.scan)
     hf: object = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
 
@@ -136,7 +138,8 @@ class LlamaModel(nnx.Module):
         self.cfg = cfg
         self.embed_tokens = L.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), std=cfg.init_std,
                                     dtype=cfg.dtype, rngs=rngs)
-        self.layers = nnx.List([LlamaDecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = scan.layers(lambda rngs: LlamaDecoderLayer(cfg, rngs=rngs), cfg.num_layers, rngs,
+                                  stacked=cfg.scan_layers)
         self.norm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
@@ -153,9 +156,12 @@ class LlamaModel(nnx.Module):
         windows = set(self.cfg.windows)
         if cache is None:
             masks = {w: L.attention_mask(segments, causal=True, window=w, virtual=virtual) for w in windows}
-            for layer, window in zip(self.layers, self.cfg.windows):
-                x = L.run_layer(layer, x, masks[window], positions, inv_freq, rngs)
+            x = scan.apply(self.layers, lambda layer, x, rngs, mask: L.run_layer(layer, x, mask, positions, inv_freq,
+                                                                                 rngs),
+                           x, rngs, [masks[w] for w in self.cfg.windows])  # masks [B, T, T]
         else:  # generation (never rematerialised): each layer writes its keys and values into the cache
+            if self.cfg.scan_layers:
+                raise ConfigError("model.scan_layers=True: generation (the KV cache) does not read stacked layers yet")
             masks = cache.attend(segments, windows)  # [B, T, S] each
             for i, (layer, window) in enumerate(zip(self.layers, self.cfg.windows)):
                 x = layer(x, masks[window], positions, inv_freq, rngs, cache.layer(i))
@@ -195,6 +201,7 @@ FAMILY = register(Family(
     attention=LlamaAttention,
     kv_shape=lambda c: (c.num_kv_heads, c.head_dim),
     kv_cache=True,
+    stack_layers=True,
     input_states=lambda backbone, ids: backbone.embed_tokens(ids),
     layers="layers",
     embeddings=("embed_tokens",),

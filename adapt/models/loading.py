@@ -23,12 +23,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from adapt.core.errors import CheckpointError
+from adapt.core.errors import CheckpointError, ConfigError
 from adapt.core.sharding import Rules, variable_sharding
 from adapt.models import bundled, heads
 from adapt.models.checkpoint_io import weight_refs
 from adapt.models.gguf_io import gguf_config, gguf_refs, gguf_tokenizer
-from adapt.models.registry import Family, family_for, hf_key, param_paths
+from adapt.models.registry import Family, family_for, hf_key, hf_keys, param_paths
 
 log = logging.getLogger(__name__)
 FRESH_ATTR = "fresh_params"  # the model attribute holding the paths of the parameters initialised fresh
@@ -94,7 +94,7 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
                     rules: Rules | None = None, dtype: str = "float32", hidden_dropout: float | None = None,
                     attention_dropout: float | None = None, allow_pickle: bool = False, seed: int = 0,
                     revision: str | None = None, config_overrides: dict | None = None,
-                    random_init: bool = False) -> nnx.Module:
+                    random_init: bool = False, scan_layers: bool = False) -> nnx.Module:
     """Load a pretrained model as an NNX module.
 
     ``task``: a task kind of :mod:`adapt.training.tasks` whose model head the family has; by default the
@@ -107,6 +107,9 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     ``config_overrides``: HF config keys set before the model is built (``num_hidden_layers``, ``hidden_size``);
     with ``random_init`` no weight is read: every parameter is initialised fresh (a random-init model of the
     checkpoint's family, as its config and the overrides describe it).
+    ``scan_layers``: the transformer layers stacked ``[L, ...]`` and applied with a scan (:mod:`adapt.models.scan`;
+    a family that does not declare ``stack_layers`` refuses, before any weight is read); the same checkpoint and
+    the same numbers.
     """
     source = locate(name_or_path, revision=revision, allow_pickle=allow_pickle)
     hf = read_config(source)
@@ -127,6 +130,9 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
         setattr(hf, key, value)
     hf.architectures = None
     cfg = family.config_from_hf(hf, dtype)
+    if scan_layers:
+        _check_stacks(family)
+        cfg = dataclasses.replace(cfg, scan_layers=True)
     if random_init:
         refs = {}
     elif source.gguf_file:
@@ -135,6 +141,17 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
         refs = weight_refs(source.folder, allow_pickle=allow_pickle)
     return build(family, head, cfg, refs, source.name, mesh=mesh, rules=rules, seed=seed,
                  all_fresh=random_init)
+
+
+def check_stackable(name_or_path: str, *, revision: str | None = None) -> None:
+    """A one-line ConfigError when the checkpoint's family cannot stack its layers (``model.scan_layers``,
+    :attr:`adapt.models.registry.Family.stack_layers`); reads its config only."""
+    _check_stacks(family_for(read_config(locate(name_or_path, revision=revision)).model_type))
+
+
+def _check_stacks(family: Family) -> None:
+    if not family.stack_layers:
+        raise ConfigError(f"model.scan_layers=True: {family.name} does not stack its layers yet")
 
 
 def set_dropouts(family: Family, hf, hidden_dropout: float | None = None, attention_dropout: float | None = None):
@@ -163,21 +180,26 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
     fresh_ok = ("",) if all_fresh else family.head_paths.get(head, ()) + family.may_lack
     roots = {canon(hf_key(family, p)[0]).split(".")[0] for p, _ in leaves}
     missing, misshaped, fresh, found = [], [], [], {}
+    num_layers = family.dims(cfg).num_layers
     for path, var in leaves:
-        key, transpose = hf_key(family, path)
-        if canon(key) not in available:
+        keys, transpose, stacked = hf_keys(family, path, num_layers)  # a stacked [L, ...]: layer i's name for slice i
+        shape = var.shape[1:] if stacked else var.shape
+        absent = [key for key in keys if canon(key) not in available]
+        if absent:
             dotted = ".".join(map(str, path))
             if any(dotted.startswith(h) for h in fresh_ok):
                 fresh.append(path)
             else:
-                missing.append(f"{key} {list(var.shape)}")
+                missing += [f"{key} {list(shape)}" for key in absent]
             continue
-        name, ref = available.pop(canon(key))
-        shape = ref.shape[::-1] if transpose else ref.shape
-        if tuple(shape) != tuple(var.shape):
-            want = var.shape[::-1] if transpose else var.shape
-            misshaped.append(f"{name} {list(ref.shape)} (expected {list(want)})")
-        found[path] = (ref, transpose)
+        refs_of = []
+        for key in keys:
+            name, ref = available.pop(canon(key))
+            if tuple(ref.shape[::-1] if transpose else ref.shape) != tuple(shape):
+                want = shape[::-1] if transpose else shape
+                misshaped.append(f"{name} {list(ref.shape)} (expected {list(want)})")
+            refs_of.append(ref)
+        found[path] = (refs_of, transpose, stacked)
     unexpected = [key for c, (key, _) in sorted(available.items())
                   if c.split(".")[0] in roots and not any(re.search(p, key) for p in family.ignore)]
     unused = [key for c, (key, _) in available.items() if c.split(".")[0] not in roots]
@@ -189,8 +211,7 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
                               + "; ".join(problems))
     if unused:
         log.info("%s: tensors not used by %s: %s", where, cls.__name__, _short(unused))
-    arrays = {path: _place(ref, transpose, var, mesh, rules) for (path, var), (ref, transpose)
-              in ((pv, found[pv[0]]) for pv in leaves if pv[0] in found)}
+    arrays = {path: _place(*found[path], var, mesh, rules) for path, var in leaves if path in found}
     if fresh:
         arrays.update(_init_fresh(cls, cfg, seed, fresh, dict(leaves), mesh, rules))
     for path, var in leaves:
@@ -200,14 +221,22 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
     return model
 
 
-def _place(ref, transpose: bool, var, mesh, rules) -> jax.Array:
-    host = []
+def _place(refs: list, transpose: bool, stacked: bool, var, mesh, rules) -> jax.Array:
+    """``var``'s value from its checkpoint tensor (``refs``: one; ``stacked``: layer i's for slice i of ``[L, ...]``),
+    placed onto its sharding: each device's callback reads its slice (its layers' slices, stacked), and each
+    tensor is read from the file once."""
+    host = {}
+
+    def tensor(i):
+        if i not in host:
+            array = refs[i].read()
+            host[i] = array.T if transpose else array
+        return host[i]
 
     def read(index):
-        if not host:
-            array = ref.read()
-            host.append(array.T if transpose else array)
-        return np.asarray(host[0][index], dtype=var.dtype)
+        if not stacked:
+            return np.asarray(tensor(0)[index], dtype=var.dtype)
+        return np.stack([np.asarray(tensor(i)[index[1:]], dtype=var.dtype) for i in range(len(refs))[index[0]]])
 
     return jax.make_array_from_callback(tuple(var.shape), variable_sharding(var, mesh, rules), read)
 

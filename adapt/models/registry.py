@@ -20,7 +20,9 @@ The contract a family's modules keep, besides what :class:`Family` declares:
   (:attr:`Family.attention`) calls :func:`adapt.models.layers.prepend_prefix` on its keys and values
   (prefix tuning). Both are the identity until a method installs a ``prompt``/``prefix`` module.
 * Transformer layers sit in a numbered list (:attr:`Family.layers`), each run through
-  :func:`adapt.models.layers.run_layer` (rematerialisation).
+  :func:`adapt.models.layers.run_layer` (rematerialisation). A family that declares :attr:`Family.stack_layers`
+  builds and runs them with :mod:`adapt.models.scan` (``model.scan_layers``: one module of parameters stacked
+  ``[L, ...]``, applied with a scan); its config has a ``scan_layers`` field that says which.
 * Every model class has ``cfg``, the family config, whose ``hf`` is the HF config (export writes it).
 * A classification head class that multi-task training can put on a shared backbone
   (:class:`adapt.models.multihead.MultiHead`) splits its call as ``head(x [B, T, D], backbone, rngs)``: the
@@ -85,6 +87,10 @@ class Family:
     # The causal-LM head takes ``cache=`` (an adapt.models.kv_cache.KVCache of kv_shape per layer) and fills it.
     kv_cache: bool = False
     max_positions: Callable | None = None  # family config -> the most positions a sequence may have (None: no limit)
+    # ---- scanned layers (model.scan_layers, adapt.models.scan)
+    # The config has a ``scan_layers`` field, and the backbone builds its layers with scan.layers and runs them with
+    # scan.apply: then from_pretrained(scan_layers=True) stacks them; False: it refuses.
+    stack_layers: bool = False
     # ---- checkpoint mapping details
     # (regex, replacement) applied in order to the dotted NNX path, after the leaf rename.
     renames: tuple[tuple[str, str], ...] = ()
@@ -133,6 +139,7 @@ class ModelInfo:
     dims: Dims
     backbone_path: str  # "" for a bare backbone, else the family's base prefix
     heads: tuple[str, ...]  # dotted path prefixes of the task head(s) (what a base checkpoint lacks: the classifier)
+    stacked: bool = False  # the layers are stacked (model.scan_layers): one parameter [L, ...] per kind
 
     def head_names(self, paths) -> list[str]:
         """The heads parameter ``paths`` lie under: a task head of ``heads``, else the module a path starts with
@@ -159,7 +166,8 @@ class ModelInfo:
     def depth(self, path: tuple) -> int:
         """0 for the input embeddings (and a prompt), i+1 for transformer layer i, ``num_layers + 1`` for what
         sits on top (final norm, pooler, task heads): what layer-wise learning rates and gradual unfreezing
-        count from."""
+        count from. A stacked parameter (``model.scan_layers``) holds every layer's and gets ``num_layers + 1`` too:
+        the methods that read depths do not take stacked layers yet (``Method.stacked_layers_ok``)."""
         inner = self._inner(".".join(str(p) for p in path))
         if inner is not None:
             match = re.match(re.escape(self.family.layers) + r"\.(\d+)(\.|$)", inner)
@@ -192,7 +200,7 @@ def model_info(model: nnx.Module) -> ModelInfo:
     family, head = head_of(type(model))
     has_backbone = isinstance(getattr(model, family.base_prefix, None), nnx.Module)
     return ModelInfo(family, head, family.dims(model.cfg), family.base_prefix if has_backbone else "",
-                     family.head_paths.get(head, ()))
+                     family.head_paths.get(head, ()), bool(getattr(model.cfg, "scan_layers", False)))
 
 
 _LEAF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
@@ -205,6 +213,30 @@ def hf_key(family: Family, path: tuple) -> tuple[str, bool]:
     for pattern, repl in family.renames:
         key = re.sub(pattern, repl, key)
     return key, leaf == "kernel" and family.transpose_kernels
+
+
+def layer_slot(family: Family, path: tuple) -> int | None:
+    """For a parameter of stacked layers (its path runs ``<layers>.<rest>``, no layer number after
+    :attr:`Family.layers`), the index in ``path`` where layer i's number goes to make its per-layer path; None for
+    every other parameter (a numbered layer's included)."""
+    names, parts = family.layers.split("."), [str(p) for p in path]
+    for start in (0, 1) if parts[:1] == [family.base_prefix] else (0,):
+        end = start + len(names)
+        if parts[start:end] == names and len(path) > end and not isinstance(path[end], int):
+            return end
+    return None
+
+
+def hf_keys(family: Family, path: tuple, num_layers: int) -> tuple[list[str], bool, bool]:
+    """The HF tensor names of the NNX parameter at ``path``, whether each is transposed, and whether the parameter is
+    stacked: one name, or for a stacked parameter ``[L, ...]`` layer i's name for slice i, i < ``num_layers``
+    (``model.layers.self_attn.q_proj.kernel`` -> ``model.layers.0.self_attn.q_proj.weight``, ...)."""
+    slot = layer_slot(family, path)
+    if slot is None:
+        key, transpose = hf_key(family, path)
+        return [key], transpose, False
+    keyed = [hf_key(family, (*path[:slot], i, *path[slot:])) for i in range(num_layers)]
+    return [k for k, _ in keyed], keyed[0][1], True
 
 
 def to_hf(array: np.ndarray, transpose: bool) -> np.ndarray:

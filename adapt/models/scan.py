@@ -1,0 +1,92 @@
+"""Scanned layers (``model.scan_layers``): a family's numbered transformer layers as one module whose parameters
+are stacked on a leading ``layers`` axis, applied with a scan, so that XLA compiles one layer's body instead of
+every layer unrolled (compile time that stays flat with depth).
+
+A family that can stack its layers (:attr:`adapt.models.registry.Family.stack_layers`) builds them with
+:func:`layers` and runs them with :func:`apply`; both take the unrolled path (an ``nnx.List``, a Python loop)
+unless its config says ``scan_layers``::
+
+    self.layers = scan.layers(lambda rngs: LlamaDecoderLayer(cfg, rngs=rngs), cfg.num_layers, rngs,
+                              stacked=cfg.scan_layers)
+    x = scan.apply(self.layers, lambda layer, x, rngs, mask: L.run_layer(layer, x, mask, ...), x, rngs, masks)
+
+The stacked module is the layer module itself, its parameters ``[L, ...]`` under the path of the list
+(``model.layers.self_attn.q_proj.kernel [L, D, N*H]`` where the list has ``model.layers.3.self_attn...``), their
+logical axes led by :data:`AXIS` (a rule of :data:`adapt.core.sharding.DEFAULT_RULES`, replicated by default).
+Checkpoint loading and export map slice i to layer i's HF name (:func:`adapt.models.registry.hf_keys`).
+
+The stack is built from L layers constructed one after another and stacked, not with ``nnx.vmap`` over split
+keys: the random draws are then those of the unrolled model, so a random initialisation (a fresh task head after
+the layers, ``random_init``) gives the same numbers scanned or not. Each scanned step runs its layer through
+:func:`adapt.models.layers.run_layer` (the remat policy per layer), and dropout's ``rngs`` is carried through the
+scan, so layer i draws the keys it draws unrolled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adapt.core.sharding import variable_axes
+
+#: The logical axis name of the stacked layers (the leading axis of every stacked parameter).
+AXIS = "layers"
+
+
+def layers(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs, *, stacked: bool) -> nnx.Module:
+    """``num_layers`` layers ``make(rngs)``: an ``nnx.List``, or (``stacked``) one module of the same class whose
+    parameters are the layers' stacked ``[L, ...]`` (see the module doc)."""
+    built = [make(rngs) for _ in range(num_layers)]
+    if not stacked:
+        return nnx.List(built)
+    graphdef, first = nnx.split(built[0])
+    states = [first] + [nnx.state(layer) for layer in built[1:]]
+    module = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))  # every leaf [L, ...]
+    axes = {path: variable_axes(v) for path, v in nnx.iter_graph(built[0]) if isinstance(v, nnx.Variable)}
+    for path, var in nnx.iter_graph(module):
+        if isinstance(var, nnx.Variable):
+            var.set_metadata(logical_axes=(AXIS, *axes[path]))
+    return module
+
+
+def is_stacked(module) -> bool:
+    """Whether a family's layers ``module`` is stacked (built by :func:`layers` with ``stacked``)."""
+    return not isinstance(module, nnx.List)
+
+
+def apply(stack: nnx.Module, call: Callable, x: jax.Array, rngs: nnx.Rngs | None, per_layer: Sequence | None = None):
+    """``x`` through every layer in order: ``x = call(layer, x, rngs, extra)``, ``extra`` being ``per_layer[i]``
+    for layer i (an array, e.g. its attention mask, or None). On an ``nnx.List``, a Python loop; on a stacked
+    module, an ``nnx.scan`` over its leading axis with ``x`` and ``rngs`` carried, the distinct arrays of
+    ``per_layer`` stacked ``[W, ...]`` and each layer's index into them scanned ``[L]``."""
+    if not is_stacked(stack):
+        for i, layer in enumerate(stack):
+            x = call(layer, x, rngs, None if per_layer is None else per_layer[i])
+        return x
+    distinct, index = [], []
+    for extra in per_layer or ():
+        match = next((j for j, seen in enumerate(distinct) if seen is extra), None)
+        if match is None:
+            distinct.append(extra)
+            match = len(distinct) - 1
+        index.append(match)
+    if len(distinct) <= 1:  # one array for every layer (or none): closed over
+        fixed = distinct[0] if distinct else None
+
+        def body(carry, layer):
+            x, rngs = carry
+            return call(layer, x, rngs, fixed), rngs
+
+        return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)((x, rngs), stack)[0]
+    table = jnp.stack(distinct)  # [W, ...]
+
+    def body(carry, layer, i):
+        x, rngs = carry
+        return call(layer, x, rngs, table[i]), rngs
+
+    order = jnp.asarray(np.asarray(index, np.int32))  # [L]
+    return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)((x, rngs), stack, order)[0]

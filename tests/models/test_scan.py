@@ -1,0 +1,307 @@
+"""Scanned layers (``model.scan_layers``, :mod:`adapt.models.scan`): the Llama and BERT families with their layers
+stacked ``[L, ...]`` and scanned give the unrolled model's logits and gradients (float32, dropout on or off, with
+and without remat) and transformers' logits, load and export the same HF tensors byte for byte, shard the stacked
+axis by its rule, train ``full`` to the same losses, and everything that does not handle them yet refuses in one
+line."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from conftest import TINY_LLAMA
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from adapt import methods
+from adapt.core.errors import CheckpointError, ConfigError
+from adapt.core.sharding import DEFAULT_RULES, make_mesh
+from adapt.data.batches import array_batches
+from adapt.models import from_pretrained, kv_cache, save_pretrained
+from adapt.models import layers as L
+from adapt.models.registry import hf_keys, model_info
+from adapt.training import CausalLM, SequenceClassification, Trainer, defaults
+
+TINY_DECODER = {**TINY_LLAMA, "num_hidden_layers": 3}
+DECODERS = {
+    "llama": lambda: transformers.LlamaConfig(**TINY_DECODER),
+    "smollm-tied": lambda: transformers.LlamaConfig(**TINY_DECODER, tie_word_embeddings=True),
+    "qwen3": lambda: transformers.Qwen3Config(**TINY_DECODER, head_dim=24),
+    "qwen2-mixed-windows": lambda: transformers.Qwen2Config(  # layers 0 and 2 slide, 1 does not: two masks scanned
+        **TINY_DECODER, use_sliding_window=True, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+}
+TINY_ENCODER = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+                    max_position_embeddings=40)
+ENCODERS = {  # name -> (transformers auto class, config, our task)
+    "bert-sequence": (transformers.AutoModelForSequenceClassification,
+                      lambda: transformers.BertConfig(**TINY_ENCODER, num_labels=3), "sequence_classification"),
+    "bert-mlm": (transformers.AutoModelForMaskedLM, lambda: transformers.BertConfig(**TINY_ENCODER), "masked_lm"),
+    "roberta-tokens": (transformers.AutoModelForTokenClassification,
+                       lambda: transformers.RobertaConfig(**TINY_ENCODER, type_vocab_size=1, num_labels=5),
+                       "token_classification"),
+}
+
+
+def _batch(vocab, pad=0, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, vocab, (3, 12))
+    mask = np.ones_like(ids)
+    mask[1, 9:] = mask[2, 5:] = 0  # right padding
+    ids[mask == 0] = pad
+    return ids, mask
+
+
+def _stacked(tree):
+    """A pure-dict parameter tree with every numbered list ``{0: ..., 1: ...}`` stacked as the scanned model holds
+    it (``[L, ...]``)."""
+    if not isinstance(tree, dict):
+        return np.asarray(tree)
+    if tree and all(isinstance(k, int) for k in tree):
+        return jax.tree.map(lambda *xs: np.stack(xs), *[_stacked(tree[i]) for i in range(len(tree))])
+    return {k: _stacked(v) for k, v in tree.items()}
+
+
+def _grads(model, ids, mask):
+    """The gradient of a fixed functional of the logits (every output matters) with respect to every parameter."""
+    w = jnp.asarray(np.random.RandomState(1).standard_normal(model(ids, mask).shape), jnp.float32)
+    return nnx.to_pure_dict(nnx.grad(lambda m: jnp.sum(jnp.tanh(m(ids, mask)) * w))(model))
+
+
+def _assert_trees_close(ours, expected, tol):
+    """Every leaf within ``tol`` of the expected one's largest magnitude (float32 sums in another order)."""
+    assert jax.tree.structure(ours) == jax.tree.structure(expected)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(expected)):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, atol=tol * max(1.0, float(np.abs(b).max())), rtol=0,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def _same_export(unrolled, scanned, tmp_path):
+    save_pretrained(unrolled, str(tmp_path / "unrolled"))
+    save_pretrained(scanned, str(tmp_path / "scanned"))
+    for name in ("model.safetensors", "config.json"):
+        with open(tmp_path / "unrolled" / name, "rb") as a, open(tmp_path / "scanned" / name, "rb") as b:
+            assert a.read() == b.read(), name
+
+
+@pytest.mark.parametrize("variant", sorted(DECODERS))
+def test_decoder_scanned_equals_unrolled_and_transformers(variant, tmp_path):
+    torch.manual_seed(0)
+    config = DECODERS[variant]()
+    reference = transformers.AutoModelForCausalLM.from_config(config).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    ids, mask = _batch(config.vocab_size)
+    keep = mask.astype(bool)
+    with torch.no_grad():
+        expected = reference(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+
+    unrolled = from_pretrained(str(tmp_path / "hf"))
+    scanned = from_pretrained(str(tmp_path / "hf"), scan_layers=True)
+    assert model_info(scanned).stacked and not model_info(unrolled).stacked
+    kernel = scanned.model.layers.self_attn.q_proj.kernel
+    assert kernel.shape == (3, *unrolled.model.layers[0].self_attn.q_proj.kernel.shape)
+    assert kernel.get_metadata()["logical_axes"] == ("layers", "embed", "heads")
+    ours = np.asarray(scanned(ids, mask))
+    np.testing.assert_allclose(ours, np.asarray(unrolled(ids, mask)), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ours[keep], expected[keep], atol=1e-4, rtol=0)
+    _assert_trees_close(_grads(scanned, ids, mask), _stacked(_grads(unrolled, ids, mask)), tol=1e-6)
+    _same_export(unrolled, scanned, tmp_path)
+
+
+@pytest.mark.parametrize("case", sorted(ENCODERS))
+def test_encoder_scanned_equals_unrolled_and_transformers(case, tmp_path):
+    auto, make_config, task = ENCODERS[case]
+    torch.manual_seed(0)
+    reference = auto.from_config(make_config()).eval()
+    with torch.no_grad():  # biases and norms perturbed too, so every tensor matters
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    reference.save_pretrained(tmp_path / "hf")
+    ids, mask = _batch(reference.config.vocab_size, reference.config.pad_token_id)
+    with torch.no_grad():
+        expected = reference(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+
+    unrolled = from_pretrained(str(tmp_path / "hf"), task=task)
+    scanned = from_pretrained(str(tmp_path / "hf"), task=task, scan_layers=True)
+    ours = np.asarray(scanned(ids, mask))
+    np.testing.assert_allclose(ours, np.asarray(unrolled(ids, mask)), atol=1e-6, rtol=0)
+    keep = mask.astype(bool) if ours.ndim == 3 else slice(None)
+    np.testing.assert_allclose(ours[keep], expected[keep], atol=1e-4, rtol=0)
+    _assert_trees_close(_grads(scanned, ids, mask), _stacked(_grads(unrolled, ids, mask)), tol=1e-6)
+    _same_export(unrolled, scanned, tmp_path)
+
+
+def test_dropout_and_remat_give_the_unrolled_numbers(tiny_llama):
+    """Dropout's rngs carried through the scan draw the unrolled keys; remat per scanned layer changes nothing."""
+    ids, mask = _batch(128)
+    models = {scan: from_pretrained(tiny_llama, hidden_dropout=0.1, attention_dropout=0.1, scan_layers=scan)
+              for scan in (False, True)}
+
+    def grads(model):
+        def loss(m):
+            return jnp.sum(jnp.tanh(m(ids, mask, rngs=nnx.Rngs(dropout=3))))
+        return nnx.to_pure_dict(nnx.grad(loss)(model))
+
+    logits = {s: np.asarray(m(ids, mask, rngs=nnx.Rngs(dropout=3))) for s, m in models.items()}
+    assert not np.allclose(logits[True], np.asarray(models[True](ids, mask)))  # dropout is on
+    np.testing.assert_allclose(logits[True], logits[False], atol=1e-6, rtol=0)
+    expected = _stacked(grads(models[False]))
+    for policy in ("none", "full", "dots"):
+        with L.remat(policy):
+            _assert_trees_close(grads(models[True]), expected, tol=1e-6)
+
+
+def test_fresh_heads_and_random_init_draw_the_unrolled_numbers(base_bert, tiny_llama):
+    """The stack is built from the layers made in turn, so what is initialised fresh (a classifier and pooler the
+    checkpoint lacks; a whole random-init model) is the same scanned or not."""
+    for name, kwargs in ((base_bert, dict(task="sequence_classification", num_labels=3)),
+                         (tiny_llama, dict(random_init=True, config_overrides={"num_hidden_layers": 3}))):
+        models = [from_pretrained(name, seed=5, scan_layers=scan, **kwargs) for scan in (False, True)]
+        unrolled, scanned = (nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in models)
+        _assert_trees_close(scanned, _stacked(unrolled), tol=0)
+
+
+def test_stacked_parameters_shard_by_the_layers_rule(tiny_llama):
+    ids = np.random.RandomState(0).randint(0, 128, (8, 16))
+    expected = np.asarray(from_pretrained(tiny_llama)(ids))
+    mesh = make_mesh((2, 2, 2))
+    for rule, lead in ((None, None), ("data", "data")):  # replicated by default; a rule can shard the layers
+        rules = DEFAULT_RULES if rule is None else tuple((k, rule if k == "layers" else v) for k, v in DEFAULT_RULES)
+        model = from_pretrained(tiny_llama, mesh=mesh, rules=rules, scan_layers=True)
+        layers = model.model.layers
+        assert layers.self_attn.q_proj.kernel.get_value().sharding.spec == P(lead, "fsdp", "tensor")
+        assert layers.mlp.down_proj.kernel.get_value().sharding.spec == P(lead, "tensor", "fsdp")
+        assert layers.input_layernorm.scale.get_value().sharding.spec == P(lead, None)
+        graphdef, state = nnx.split(model)
+        with jax.set_mesh(mesh):
+            logits = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, ids)
+        np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5)
+
+
+def test_hf_names_of_a_stacked_parameter(tiny_llama):
+    info = model_info(from_pretrained(tiny_llama, scan_layers=True))
+    keys, transpose, stacked = hf_keys(info.family, ("model", "layers", "self_attn", "q_proj", "kernel"), 2)
+    assert (keys, transpose, stacked) == (["model.layers.0.self_attn.q_proj.weight",
+                                           "model.layers.1.self_attn.q_proj.weight"], True, True)
+    assert hf_keys(info.family, ("model", "layers", 1, "mlp", "up_proj", "bias"), 2) == (
+        ["model.layers.1.mlp.up_proj.bias"], False, False)
+    assert hf_keys(info.family, ("layers", "input_layernorm", "scale"), 2)[0][1] == "layers.1.input_layernorm.weight"
+
+
+def _cfg(**train):
+    cfg = defaults()
+    cfg.mesh.shape = (2, 2, 2)
+    cfg.optimizer.update(learning_rate=1e-3, warmup_steps=1)
+    cfg.train.update(dict(batch_size=8, steps=3, log_every=1), **train)
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit"])
+def test_training_scanned_equals_unrolled(method, request, tmp_path):
+    """A few steps of full fine-tuning (a tiny Llama, dropout on) or BitFit (a tiny BERT classifier: only biases and
+    the head train) on a 2 x 2 x 2 mesh, the scanned model rematerialised too: the same losses and parameters."""
+    rng = np.random.RandomState(0)
+    data = {"input_ids": rng.randint(0, 128, (24, 16)).astype(np.int32), "attention_mask": np.ones((24, 16), np.int32)}
+    if method == "full":
+        checkpoint, objective = request.getfixturevalue("tiny_llama"), CausalLM()
+    else:
+        checkpoint, objective = request.getfixturevalue("tiny_bert"), SequenceClassification(num_labels=3)
+        data["labels"] = rng.randint(0, 3, 24).astype(np.int32)
+    mesh, runs = make_mesh((2, 2, 2)), {}
+    for name, scan, remat in (("unrolled", False, "none"), ("scanned", True, "full")):  # remat per scanned layer
+        model = from_pretrained(checkpoint, mesh=mesh, hidden_dropout=0.1, scan_layers=scan)
+        before = _stacked(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        trainer = Trainer(model, objective, _cfg(remat=remat), str(tmp_path / name), mesh=mesh,
+                          method=methods.build({"name": method}))
+        params = trainer.fit(array_batches(data, 8, seed=0)).state.params
+        with open(os.path.join(tmp_path / name, "metrics.jsonl")) as f:
+            losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
+        runs[name] = losses, _stacked(jax.tree.map(np.asarray, params))
+    losses, params = runs["unrolled"]
+    assert len(losses) == 3
+    np.testing.assert_allclose(runs["scanned"][0], losses, rtol=1e-6)
+    _assert_trees_close(runs["scanned"][1], params, tol=1e-6)
+    if method == "bitfit":  # only biases (and the head) trained: the stacked kernels are as loaded
+        kernel = params["bert"]["encoder"]["layer"]["attention"]["self"]["query"]
+        assert "kernel" not in kernel and not np.array_equal(kernel["bias"], before["bert"]["encoder"]["layer"][
+            "attention"]["self"]["query"]["bias"])
+
+
+def test_a_scanned_run_resumes_from_its_checkpoint(tiny_llama, tmp_path):
+    """Stopped after 2 of 4 steps and resumed, a scanned run ends where an uninterrupted one does; the unrolled
+    model refuses its checkpoint (another parameter tree)."""
+    rng = np.random.RandomState(0)
+    data = {"input_ids": rng.randint(0, 128, (32, 16)).astype(np.int32), "attention_mask": np.ones((32, 16), np.int32)}
+
+    def fit(folder, steps, scan=True):
+        model = from_pretrained(tiny_llama, scan_layers=scan)
+        cfg = _cfg(steps=steps, checkpoint_every=2)
+        cfg.mesh.shape = (1, -1, 1)
+        cfg.optimizer.schedule = "constant"  # the same learning rates whatever the number of steps
+        return Trainer(model, CausalLM(), cfg, str(tmp_path / folder)).fit(array_batches(data, 8, seed=0))
+
+    whole = fit("whole", 4).state.params
+    fit("resumed", 2)
+    _assert_trees_close(fit("resumed", 4).state.params, whole, tol=1e-6)
+    with open(tmp_path / "resumed" / "metrics.jsonl") as f:
+        assert [r["step"] for r in map(json.loads, f) if "train/loss" in r] == [1, 2, 3, 4]  # steps 3, 4 resumed
+    with pytest.raises(CheckpointError, match="does not match this model and optimizer"):
+        fit("resumed", 6, scan=False)
+
+
+def test_what_does_not_stack_yet_refuses(tiny_gpt2, tiny_llama):
+    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: gpt2 does not stack its layers yet$"):
+        from_pretrained(tiny_gpt2, scan_layers=True)
+    model = from_pretrained(tiny_llama, scan_layers=True)
+    cache = kv_cache.KVCache.create(2, 1, 8, (2, 16), jnp.float32)
+    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: generation \(the KV cache\) does not read"):
+        model(np.zeros((1, 4), np.int32), positions=np.arange(4)[None], cache=cache)
+
+
+def test_a_trial_refuses_what_does_not_stack_before_reading_anything(small_bert, tmp_path):
+    from adapt.experiment import base
+    from adapt.experiment.trial import build_trial
+    from adapt.methods import method_config
+    from adapt.study.populations import run_population
+
+    config = base.base_config()
+    config.model.name, config.model.scan_layers = small_bert, True
+    config.data.files = {"train": str(tmp_path / "absent.jsonl")}  # never read: each refusal comes first
+    config.method = method_config("lora")
+    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: method.name='lora' does not handle stacked "
+                                          r"layers yet \(methods that do: bitfit, full\)$"):
+        build_trial(config, str(tmp_path / "run"))
+    config.method = method_config("full")
+    config.distill.teacher = small_bert
+    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: distill.teacher \(distill\) does not handle"):
+        build_trial(config, str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: populations \(trials trained together\)"):
+        run_population([config, config], [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "a")
+
+
+def test_the_config_key_reaches_the_trial_model(benchmark_data, base_bert, tmp_path):
+    from adapt.experiment import configs
+    from adapt.experiment.trial import build_trial
+
+    config = configs.load("configs/finetune.py:bc5cdr", [f"model.name={base_bert}", "data.max_length=32",
+                                                         f"data.cache_dir={tmp_path / 'cache'}",
+                                                         "model.scan_layers=True"])
+    model = build_trial(config, str(tmp_path / "run")).trainer.model
+    assert model_info(model).stacked and model.bert.encoder.layer.output.dense.kernel.shape == (2, 64, 32)
+
+
+@pytest.mark.slow
+def test_the_bundled_gguf_loads_scanned():
+    """The bundled SmolLM2-135M (4-bit GGUF, dequantised, llama.cpp's Q/K permutation undone: gguf_io's names feed
+    the same mapping) loads stacked and gives the unrolled logits."""
+    ids = np.random.RandomState(0).randint(0, 1000, (1, 8))
+    unrolled = np.asarray(from_pretrained("bundled:smollm2-135m")(ids))
+    scanned = from_pretrained("bundled:smollm2-135m", scan_layers=True)
+    assert scanned.model.layers.mlp.up_proj.kernel.shape == (30, 576, 1536)
+    np.testing.assert_allclose(np.asarray(scanned(ids)), unrolled, atol=1e-4, rtol=0)
