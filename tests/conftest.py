@@ -176,6 +176,23 @@ def tiny_gpt2(tmp_path_factory):
                            **TINY_GPT2)
 
 
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """JAX's persistent compilation cache for one test module: its tests that build the same programs (the same
+    model, objective and step) compile each once. The settings before it are restored after the module."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compilation_cache.reset_cache()
+    yield
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
+
+
 def pytest_collection_modifyitems(items):
     """Tests marked slow run first. With ``-n 2``, xdist deals the first quarter of the tests out in turn, so the
     long ones run side by side from the start and the many short ones fill the end (longest first), instead of

@@ -70,19 +70,8 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache for this module: pairs that build the same programs (the same model,
-    objective and step) compile them once."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-    compilation_cache.reset_cache()
+def _shared_programs(compile_cache):
+    """Pairs that build the same programs (the same model, objective and step) compile them once."""
 
 
 def _sft(c, w):  # an sft trial of the small causal LM

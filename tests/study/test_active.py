@@ -130,22 +130,6 @@ def data(tmp_path_factory):
     return {s: str(d / f"{s}.jsonl") for s in ("train", "test")}
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache for this module's tests: every round's trial builds the same programs."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-    compilation_cache.reset_cache()
-
-
 def _loop_config(model, data, **over):
     """Rounds of train.steps=0 (the checkpoint as it is): the loop's bookkeeping, not the training, is tested."""
     c = _config(initial=4, acquire=3, rounds=2, mc_samples=2, **over)
