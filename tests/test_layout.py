@@ -50,21 +50,15 @@ def _modules() -> dict[str, pathlib.Path]:
     return out
 
 
-def _targets(node, name: str, modules) -> list[str]:
-    """The adapt modules an import statement in module ``name`` names (``from a import b``: ``a.b`` when that is a
-    module, else ``a``)."""
+def _targets(node, modules) -> list[str]:
+    """The adapt modules an import statement names (``from a import b``: ``a.b`` when that is a module, else ``a``;
+    the package has no relative imports)."""
     if isinstance(node, ast.Import):
         return [a.name for a in node.names if a.name in modules]
+    assert not node.level, f"from {'.' * node.level}{node.module or ''}: the graph reads absolute imports only"
     base = node.module or ""
-    if node.level:  # relative: from the importing module's package
-        package = name.split(".")[: len(name.split(".")) - node.level + (name in modules and _is_package(name))]
-        base = ".".join(package + ([base] if base else []))
     found = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
     return found or ([base] if base in modules else [])
-
-
-def _is_package(name: str) -> bool:
-    return (PACKAGE.parent / name.replace(".", "/") / "__init__.py").is_file()
 
 
 def _function_imports():
@@ -87,7 +81,7 @@ def test_no_import_cycles():
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                graph[name].update(t for t in _targets(node, name, modules) if t != name)
+                graph[name].update(t for t in _targets(node, modules) if t != name)
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
     def visit(v):
