@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import XLA_TEST_FLAGS
 
 from adapt.core import distributed
 from adapt.core.errors import ConfigError
@@ -142,7 +143,8 @@ def _start(argv: list[str], log: str, devices: int, **env) -> subprocess.Popen:
     shares one compilation cache (JAX's persistent cache: each later run of the same program skips compiling;
     for CI time only)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env = {**base, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+    env = {**base, "XLA_FLAGS": f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu",
            "JAX_COMPILATION_CACHE_DIR": COMPILATION_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **env}
     with open(log, "w") as out:

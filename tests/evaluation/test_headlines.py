@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import XLA_TEST_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,8 +20,8 @@ def test_headline_smoke_study_produces_its_table(tmp_path, smollm2_stand_in):
     command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"),
                "--config=experiments/bbc_headlines/config.py:smoke", f"--workdir={tmp_path}",
                f"--config.model.name={smollm2_stand_in}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
-    out = subprocess.run(command, cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(command, cwd=ROOT, env={**os.environ, "XLA_FLAGS": XLA_TEST_FLAGS},
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     table = (tmp_path / "results" / "table.md").read_text()
     cell = r"\d+\.\d( ± \d+\.\d)? \[\d+\.\d, \d+\.\d\]"

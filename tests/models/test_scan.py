@@ -66,10 +66,26 @@ def _stacked(tree):
     return {k: _stacked(v) for k, v in tree.items()}
 
 
-def _grads(model, ids, mask):
-    """The gradient of a fixed functional of the logits (every output matters) with respect to every parameter."""
-    w = jnp.asarray(np.random.RandomState(1).standard_normal(model(ids, mask).shape), jnp.float32)
-    return nnx.to_pure_dict(nnx.grad(lambda m: jnp.sum(jnp.tanh(m(ids, mask)) * w))(model))
+@nnx.jit
+def _logits_and_grads(model, ids, mask):
+    """The logits, and the gradient of a fixed functional of them (every output matters) with respect to every
+    parameter: one compiled program (eagerly, op by op, it took most of each test's time)."""
+
+    def functional(m):
+        logits = m(ids, mask)
+        return jnp.sum(jnp.tanh(logits) * jax.random.normal(jax.random.key(1), logits.shape)), logits
+
+    (_, logits), grads = nnx.value_and_grad(functional, has_aux=True)(model)
+    return logits, grads
+
+
+def _check_scanned(scanned, unrolled, ids, mask):
+    """The scanned model's logits and gradients equal the unrolled model's; returns its logits."""
+    ours, grads = _logits_and_grads(scanned, ids, mask)
+    logits, expected = _logits_and_grads(unrolled, ids, mask)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(logits), atol=1e-6, rtol=0)
+    _assert_trees_close(nnx.to_pure_dict(grads), _stacked(nnx.to_pure_dict(expected)), tol=1e-6)
+    return np.asarray(ours)
 
 
 def _assert_trees_close(ours, expected, tol):
@@ -106,10 +122,8 @@ def test_decoder_scanned_equals_unrolled_and_transformers(variant, tmp_path):
     kernel = scanned.model.layers.self_attn.q_proj.kernel
     assert kernel.shape == (3, *unrolled.model.layers[0].self_attn.q_proj.kernel.shape)
     assert kernel.get_metadata()["logical_axes"] == ("layers", "embed", "heads")
-    ours = np.asarray(scanned(ids, mask))
-    np.testing.assert_allclose(ours, np.asarray(unrolled(ids, mask)), atol=1e-6, rtol=0)
+    ours = _check_scanned(scanned, unrolled, ids, mask)
     np.testing.assert_allclose(ours[keep], expected[keep], atol=1e-4, rtol=0)
-    _assert_trees_close(_grads(scanned, ids, mask), _stacked(_grads(unrolled, ids, mask)), tol=1e-6)
     _same_export(unrolled, scanned, tmp_path)
 
 
@@ -128,11 +142,9 @@ def test_encoder_scanned_equals_unrolled_and_transformers(case, tmp_path):
 
     unrolled = from_pretrained(str(tmp_path / "hf"), task=task)
     scanned = from_pretrained(str(tmp_path / "hf"), task=task, scan_layers=True)
-    ours = np.asarray(scanned(ids, mask))
-    np.testing.assert_allclose(ours, np.asarray(unrolled(ids, mask)), atol=1e-6, rtol=0)
+    ours = _check_scanned(scanned, unrolled, ids, mask)
     keep = mask.astype(bool) if ours.ndim == 3 else slice(None)
     np.testing.assert_allclose(ours[keep], expected[keep], atol=1e-4, rtol=0)
-    _assert_trees_close(_grads(scanned, ids, mask), _stacked(_grads(unrolled, ids, mask)), tol=1e-6)
     _same_export(unrolled, scanned, tmp_path)
 
 
@@ -142,13 +154,15 @@ def test_dropout_and_remat_give_the_unrolled_numbers(tiny_llama):
     models = {scan: from_pretrained(tiny_llama, hidden_dropout=0.1, attention_dropout=0.1, scan_layers=scan)
               for scan in (False, True)}
 
-    def grads(model):
+    def grads(model):  # a program traced anew at each call: remat's policy is read when the layers are traced
         def loss(m):
             return jnp.sum(jnp.tanh(m(ids, mask, rngs=nnx.Rngs(dropout=3))))
-        return nnx.to_pure_dict(nnx.grad(loss)(model))
+        return nnx.to_pure_dict(nnx.jit(nnx.grad(loss))(model))
 
-    logits = {s: np.asarray(m(ids, mask, rngs=nnx.Rngs(dropout=3))) for s, m in models.items()}
-    assert not np.allclose(logits[True], np.asarray(models[True](ids, mask)))  # dropout is on
+    forward = nnx.jit(lambda m, dropout: m(ids, mask, rngs=nnx.Rngs(dropout=3)) if dropout else m(ids, mask),
+                      static_argnums=1)
+    logits = {s: np.asarray(forward(m, True)) for s, m in models.items()}
+    assert not np.allclose(logits[True], np.asarray(forward(models[True], False)))  # dropout is on
     np.testing.assert_allclose(logits[True], logits[False], atol=1e-6, rtol=0)
     expected = _stacked(grads(models[False]))
     for policy in ("none", "full", "dots"):

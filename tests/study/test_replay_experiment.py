@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import XLA_TEST_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,8 +22,8 @@ def test_replay_smoke_produces_the_forgetting_table_and_pareto_plot(tmp_path, sm
     command = [sys.executable, os.path.join(ROOT, "scripts", "study.py"),
                "--config=experiments/replay_forgetting/config.py:smoke", f"--workdir={tmp_path / 'runs'}",
                f"--config.model.name={smollm2_stand_in}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
-    out = subprocess.run(command, cwd=ROOT, env={**os.environ, "XLA_FLAGS": ""}, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(command, cwd=ROOT, env={**os.environ, "XLA_FLAGS": XLA_TEST_FLAGS},
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 trials (2 done)" in out.stdout
     results = tmp_path / "runs" / "results"
