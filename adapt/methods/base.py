@@ -36,7 +36,7 @@ from flax import nnx
 from adapt.core import schema
 from adapt.core.errors import ConfigError
 from adapt.models.layers import Adapter, dense_dot_general
-from adapt.models.registry import model_info
+from adapt.models.registry import model_info, per_layer_paths
 
 
 class Method:
@@ -119,14 +119,47 @@ def matches_target(module_path: tuple, targets) -> bool:
 
 
 def linear_modules(model: nnx.Module, targets) -> list[tuple[tuple, nnx.Linear]]:
-    """The ``nnx.Linear`` modules whose path matches ``targets``; an error when none does."""
-    found = [(tuple(path), m) for path, m in nnx.iter_modules(model)
-             if isinstance(m, nnx.Linear) and matches_target(tuple(path), targets)]
+    """The ``nnx.Linear`` modules whose path matches ``targets``; an error when none does. A module of stacked
+    layers (``model.scan_layers``) matches when every layer's path does (a target naming some layers only is a
+    one-line error: the stack holds them all)."""
+    info, found = model_info(model), []
+    for path, m in nnx.iter_modules(model):
+        if not isinstance(m, nnx.Linear):
+            continue
+        layers = per_layer_paths(info.family, tuple(path), info.dims.num_layers) or [tuple(path)]
+        hits = [matches_target(p, targets) for p in layers]
+        if all(hits):
+            found.append((tuple(path), m))
+        elif any(hits):
+            raise ConfigError(f"method.targets={targets!r} selects {dotted(path)} in some layers only; with "
+                              f"model.scan_layers=True the layers are stacked: select every layer or none")
     if not found:
         names = sorted({str(p[-1]) for p, m in nnx.iter_modules(model) if isinstance(m, nnx.Linear) and p})
         raise ConfigError(f"method.targets={targets!r} matches no linear layer of {type(model).__name__}; "
                           f"its linear layers are named {', '.join(names)}")
     return found
+
+
+def draws_per_layer(model: nnx.Module, paths: list[tuple], draw) -> list[list]:
+    """For each module path of ``paths`` (in the model's order), the values ``draw()`` gives it in the order the
+    unrolled model draws them: one for a module, one per layer for a module of stacked layers (``model.scan_layers``),
+    drawn layer by layer and each layer's modules in turn, so that what a method initialises from ``rngs`` is the
+    same stacked or not."""
+    info = model_info(model)
+    stacked = [p for p in paths if per_layer_paths(info.family, p, info.dims.num_layers)]
+    drawn = {}
+    for path in paths:
+        if path in drawn:
+            continue
+        if path not in stacked:
+            drawn[path] = [draw()]
+            continue
+        for p in stacked:  # the stacked modules lie together, under the layers
+            drawn[p] = []
+        for _ in range(info.dims.num_layers):
+            for p in stacked:
+                drawn[p].append(draw())
+    return [drawn[path] for path in paths]
 
 
 def replace_module(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
@@ -144,9 +177,9 @@ def linear_axes(layer: nnx.Linear) -> tuple:
 
 
 def plain_linear(template: nnx.Module, kernel: jax.Array, bias: jax.Array | None, dtype) -> nnx.Linear:
-    """An ``nnx.Linear`` holding ``kernel`` [in, out] and ``bias`` (with the template's parameter metadata):
-    what a merged adapter layer turns back into."""
-    d_in, d_out = kernel.shape
+    """An ``nnx.Linear`` holding ``kernel`` [(L,) in, out] and ``bias`` (with the template's parameter metadata;
+    stacked layers' ``[L, ...]``): what a merged adapter layer turns back into."""
+    d_in, d_out = kernel.shape[-2:]
     layer = nnx.eval_shape(lambda: nnx.Linear(d_in, d_out, use_bias=bias is not None, dtype=dtype,
                                               param_dtype=kernel.dtype, dot_general=dense_dot_general,
                                               rngs=nnx.Rngs(0)))

@@ -33,6 +33,7 @@ from adapt.methods.base import (
     adapters_and_head,
     compute_dtype,
     dotted,
+    draws_per_layer,
     linear_axes,
     linear_modules,
     merge_injected,
@@ -41,7 +42,7 @@ from adapt.methods.base import (
 )
 from adapt.methods.registry import register
 from adapt.models import layers as L
-from adapt.models.registry import model_info
+from adapt.models.registry import model_info, unnumbered
 
 # PEFT's target_modules: a regex matched against the whole dotted module path, or module names matched as suffixes
 TARGETS = Either(Str(), Tuple(of=Str(empty=False)), doc="the linear layers adapted: a regex of the whole dotted "
@@ -54,30 +55,35 @@ class LoRAScale(nnx.Variable):
 
 class LoRALinear(nnx.Module):
     """A linear layer with a low-rank update; ``kernel`` and ``bias`` keep the base layer's names, so the
-    checkpoint mapping and the sharding rules see the same parameters as before."""
+    checkpoint mapping and the sharding rules see the same parameters as before.
+
+    ``name``: the module's path without a layer number (:func:`adapt.models.layers.module_dropout`'s); ``keys``:
+    the keys of ``A``'s draw, one, or in stacked layers (``model.scan_layers``: the base kernel ``[L, in, out]``)
+    one per layer, as the unrolled model draws them. Stacked, every variable here has the leading ``[L]`` too and
+    the scan hands each layer its slice, so the forward pass is the same code."""
 
     def __init__(self, base: nnx.Linear, name: str, *, rank: int, scaling: float, dropout: float, dora: bool,
-                 rngs: nnx.Rngs):
+                 keys: list[jax.Array]):
         self.kernel, self.bias, self.dtype = base.kernel, base.bias, base.dtype
-        d_in, d_out = base.kernel.shape
-        ax_in, ax_out = linear_axes(base)
+        *stack, d_in, d_out = base.kernel.shape  # stack: [] or [L]
+        *lead, ax_in, ax_out = linear_axes(base)
         bound = 1.0 / math.sqrt(d_in)  # PEFT: kaiming_uniform_(a=sqrt(5)) on the [r, in] weight
-        self.lora_a = Adapter(jax.random.uniform(rngs.params(), (d_in, rank), jnp.float32, -bound, bound),
-                              logical_axes=(ax_in, "adapter"))
-        self.lora_b = Adapter(jnp.zeros((rank, d_out), jnp.float32), logical_axes=("adapter", ax_out))
+        a = jnp.stack([jax.random.uniform(key, (d_in, rank), jnp.float32, -bound, bound) for key in keys])
+        self.lora_a = Adapter(a.reshape(*stack, d_in, rank), logical_axes=(*lead, ax_in, "adapter"))
+        self.lora_b = Adapter(jnp.zeros((*stack, rank, d_out), jnp.float32), logical_axes=(*lead, "adapter", ax_out))
         if dora:
-            self.magnitude = Adapter(jnp.linalg.norm(base.kernel[...].astype(jnp.float32), axis=0),
-                                     logical_axes=(ax_out,))
+            self.magnitude = Adapter(jnp.linalg.norm(base.kernel[...].astype(jnp.float32), axis=-2),
+                                     logical_axes=(*lead, ax_out))
         # A frozen variable, not a constant of the traced program: trials differing only in alpha share a program
         # (a population stacks it per member, adapt.study.populations).
-        self.scaling = LoRAScale(jnp.asarray(scaling, jnp.float32))
+        self.scaling = LoRAScale(jnp.full(stack, scaling, jnp.float32))
         self.name, self.dropout, self.dora = name, dropout, dora
 
-    def delta(self) -> jax.Array:  # [in, out]
-        return self.scaling[...] * (self.lora_a[...] @ self.lora_b[...])
+    def delta(self) -> jax.Array:  # [(L,) in, out]
+        return self.scaling[...][..., None, None] * (self.lora_a[...] @ self.lora_b[...])
 
-    def direction_scale(self) -> jax.Array:  # DoRA: m / ||W + s A B|| per output unit, [out]
-        norm = jnp.linalg.norm(self.kernel[...].astype(jnp.float32) + self.delta(), axis=0)
+    def direction_scale(self) -> jax.Array:  # DoRA: m / ||W + s A B|| per output unit, [(L,) out]
+        norm = jnp.linalg.norm(self.kernel[...].astype(jnp.float32) + self.delta(), axis=-2)
         return self.magnitude[...] / jax.lax.stop_gradient(norm)
 
     def __call__(self, x):  # [..., in] -> [..., out]
@@ -94,7 +100,7 @@ class LoRALinear(nnx.Module):
     def merged(self) -> nnx.Linear:
         kernel = self.kernel[...].astype(jnp.float32) + self.delta()
         if self.dora:
-            kernel = kernel * self.direction_scale()
+            kernel = kernel * self.direction_scale()[..., None, :]
         return plain_linear(self, kernel.astype(self.kernel.dtype), None if self.bias is None else self.bias[...],
                             self.dtype)
 
@@ -109,6 +115,7 @@ class LoRA(Method):
                   targets=TARGETS, rslora=Bool(doc="scale by alpha / sqrt(r) (rsLoRA)"),
                   train_head=Bool(doc="the task head trains too"))
     trains_every_weight = False
+    stacked_layers_ok = True  # a LoRA on a stacked kernel [L, in, out] is a stacked LoRA: A [L, in, r], B [L, r, out]
     dora = False
 
     def scaling(self) -> float:
@@ -117,13 +124,15 @@ class LoRA(Method):
     def targets_of(self, model) -> tuple | str:
         return self.targets or model_info(model).family.targets.lora
 
-    def wrap(self, layer: nnx.Linear, name: str, rngs: nnx.Rngs) -> LoRALinear:
+    def wrap(self, layer: nnx.Linear, name: str, keys: list[jax.Array]) -> LoRALinear:
         return LoRALinear(layer, name, rank=self.rank, scaling=self.scaling(), dropout=self.dropout, dora=self.dora,
-                          rngs=rngs)
+                          keys=keys)
 
     def apply(self, model, rngs):
-        for path, layer in linear_modules(model, self.targets_of(model)):
-            replace_module(model, path, self.wrap(layer, dotted(path), rngs))
+        found = linear_modules(model, self.targets_of(model))
+        family = model_info(model).family
+        for (path, layer), keys in zip(found, draws_per_layer(model, [p for p, _ in found], rngs.params)):
+            replace_module(model, path, self.wrap(layer, dotted(unnumbered(family, path)), keys))
         return model
 
     def trainable(self, model):

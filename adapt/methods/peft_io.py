@@ -21,7 +21,7 @@ from adapt.methods.base import under
 from adapt.methods.lora import LoRA, LoRALinear
 from adapt.models import heads
 from adapt.models.checkpoint_io import save_safetensors
-from adapt.models.registry import hf_key, model_info, param_paths, to_hf
+from adapt.models.registry import hf_key, model_info, param_paths, per_layer_paths, to_hf
 
 
 def _host(x) -> np.ndarray:
@@ -40,12 +40,16 @@ def save_peft(model: nnx.Module, method: LoRA, folder: str, *, base_model: str |
     for path, layer in nnx.iter_modules(model):
         if not isinstance(layer, LoRALinear):
             continue
-        name = hf_key(family, tuple(path) + ("kernel",))[0].removesuffix(".weight")
-        modules.append(name)
-        tensors[f"base_model.model.{name}.lora_A.weight"] = _host(layer.lora_a[...]).T.copy()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = _host(layer.lora_b[...]).T.copy()
+        factors = {"lora_A.weight": _host(layer.lora_a[...]).swapaxes(-1, -2),  # [(L,) r, in]
+                   "lora_B.weight": _host(layer.lora_b[...]).swapaxes(-1, -2)}  # [(L,) out, r]
         if layer.dora:
-            tensors[f"base_model.model.{name}.lora_magnitude_vector"] = _host(layer.magnitude[...])
+            factors["lora_magnitude_vector"] = _host(layer.magnitude[...])  # [(L,) out]
+        layers = per_layer_paths(family, tuple(path), info.dims.num_layers)  # stacked layers: slice i is layer i's
+        for i, one in enumerate(layers or [tuple(path)]):
+            name = hf_key(family, one + ("kernel",))[0].removesuffix(".weight")
+            modules.append(name)
+            for suffix, array in factors.items():
+                tensors[f"base_model.model.{name}.{suffix}"] = np.ascontiguousarray(array[i] if layers else array)
     if not modules:
         raise ConfigError(f"{type(model).__name__} has no LoRA layers: apply the method before saving it")
     trained_heads = info.heads if method.train_head else ()

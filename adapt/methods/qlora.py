@@ -94,9 +94,9 @@ class QLoRALinear(LoRALinear):
     ``nnx.Param``."""
 
     def __init__(self, base: nnx.Linear, name: str, *, bits: int, block_size: int, rank: int, scaling: float,
-                 dropout: float, rngs: nnx.Rngs):
+                 dropout: float, keys: list[jax.Array]):
         self.bits, self.block_size = bits, block_size
-        super().__init__(base, name, rank=rank, scaling=scaling, dropout=dropout, dora=False, rngs=rngs)
+        super().__init__(base, name, rank=rank, scaling=scaling, dropout=dropout, dora=False, keys=keys)
 
     @property
     def kernel(self) -> nnx.Param:  # [in, out]
@@ -117,6 +117,7 @@ class QLoRA(LoRA):
     """LoRA (all of its knobs) on quantised base weights: ``bits`` 4 (NF4) or 8 (int8), ``block_size``."""
 
     name = "qlora"
+    stacked_layers_ok = False  # the quantised kernel is [in, out] (codes and block scales): not stacked yet
     defaults = dict(LoRA.defaults, bits=4, block_size=64)
     schema = dict(LoRA.schema, bits=Choice(4, 8, doc="bits per quantised weight: 4 (NF4) or 8 (int8)"),
                   block_size=Int(min=1, doc="weights per quantisation block (one scale each)"))
@@ -124,8 +125,8 @@ class QLoRA(LoRA):
     def targets_of(self, model) -> tuple | str:
         return self.targets or model_info(model).layer_linears()
 
-    def wrap(self, layer, name, rngs):
+    def wrap(self, layer, name, keys):
         return QLoRALinear(layer, name, bits=self.bits, block_size=self.block_size, rank=self.rank,
-                           scaling=self.scaling(), dropout=self.dropout, rngs=rngs)
+                           scaling=self.scaling(), dropout=self.dropout, keys=keys)
 
     # apply, trainable (the LoRA factors and the head) and merge (QLoRALinear is a LoRALinear) are LoRA's.

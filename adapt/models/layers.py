@@ -237,14 +237,33 @@ def step_key(key: jax.Array | None):
         _STEP_KEY.reset(token)
 
 
+_LAYER: contextvars.ContextVar = contextvars.ContextVar("adapt_layer", default=None)
+
+
+@contextlib.contextmanager
+def layer_number(i: int | jax.Array):
+    """Inside the block, the code runs transformer layer ``i`` (a traced int32 inside a scan over stacked layers):
+    :func:`module_dropout` folds it into its key. :func:`adapt.models.scan.apply` sets it."""
+    token = _LAYER.set(i)
+    try:
+        yield
+    finally:
+        _LAYER.reset(token)
+
+
 def module_dropout(x: jax.Array, rate: float, name: str) -> jax.Array:
     """Dropout for layers that are not handed ``rngs`` (those an adaptation method injects into a model):
-    the mask comes from the train step's :func:`step_key` folded with a hash of the layer's ``name``;
-    the identity outside a train step."""
+    the mask comes from the train step's :func:`step_key` folded with a hash of the layer's ``name`` (its module
+    path without the layer number, :func:`adapt.models.registry.unnumbered`) and, inside a transformer layer, with
+    the layer's number, so that a layer draws the same mask in the unrolled and the scanned model; the identity
+    outside a train step."""
     key = _STEP_KEY.get()
     if key is None or rate == 0.0:
         return x
-    return dropout(x, rate, nnx.Rngs(dropout=jax.random.fold_in(key, zlib.crc32(name.encode()))))
+    key = jax.random.fold_in(key, zlib.crc32(name.encode()))
+    if (i := _LAYER.get()) is not None:
+        key = jax.random.fold_in(key, i)
+    return dropout(x, rate, nnx.Rngs(dropout=key))
 
 
 def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None = None,

@@ -215,27 +215,43 @@ def hf_key(family: Family, path: tuple) -> tuple[str, bool]:
     return key, leaf == "kernel" and family.transpose_kernels
 
 
-def layer_slot(family: Family, path: tuple) -> int | None:
-    """For a parameter of stacked layers (its path runs ``<layers>.<rest>``, no layer number after
-    :attr:`Family.layers`), the index in ``path`` where layer i's number goes to make its per-layer path; None for
-    every other parameter (a numbered layer's included)."""
+def _after_layers(family: Family, path: tuple) -> int | None:
+    """The index in ``path`` just after :attr:`Family.layers` (from the model or from its backbone), if it has one
+    and something follows."""
     names, parts = family.layers.split("."), [str(p) for p in path]
     for start in (0, 1) if parts[:1] == [family.base_prefix] else (0,):
         end = start + len(names)
-        if parts[start:end] == names and len(path) > end and not isinstance(path[end], int):
+        if parts[start:end] == names and len(path) > end:
             return end
     return None
+
+
+def per_layer_paths(family: Family, path: tuple, num_layers: int) -> list[tuple] | None:
+    """For a parameter or module of stacked layers (its path runs ``<layers>.<rest>``, no layer number after
+    :attr:`Family.layers`), layer i's path for each i < ``num_layers`` (``model.layers.self_attn`` ->
+    ``model.layers.0.self_attn``, ...); None for every other path (a numbered layer's included)."""
+    end = _after_layers(family, path)
+    if end is None or isinstance(path[end], int):
+        return None
+    return [(*path[:end], i, *path[end:]) for i in range(num_layers)]
+
+
+def unnumbered(family: Family, path: tuple) -> tuple:
+    """``path`` without a layer number after :attr:`Family.layers` (``model.layers.3.mlp`` -> ``model.layers.mlp``,
+    the path the module has in stacked layers); any other path as it is."""
+    end = _after_layers(family, path)
+    return (*path[:end], *path[end + 1:]) if end is not None and isinstance(path[end], int) else path
 
 
 def hf_keys(family: Family, path: tuple, num_layers: int) -> tuple[list[str], bool, bool]:
     """The HF tensor names of the NNX parameter at ``path``, whether each is transposed, and whether the parameter is
     stacked: one name, or for a stacked parameter ``[L, ...]`` layer i's name for slice i, i < ``num_layers``
     (``model.layers.self_attn.q_proj.kernel`` -> ``model.layers.0.self_attn.q_proj.weight``, ...)."""
-    slot = layer_slot(family, path)
-    if slot is None:
+    layers = per_layer_paths(family, path, num_layers)
+    if layers is None:
         key, transpose = hf_key(family, path)
         return [key], transpose, False
-    keyed = [hf_key(family, (*path[:slot], i, *path[slot:])) for i in range(num_layers)]
+    keyed = [hf_key(family, p) for p in layers]
     return [k for k, _ in keyed], keyed[0][1], True
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from adapt.core.sharding import variable_axes
+from adapt.models import layers as L
 
 #: The logical axis name of the stacked layers (the leading axis of every stacked parameter).
 AXIS = "layers"
@@ -65,8 +66,10 @@ def apply(stack: nnx.Module, call: Callable, x: jax.Array, rngs: nnx.Rngs | None
     ``per_layer`` stacked ``[W, ...]`` and each layer's index into them scanned ``[L]``."""
     if not is_stacked(stack):
         for i, layer in enumerate(stack):
-            x = call(layer, x, rngs, None if per_layer is None else per_layer[i])
+            with L.layer_number(i):
+                x = call(layer, x, rngs, None if per_layer is None else per_layer[i])
         return x
+    num_layers = jax.tree.leaves(nnx.state(stack))[0].shape[0]
     distinct, index = [], []
     for extra in per_layer or ():
         match = next((j for j, seen in enumerate(distinct) if seen is extra), None)
@@ -77,16 +80,20 @@ def apply(stack: nnx.Module, call: Callable, x: jax.Array, rngs: nnx.Rngs | None
     if len(distinct) <= 1:  # one array for every layer (or none): closed over
         fixed = distinct[0] if distinct else None
 
-        def body(carry, layer):
+        def body(carry, layer, i):
             x, rngs = carry
-            return call(layer, x, rngs, fixed), rngs
+            with L.layer_number(i):
+                return call(layer, x, rngs, fixed), rngs
 
-        return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)((x, rngs), stack)[0]
+        scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+        return scanned((x, rngs), stack, jnp.arange(num_layers, dtype=jnp.int32))[0]
     table = jnp.stack(distinct)  # [W, ...]
 
-    def body(carry, layer, i):
+    def body(carry, layer, i, w):
         x, rngs = carry
-        return call(layer, x, rngs, table[i]), rngs
+        with L.layer_number(i):
+            return call(layer, x, rngs, table[w]), rngs
 
     order = jnp.asarray(np.asarray(index, np.int32))  # [L]
-    return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)((x, rngs), stack, order)[0]
+    scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=nnx.Carry)
+    return scanned((x, rngs), stack, jnp.arange(num_layers, dtype=jnp.int32), order)[0]

@@ -21,6 +21,7 @@ from adapt import methods
 from adapt.core.errors import CheckpointError, ConfigError
 from adapt.core.sharding import DEFAULT_RULES, make_mesh
 from adapt.data.batches import array_batches
+from adapt.methods.peft_io import save_peft
 from adapt.models import from_pretrained, kv_cache, save_pretrained
 from adapt.models import layers as L
 from adapt.models.registry import hf_keys, model_info
@@ -67,22 +68,24 @@ def _stacked(tree):
 
 
 @nnx.jit
-def _logits_and_grads(model, ids, mask):
+def _logits_and_grads(model, ids, mask, step_key=None):
     """The logits, and the gradient of a fixed functional of them (every output matters) with respect to every
-    parameter: one compiled program (eagerly, op by op, it took most of each test's time)."""
+    parameter: one compiled program (eagerly, op by op, it took most of each test's time). ``step_key``: a train
+    step's key, which the dropout of the layers a method injects draws from (None: no dropout)."""
 
     def functional(m):
-        logits = m(ids, mask)
+        with L.step_key(step_key):
+            logits = m(ids, mask)
         return jnp.sum(jnp.tanh(logits) * jax.random.normal(jax.random.key(1), logits.shape)), logits
 
     (_, logits), grads = nnx.value_and_grad(functional, has_aux=True)(model)
     return logits, grads
 
 
-def _check_scanned(scanned, unrolled, ids, mask):
+def _check_scanned(scanned, unrolled, ids, mask, step_key=None):
     """The scanned model's logits and gradients equal the unrolled model's; returns its logits."""
-    ours, grads = _logits_and_grads(scanned, ids, mask)
-    logits, expected = _logits_and_grads(unrolled, ids, mask)
+    ours, grads = _logits_and_grads(scanned, ids, mask, step_key)
+    logits, expected = _logits_and_grads(unrolled, ids, mask, step_key)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(logits), atol=1e-6, rtol=0)
     _assert_trees_close(nnx.to_pure_dict(grads), _stacked(nnx.to_pure_dict(expected)), tol=1e-6)
     return np.asarray(ours)
@@ -170,6 +173,54 @@ def test_dropout_and_remat_give_the_unrolled_numbers(tiny_llama):
             _assert_trees_close(grads(models[True]), expected, tol=1e-6)
 
 
+def _set_params(model, pure):
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(model, state)
+
+
+@pytest.mark.parametrize("method, case", [("lora", "llama"), ("dora", "bert-sequence")])
+def test_lora_on_stacked_layers_equals_lora_unrolled(method, case, tmp_path):
+    """LoRA and DoRA (dropout on) on stacked layers are stacked factors A [L, in, r], B [L, r, out]: drawn as the
+    unrolled model draws them, the same logits and gradients once B is non-zero, and the same PEFT adapter and
+    merged checkpoint, byte for byte."""
+    torch.manual_seed(0)
+    if case in DECODERS:
+        reference, task = transformers.AutoModelForCausalLM.from_config(DECODERS[case]()), None
+    else:
+        auto, make_config, task = ENCODERS[case]
+        reference = auto.from_config(make_config())
+    reference.save_pretrained(tmp_path / "hf")
+    models = {}
+    for scan in (False, True):
+        model = from_pretrained(str(tmp_path / "hf"), task=task, scan_layers=scan)
+        spec = methods.build({"name": method, "rank": 4, "dropout": 0.1})
+        models[scan] = spec.apply(model, nnx.Rngs(params=7)), spec
+    (unrolled, spec), (scanned, _) = models[False], models[True]
+    params = nnx.to_pure_dict(nnx.state(unrolled, nnx.Param))
+    _assert_trees_close(nnx.to_pure_dict(nnx.state(scanned, nnx.Param)), _stacked(params), tol=0)
+    rng = np.random.RandomState(0)  # B away from zero, so that A's gradient and the update matter
+    params = methods.base.map_with_path(
+        lambda path, x: rng.standard_normal(x.shape).astype(np.float32) * 0.1 if path[-1] == "lora_b" else x, params)
+    _set_params(unrolled, params)
+    _set_params(scanned, _stacked(params))
+    ids, mask = _batch(reference.config.vocab_size, reference.config.pad_token_id or 0)
+    logits = _check_scanned(scanned, unrolled, ids, mask, step_key=jax.random.key(3))
+    assert not np.allclose(logits, np.asarray(_logits_and_grads(scanned, ids, mask)[0]))  # LoRA's dropout is on
+    x = jnp.ones((4, 32))  # the layer's number is folded into the key: each layer draws its own mask
+    with L.step_key(jax.random.key(0)):
+        masks = []
+        for i in (0, 1, jnp.int32(1)):  # layer 1 in a Python loop (unrolled) and in a scan (an int32 array)
+            with L.layer_number(i):
+                masks.append(np.asarray(L.module_dropout(x, 0.5, "model.layers.self_attn.q_proj") == 0))
+    assert not np.array_equal(masks[0], masks[1]) and np.array_equal(masks[1], masks[2])
+    for model, name in ((unrolled, "unrolled"), (scanned, "scanned")):
+        save_peft(model, spec, str(tmp_path / name / "peft"))
+        save_pretrained(spec.merge(model), str(tmp_path / name / "merged"))
+    for name in ("peft/adapter_model.safetensors", "peft/adapter_config.json", "merged/model.safetensors"):
+        assert (tmp_path / "unrolled" / name).read_bytes() == (tmp_path / "scanned" / name).read_bytes(), name
+
+
 def test_fresh_heads_and_random_init_draw_the_unrolled_numbers(base_bert, tiny_llama):
     """The stack is built from the layers made in turn, so what is initialised fresh (a classifier and pooler the
     checkpoint lacks; a whole random-init model) is the same scanned or not."""
@@ -215,13 +266,14 @@ def _cfg(**train):
     return cfg
 
 
-@pytest.mark.parametrize("method", ["full", "bitfit"])
+@pytest.mark.parametrize("method", ["full", "bitfit", "lora"])
 def test_training_scanned_equals_unrolled(method, request, tmp_path):
-    """A few steps of full fine-tuning (a tiny Llama, dropout on) or BitFit (a tiny BERT classifier: only biases and
-    the head train) on a 2 x 2 x 2 mesh, the scanned model rematerialised too: the same losses and parameters."""
+    """A few steps of full fine-tuning or LoRA (a tiny Llama, dropout on, LoRA's too) or BitFit (a tiny BERT
+    classifier: only biases and the head train) on a 2 x 2 x 2 mesh, the scanned model rematerialised too: the same
+    losses and parameters."""
     rng = np.random.RandomState(0)
     data = {"input_ids": rng.randint(0, 128, (24, 16)).astype(np.int32), "attention_mask": np.ones((24, 16), np.int32)}
-    if method == "full":
+    if method in ("full", "lora"):
         checkpoint, objective = request.getfixturevalue("tiny_llama"), CausalLM()
     else:
         checkpoint, objective = request.getfixturevalue("tiny_bert"), SequenceClassification(num_labels=3)
@@ -229,9 +281,10 @@ def test_training_scanned_equals_unrolled(method, request, tmp_path):
     mesh, runs = make_mesh((2, 2, 2)), {}
     for name, scan, remat in (("unrolled", False, "none"), ("scanned", True, "full")):  # remat per scanned layer
         model = from_pretrained(checkpoint, mesh=mesh, hidden_dropout=0.1, scan_layers=scan)
+        spec = methods.build({"name": method, **({"dropout": 0.1} if method == "lora" else {})})
+        model = spec.apply(model, nnx.Rngs(params=0))
         before = _stacked(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-        trainer = Trainer(model, objective, _cfg(remat=remat), str(tmp_path / name), mesh=mesh,
-                          method=methods.build({"name": method}))
+        trainer = Trainer(model, objective, _cfg(remat=remat), str(tmp_path / name), mesh=mesh, method=spec)
         params = trainer.fit(array_batches(data, 8, seed=0)).state.params
         with open(os.path.join(tmp_path / name, "metrics.jsonl")) as f:
             losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
@@ -286,9 +339,9 @@ def test_a_trial_refuses_what_does_not_stack_before_reading_anything(small_bert,
     config = base.base_config()
     config.model.name, config.model.scan_layers = small_bert, True
     config.data.files = {"train": str(tmp_path / "absent.jsonl")}  # never read: each refusal comes first
-    config.method = method_config("lora")
-    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: method.name='lora' does not handle stacked "
-                                          r"layers yet \(methods that do: bitfit, full\)$"):
+    config.method = method_config("qlora")
+    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: method.name='qlora' does not handle stacked "
+                                          r"layers yet \(methods that do: bitfit, dora, full, lora\)$"):
         build_trial(config, str(tmp_path / "run"))
     config.method = method_config("full")
     config.distill.teacher = small_bert
