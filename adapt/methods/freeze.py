@@ -36,6 +36,7 @@ class Freeze(Method):
 @register
 class GradualUnfreezing(Method):
     name = "gradual_unfreezing"
+    stacked_layers_ok = True  # a stacked parameter unfreezes slice by slice at each layer's step (method_settings)
     defaults = dict(every=100)
     schema = dict(every=Int(min=1, doc="steps between unfreezing one more layer group, from the top"))
 

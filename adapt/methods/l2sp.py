@@ -19,6 +19,7 @@ from adapt.methods.registry import register
 @register
 class L2SP(Method):
     name = "l2sp"
+    stacked_layers_ok = True  # sums over every parameter alike: a stacked one's sum is its layers' sums
     defaults = dict(alpha=0.01, beta=0.01)
     schema = dict(alpha=Float(ge=0, doc="weight of the pull towards the pretrained weights"),
                   beta=Float(ge=0, doc="weight of the L2 penalty on the task head"))

@@ -12,6 +12,7 @@ from adapt.methods.registry import register
 @register
 class LayerwiseLRDecay(Method):
     name = "llrd"
+    stacked_layers_ok = True  # a stacked parameter trains at each layer's rate, slice by slice (optim.method_settings)
     defaults = dict(decay=0.9)
     schema = dict(decay=Float(gt=0, le=1, doc="learning-rate factor per layer below the top"))
 

@@ -166,8 +166,9 @@ class ModelInfo:
     def depth(self, path: tuple) -> int:
         """0 for the input embeddings (and a prompt), i+1 for transformer layer i, ``num_layers + 1`` for what
         sits on top (final norm, pooler, task heads): what layer-wise learning rates and gradual unfreezing
-        count from. A stacked parameter (``model.scan_layers``) holds every layer's and gets ``num_layers + 1`` too:
-        the methods that read depths do not take stacked layers yet (``Method.stacked_layers_ok``)."""
+        count from. A stacked parameter's path (``model.scan_layers``, no layer number) gets ``num_layers + 1``: the
+        methods' per-parameter settings ask for each layer's path instead
+        (:func:`adapt.training.optim.method_settings`)."""
         inner = self._inner(".".join(str(p) for p in path))
         if inner is not None:
             match = re.match(re.escape(self.family.layers) + r"\.(\d+)(\.|$)", inner)

@@ -12,12 +12,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from adapt.core.errors import ConfigError
 from adapt.core.sharding import variable_axes
-from adapt.models.registry import model_info, param_paths
+from adapt.models.registry import model_info, param_paths, per_layer_paths
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -66,7 +67,10 @@ def param_kinds(state: nnx.State) -> dict:
 def method_settings(method, model: nnx.Module, state: nnx.State, *, fresh=(), head_warmup_steps: int = 0) -> dict:
     """What an adaptation method says of each trainable parameter in ``state``, as trees like it:
     ``decay`` (True/False, or None to follow ``decay_exclude``), ``scale`` (learning-rate multiplier) and
-    ``unfreeze`` (the first step it updates). Depth counts 0 for embeddings, i+1 for layer i, L+1 on top.
+    ``unfreeze`` (the first step it updates). Depth counts 0 for embeddings, i+1 for layer i, L+1 on top. A
+    parameter of stacked layers (``model.scan_layers``) is asked about slice by slice, with layer i's path and depth
+    for slice i, as the unrolled model's layer i: its scale and unfreeze step are arrays ``[L, 1, ...]`` that
+    broadcast over it (its decay must be the same for every slice).
 
     Head warm-up (``train.head_warmup_steps``): with ``fresh`` (the paths loading initialised fresh,
     :func:`adapt.models.loading.fresh_paths`) and ``head_warmup_steps`` N, every other parameter unfreezes at
@@ -75,20 +79,38 @@ def method_settings(method, model: nnx.Module, state: nnx.State, *, fresh=(), he
     info = model_info(model)
     top = info.dims.num_layers + 1
     kinds = dict(param_paths_kinds(state))
-    rows = [(path, info.depth(path)) for path in kinds]
+    ndims = {path: var.ndim for path, var in param_paths(state)}
     fresh = {tuple(p) for p in fresh}
     warm = int(head_warmup_steps) if fresh & set(kinds) else 0
 
-    def unfreeze(path, depth):
+    def each(fn, path, what):
+        """``fn(path, depth, kind)``; for a parameter of stacked layers, ``fn`` of each layer's path and depth as an
+        array ``[L, 1, ...]`` (one value when every layer's is the same)."""
+        layers = per_layer_paths(info.family, path, info.dims.num_layers)
+        if layers is None:
+            return fn(path, info.depth(path), kinds[path])
+        values = [fn(p, info.depth(p), kinds[path]) for p in layers]
+        if all(v == values[0] for v in values):
+            return values[0]
+        if what == "decay":
+            raise ConfigError(f"method {method.name!r} decays {'.'.join(map(str, path))} in some layers only; with "
+                              f"model.scan_layers=True it is one stacked parameter: decay it in every layer or none")
+        return np.asarray(values).reshape((-1,) + (1,) * (ndims[path] - 1))
+
+    def decays(path, depth, kind):
+        return method.decays(path, kind)
+
+    def unfreeze(path, depth, kind):
         step = int(method.unfreeze_step(path, depth, top))
         return step if path in fresh else max(step, warm)
 
-    def tree(values):
-        return nnx.to_pure_dict(nnx.from_flat_state(list(zip(kinds, values))))
+    def scale(path, depth, kind):
+        return float(method.lr_scale(path, depth, top))
 
-    return {"decay": tree([method.decays(path, kinds[path]) for path, _ in rows]),
-            "scale": tree([float(method.lr_scale(path, depth, top)) for path, depth in rows]),
-            "unfreeze": tree([unfreeze(path, depth) for path, depth in rows])}
+    def tree(fn, what):
+        return nnx.to_pure_dict(nnx.from_flat_state([(path, each(fn, path, what)) for path in kinds]))
+
+    return {"decay": tree(decays, "decay"), "scale": tree(scale, "scale"), "unfreeze": tree(unfreeze, "unfreeze")}
 
 
 def gate(unfreeze: dict, scale: dict | None = None) -> optax.GradientTransformation:
@@ -138,9 +160,9 @@ def make_optimizer(cfg, total_steps: int, kinds: dict, settings: dict | None = N
     if cfg.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
     scale, unfreeze = settings.get("scale"), settings.get("unfreeze")
-    if scale is not None and all(v == 1.0 for v in jax.tree.leaves(scale)):
+    if scale is not None and all(np.all(v == 1.0) for v in jax.tree.leaves(scale)):
         scale = None
-    if unfreeze is not None and any(jax.tree.leaves(unfreeze)):
+    if unfreeze is not None and any(np.any(v) for v in jax.tree.leaves(unfreeze)):
         tx = optax.chain(gate(unfreeze), tx, gate(unfreeze, scale))
     elif scale is not None:  # every unfreeze step is 0: a pure per-parameter scale
         tx = optax.chain(tx, gate(unfreeze, scale))

@@ -25,7 +25,7 @@ from adapt.methods.peft_io import save_peft
 from adapt.models import from_pretrained, kv_cache, save_pretrained
 from adapt.models import layers as L
 from adapt.models.registry import hf_keys, model_info
-from adapt.training import CausalLM, SequenceClassification, Trainer, defaults
+from adapt.training import CausalLM, SequenceClassification, Trainer, defaults, optim
 
 TINY_DECODER = {**TINY_LLAMA, "num_hidden_layers": 3}
 DECODERS = {
@@ -266,11 +266,15 @@ def _cfg(**train):
     return cfg
 
 
-@pytest.mark.parametrize("method", ["full", "bitfit", "lora"])
+TRAINED = {"full": {}, "bitfit": {}, "lora": {"dropout": 0.1}, "gradual_unfreezing": {"every": 1}}
+
+
+@pytest.mark.parametrize("method", sorted(TRAINED))
 def test_training_scanned_equals_unrolled(method, request, tmp_path):
-    """A few steps of full fine-tuning or LoRA (a tiny Llama, dropout on, LoRA's too) or BitFit (a tiny BERT
-    classifier: only biases and the head train) on a 2 x 2 x 2 mesh, the scanned model rematerialised too: the same
-    losses and parameters."""
+    """A few steps of full fine-tuning or LoRA (a tiny Llama, dropout on, LoRA's too), BitFit (a tiny BERT
+    classifier: only biases and the head train) or gradual unfreezing (the BERT's layers start at steps 1 and 2,
+    slices of one stacked parameter) on a 2 x 2 x 2 mesh, the scanned model rematerialised too: the same losses and
+    parameters."""
     rng = np.random.RandomState(0)
     data = {"input_ids": rng.randint(0, 128, (24, 16)).astype(np.int32), "attention_mask": np.ones((24, 16), np.int32)}
     if method in ("full", "lora"):
@@ -281,7 +285,7 @@ def test_training_scanned_equals_unrolled(method, request, tmp_path):
     mesh, runs = make_mesh((2, 2, 2)), {}
     for name, scan, remat in (("unrolled", False, "none"), ("scanned", True, "full")):  # remat per scanned layer
         model = from_pretrained(checkpoint, mesh=mesh, hidden_dropout=0.1, scan_layers=scan)
-        spec = methods.build({"name": method, **({"dropout": 0.1} if method == "lora" else {})})
+        spec = methods.build({"name": method, **TRAINED[method]})
         model = spec.apply(model, nnx.Rngs(params=0))
         before = _stacked(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         trainer = Trainer(model, objective, _cfg(remat=remat), str(tmp_path / name), mesh=mesh, method=spec)
@@ -297,6 +301,41 @@ def test_training_scanned_equals_unrolled(method, request, tmp_path):
         kernel = params["bert"]["encoder"]["layer"]["attention"]["self"]["query"]
         assert "kernel" not in kernel and not np.array_equal(kernel["bias"], before["bert"]["encoder"]["layer"][
             "attention"]["self"]["query"]["bias"])
+
+
+@pytest.mark.parametrize("method", [{"name": "llrd", "decay": 0.5}, {"name": "gradual_unfreezing", "every": 2}],
+                         ids=["llrd", "gradual_unfreezing"])
+def test_per_layer_rates_and_unfreezing_steps_are_per_slice(method, tiny_bert):
+    """Layer-wise learning rates and gradual unfreezing ask about each slice of a stacked parameter as about the
+    unrolled model's layer: its scale and unfreeze step are the unrolled layers' stacked [L, 1, ...]."""
+    spec = methods.build(method)
+    settings = {}
+    for scan in (False, True):
+        model = from_pretrained(tiny_bert, scan_layers=scan)
+        settings[scan] = optim.method_settings(spec, model, nnx.state(model, nnx.Param))
+    for name in ("scale", "unfreeze"):
+        expected = dict(methods.base.leaf_paths(_stacked(settings[False][name])))  # per layer [L], else one value
+        ours = dict(methods.base.leaf_paths(settings[True][name]))
+        assert ours.keys() == expected.keys()
+        for path, value in ours.items():
+            value, want = np.asarray(value), np.asarray(expected[path])
+            np.testing.assert_array_equal(value.reshape(want.shape) if value.ndim else value, want, err_msg=path)
+    what = "scale" if method["name"] == "llrd" else "unfreeze"  # what the method sets: one value per layer
+    layered = np.asarray(settings[True][what]["bert"]["encoder"]["layer"]["attention"]["self"]["query"]["kernel"])
+    assert layered.shape == (2, 1, 1) and len(set(layered.ravel())) == 2
+
+
+def test_l2sp_penalty_is_the_unrolled_one(tiny_bert):
+    """L2-SP's pull to the start and its head penalty: the same sums over stacked parameters."""
+    spec, penalties = methods.build({"name": "l2sp", "alpha": 0.3, "beta": 0.2}), []
+    rng = np.random.RandomState(0)
+    start = nnx.to_pure_dict(nnx.state(from_pretrained(tiny_bert), nnx.Param))
+    moved = jax.tree.map(lambda w: w + 0.01 * rng.standard_normal(w.shape).astype(np.float32), start)
+    for scan in (False, True):
+        model = from_pretrained(tiny_bert, scan_layers=scan)
+        anchors = spec.anchors(model, _stacked(start) if scan else start)
+        penalties.append(float(spec.penalty(_stacked(moved) if scan else moved, anchors)))
+    assert penalties[0] > 0 and penalties[1] == pytest.approx(penalties[0], rel=1e-6)
 
 
 def test_a_scanned_run_resumes_from_its_checkpoint(tiny_llama, tmp_path):
@@ -341,7 +380,8 @@ def test_a_trial_refuses_what_does_not_stack_before_reading_anything(small_bert,
     config.data.files = {"train": str(tmp_path / "absent.jsonl")}  # never read: each refusal comes first
     config.method = method_config("qlora")
     with pytest.raises(ConfigError, match=r"^model.scan_layers=True: method.name='qlora' does not handle stacked "
-                                          r"layers yet \(methods that do: bitfit, dora, full, lora\)$"):
+                                          r"layers yet \(methods that do: bitfit, dora, full, gradual_unfreezing, "
+                                          r"l2sp, llrd, lora\)$"):
         build_trial(config, str(tmp_path / "run"))
     config.method = method_config("full")
     config.distill.teacher = small_bert
