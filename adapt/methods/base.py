@@ -147,18 +147,14 @@ def draws_per_layer(model: nnx.Module, paths: list[tuple], draw) -> list[list]:
     same stacked or not."""
     info = model_info(model)
     stacked = [p for p in paths if per_layer_paths(info.family, p, info.dims.num_layers)]
-    drawn = {}
+    drawn = {path: [] for path in paths}
     for path in paths:
-        if path in drawn:
-            continue
         if path not in stacked:
-            drawn[path] = [draw()]
-            continue
-        for p in stacked:  # the stacked modules lie together, under the layers
-            drawn[p] = []
-        for _ in range(info.dims.num_layers):
-            for p in stacked:
-                drawn[p].append(draw())
+            drawn[path].append(draw())
+        elif path == stacked[0]:  # the stacked modules lie together, under the layers: drawn there, layer by layer
+            for _ in range(info.dims.num_layers):
+                for p in stacked:
+                    drawn[p].append(draw())
     return [drawn[path] for path in paths]
 
 

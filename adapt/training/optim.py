@@ -83,7 +83,7 @@ def method_settings(method, model: nnx.Module, state: nnx.State, *, fresh=(), he
     fresh = {tuple(p) for p in fresh}
     warm = int(head_warmup_steps) if fresh & set(kinds) else 0
 
-    def each(fn, path, what):
+    def each(fn, path, sliced):
         """``fn(path, depth, kind)``; for a parameter of stacked layers, ``fn`` of each layer's path and depth as an
         array ``[L, 1, ...]`` (one value when every layer's is the same)."""
         layers = per_layer_paths(info.family, path, info.dims.num_layers)
@@ -92,7 +92,7 @@ def method_settings(method, model: nnx.Module, state: nnx.State, *, fresh=(), he
         values = [fn(p, info.depth(p), kinds[path]) for p in layers]
         if all(v == values[0] for v in values):
             return values[0]
-        if what == "decay":
+        if not sliced:
             raise ConfigError(f"method {method.name!r} decays {'.'.join(map(str, path))} in some layers only; with "
                               f"model.scan_layers=True it is one stacked parameter: decay it in every layer or none")
         return np.asarray(values).reshape((-1,) + (1,) * (ndims[path] - 1))
@@ -107,10 +107,10 @@ def method_settings(method, model: nnx.Module, state: nnx.State, *, fresh=(), he
     def scale(path, depth, kind):
         return float(method.lr_scale(path, depth, top))
 
-    def tree(fn, what):
-        return nnx.to_pure_dict(nnx.from_flat_state([(path, each(fn, path, what)) for path in kinds]))
+    def tree(fn, sliced=True):
+        return nnx.to_pure_dict(nnx.from_flat_state([(path, each(fn, path, sliced)) for path in kinds]))
 
-    return {"decay": tree(decays, "decay"), "scale": tree(scale, "scale"), "unfreeze": tree(unfreeze, "unfreeze")}
+    return {"decay": tree(decays, sliced=False), "scale": tree(scale), "unfreeze": tree(unfreeze)}
 
 
 def gate(unfreeze: dict, scale: dict | None = None) -> optax.GradientTransformation:
