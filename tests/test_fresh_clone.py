@@ -41,6 +41,7 @@ def tracked_copy(folder) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".git")), reason="not a git checkout")
 def test_a_fresh_clone_resolves_every_config_with_no_data_home_or_network(tmp_path):
     clone = tracked_copy(tmp_path / "clone")

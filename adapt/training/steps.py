@@ -189,7 +189,7 @@ class Steps:
                                   out_shardings=(stacked, replicated), donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
         # Enter it around a loop of train steps on the CPU: see adapt/core/host_memory.py.
-        self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), set()
+        self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), {}
         self._last_eval = None  # the last eval step's outputs, waited for before the next step in the heap
 
     def context(self, rules: Rules | None = None):
@@ -204,27 +204,27 @@ class Steps:
     def train(self, state: TrainState, batch: dict, *active) -> tuple[TrainState, dict]:
         """One train step; a population's also takes ``active`` (bool ``[N]``, see :func:`make_population_step`)."""
         with self.context(self._train_rules):
-            self._between_steps(self._train, state, batch, *active)
-            return self._train(state, batch, *active)
+            return self._between_steps(self._train, state, batch, *active)(state, batch, *active)
 
     def eval(self, state: TrainState, batch: dict, index: int):
         index = jnp.asarray(index, jnp.int32)
         with self.context():
-            self._between_steps(self._eval, state, batch, index)
-            self._last_eval = self._eval(state, batch, index)
+            self._last_eval = self._between_steps(self._eval, state, batch, index)(state, batch, index)
             return self._last_eval
 
-    def _between_steps(self, step, state: TrainState, batch: dict, *rest) -> None:
+    def _between_steps(self, step, state: TrainState, batch: dict, *rest):
         """In the kept heap, one step's temporaries at a time: the last (train or eval) step's are freed
         before this one's are allocated, so their pages serve it, and the heap is measured (and trimmed)
-        while no step runs. For a new batch shape the step is compiled ahead (the call then reuses the
-        executable) to widen the heap's slack by the step's temporaries."""
+        while no step runs. For a new batch shape the step is compiled ahead, to widen the heap's slack by the
+        step's temporaries; returns what to call: that executable (calling the jitted step would trace and lower
+        it again before finding it compiled), or ``step`` itself outside the kept heap."""
         if not self.heap.active:
-            return
+            return step
         jax.block_until_ready((state, self._last_eval))
         self._last_eval = None
         key = (step is self._train, tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch)))
         if key not in self._compiled:
-            self._compiled.add(key)
-            self.heap.allow(step.lower(state, batch, *rest).compile().memory_analysis().temp_size_in_bytes)
+            self._compiled[key] = step.lower(state, batch, *rest).compile()
+            self.heap.allow(self._compiled[key].memory_analysis().temp_size_in_bytes)
         self.heap.check()
+        return self._compiled[key]

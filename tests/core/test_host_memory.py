@@ -182,6 +182,7 @@ from adapt.experiment import base_config
 
 def get_config(arg=None):
     c = base_config()
+    c.model.name = {model!r}
     c.data.files = {{"train": {data!r}, "dev": {data!r}}}
     c.data.update(format="classification", cache_dir="", max_length=16)
     c.train.update(batch_size=8, steps=2)
@@ -192,11 +193,11 @@ def get_config(arg=None):
 
 @glibc
 @pytest.mark.slow
-def test_the_scripts_train_loop_runs_on_one_arena(tmp_path):
+def test_the_scripts_train_loop_runs_on_one_arena(small_bert, tmp_path):
     data, config = tmp_path / "train.jsonl", tmp_path / "config.py"
     data.write_text("".join(json.dumps({"text": f"document {i} on {'AB'[i % 2]}", "label": "AB"[i % 2]}) + "\n"
                             for i in range(16)))
-    config.write_text(CONFIG.format(data=str(data)))
+    config.write_text(CONFIG.format(model=small_bert, data=str(data)))
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", TRAIN, os.path.join(ROOT, "scripts", "train.py"), f"--config={config}",
                           f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=ROOT)

@@ -7,6 +7,7 @@ import json
 import math
 import multiprocessing
 import os
+import runpy
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import optuna
 import pytest
 
 from adapt.analysis import results, tables
+from adapt.core import cli
 from adapt.core.errors import ConfigError
 from adapt.study import adaptive, sweeps
 from adapt.study.sweeps import choice, loguniform, search, uniform
@@ -238,12 +240,14 @@ def get_sweep(arg):
 """
 
 
+def sweep_argv(tmp_path, *args, config="cfg.py") -> list[str]:
+    return ["--no-progress", f"--config={tmp_path}/{config}:{tmp_path}", f"--workdir={tmp_path}/runs",
+            "--trial-fn=test_search:fake_trial", *args]
+
+
 def sweep_cli(tmp_path, *args, wait=True, config="cfg.py"):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT, os.environ["PYTHONPATH"]])}
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--no-progress",
-           f"--config={tmp_path}/{config}:{tmp_path}", f"--workdir={tmp_path}/runs",
-           "--trial-fn=test_search:fake_trial",
-           *args]
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), *sweep_argv(tmp_path, *args, config=config)]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -278,21 +282,27 @@ def test_a_search_killed_mid_trial_resumes_to_exactly_n_trials(tmp_path):
     assert out.returncode == 0 and "5 of 5 search trials finished" in out.stdout and len(calls(tmp_path)) == 6
 
 
-def test_bad_search_input_is_one_line_and_exit_code_2(tmp_path):
+def test_bad_search_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
     (tmp_path / "cfg.py").write_text(CONFIG)
     (tmp_path / "bad.py").write_text(CONFIG.replace('n=5, metric="dev/accuracy", pruner="median"',
                                                     "n=0, metric='dev/accuracy'"))
     out = sweep_cli(tmp_path, "--sweep=tpe", config="bad.py")
     assert out.returncode == 2 and out.stderr == ("error: search: n=0; expected the number of trials, "
                                                   "an integer of at least 1\n")
+    # the others run the script's main in this process (a subprocess above: each one costs an import of the package)
+    monkeypatch.setenv("ADAPT_SYSTEM_MALLOC", "1")  # cli.run leaves this process's malloc as it is
+    script = runpy.run_path(os.path.join(ROOT, "scripts", "sweep.py"))
     for args, message in (
             (["--sweep=typo"], "optimizer.learning_rat: no such config key; did you mean optimizer.learning_rate"),
             (["--sweep=fixed_typo"], "train.stpes: no such config key; did you mean train.steps"),
             (["--sweep=tpe", "--config.train.eval_every=0"], "search pruner='median': the trials never evaluate"),
             (["--sweep=tpe", "--workers=2"], "--workers: an adaptive search runs its trials one at a time")):
-        out = sweep_cli(tmp_path, *args)
-        assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, (args, out.stderr)
-        assert message in out.stderr, (args, out.stderr)
+        monkeypatch.setattr(sys, "argv", ["sweep.py", *sweep_argv(tmp_path, *args)])
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(script["main"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.strip().count("\n") == 0, (args, err)
+        assert message in err, (args, err)
     assert not calls(tmp_path) and not os.path.exists(tmp_path / "runs" / "optuna.db")
 
 

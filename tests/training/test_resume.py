@@ -28,6 +28,7 @@ def _params(path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_killed_run_resumes_to_bitwise_equal_parameters(tiny_llama, tmp_path):
     done = _run(tiny_llama, tmp_path / "straight", tmp_path / "straight.npz")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -54,6 +55,7 @@ def test_killed_run_resumes_to_bitwise_equal_parameters(tiny_llama, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_llama, tmp_path):
     import jax
     import orbax.checkpoint as ocp
