@@ -158,7 +158,8 @@ def build(config, tokenizer, model: nnx.Module, source: str, *, mesh=None, rules
             if task.head not in info.family.heads or not info.backbone_path:
                 raise ConfigError(f"{where}.task={task.name!r}: the {info.family.name} family has no {task.name} "
                                   f"head on a backbone")
-            head = from_pretrained(source, task=task.head, dtype=config.model.dtype, mesh=mesh, rules=rules)
+            head = from_pretrained(source, task=task.head, dtype=config.model.dtype, mesh=mesh, rules=rules,
+                                   scan_layers=info.stacked)
             if fresh := fresh_paths(head):
                 raise ConfigError(f"{where}.task={task.name!r}: {source} has no trained {task.name} head ("
                                   f"{'.'.join(map(str, fresh[0]))} and {len(fresh) - 1} more would be random); "

@@ -10,6 +10,7 @@ from adapt.features.base import Feature, register
 
 class EvalSets(Feature):
     name, key = "eval_sets", "eval.sets"
+    stacked_layers_ok = True  # a probe's head is loaded with the run's layout and takes the run's backbone
 
     def enabled(self, config) -> bool:
         return bool(evalsets.specs(config))

@@ -12,6 +12,7 @@ from adapt.features.base import Feature, register
 class Generation(Feature):
     name, key, section, schema = "generation", "generation.max_new_tokens", "generation", generation.SCHEMA
     provides = ("evaluation",)
+    stacked_layers_ok = True  # the KV cache of stacked layers is stacked too (adapt.models.scan.apply_cached)
 
     def defaults(self):
         return generation.defaults()

@@ -123,7 +123,7 @@ def _program(graphdef, state, ids, mask, rows, limit, stops, seed, *, new: int, 
         virtual = backbone.prompt().shape[0] if hasattr(backbone, "prompt") else 0  # prompt tuning's tokens
         b, p = ids.shape
         cache = kv_cache.KVCache.create(info.dims.num_layers, b, virtual + p + new, info.family.kv_shape(model.cfg),
-                                 jnp.dtype(model.cfg.dtype))
+                                        jnp.dtype(model.cfg.dtype), stacked=info.stacked)
         lengths = mask.sum(axis=1)  # [B]
         positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)  # [B, P]: real tokens from 0
         keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.maximum(rows, 0))  # [B]
@@ -133,6 +133,7 @@ def _program(graphdef, state, ids, mask, rows, limit, stops, seed, *, new: int, 
 
         def body(carry):
             step, token, cache, done, out = carry
+            model = nnx.merge(graphdef, state, copy=True)  # variables of this trace level: a scan splits them
             logits = model(token[:, None], jnp.ones((b, 1), mask.dtype), (lengths + step - 1)[:, None], cache=cache)
             token = _choose(logits[:, -1], keys, step, sampler)
             out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))

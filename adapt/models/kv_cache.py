@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.core.sharding import shard
+from adapt.models.scan import AXIS
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=("keys", "values", "segments", "index"),
@@ -24,29 +25,38 @@ class KVCache:
     (``keys``/``values``: one ``[B, K, S, H]`` per layer, heads before slots so that a step's attention reads
     them without a transpose) holds the token a call wrote there; ``segments [B, S]`` what each slot holds, as
     :func:`~adapt.models.layers.attention_mask` reads segment ids (0: nothing or padding, never attended; 1: a
-    token; -1: a virtual token of prompt tuning); ``index`` is the first slot the next call writes.
+    token; -1: a virtual token of prompt tuning); ``index`` is the first slot the next call writes. For stacked
+    layers (``model.scan_layers``) ``keys``/``values`` are one ``[L, B, K, S, H]`` each, scanned with the layers
+    (:func:`adapt.models.scan.apply_cached`).
 
     A model call given the cache (``model(ids, mask, positions, cache=cache)``) writes its T tokens at slots
     ``index..index+T-1`` and attends over every slot, so T = 1 decodes one token after the earlier ones. The
     call updates the cache object in place (its arrays are replaced by the written ones): a jitted step returns
     the object it passed in. ``fresh`` (static): nothing written yet, so the call starts the sequence (prompt
     tuning's virtual tokens go in front of it)."""
-    keys: list
-    values: list
+    keys: list | jax.Array  # a [B, K, S, H] per layer; stacked layers': one [L, B, K, S, H]
+    values: list | jax.Array
     segments: jax.Array  # [B, S] int32
     index: jax.Array  # [] int32
     fresh: bool = True
 
     @classmethod
-    def create(cls, layers: int, batch: int, length: int, kv_shape: tuple[int, int], dtype) -> KVCache:
-        """An empty cache of ``length`` slots for ``layers`` attention layers of ``kv_shape`` (K, H)."""
+    def create(cls, layers: int, batch: int, length: int, kv_shape: tuple[int, int], dtype, *,
+               stacked: bool = False) -> KVCache:
+        """An empty cache of ``length`` slots for ``layers`` attention layers of ``kv_shape`` (K, H); ``stacked``:
+        for stacked layers, the buffers ``[L, ...]``."""
         k, h = kv_shape
+        if stacked:
+            def buffer():
+                return shard(jnp.zeros((layers, batch, k, length, h), dtype), (AXIS, *_CACHE_AXES))
 
-        def buffer():
-            return shard(jnp.zeros((batch, k, length, h), dtype), _CACHE_AXES)
+            keys, values = buffer(), buffer()
+        else:
+            def buffer():
+                return shard(jnp.zeros((batch, k, length, h), dtype), _CACHE_AXES)
 
-        return cls([buffer() for _ in range(layers)], [buffer() for _ in range(layers)],
-                   jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
+            keys, values = [buffer() for _ in range(layers)], [buffer() for _ in range(layers)]
+        return cls(keys, values, jnp.zeros((batch, length), jnp.int32), jnp.zeros((), jnp.int32))
 
     def attend(self, segments: jax.Array, windows) -> dict:
         """Reserve the slots of this call's tokens (``segments [B, T]``, after
@@ -67,6 +77,11 @@ class KVCache:
 
     def layer(self, i: int) -> LayerCache:
         return LayerCache(self, i)
+
+    def one_layer(self, keys: jax.Array, values: jax.Array) -> LayerCache:
+        """A layer's view of this cache's slots, given its buffers ``[B, K, S, H]`` (a slice of stacked ones): the
+        attention writes into the view's, which the caller stacks back."""
+        return LayerCache(KVCache([keys], [values], self.segments, self.index, fresh=False), 0)
 
 
 _CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")

@@ -11,7 +11,6 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from adapt.core.errors import ConfigError
 from adapt.core.sharding import shard
 from adapt.models import kv_cache, scan
 from adapt.models import layers as L
@@ -160,11 +159,10 @@ class LlamaModel(nnx.Module):
                                                                                  rngs),
                            x, rngs, [masks[w] for w in self.cfg.windows])  # masks [B, T, T]
         else:  # generation (never rematerialised): each layer writes its keys and values into the cache
-            if self.cfg.scan_layers:
-                raise ConfigError("model.scan_layers=True: generation (the KV cache) does not read stacked layers yet")
             masks = cache.attend(segments, windows)  # [B, T, S] each
-            for i, (layer, window) in enumerate(zip(self.layers, self.cfg.windows)):
-                x = layer(x, masks[window], positions, inv_freq, rngs, cache.layer(i))
+            x = scan.apply_cached(self.layers, lambda layer, x, mask, view: layer(x, mask, positions, inv_freq, rngs,
+                                                                                   view),
+                                  x, [masks[w] for w in self.cfg.windows], cache)
         return self.norm(L.drop_prompt(x, virtual))
 
 

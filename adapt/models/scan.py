@@ -69,31 +69,52 @@ def apply(stack: nnx.Module, call: Callable, x: jax.Array, rngs: nnx.Rngs | None
             with L.layer_number(i):
                 x = call(layer, x, rngs, None if per_layer is None else per_layer[i])
         return x
+    extra, order = _per_layer(stack, per_layer)
+
+    def body(carry, layer, i, w):
+        x, rngs = carry
+        with L.layer_number(i):
+            return call(layer, x, rngs, extra(w)), rngs
+
+    scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=nnx.Carry)
+    return scanned((x, rngs), stack, jnp.arange(len(order), dtype=jnp.int32), order)[0]
+
+
+def apply_cached(stack: nnx.Module, call: Callable, x: jax.Array, per_layer: Sequence, cache):
+    """Generation's pass (no dropout): ``x = call(layer, x, per_layer[i], view)`` through every layer, ``view``
+    layer i's part of ``cache`` (a :class:`adapt.models.kv_cache.KVCache`), into which its attention writes. On a
+    stacked module the cache's stacked buffers ``[L, B, K, S, H]`` are scanned with the layers: each step's
+    slices go in, the written slices come out, stacked back into the cache."""
+    if not is_stacked(stack):
+        for i, layer in enumerate(stack):
+            x = call(layer, x, per_layer[i], cache.layer(i))
+        return x
+    extra, order = _per_layer(stack, per_layer)
+
+    def body(x, layer, w, keys, values):  # keys, values: this layer's [B, K, S, H]
+        view = cache.one_layer(keys, values)
+        x = call(layer, x, extra(w), view)
+        return x, (view.cache.keys[0], view.cache.values[0])
+
+    scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0, 0), out_axes=(nnx.Carry, 0))
+    x, (cache.keys, cache.values) = scanned(x, stack, order, cache.keys, cache.values)
+    return x
+
+
+def _per_layer(stack: nnx.Module, per_layer: Sequence | None):
+    """For a scan over ``stack``'s L layers: ``(extra, order)``, ``order [L]`` each layer's index among the
+    distinct arrays of ``per_layer`` (by identity) and ``extra(w)`` the array of index w: with one array (or
+    none), closed over; with W, a row of their stack ``[W, ...]``."""
     num_layers = jax.tree.leaves(nnx.state(stack))[0].shape[0]
     distinct, index = [], []
-    for extra in per_layer or ():
+    for extra in per_layer or [None] * num_layers:
         match = next((j for j, seen in enumerate(distinct) if seen is extra), None)
         if match is None:
             distinct.append(extra)
             match = len(distinct) - 1
         index.append(match)
-    if len(distinct) <= 1:  # one array for every layer (or none): closed over
-        fixed = distinct[0] if distinct else None
-
-        def body(carry, layer, i):
-            x, rngs = carry
-            with L.layer_number(i):
-                return call(layer, x, rngs, fixed), rngs
-
-        scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
-        return scanned((x, rngs), stack, jnp.arange(num_layers, dtype=jnp.int32))[0]
-    table = jnp.stack(distinct)  # [W, ...]
-
-    def body(carry, layer, i, w):
-        x, rngs = carry
-        with L.layer_number(i):
-            return call(layer, x, rngs, table[w]), rngs
-
     order = jnp.asarray(np.asarray(index, np.int32))  # [L]
-    scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=nnx.Carry)
-    return scanned((x, rngs), stack, jnp.arange(num_layers, dtype=jnp.int32), order)[0]
+    if len(distinct) == 1:
+        return (lambda w: distinct[0]), order
+    table = jnp.stack(distinct)  # [W, ...]
+    return (lambda w: table[w]), order

@@ -195,3 +195,37 @@ def test_a_feature_registered_from_outside_runs_without_a_change_to_the_trial(wo
     assert results["toy"] == {"steps": 1, "rows": 16}
     assert (tmp_path / "run" / "toy.txt").read_text() == "sequence_classification"
     assert json.loads((tmp_path / "run" / "results.json").read_text())["toy"] == results["toy"]
+
+
+def _numbers(tree, path=""):
+    """The leaves of a results tree by path (numbers and strings; timings dropped)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() if "time" not in key
+                for k, v in _numbers(sub, f"{path}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f"{path}/{i}").items()}
+    return {path: tree}
+
+
+DATA_ONLY = ("augment", "mixture", "quality")  # they never read the model: a run of each is in the slow tier
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in DATA_ONLY else n
+                                  for n in sorted(OVERLAYS)])
+def test_each_feature_with_stacked_layers_gives_the_unrolled_results_or_refuses(world, tmp_path, name):
+    """``model.scan_layers``: a trial with the feature on (two steps, dev evaluated) ends with the unrolled
+    trial's results, or is refused in one line naming the feature's key before anything is read."""
+    config = _config(world, (name,))
+    config.train.steps = 2
+    config.model.scan_layers = True
+    if not FEATURES[name].stacked_layers_ok:
+        with pytest.raises(ConfigError, match=rf"^model.scan_layers=True: {FEATURES[name].key} \("):
+            start_trial(config, str(tmp_path / "scanned"))
+        assert not os.path.exists(tmp_path / "scanned" / "labels.json")
+        return
+    scanned = _numbers(run_trial(config, str(tmp_path / "scanned")))
+    config.model.scan_layers = False
+    unrolled = _numbers(run_trial(config, str(tmp_path / "unrolled")))
+    assert scanned.keys() == unrolled.keys() and any("loss" in k for k in unrolled)
+    for key, want in unrolled.items():
+        assert scanned[key] == (pytest.approx(want, rel=1e-5, abs=1e-6) if isinstance(want, float) else want), key

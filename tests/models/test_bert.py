@@ -1,6 +1,6 @@
 """Parity of the BERT and RoBERTa encoders with transformers (float32) for every task, with right padding
-and token types in the batch, before and after a round trip through our export; the bundled MiniLM;
-fresh heads and checkpoint errors."""
+and token types in the batch, before and after a round trip through our export, the layers unrolled and scanned;
+the bundled MiniLM; fresh heads and checkpoint errors."""
 
 import numpy as np
 import pytest
@@ -70,13 +70,14 @@ def _max_err(ours, expected, mask):
     return float(np.abs(ours[keep] - expected[keep]).max())
 
 
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])  # model.scan_layers
 @pytest.mark.parametrize("family, task", CASES)
-def test_parity_and_export(family, task, tmp_path):
+def test_parity_and_export(family, task, scan, tmp_path):
     reference = _reference(family, task, tmp_path / "hf")
     ids, mask, types = _batch(reference.config)
     expected = _torch_out(reference, ids, mask, types)
 
-    model = from_pretrained(str(tmp_path / "hf"))  # the task comes from config.architectures
+    model = from_pretrained(str(tmp_path / "hf"), scan_layers=scan)  # the task comes from config.architectures
     assert _max_err(model(ids, mask, types), expected, mask) < 1e-4
 
     save_pretrained(model, str(tmp_path / "export"))

@@ -1,5 +1,5 @@
 """Logit parity of the decoder families with transformers (float32), with padding in the batch, before
-and after a round trip through our export."""
+and after a round trip through our export, with the layers unrolled and scanned."""
 
 import numpy as np
 import pytest
@@ -41,8 +41,13 @@ def _torch_logits(model, ids, mask):
         return model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.float().numpy()
 
 
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_causal_lm_parity_and_export(variant, tmp_path):
+# each variant with its layers unrolled, and stacked and scanned (model.scan_layers) but GPT-2's, which do not stack
+MODES = [pytest.param(v, False, id=v) for v in sorted(VARIANTS)] + [
+    pytest.param(v, True, id=f"{v}-scanned") for v in sorted(VARIANTS) if v != "gpt2"]
+
+
+@pytest.mark.parametrize("variant, scan", MODES)
+def test_causal_lm_parity_and_export(variant, scan, tmp_path):
     torch.manual_seed(0)
     config = VARIANTS[variant]()
     reference = transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -51,7 +56,7 @@ def test_causal_lm_parity_and_export(variant, tmp_path):
     keep = mask.astype(bool)
     expected = _torch_logits(reference, ids, mask)
 
-    model = from_pretrained(str(tmp_path / "hf"))
+    model = from_pretrained(str(tmp_path / "hf"), scan_layers=scan)
     ours = np.asarray(model(ids, mask))
     assert ours.shape == expected.shape
     np.testing.assert_allclose(ours[keep], expected[keep], atol=1e-4, rtol=0)

@@ -1,8 +1,8 @@
 """Generation with a KV cache (adapt.models.generate): greedy tokens equal transformers' ``generate`` on each decoder
-family with left-padded prompts of different lengths (stop token included), prefix/prompt-tuned models decode as
-their full forward does, sampling is reproducible from its seed, top-k/top-p equal numpy, stop strings and chat
-templates, one-line errors, and a sharded model (8-device mesh) gives the unsharded tokens without recompiling
-for new parameter values."""
+family with left-padded prompts of different lengths (stop token included; stacked layers too), prefix/prompt-tuned
+models decode as their full forward does, sampling is reproducible from its seed, top-k/top-p equal numpy, stop
+strings and chat templates, one-line errors, and a sharded model (8-device mesh) gives the unsharded tokens without
+recompiling for new parameter values."""
 
 import jax
 import numpy as np
@@ -55,12 +55,13 @@ def _hf_generate(reference, eos=None) -> list[list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_greedy_matches_transformers_with_left_padding(variant, tmp_path):
+@pytest.mark.parametrize("variant, scan", [pytest.param(v, False, id=v) for v in sorted(VARIANTS)] + [
+    pytest.param(v, True, id=f"{v}-scanned") for v in sorted(VARIANTS) if v != "gpt2"])  # model.scan_layers
+def test_greedy_matches_transformers_with_left_padding(variant, scan, tmp_path):
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(VARIANTS[variant]()).eval()
     reference.save_pretrained(tmp_path)
-    model = from_pretrained(str(tmp_path))
+    model = from_pretrained(str(tmp_path), scan_layers=scan)
     expected = _hf_generate(reference)
     assert generate_ids(model, PROMPTS, GenerationConfig(max_new_tokens=NEW)) == expected
     assert len({t for row in expected for t in row}) > 6  # varied tokens: a wrong position or mask shows

@@ -22,7 +22,7 @@ from adapt.core.errors import CheckpointError, ConfigError
 from adapt.core.sharding import DEFAULT_RULES, make_mesh
 from adapt.data.batches import array_batches
 from adapt.methods.peft_io import save_peft
-from adapt.models import from_pretrained, kv_cache, save_pretrained
+from adapt.models import from_pretrained, save_pretrained
 from adapt.models import layers as L
 from adapt.models.registry import hf_keys, model_info
 from adapt.training import CausalLM, SequenceClassification, Trainer, defaults, optim
@@ -360,13 +360,9 @@ def test_a_scanned_run_resumes_from_its_checkpoint(tiny_llama, tmp_path):
         fit("resumed", 6, scan=False)
 
 
-def test_what_does_not_stack_yet_refuses(tiny_gpt2, tiny_llama):
+def test_what_does_not_stack_yet_refuses(tiny_gpt2):
     with pytest.raises(ConfigError, match=r"^model.scan_layers=True: gpt2 does not stack its layers yet$"):
         from_pretrained(tiny_gpt2, scan_layers=True)
-    model = from_pretrained(tiny_llama, scan_layers=True)
-    cache = kv_cache.KVCache.create(2, 1, 8, (2, 16), jnp.float32)
-    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: generation \(the KV cache\) does not read"):
-        model(np.zeros((1, 4), np.int32), positions=np.arange(4)[None], cache=cache)
 
 
 def test_a_trial_refuses_what_does_not_stack_before_reading_anything(small_bert, tmp_path):
