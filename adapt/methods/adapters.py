@@ -21,6 +21,7 @@ from adapt.methods.base import (
     compute_dtype,
     linear_axes,
     linear_modules,
+    per_layer_module,
     replace_module,
 )
 from adapt.methods.registry import register
@@ -68,13 +69,15 @@ class Houlsby(Method):
                   train_head=Bool(doc="the task head trains too"))
     trains_every_weight = False
     places = ("after_attention", "after_mlp")  # fields of the family's MethodTargets
+    stacked_layers_ok = True  # in stacked layers the bottlenecks are stacked, drawn layer by layer
 
     def apply(self, model, rngs):
         targets = model_info(model).family.targets
         for place in self.places:
             for path, layer in linear_modules(model, getattr(targets, place)):
-                d_out, axis = layer.kernel.shape[1], linear_axes(layer)[1]
-                adapter = Bottleneck(d_out, self.size, axis, self.act, self.init_std, rngs)
+                d_out, axis = layer.kernel.shape[-1], linear_axes(layer)[-1]
+                adapter = per_layer_module(model, path, lambda: Bottleneck(d_out, self.size, axis, self.act,
+                                                                           self.init_std, rngs))  # [(L,) ...]
                 replace_module(model, path, AdaptedLinear(layer, adapter))
         return model
 

@@ -35,6 +35,7 @@ from flax import nnx
 
 from adapt.core import schema
 from adapt.core.errors import ConfigError
+from adapt.models import scan
 from adapt.models.layers import Adapter, dense_dot_general
 from adapt.models.registry import model_info, per_layer_paths
 
@@ -122,17 +123,8 @@ def linear_modules(model: nnx.Module, targets) -> list[tuple[tuple, nnx.Linear]]
     """The ``nnx.Linear`` modules whose path matches ``targets``; an error when none does. A module of stacked
     layers (``model.scan_layers``) matches when every layer's path does (a target naming some layers only is a
     one-line error: the stack holds them all)."""
-    info, found = model_info(model), []
-    for path, m in nnx.iter_modules(model):
-        if not isinstance(m, nnx.Linear):
-            continue
-        layers = per_layer_paths(info.family, tuple(path), info.dims.num_layers) or [tuple(path)]
-        hits = [matches_target(p, targets) for p in layers]
-        if all(hits):
-            found.append((tuple(path), m))
-        elif any(hits):
-            raise ConfigError(f"method.targets={targets!r} selects {dotted(path)} in some layers only; with "
-                              f"model.scan_layers=True the layers are stacked: select every layer or none")
+    found = [(tuple(path), m) for path, m in nnx.iter_modules(model)
+             if isinstance(m, nnx.Linear) and selects(model, tuple(path), targets)]
     if not found:
         names = sorted({str(p[-1]) for p, m in nnx.iter_modules(model) if isinstance(m, nnx.Linear) and p})
         raise ConfigError(f"method.targets={targets!r} matches no linear layer of {type(model).__name__}; "
@@ -156,6 +148,27 @@ def draws_per_layer(model: nnx.Module, paths: list[tuple], draw) -> list[list]:
                 for p in stacked:
                     drawn[p].append(draw())
     return [drawn[path] for path in paths]
+
+
+def per_layer_module(model: nnx.Module, path: tuple, make) -> nnx.Module:
+    """What a method adds at the module ``path``: ``make()``, or in stacked layers (``model.scan_layers``) one
+    ``make()`` per layer, made in layer order as the unrolled model makes them, stacked ``[L, ...]``
+    (:func:`adapt.models.scan.stack`)."""
+    info = model_info(model)
+    if per_layer_paths(info.family, path, info.dims.num_layers) is None:
+        return make()
+    return scan.stack([make() for _ in range(info.dims.num_layers)])
+
+
+def selects(model: nnx.Module, path: tuple, targets, key: str = "method.targets") -> bool:
+    """Whether ``targets`` (:func:`matches_target`'s) select the module ``path``; in stacked layers, whether they
+    select it in every layer (in some only: a one-line error, the stack holds them all)."""
+    info = model_info(model)
+    hits = [matches_target(p, targets) for p in per_layer_paths(info.family, path, info.dims.num_layers) or [path]]
+    if any(hits) and not all(hits):
+        raise ConfigError(f"{key}={targets!r} selects {dotted(path)} in some layers only; with "
+                          f"model.scan_layers=True the layers are stacked: select every layer or none")
+    return all(hits)
 
 
 def replace_module(model: nnx.Module, path: tuple, new: nnx.Module) -> None:

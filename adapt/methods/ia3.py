@@ -16,10 +16,10 @@ from adapt.methods.base import (
     compute_dtype,
     linear_axes,
     linear_modules,
-    matches_target,
     merge_injected,
     plain_linear,
     replace_module,
+    selects,
 )
 from adapt.methods.lora import TARGETS
 from adapt.methods.registry import register
@@ -31,10 +31,10 @@ class IA3Linear(nnx.Module):
 
     def __init__(self, base: nnx.Linear, *, feedforward: bool):
         self.kernel, self.bias, self.dtype, self.feedforward = base.kernel, base.bias, base.dtype, feedforward
-        d_in, d_out = base.kernel.shape
-        ax_in, ax_out = linear_axes(base)
-        self.ia3_l = Adapter(jnp.ones((d_in if feedforward else d_out,), jnp.float32),
-                             logical_axes=(ax_in if feedforward else ax_out,))
+        *stack, d_in, d_out = base.kernel.shape  # stack: [] or, in stacked layers, [L]
+        *lead, ax_in, ax_out = linear_axes(base)
+        self.ia3_l = Adapter(jnp.ones((*stack, d_in if feedforward else d_out), jnp.float32),
+                             logical_axes=(*lead, ax_in if feedforward else ax_out))  # [(L,) in | out]
 
     def __call__(self, x):  # [..., in] -> [..., out]
         dt = compute_dtype(self.dtype, x)
@@ -48,9 +48,9 @@ class IA3Linear(nnx.Module):
         scale, kernel = self.ia3_l[...], self.kernel[...]
         bias = None if self.bias is None else self.bias[...]
         if self.feedforward:
-            kernel = kernel * scale[:, None]
+            kernel = kernel * scale[..., :, None]
         else:
-            kernel, bias = kernel * scale[None, :], None if bias is None else bias * scale
+            kernel, bias = kernel * scale[..., None, :], None if bias is None else bias * scale
         return plain_linear(self, kernel.astype(self.kernel.dtype), bias, self.dtype)
 
 
@@ -63,6 +63,7 @@ class IA3(Method):
                                      doc="which targets are feed-forward layers (their input is scaled); "
                                          "empty: the family's"))
     trains_every_weight = False
+    stacked_layers_ok = True  # a stacked kernel [L, in, out] gets stacked vectors [L, in | out]
 
     def apply(self, model, rngs):
         # The family's defaults are PEFT's (TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING, feed-forward table).
@@ -70,7 +71,8 @@ class IA3(Method):
         targets = self.targets or family.ia3
         feedforward = self.feedforward or (() if self.targets else family.ia3_feedforward)
         for path, layer in linear_modules(model, targets):
-            replace_module(model, path, IA3Linear(layer, feedforward=matches_target(path, feedforward)))
+            ff = selects(model, path, feedforward, "method.feedforward")
+            replace_module(model, path, IA3Linear(layer, feedforward=ff))
         return model
 
     def trainable(self, model):

@@ -52,7 +52,7 @@ from flax import nnx
 
 from adapt.core.errors import ConfigError
 from adapt.core.schema import Bool, Choice, Int
-from adapt.methods.base import Adapter, Method, adapters_and_head
+from adapt.methods.base import Adapter, Method, adapters_and_head, per_layer_module
 from adapt.methods.registry import register
 from adapt.models.registry import model_info
 
@@ -143,6 +143,7 @@ class VirtualTokens(Method):
 @register
 class PromptTuning(VirtualTokens):
     name = "prompt_tuning"
+    stacked_layers_ok = True  # the prompt goes in front of the first layer, outside the stack
     defaults = dict(num_virtual_tokens=20, init="vocab", train_head=True)
     schema = dict(num_virtual_tokens=VIRTUAL_TOKENS, train_head=Bool(doc="the task head trains too"),
                   init=Choice("vocab", "random", doc="the prompt's start: embeddings of random vocabulary tokens, "
@@ -162,6 +163,7 @@ class PromptTuning(VirtualTokens):
 @register
 class PrefixTuning(VirtualTokens):
     name = "prefix_tuning"
+    stacked_layers_ok = True  # stacked prefixes [L, P, K, H]; the projection's shared encoder refuses (apply)
     defaults = dict(num_virtual_tokens=20, projection=False, projection_dim=512, train_head=True)
     schema = dict(num_virtual_tokens=VIRTUAL_TOKENS, train_head=Bool(doc="the task head trains too"),
                   projection=Bool(doc="reparameterise the prefixes through a two-layer MLP"),
@@ -170,10 +172,14 @@ class PrefixTuning(VirtualTokens):
     def apply(self, model, rngs):
         info = model_info(model)
         found, p, (k, h) = info.attentions(model), int(self.num_virtual_tokens), info.family.kv_shape(model.cfg)
-        if not self.projection:
-            for attn in found:
-                attn.prefix = Prefix(p, k, h, rngs)
+        if not self.projection:  # in stacked layers: one stacked attention, its prefixes [L, P, K, H] drawn in turn
+            for path, attn in nnx.iter_modules(model):
+                if isinstance(attn, info.family.attention):
+                    attn.prefix = per_layer_module(model, tuple(path), lambda: Prefix(p, k, h, rngs))
             return model
+        if info.stacked:
+            raise ConfigError("method.projection=True: prefix tuning's shared encoder does not run in stacked layers "
+                              "(model.scan_layers=True) yet; set method.projection=False or model.scan_layers=False")
         encoder = PrefixEncoder(p, info.dims.hidden_size, int(self.projection_dim), len(found), k, h, rngs)
         for i, attn in enumerate(found):
             attn.prefix = ProjectedPrefix(encoder, i)

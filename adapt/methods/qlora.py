@@ -99,17 +99,20 @@ class QLoRALinear(LoRALinear):
         super().__init__(base, name, rank=rank, scaling=scaling, dropout=dropout, dora=False, keys=keys)
 
     @property
-    def kernel(self) -> nnx.Param:  # [in, out]
-        w = dequantize(self.codes[...], self.scales[...], self.shape, self.bits, self.block_size)
-        return nnx.Param(w.astype(self.param_dtype), logical_axes=self.axes)
+    def kernel(self) -> nnx.Param:  # [(L,) in, out]
+        deq = functools.partial(dequantize, shape=self.shape, bits=self.bits, block_size=self.block_size)
+        codes, scales = self.codes[...], self.scales[...]
+        w = deq(codes, scales) if codes.ndim == 2 else jax.vmap(deq)(codes, scales)  # a layer's in a scan, or all
+        return nnx.Param(w.astype(self.param_dtype), logical_axes=self.axes[-w.ndim:])
 
     @kernel.setter
-    def kernel(self, kernel: nnx.Param):
-        self.shape, self.param_dtype = tuple(kernel.shape), kernel.dtype
-        self.axes = tuple(kernel.get_metadata().get("logical_axes") or (None, None))
-        codes, scales = quantize(kernel[...], self.bits, self.block_size)
-        self.codes = Quantized(codes, logical_axes=self.axes)  # [in, out] int8 | [ceil(in/2), out] uint8
-        self.scales = Quantized(scales, logical_axes=self.axes)  # [ceil(in/block_size), out] float32
+    def kernel(self, kernel: nnx.Param):  # [(L,) in, out]: in stacked layers, each layer's quantised alike
+        self.shape, self.param_dtype = tuple(kernel.shape[-2:]), kernel.dtype
+        self.axes = tuple(kernel.get_metadata().get("logical_axes") or (None,) * kernel.ndim)
+        q = functools.partial(quantize, bits=self.bits, block_size=self.block_size)
+        codes, scales = q(kernel[...]) if kernel.ndim == 2 else jax.vmap(q)(kernel[...])
+        self.codes = Quantized(codes, logical_axes=self.axes)  # [(L,) in, out] int8 | [(L,) ceil(in/2), out] uint8
+        self.scales = Quantized(scales, logical_axes=self.axes)  # [(L,) ceil(in/block_size), out] float32
 
 
 @register
@@ -117,7 +120,7 @@ class QLoRA(LoRA):
     """LoRA (all of its knobs) on quantised base weights: ``bits`` 4 (NF4) or 8 (int8), ``block_size``."""
 
     name = "qlora"
-    stacked_layers_ok = False  # the quantised kernel is [in, out] (codes and block scales): not stacked yet
+    stacked_layers_ok = True  # a stacked kernel [L, in, out] is quantised layer by layer: codes, scales [L, ...]
     defaults = dict(LoRA.defaults, bits=4, block_size=64)
     schema = dict(LoRA.schema, bits=Choice(4, 8, doc="bits per quantised weight: 4 (NF4) or 8 (int8)"),
                   block_size=Int(min=1, doc="weights per quantisation block (one scale each)"))

@@ -42,8 +42,12 @@ def layers(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rn
     """``num_layers`` layers ``make(rngs)``: an ``nnx.List``, or (``stacked``) one module of the same class whose
     parameters are the layers' stacked ``[L, ...]`` (see the module doc)."""
     built = [make(rngs) for _ in range(num_layers)]
-    if not stacked:
-        return nnx.List(built)
+    return stack(built) if stacked else nnx.List(built)
+
+
+def stack(built: Sequence[nnx.Module]) -> nnx.Module:
+    """One module of the class of ``built`` (L modules alike, one per layer, in layer order) whose variables are
+    theirs stacked ``[L, ...]``, their logical axes led by :data:`AXIS`: what a method adds to stacked layers."""
     graphdef, first = nnx.split(built[0])
     states = [first] + [nnx.state(layer) for layer in built[1:]]
     module = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))  # every leaf [L, ...]

@@ -236,7 +236,7 @@ def test_mixout_swaps_a_fraction_p_and_keeps_the_expectation():
     method = methods.build({"name": "mixout", "p": 0.3})
     w0 = {"layer": {"kernel": jnp.zeros((200, 100)), "bias": jnp.zeros((100,))}}
     w = jax.tree.map(lambda x: x + 1.0, w0)
-    anchors = {"start": w0}
+    anchors = {"start": w0, "index": {"layer": {"kernel": np.int32(1), "bias": np.int32(0)}}}  # as anchors() gives
     draws = [method.perturb(w, anchors, jax.random.PRNGKey(i))["layer"]["kernel"] for i in range(20)]
     first = np.asarray(draws[0])
     swapped = first == 0.0  # w0 = 0 -> (w0 - p w0) / (1 - p) = 0

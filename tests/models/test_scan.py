@@ -26,6 +26,7 @@ from adapt.models import from_pretrained, save_pretrained
 from adapt.models import layers as L
 from adapt.models.registry import hf_keys, model_info
 from adapt.training import CausalLM, SequenceClassification, Trainer, defaults, optim
+from adapt.training.state import merge_model
 
 TINY_DECODER = {**TINY_LLAMA, "num_hidden_layers": 3}
 DECODERS = {
@@ -179,11 +180,11 @@ def _set_params(model, pure):
     nnx.update(model, state)
 
 
-@pytest.mark.parametrize("method, case", [("lora", "llama"), ("dora", "bert-sequence")])
+@pytest.mark.parametrize("method, case", [("lora", "llama"), ("dora", "bert-sequence"), ("qlora", "llama")])
 def test_lora_on_stacked_layers_equals_lora_unrolled(method, case, tmp_path):
-    """LoRA and DoRA (dropout on) on stacked layers are stacked factors A [L, in, r], B [L, r, out]: drawn as the
-    unrolled model draws them, the same logits and gradients once B is non-zero, and the same PEFT adapter and
-    merged checkpoint, byte for byte."""
+    """LoRA, DoRA and QLoRA (dropout on; QLoRA's base quantised layer by layer) on stacked layers are stacked
+    factors A [L, in, r], B [L, r, out]: drawn as the unrolled model draws them, the same logits and gradients once
+    B is non-zero, and the same PEFT adapter and merged checkpoint, byte for byte."""
     torch.manual_seed(0)
     if case in DECODERS:
         reference, task = transformers.AutoModelForCausalLM.from_config(DECODERS[case]()), None
@@ -266,18 +267,25 @@ def _cfg(**train):
     return cfg
 
 
-TRAINED = {"full": {}, "bitfit": {}, "lora": {"dropout": 0.1}, "gradual_unfreezing": {"every": 1}}
+# method -> (its knobs, the model it trains): every method but llrd and l2sp (their settings and penalty below)
+TRAINED = {
+    "full": ({}, "llama"), "bitfit": ({}, "bert"), "lora": ({"dropout": 0.1}, "llama"),
+    "gradual_unfreezing": ({"every": 1}, "bert"), "qlora": ({"rank": 4, "bits": 4, "block_size": 16}, "llama"),
+    "ia3": ({}, "llama"), "houlsby": ({"size": 8}, "bert"), "mixout": ({"p": 0.3}, "bert"),
+    "freeze": ({"patterns": (r"layer\.0\.", "embeddings")}, "bert"),  # layer 0: a slice of each stacked parameter
+    "prefix_tuning": ({"num_virtual_tokens": 3}, "llama"), "prompt_tuning": ({"num_virtual_tokens": 3}, "bert"),
+}
 
 
 @pytest.mark.parametrize("method", sorted(TRAINED))
 def test_training_scanned_equals_unrolled(method, request, tmp_path):
-    """A few steps of full fine-tuning or LoRA (a tiny Llama, dropout on, LoRA's too), BitFit (a tiny BERT
-    classifier: only biases and the head train) or gradual unfreezing (the BERT's layers start at steps 1 and 2,
-    slices of one stacked parameter) on a 2 x 2 x 2 mesh, the scanned model rematerialised too: the same losses and
-    parameters."""
+    """A few steps of each method (a tiny Llama causal LM or BERT classifier, dropout on, LoRA's too) on a
+    2 x 2 x 2 mesh, the scanned model rematerialised: the same losses and the same model after them (what the
+    method added, stacked; frozen layers' slices as loaded), as the unrolled model's."""
+    knobs, kind = TRAINED[method]
     rng = np.random.RandomState(0)
-    data = {"input_ids": rng.randint(0, 128, (24, 16)).astype(np.int32), "attention_mask": np.ones((24, 16), np.int32)}
-    if method in ("full", "lora"):
+    data = {"input_ids": rng.randint(0, 99, (24, 16)).astype(np.int32), "attention_mask": np.ones((24, 16), np.int32)}
+    if kind == "llama":
         checkpoint, objective = request.getfixturevalue("tiny_llama"), CausalLM()
     else:
         checkpoint, objective = request.getfixturevalue("tiny_bert"), SequenceClassification(num_labels=3)
@@ -285,22 +293,34 @@ def test_training_scanned_equals_unrolled(method, request, tmp_path):
     mesh, runs = make_mesh((2, 2, 2)), {}
     for name, scan, remat in (("unrolled", False, "none"), ("scanned", True, "full")):  # remat per scanned layer
         model = from_pretrained(checkpoint, mesh=mesh, hidden_dropout=0.1, scan_layers=scan)
-        spec = methods.build({"name": method, **TRAINED[method]})
+        spec = methods.build({"name": method, **knobs})
         model = spec.apply(model, nnx.Rngs(params=0))
         before = _stacked(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         trainer = Trainer(model, objective, _cfg(remat=remat), str(tmp_path / name), mesh=mesh, method=spec)
-        params = trainer.fit(array_batches(data, 8, seed=0)).state.params
+        state = trainer.fit(array_batches(data, 8, seed=0)).state
         with open(os.path.join(tmp_path / name, "metrics.jsonl")) as f:
             losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
-        runs[name] = losses, _stacked(jax.tree.map(np.asarray, params))
-    losses, params = runs["unrolled"]
+        after = nnx.state(merge_model(trainer.static, state.params, state.frozen), nnx.Param)
+        runs[name] = losses, _stacked(jax.tree.map(np.asarray, nnx.to_pure_dict(after))), before
+    losses, params, before = runs["unrolled"]
     assert len(losses) == 3
     np.testing.assert_allclose(runs["scanned"][0], losses, rtol=1e-6)
     _assert_trees_close(runs["scanned"][1], params, tol=1e-6)
+    _assert_trees_close(runs["scanned"][2], before, tol=0)  # what the method added: drawn alike
+    query = ("bert", "encoder", "layer", "attention", "self", "query")
     if method == "bitfit":  # only biases (and the head) trained: the stacked kernels are as loaded
-        kernel = params["bert"]["encoder"]["layer"]["attention"]["self"]["query"]
-        assert "kernel" not in kernel and not np.array_equal(kernel["bias"], before["bert"]["encoder"]["layer"][
-            "attention"]["self"]["query"]["bias"])
+        kernel = _get(params, query)
+        assert np.array_equal(kernel["kernel"], _get(before, query)["kernel"])
+        assert not np.array_equal(kernel["bias"], _get(before, query)["bias"])
+    if method == "freeze":  # layer 0's slice as loaded, layer 1's trained
+        moved = _get(params, query)["kernel"] != _get(before, query)["kernel"]  # [L, in, out]
+        assert not moved[0].any() and moved[1].mean() > 0.9
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
 
 
 @pytest.mark.parametrize("method", [{"name": "llrd", "decay": 0.5}, {"name": "gradual_unfreezing", "every": 2}],
@@ -360,24 +380,34 @@ def test_a_scanned_run_resumes_from_its_checkpoint(tiny_llama, tmp_path):
         fit("resumed", 6, scan=False)
 
 
-def test_what_does_not_stack_yet_refuses(tiny_gpt2):
+def test_what_does_not_stack_yet_refuses(tiny_gpt2, tiny_llama):
     with pytest.raises(ConfigError, match=r"^model.scan_layers=True: gpt2 does not stack its layers yet$"):
         from_pretrained(tiny_gpt2, scan_layers=True)
+    projected = methods.build({"name": "prefix_tuning", "projection": True})
+    with pytest.raises(ConfigError, match=r"^method.projection=True: prefix tuning's shared encoder does not run in "):
+        projected.apply(from_pretrained(tiny_llama, scan_layers=True), nnx.Rngs(0))
 
 
-def test_a_trial_refuses_what_does_not_stack_before_reading_anything(small_bert, tmp_path):
+class Unstacked(methods.base.Method):
+    """A method registered from outside adapt that does not declare ``stacked_layers_ok``."""
+    name = "unstacked"
+
+
+def test_a_trial_refuses_what_does_not_stack_before_reading_anything(small_bert, tmp_path, monkeypatch):
     from adapt.experiment import base
     from adapt.experiment.trial import build_trial
-    from adapt.methods import method_config
+    from adapt.methods import method_config, registry
     from adapt.study.populations import run_population
 
+    monkeypatch.setitem(registry.METHODS, Unstacked.name, Unstacked)
+    monkeypatch.setitem(registry.SCHEMA.sections, Unstacked.name, {})
     config = base.base_config()
     config.model.name, config.model.scan_layers = small_bert, True
     config.data.files = {"train": str(tmp_path / "absent.jsonl")}  # never read: each refusal comes first
-    config.method = method_config("qlora")
-    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: method.name='qlora' does not handle stacked "
-                                          r"layers yet \(methods that do: bitfit, dora, full, gradual_unfreezing, "
-                                          r"l2sp, llrd, lora\)$"):
+    config.method = method_config("unstacked")
+    every = ", ".join(sorted(set(registry.METHODS) - {"unstacked"}))  # adapt's own methods all stack
+    with pytest.raises(ConfigError, match=rf"^model.scan_layers=True: method.name='unstacked' does not handle "
+                                          rf"stacked layers yet \(methods that do: {every}\)$"):
         build_trial(config, str(tmp_path / "run"))
     config.method = method_config("full")
     config.distill.teacher = small_bert
