@@ -34,6 +34,7 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from adapt.core import schema
@@ -124,7 +125,8 @@ def load_teacher(config, tokenizer, labels, *, mesh, rules, run_model) -> nnx.Mo
         if hasattr(model, COMPANION):  # a distilled run's own teacher plays no part here
             delattr(model, COMPANION)
     else:
-        model = from_pretrained(source, task=task.head, dtype=config.model.dtype, mesh=mesh, rules=rules)
+        model = from_pretrained(source, task=task.head, dtype=config.model.dtype, mesh=mesh, rules=rules,
+                                scan_layers=bool(config.model.get("scan_layers")))  # as the student's
         teacher_tokenizer = load_tokenizer(source)
         if fresh := fresh_paths(model):
             raise ConfigError(f"distill.teacher={source}: has no trained {task.name} head (loading initialised "
@@ -157,15 +159,19 @@ def keep_layers(teacher: nnx.Module, layers, **dropouts) -> nnx.Module:
     if getattr(hf, "layer_types", None):  # per-layer attention kinds (sliding windows) follow their layers
         hf.layer_types = [hf.layer_types[i] for i in layers]
     set_dropouts(family, hf, **dropouts)
-    cfg = family.config_from_hf(hf, teacher.cfg.dtype)
+    cfg = dataclasses.replace(family.config_from_hf(hf, teacher.cfg.dtype), scan_layers=info.stacked)
     skeleton = nnx.eval_shape(lambda: family.heads[info.head](cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(skeleton)
     source = dict(param_paths(nnx.state(teacher, nnx.Param)))
     stack = tuple(f"{info.backbone_path}.{family.layers}".strip(".").split("."))  # ("bert", "encoder", "layer")
     for path, var in param_paths(state):
-        if tuple(map(str, path[:len(stack)])) == stack:
-            path = (*path[:len(stack)], layers[path[len(stack)]], *path[len(stack) + 1:])
-        var.set_value(jnp.copy(source[path].get_value()))  # a copy: the student's buffers are donated each step
+        if tuple(map(str, path[:len(stack)])) != stack:
+            value = source[path].get_value()
+        elif info.stacked:  # stacked layers [L, ...] (model.scan_layers): the kept slices
+            value = source[path].get_value()[np.asarray(layers)]
+        else:
+            value = source[(*path[:len(stack)], layers[path[len(stack)]], *path[len(stack) + 1:])].get_value()
+        var.set_value(jnp.copy(value))  # a copy: the student's buffers are donated each step
     return nnx.merge(graphdef, state)
 
 
@@ -177,7 +183,8 @@ def build_student(config, teacher: nnx.Module, task, labels, *, mesh, rules, dro
     if student.config:
         return from_pretrained(config.init_from or config.model.name, task=task.head, dtype=config.model.dtype,
                                seed=config.train.seed, mesh=mesh, rules=rules, config_overrides=dict(student.config),
-                               random_init=True, **task.head_args(labels), **dropouts)
+                               random_init=True, scan_layers=bool(config.model.get("scan_layers")),
+                               **task.head_args(labels), **dropouts)
     return None
 
 
@@ -271,6 +278,7 @@ class Distill(Feature):
     objective's distillation term, the teacher attached to the student after the adaptation method."""
 
     name, key, section, schema = "distill", "distill.teacher", "distill", SCHEMA
+    stacked_layers_ok = True  # the teacher loads stacked as the student; kept layers are slices of its stack
 
     def defaults(self):
         return defaults()

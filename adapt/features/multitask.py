@@ -264,6 +264,7 @@ class MultiTask(Feature):
 
     name, key, section, schema = "multitask", "multitask.tasks", "multitask", SCHEMA
     provides = ("data", "objective", "train_stream", "eval_batches", "export")
+    stacked_layers_ok = True  # the heads sit on the backbone's output, outside the stacked layers
     refuses = (
         Refusal("distill", "distil a task's model (a per-task export) in a single-task trial instead"),
         Refusal("eval_sets", "a named set is evaluated by one task's head; evaluate the tasks' own splits (or a "

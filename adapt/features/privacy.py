@@ -237,6 +237,7 @@ class Privacy(Feature):
 
     name, key, section, schema = "privacy", "privacy.enabled", "privacy", SCHEMA
     provides = ("step", "train_stream")
+    stacked_layers_ok = True  # per-example gradients through the scan: a stacked parameter's norm is its layers'
     refuses = (
         Refusal("multitask", "a multi-task trial draws its batches per task, not by the Poisson sampling privacy "
                              "accounts; train one task"),

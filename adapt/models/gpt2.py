@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.core.sharding import shard
-from adapt.models import kv_cache
+from adapt.models import kv_cache, scan
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
 
@@ -34,6 +34,7 @@ class GPT2Config:
     resid_dropout: float
     attention_dropout: float
     dtype: str = "float32"
+    scan_layers: bool = False  # the blocks stacked [L, ...] and scanned (adapt.models.scan)
     hf: object = dataclasses.field(default=None, compare=False, hash=False, repr=False)
 
 
@@ -48,9 +49,9 @@ def config_from_hf(hf, dtype: str = "float32") -> GPT2Config:
 
 
 class GPT2Attention(nnx.Module):
-    def __init__(self, cfg: GPT2Config, layer_idx: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
         d = cfg.n_embd
-        self.cfg, self.layer_idx = cfg, layer_idx
+        self.cfg = cfg
         self.c_attn = L.linear(d, 3 * d, ("embed", "heads"), bias=True, std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
         self.c_proj = L.linear(d, d, ("heads", "embed"), bias=True, std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
 
@@ -60,7 +61,9 @@ class GPT2Attention(nnx.Module):
         b, t, d = x.shape
         h = d // cfg.n_head
         q, k, v = (y.reshape(b, t, cfg.n_head, h) for y in jnp.split(self.c_attn(x), 3, axis=-1))
-        scale = (h ** -0.5 if cfg.scale_attn_weights else 1.0) / (self.layer_idx + 1 if cfg.scale_by_layer else 1)
+        scale = h ** -0.5 if cfg.scale_attn_weights else 1.0
+        if cfg.scale_by_layer:  # scale_attn_by_inverse_layer_idx: layer i's logits / (i + 1), through its queries
+            q = q / (L.current_layer() + 1)  # i: an int, or in a scan over stacked layers a traced one
         if cache is not None:  # generation: over the cache's slots
             out = cache.attention(self, q, k, v, mask, scale=scale)
         else:
@@ -83,10 +86,10 @@ class GPT2MLP(nnx.Module):
 
 
 class GPT2Block(nnx.Module):
-    def __init__(self, cfg: GPT2Config, layer_idx: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.ln_1 = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
-        self.attn = GPT2Attention(cfg, layer_idx, rngs=rngs)
+        self.attn = GPT2Attention(cfg, rngs=rngs)
         self.ln_2 = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
         self.mlp = GPT2MLP(cfg, rngs=rngs)
 
@@ -105,7 +108,7 @@ class GPT2Model(nnx.Module):
         self.wte = L.embed(cfg.vocab_size, cfg.n_embd, ("vocab", "embed"), std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)
         self.wpe = L.embed(cfg.n_positions, cfg.n_embd, ("position", "embed"), std=cfg.init_std,
                            dtype=cfg.dtype, rngs=rngs)
-        self.h = nnx.List([GPT2Block(cfg, i, rngs=rngs) for i in range(cfg.n_layer)])
+        self.h = scan.layers(lambda rngs: GPT2Block(cfg, rngs=rngs), cfg.n_layer, rngs, stacked=cfg.scan_layers)
         self.ln_f = L.layer_norm(cfg.n_embd, cfg.eps, dtype=cfg.dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, rngs: nnx.Rngs | None = None,
@@ -117,13 +120,13 @@ class GPT2Model(nnx.Module):
         x = shard(x, ("batch", "length", "embed"))
         x, segments, _, virtual = L.prepend_prompt(self, x, segments, cache=cache)  # prompt tuning
         if cache is None:
-            mask = L.attention_mask(segments, causal=True, virtual=virtual)
-            for block in self.h:
-                x = L.run_layer(block, x, mask, rngs)
+            mask = L.attention_mask(segments, causal=True, virtual=virtual)  # [B, T, T]
+            x = scan.apply(self.h, lambda block, x, rngs, mask: L.run_layer(block, x, mask, rngs), x, rngs,
+                           [mask] * self.cfg.n_layer)
         else:  # generation (never rematerialised): each block writes its keys and values into the cache
             mask = cache.attend(segments, (None,))[None]  # [B, T, S]
-            for i, block in enumerate(self.h):
-                x = block(x, mask, rngs, cache.layer(i))
+            x = scan.apply_cached(self.h, lambda block, x, mask, view: block(x, mask, rngs, view), x,
+                                  [mask] * self.cfg.n_layer, cache)
         return self.ln_f(L.drop_prompt(x, virtual))
 
 
@@ -159,6 +162,7 @@ FAMILY = register(Family(
     max_positions=lambda c: c.n_positions,
     input_states=lambda backbone, ids: backbone.wte(ids) + backbone.wpe(jnp.arange(ids.shape[1])[None]),
     layers="h",
+    stack_layers=True,
     embeddings=("wte", "wpe"),
     transpose_kernels=False,
     # Causal-mask buffers of old checkpoints, and the tied head.

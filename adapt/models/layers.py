@@ -251,6 +251,12 @@ def layer_number(i: int | jax.Array):
         _LAYER.reset(token)
 
 
+def current_layer() -> int | jax.Array | None:
+    """The number of the transformer layer running (:func:`layer_number`): an int, a traced int32 inside a scan
+    over stacked layers, None outside the layers."""
+    return _LAYER.get()
+
+
 def module_dropout(x: jax.Array, rate: float, name: str) -> jax.Array:
     """Dropout for layers that are not handed ``rngs`` (those an adaptation method injects into a model):
     the mask comes from the train step's :func:`step_key` folded with a hash of the layer's ``name`` (its module
@@ -261,7 +267,7 @@ def module_dropout(x: jax.Array, rate: float, name: str) -> jax.Array:
     if key is None or rate == 0.0:
         return x
     key = jax.random.fold_in(key, zlib.crc32(name.encode()))
-    if (i := _LAYER.get()) is not None:
+    if (i := current_layer()) is not None:
         key = jax.random.fold_in(key, i)
     return dropout(x, rate, nnx.Rngs(dropout=key))
 

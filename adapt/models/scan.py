@@ -91,17 +91,20 @@ def apply_cached(stack: nnx.Module, call: Callable, x: jax.Array, per_layer: Seq
     slices go in, the written slices come out, stacked back into the cache."""
     if not is_stacked(stack):
         for i, layer in enumerate(stack):
-            x = call(layer, x, per_layer[i], cache.layer(i))
+            with L.layer_number(i):
+                x = call(layer, x, per_layer[i], cache.layer(i))
         return x
     extra, order = _per_layer(stack, per_layer)
 
-    def body(x, layer, w, keys, values):  # keys, values: this layer's [B, K, S, H]
+    def body(x, layer, i, w, keys, values):  # keys, values: this layer's [B, K, S, H]
         view = cache.one_layer(keys, values)
-        x = call(layer, x, extra(w), view)
+        with L.layer_number(i):
+            x = call(layer, x, extra(w), view)
         return x, (view.cache.keys[0], view.cache.values[0])
 
-    scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0, 0), out_axes=(nnx.Carry, 0))
-    x, (cache.keys, cache.values) = scanned(x, stack, order, cache.keys, cache.values)
+    scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0, 0, 0), out_axes=(nnx.Carry, 0))
+    x, (cache.keys, cache.values) = scanned(x, stack, jnp.arange(len(order), dtype=jnp.int32), order, cache.keys,
+                                            cache.values)
     return x
 
 

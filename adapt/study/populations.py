@@ -91,8 +91,6 @@ def run_population(configs: list, workdirs: list[str]) -> list:
         raise ConfigError(f"run_population: {len(configs)} configs for {len(workdirs)} run folders")
     if len(configs) == 1:
         return [run_trial(configs[0], workdirs[0])]
-    if any(c.model.get("scan_layers") for c in configs):
-        raise ConfigError("model.scan_layers=True: populations (trials trained together) do not stack layers yet")
     for f in FEATURES.values():  # a feature whose trials train alone (Feature.solo): DP-SGD, multi-task ...
         if f.solo and any(f.enabled(c) for c in configs):
             raise ConfigError(f"{f.key}: {f.solo}")

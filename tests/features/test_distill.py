@@ -176,6 +176,11 @@ def test_a_student_keeps_the_chosen_teacher_layers_and_exports_alone(deep_teache
     assert _equal(s["model"]["layers"][0], t["model"]["layers"][1]) and _equal(s["lm_head"], t["lm_head"])
     assert _equal(s["model"]["embed_tokens"], t["model"]["embed_tokens"])
     assert _equal(s["model"]["norm"], t["model"]["norm"])
+    # Stacked layers (model.scan_layers): the student is stacked too, its [1, ...] the teacher's slice 1.
+    stacked = distill.keep_layers(from_pretrained(tiny_llama, task="causal_lm", scan_layers=True), (1,))
+    assert stacked.cfg.scan_layers and stacked.model.layers.mlp.up_proj.kernel.shape[0] == 1
+    kept = nnx.to_pure_dict(nnx.state(stacked, nnx.Param))["model"]["layers"]
+    assert _equal(kept, jax.tree.map(lambda x: x[None], s["model"]["layers"][0]))
 
 
 BAD = [({"distill.alpha": 1.5}, r"^distill.alpha=1.5: expected a number in \[0, 1\] \(1: the task loss alone\)"),

@@ -24,6 +24,8 @@ VARIANTS = {
     "qwen2": lambda: transformers.Qwen2Config(**TINY, tie_word_embeddings=True),
     "qwen3": lambda: transformers.Qwen3Config(**TINY, head_dim=24),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4),
+    "gpt2-scale-by-layer": lambda: transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=3,
+                                                           n_head=4, scale_attn_by_inverse_layer_idx=True),
 }
 
 
@@ -41,9 +43,8 @@ def _torch_logits(model, ids, mask):
         return model(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.float().numpy()
 
 
-# each variant with its layers unrolled, and stacked and scanned (model.scan_layers) but GPT-2's, which do not stack
-MODES = [pytest.param(v, False, id=v) for v in sorted(VARIANTS)] + [
-    pytest.param(v, True, id=f"{v}-scanned") for v in sorted(VARIANTS) if v != "gpt2"]
+# each variant with its layers unrolled, and stacked and scanned (model.scan_layers)
+MODES = [pytest.param(v, scan, id=v + ("-scanned" if scan else "")) for v in sorted(VARIANTS) for scan in (False, True)]
 
 
 @pytest.mark.parametrize("variant, scan", MODES)

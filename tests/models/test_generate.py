@@ -22,6 +22,9 @@ from adapt.models.generate import GenerationConfig, filter_logits, generate, gen
 VARIANTS = {
     "gpt2": lambda: transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4,
                                             initializer_range=0.2),  # tied head: a larger init keeps tokens varied
+    "gpt2-scale-by-layer": lambda: transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=3,
+                                                           n_head=4, initializer_range=0.2,
+                                                           scale_attn_by_inverse_layer_idx=True),
     "llama": lambda: transformers.LlamaConfig(**TINY),
     "mistral-sliding": lambda: transformers.MistralConfig(**TINY, sliding_window=4, head_dim=16),
     "qwen2": lambda: transformers.Qwen2Config(**TINY, tie_word_embeddings=False),
@@ -55,8 +58,8 @@ def _hf_generate(reference, eos=None) -> list[list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant, scan", [pytest.param(v, False, id=v) for v in sorted(VARIANTS)] + [
-    pytest.param(v, True, id=f"{v}-scanned") for v in sorted(VARIANTS) if v != "gpt2"])  # model.scan_layers
+@pytest.mark.parametrize("variant, scan", [pytest.param(v, scan, id=v + ("-scanned" if scan else ""))
+                                           for v in sorted(VARIANTS) for scan in (False, True)])  # model.scan_layers
 def test_greedy_matches_transformers_with_left_padding(variant, scan, tmp_path):
     torch.manual_seed(0)
     reference = transformers.AutoModelForCausalLM.from_config(VARIANTS[variant]()).eval()

@@ -120,6 +120,20 @@ def test_a_population_equals_its_members_trained_alone(small_bert, data, tmp_pat
     assert together[0]["dev"]["loss"] != together[1]["dev"]["loss"]  # the members did differ
 
 
+@pytest.mark.slow
+def test_a_population_of_stacked_layers_equals_its_member_alone_and_unrolled(small_bert, data, tmp_path):
+    """``model.scan_layers``: the trial axis stacked over the layers' axis ([trial, L, ...]), the dropout rates data."""
+    configs = [_config(small_bert, data, **m, **{"model.scan_layers": True}) for m in MEMBERS]
+    folders = [str(tmp_path / f"pop{i}") for i in range(len(configs))]
+    together = run_population(configs, folders)
+    alone = run_trial(configs[1], str(tmp_path / "alone"))
+    configs[1].model.scan_layers = False
+    unrolled = run_trial(configs[1], str(tmp_path / "unrolled"))
+    for other, folder in ((alone, "alone"), (unrolled, "unrolled")):
+        assert together[1]["dev"]["loss"] == pytest.approx(other["dev"]["loss"], rel=1e-5)
+        np.testing.assert_allclose(_losses(folders[1]), _losses(tmp_path / folder), rtol=1e-5)
+
+
 def test_packing_groups_trials_by_program_and_refuses_the_rest(small_bert, data):
     a, b = _config(small_bert, data), _config(small_bert, data, **{"optimizer.learning_rate": 1e-4, "train.seed": 3})
     c = _config(small_bert, data, **{"train.batch_size": 16})
