@@ -152,8 +152,8 @@ def main():
               f"{r['compile_s']:.2f} | {r['lower_s'] + r['compile_s']:.2f} | {step} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"backend": args.topology or jax.default_backend(), "dtype": args.dtype, "cpu": cpu, "cpu_flags": flags, "matmul_peak_flops": peak,
-                       "rows": rows}, f, indent=1)
+            json.dump({"backend": args.topology or jax.default_backend(), "dtype": args.dtype, "cpu": cpu,
+                       "cpu_flags": flags, "matmul_peak_flops": peak, "rows": rows}, f, indent=1)
     return 0
 
 
