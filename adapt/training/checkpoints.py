@@ -6,7 +6,9 @@ A checkpoint holds the train state (trainable parameters, optimizer state, step,
 parameters (the base model under LoRA and the like) and a method's anchors never change in a run: they
 come from the model the run starts from, so checkpoints stay the size of what trains. Orbax writes
 each checkpoint into a temporary folder and renames it when complete; a save cut short (a crash, SIGKILL)
-leaves only a temporary folder, which :meth:`Checkpointer.latest_step` never returns.
+leaves only a temporary folder, which :meth:`Checkpointer.latest_step` never returns. A checkpoint saved with the
+transformer layers held the other way (``model.scan_layers``: stacked ``[L, ...]`` or one per layer) restores into
+this run's layout (:func:`relayout`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from adapt.core.errors import CheckpointError
@@ -30,6 +33,38 @@ def _as_dict(state: TrainState, fields=_FIELDS) -> dict:
 def _abstract(state: TrainState, shardings: TrainState, fields=_FIELDS) -> dict:
     return {f: jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             getattr(state, f), getattr(shardings, f)) for f in fields}
+
+
+def _key(entry) -> str:
+    return str(getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", entry))))
+
+
+def relayout(abstract, saved):
+    """``saved`` (a checkpoint's tree as restored without a target) in the layout of ``abstract`` (the tree
+    expected, ``ShapeDtypeStruct`` leaves with their shardings), where the two differ only in how the transformer
+    layers are held (``model.scan_layers``): a leaf ``[L, ...]`` of stacked layers is the stack of the saved
+    leaves at its path with a layer number 0..L-1 inserted, and a numbered leaf is a slice of the saved stacked one
+    at its path without the number. None when some leaf is found neither way or its shape differs."""
+    found = {tuple(map(_key, path)): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    wanted, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    out = []
+    for path, want in wanted:
+        path = tuple(map(_key, path))
+        value = found.get(path)
+        for k in range(len(path) + 1) if value is None and want.ndim else ():  # stacked from numbered layers
+            layers = [path[:k] + (str(i),) + path[k:] for i in range(want.shape[0])]
+            if all(p in found for p in layers):
+                value = np.stack([np.asarray(found[p]) for p in layers])
+                break
+        for k in range(len(path)) if value is None else ():  # a numbered layer sliced from stacked ones
+            stacked = found.get(path[:k] + path[k + 1:])
+            if path[k].isdigit() and stacked is not None and stacked.ndim and int(path[k]) < stacked.shape[0]:
+                value = np.asarray(stacked)[int(path[k])]
+                break
+        if value is None or tuple(np.shape(value)) != tuple(want.shape):
+            return None
+        out.append(jax.device_put(np.asarray(value, want.dtype), want.sharding))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _options(workdir: str, name: str, **kw) -> ocp.CheckpointManagerOptions:
@@ -89,8 +124,17 @@ class Checkpointer:
             return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                  extra=ocp.args.JsonRestore()))
         except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{where}: does not match this model and optimizer "
-                                  f"({str(e).splitlines()[0][:300]})") from None
+            error = CheckpointError(f"{where}: does not match this model and optimizer "
+                                    f"({str(e).splitlines()[0][:300]})")
+        try:  # saved with the layers stacked and restored unrolled, or the other way round?
+            raw = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                                extra=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, TypeError):
+            raise error from None
+        state = relayout(abstract, raw["state"])
+        if state is None:
+            raise error from None
+        return {"state": state, "extra": raw["extra"]}
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

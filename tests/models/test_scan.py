@@ -360,26 +360,32 @@ def test_l2sp_penalty_is_the_unrolled_one(tiny_bert):
     assert penalties[0] > 0 and penalties[1] == pytest.approx(penalties[0], rel=1e-6)
 
 
-def test_a_scanned_run_resumes_from_its_checkpoint(tiny_llama, tmp_path):
-    """Stopped after 2 of 4 steps and resumed, a scanned run ends where an uninterrupted one does; the unrolled
-    model refuses its checkpoint (another parameter tree)."""
+def test_a_run_resumes_across_layouts_from_its_checkpoint(tiny_llama, tmp_path):
+    """Stopped after 2 of 4 steps and resumed, a scanned run ends where an uninterrupted one does, and so does a run
+    saved unrolled and resumed scanned, or the other way round (the checkpoint's layers restacked); a checkpoint of
+    another model is still refused."""
     rng = np.random.RandomState(0)
     data = {"input_ids": rng.randint(0, 128, (32, 16)).astype(np.int32), "attention_mask": np.ones((32, 16), np.int32)}
 
-    def fit(folder, steps, scan=True):
+    def fit(folder, steps, scan=True, method="full"):
         model = from_pretrained(tiny_llama, scan_layers=scan)
+        spec = methods.build({"name": method})
+        model = spec.apply(model, nnx.Rngs(params=0))
         cfg = _cfg(steps=steps, checkpoint_every=2)
         cfg.mesh.shape = (1, -1, 1)
         cfg.optimizer.schedule = "constant"  # the same learning rates whatever the number of steps
-        return Trainer(model, CausalLM(), cfg, str(tmp_path / folder)).fit(array_batches(data, 8, seed=0))
+        return Trainer(model, CausalLM(), cfg, str(tmp_path / folder), method=spec).fit(
+            array_batches(data, 8, seed=0)).state.params
 
-    whole = fit("whole", 4).state.params
-    fit("resumed", 2)
-    _assert_trees_close(fit("resumed", 4).state.params, whole, tol=1e-6)
-    with open(tmp_path / "resumed" / "metrics.jsonl") as f:
-        assert [r["step"] for r in map(json.loads, f) if "train/loss" in r] == [1, 2, 3, 4]  # steps 3, 4 resumed
+    whole = fit("whole", 4)
+    for folder, first, then in (("scanned", True, True), ("to-scanned", False, True), ("to-unrolled", True, False)):
+        fit(folder, 2, scan=first)
+        params = fit(folder, 4, scan=then)
+        _assert_trees_close(params if then else _stacked(jax.tree.map(np.asarray, params)), whole, tol=1e-6)
+        with open(tmp_path / folder / "metrics.jsonl") as f:
+            assert [r["step"] for r in map(json.loads, f) if "train/loss" in r] == [1, 2, 3, 4]  # 3, 4 resumed
     with pytest.raises(CheckpointError, match="does not match this model and optimizer"):
-        fit("resumed", 6, scan=False)
+        fit("scanned", 6, method="lora")
 
 
 def test_what_does_not_stack_yet_refuses(tiny_gpt2, tiny_llama, monkeypatch):
