@@ -31,8 +31,9 @@ Choices, for both methods:
 * Nothing here can be merged into the base weights (the virtual tokens are not a weight update):
   :meth:`VirtualTokens.merge` raises; keep the trained model with its method, or its checkpoint.
 * With ``projection=True`` one MLP serves every layer; NNX names a module shared this way by its first
-  path, so its parameters live under layer 0's attention (``...layers.0.self_attn.prefix.encoder``),
-  which is also the depth layer-wise learning rates give them.
+  path, so its parameters live under layer 0's attention (``...layers.0.self_attn.prefix.encoder``; in
+  stacked layers, ``...layers.self_attn.prefix.encoder``, passed whole to every step of the scan), and each
+  layer reads its keys and values by its number.
 
 The hooks in the models are :func:`adapt.models.layers.prepend_prompt` (with ``drop_prompt`` and
 ``attention_mask(..., virtual=P)``) on a ``prompt`` attribute of the backbone, and
@@ -54,6 +55,7 @@ from adapt.core.errors import ConfigError
 from adapt.core.schema import Bool, Choice, Int
 from adapt.methods.base import Adapter, Method, adapters_and_head, per_layer_module
 from adapt.methods.registry import register
+from adapt.models.layers import SharedAdapter, current_layer
 from adapt.models.registry import model_info
 
 
@@ -90,37 +92,39 @@ class Prefix(nnx.Module):
 
 
 class Dense(nnx.Module):
-    """``kernel [in, *out]`` and ``bias [*out]`` with PyTorch's ``nn.Linear`` initialisation."""
+    """``kernel [in, *out]`` and ``bias [*out]`` with PyTorch's ``nn.Linear`` initialisation (shared adapters)."""
 
     def __init__(self, d_in: int, out: tuple, axes: tuple, rngs: nnx.Rngs):
-        self.kernel = Adapter(draw(rngs.params(), (d_in, *out), fan_in=d_in), logical_axes=axes)
-        self.bias = Adapter(draw(rngs.params(), out, fan_in=d_in), logical_axes=axes[1:])
+        self.kernel = SharedAdapter(draw(rngs.params(), (d_in, *out), fan_in=d_in), logical_axes=axes)
+        self.bias = SharedAdapter(draw(rngs.params(), out, fan_in=d_in), logical_axes=axes[1:])
 
 
 class PrefixEncoder(nnx.Module):
     """The reparameterisation: ``embedding [P, D]`` -> ``tanh(E W1 + b1) W2 + b2`` with ``hidden``
     (``W1 [D, F]``, F = ``projection_dim``) and ``out`` (``W2 [F, L, 2, K, H]``): every layer's keys and
-    values, in PEFT's layout."""
+    values, in PEFT's layout. Its parameters are :class:`SharedAdapter`: a scan over stacked layers passes them
+    whole to every layer."""
 
     def __init__(self, p: int, d: int, f: int, layers: int, k: int, h: int, rngs: nnx.Rngs):
-        self.embedding = Adapter(draw(rngs.params(), (p, d)), logical_axes=(None, "embed"))
+        self.embedding = SharedAdapter(draw(rngs.params(), (p, d)), logical_axes=(None, "embed"))
         self.hidden = Dense(d, (f,), ("embed", "adapter"), rngs)
         self.out = Dense(f, (layers, 2, k, h), ("adapter", None, None, "kv_heads", "head_dim"), rngs)
 
-    def __call__(self, layer: int) -> tuple[jax.Array, jax.Array]:  # [P, K, H] each
+    def __call__(self, layer: int | jax.Array) -> tuple[jax.Array, jax.Array]:  # [P, K, H] each
         hidden = jnp.tanh(self.embedding[...] @ self.hidden.kernel[...] + self.hidden.bias[...])  # [P, F]
         kv = jnp.einsum("pf,fckh->pckh", hidden, self.out.kernel[:, layer]) + self.out.bias[layer]  # [P, 2, K, H]
         return kv[:, 0], kv[:, 1]
 
 
 class ProjectedPrefix(nnx.Module):
-    """Layer ``layer``'s view of the shared :class:`PrefixEncoder`."""
+    """Layer ``layer``'s view of the shared :class:`PrefixEncoder`; in stacked layers (``layer`` None) the running
+    layer's (:func:`adapt.models.layers.current_layer`, its number traced in the scan)."""
 
-    def __init__(self, encoder: PrefixEncoder, layer: int):
+    def __init__(self, encoder: PrefixEncoder, layer: int | None):
         self.encoder, self.layer = encoder, layer
 
     def __call__(self) -> tuple[jax.Array, jax.Array]:  # [P, K, H] each
-        return self.encoder(self.layer)
+        return self.encoder(current_layer() if self.layer is None else self.layer)
 
 
 VIRTUAL_TOKENS = Int(min=1, doc="P, the virtual tokens added")
@@ -163,7 +167,7 @@ class PromptTuning(VirtualTokens):
 @register
 class PrefixTuning(VirtualTokens):
     name = "prefix_tuning"
-    stacked_layers_ok = True  # stacked prefixes [L, P, K, H]; the projection's shared encoder refuses (apply)
+    stacked_layers_ok = True  # stacked prefixes [L, P, K, H]; the projection's encoder is shared whole
     defaults = dict(num_virtual_tokens=20, projection=False, projection_dim=512, train_head=True)
     schema = dict(num_virtual_tokens=VIRTUAL_TOKENS, train_head=Bool(doc="the task head trains too"),
                   projection=Bool(doc="reparameterise the prefixes through a two-layer MLP"),
@@ -177,10 +181,7 @@ class PrefixTuning(VirtualTokens):
                 if isinstance(attn, info.family.attention):
                     attn.prefix = per_layer_module(model, tuple(path), lambda: Prefix(p, k, h, rngs))
             return model
-        if info.stacked:
-            raise ConfigError("method.projection=True: prefix tuning's shared encoder does not run in stacked layers "
-                              "(model.scan_layers=True) yet; set method.projection=False or model.scan_layers=False")
-        encoder = PrefixEncoder(p, info.dims.hidden_size, int(self.projection_dim), len(found), k, h, rngs)
-        for i, attn in enumerate(found):
-            attn.prefix = ProjectedPrefix(encoder, i)
+        encoder = PrefixEncoder(p, info.dims.hidden_size, int(self.projection_dim), info.dims.num_layers, k, h, rngs)
+        for i, attn in enumerate(found):  # every layer's, or the one stacked attention of stacked layers
+            attn.prefix = ProjectedPrefix(encoder, None if info.stacked else i)
         return model

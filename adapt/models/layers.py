@@ -42,6 +42,11 @@ class Adapter(nnx.Param):
     an ``nnx.Param`` kind, so it trains and shards like any parameter, but export refuses it unmerged."""
 
 
+class SharedAdapter(Adapter):
+    """An :class:`Adapter` that every layer of a stack reads whole (prefix tuning's projection encoder): a scan
+    over stacked layers (:mod:`adapt.models.scan`) hands it to each step as it is, not sliced."""
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input

@@ -36,6 +36,8 @@ from adapt.models import layers as L
 
 #: The logical axis name of the stacked layers (the leading axis of every stacked parameter).
 AXIS = "layers"
+#: How a scan takes the stacked module: its variables sliced along the leading axis, a shared adapter's whole.
+STACK_AXES = nnx.StateAxes({L.SharedAdapter: None, ...: 0})
 
 
 def layers(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs, *, stacked: bool) -> nnx.Module:
@@ -80,7 +82,7 @@ def apply(stack: nnx.Module, call: Callable, x: jax.Array, rngs: nnx.Rngs | None
         with L.layer_number(i):
             return call(layer, x, rngs, extra(w)), rngs
 
-    scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=nnx.Carry)
+    scanned = nnx.scan(body, in_axes=(nnx.Carry, STACK_AXES, 0, 0), out_axes=nnx.Carry)
     return scanned((x, rngs), stack, jnp.arange(len(order), dtype=jnp.int32), order)[0]
 
 
@@ -102,7 +104,7 @@ def apply_cached(stack: nnx.Module, call: Callable, x: jax.Array, per_layer: Seq
             x = call(layer, x, extra(w), view)
         return x, (view.cache.keys[0], view.cache.values[0])
 
-    scanned = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0, 0, 0), out_axes=(nnx.Carry, 0))
+    scanned = nnx.scan(body, in_axes=(nnx.Carry, STACK_AXES, 0, 0, 0, 0), out_axes=(nnx.Carry, 0))
     x, (cache.keys, cache.values) = scanned(x, stack, jnp.arange(len(order), dtype=jnp.int32), order, cache.keys,
                                             cache.values)
     return x
@@ -112,7 +114,7 @@ def _per_layer(stack: nnx.Module, per_layer: Sequence | None):
     """For a scan over ``stack``'s L layers: ``(extra, order)``, ``order [L]`` each layer's index among the
     distinct arrays of ``per_layer`` (by identity) and ``extra(w)`` the array of index w: with one array (or
     none), closed over; with W, a row of their stack ``[W, ...]``."""
-    num_layers = jax.tree.leaves(nnx.state(stack))[0].shape[0]
+    num_layers = jax.tree.leaves(nnx.state(stack, nnx.Not(L.SharedAdapter)))[0].shape[0]  # [L, ...]
     distinct, index = [], []
     for extra in per_layer or [None] * num_layers:
         match = next((j for j, seen in enumerate(distinct) if seen is extra), None)

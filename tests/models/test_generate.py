@@ -86,13 +86,16 @@ def _full_forward_greedy(model, prompt, n, size=16) -> list[int]:
     return ids[0, len(prompt):len(prompt) + n].tolist()
 
 
-@pytest.mark.parametrize("method, scan", [("prefix_tuning", False), ("prompt_tuning", False), ("prefix_tuning", True)],
-                         ids=["prefix_tuning", "prompt_tuning", "prefix_tuning-scanned"])
+@pytest.mark.parametrize("method, scan", [("prefix_tuning", False), ("prompt_tuning", False), ("prefix_tuning", True),
+                                          ("prefix_projection", True)],
+                         ids=["prefix_tuning", "prompt_tuning", "prefix_tuning-scanned", "prefix_projection-scanned"])
 def test_prefix_and_prompt_tuning_decode_as_the_full_forward(tiny_llama, method, scan):
-    """Prefix keys stay visible to every step (stacked prefixes [L, P, K, H] too); prompt tuning's virtual tokens
-    sit in the cache's first slots."""
-    model = build({"name": method, "num_virtual_tokens": 3}).apply(from_pretrained(tiny_llama, scan_layers=scan),
-                                                                   nnx.Rngs(0))
+    """Prefix keys stay visible to every step (stacked prefixes [L, P, K, H] too, and the projection's shared
+    encoder read by the scanned layer's number); prompt tuning's virtual tokens sit in the cache's first slots."""
+    knobs = {"name": "prefix_tuning", "projection": True, "projection_dim": 16} if method == "prefix_projection" \
+        else {"name": method}
+    model = build({**knobs, "num_virtual_tokens": 3}).apply(from_pretrained(tiny_llama, scan_layers=scan),
+                                                            nnx.Rngs(0))
     prompts = PROMPTS[:2]
     got = generate_ids(model, prompts, GenerationConfig(max_new_tokens=5))
     assert got == [_full_forward_greedy(model, p, 5) for p in prompts]

@@ -85,6 +85,29 @@ def _logits_and_grads(model, ids, mask, step_key=None):
     return logits, grads
 
 
+def _shared(tree):
+    """A pure-dict parameter tree without the prefix projection's encoder, which every layer shares (NNX keeps it
+    under the first layer's path, a stack under its own), and that encoder's subtree (None when there is none)."""
+    if not isinstance(tree, dict):
+        return tree, None
+    out, found = {}, None
+    for key, sub in tree.items():
+        if key == "encoder" and isinstance(sub, dict) and "embedding" in sub:
+            found = sub
+            continue
+        rest, inner = _shared(sub)
+        if inner is None or rest:  # a module left empty without the encoder goes too
+            out[key] = rest
+        found = found if inner is None else inner
+    return out, found
+
+
+def _stacked_shared(tree):
+    """:func:`_stacked` of ``tree`` with the shared encoder set aside: (stacked rest, encoder)."""
+    rest, encoder = _shared(tree)
+    return _stacked(rest), None if encoder is None else jax.tree.map(np.asarray, encoder)
+
+
 def _check_scanned(scanned, unrolled, ids, mask, step_key=None):
     """The scanned model's logits and gradients equal the unrolled model's; returns its logits."""
     ours, grads = _logits_and_grads(scanned, ids, mask, step_key)
@@ -276,6 +299,7 @@ TRAINED = {
     "ia3": ({}, "llama"), "houlsby": ({"size": 8}, "bert"), "mixout": ({"p": 0.3}, "bert"),
     "freeze": ({"patterns": (r"layer\.0\.", "embeddings")}, "bert"),  # layer 0: a slice of each stacked parameter
     "prefix_tuning": ({"num_virtual_tokens": 3}, "llama"), "prompt_tuning": ({"num_virtual_tokens": 3}, "bert"),
+    "prefix_tuning-projection": ({"num_virtual_tokens": 3, "projection": True, "projection_dim": 16}, "bert"),
 }
 
 
@@ -295,20 +319,24 @@ def test_training_scanned_equals_unrolled(method, request, tmp_path):
     mesh, runs = make_mesh((2, 2, 2)), {}
     for name, scan, remat in (("unrolled", False, "none"), ("scanned", True, "full")):  # remat per scanned layer
         model = from_pretrained(checkpoint, mesh=mesh, hidden_dropout=0.1, scan_layers=scan)
-        spec = methods.build({"name": method, **knobs})
+        spec = methods.build({"name": method.partition("-")[0], **knobs})
         model = spec.apply(model, nnx.Rngs(params=0))
-        before = _stacked(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        before = _stacked_shared(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         trainer = Trainer(model, objective, _cfg(remat=remat), str(tmp_path / name), mesh=mesh, method=spec)
         state = trainer.fit(array_batches(data, 8, seed=0)).state
         with open(os.path.join(tmp_path / name, "metrics.jsonl")) as f:
             losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
         after = nnx.state(merge_model(trainer.static, state.params, state.frozen), nnx.Param)
-        runs[name] = losses, _stacked(jax.tree.map(np.asarray, nnx.to_pure_dict(after))), before
-    losses, params, before = runs["unrolled"]
+        runs[name] = losses, _stacked_shared(jax.tree.map(np.asarray, nnx.to_pure_dict(after))), before
+    losses, (params, encoder), (before, start) = runs["unrolled"]
     assert len(losses) == 3
     np.testing.assert_allclose(runs["scanned"][0], losses, rtol=1e-6)
-    _assert_trees_close(runs["scanned"][1], params, tol=1e-6)
-    _assert_trees_close(runs["scanned"][2], before, tol=0)  # what the method added: drawn alike
+    _assert_trees_close(runs["scanned"][1][0], params, tol=1e-6)
+    _assert_trees_close(runs["scanned"][2][0], before, tol=0)  # what the method added: drawn alike
+    assert (encoder is None) == (method != "prefix_tuning-projection")  # prefix projection's shared encoder
+    if encoder is not None:
+        _assert_trees_close(runs["scanned"][2][1], start, tol=0)
+        _assert_trees_close(runs["scanned"][1][1], encoder, tol=1e-6)
     query = ("bert", "encoder", "layer", "attention", "self", "query")
     if method == "bitfit":  # only biases (and the head) trained: the stacked kernels are as loaded
         kernel = _get(params, query)
@@ -388,19 +416,17 @@ def test_a_run_resumes_across_layouts_from_its_checkpoint(tiny_llama, tmp_path):
         fit("scanned", 6, method="lora")
 
 
-def test_what_does_not_stack_yet_refuses(tiny_gpt2, tiny_llama, monkeypatch):
+def test_what_does_not_stack_yet_refuses(tiny_gpt2, monkeypatch):
     """A family that does not declare ``stack_layers`` (every family of adapt does: here GPT-2's declaration is
-    taken away) refuses before its weights are read, as does prefix tuning's shared projection encoder."""
+    taken away) refuses before its weights are read."""
     from adapt.models import registry
 
     monkeypatch.setitem(registry._FAMILIES, "gpt2", dataclasses.replace(registry.family_for("gpt2"),
                                                                         stack_layers=False))
     with pytest.raises(ConfigError, match=r"^model.scan_layers=True: gpt2 does not stack its layers yet$"):
         from_pretrained(tiny_gpt2, scan_layers=True)
-    projected = methods.build({"name": "prefix_tuning", "projection": True})
-    with pytest.raises(ConfigError, match=r"^method.projection=True: prefix tuning's shared encoder does not run in "):
-        projected.apply(from_pretrained(tiny_llama, scan_layers=True), nnx.Rngs(0))
-
+    """A family that does not declare ``stack_layers`` (every family of adapt does: here GPT-2's declaration is
+    taken away) refuses before its weights are read."""
 
 class Unstacking(Feature):
     """A trial feature registered from outside adapt that does not declare ``stacked_layers_ok``."""
