@@ -110,7 +110,9 @@ def method_settings(method, model: nnx.Module, state: nnx.State, *, fresh=(), he
     def tree(fn, sliced=True):
         return nnx.to_pure_dict(nnx.from_flat_state([(path, each(fn, path, sliced)) for path in kinds]))
 
-    return {"decay": tree(decays, sliced=False), "scale": tree(scale), "unfreeze": tree(unfreeze)}
+    stacked = nnx.to_pure_dict(nnx.from_flat_state(
+        [(path, per_layer_paths(info.family, path, info.dims.num_layers) is not None) for path in kinds]))
+    return {"decay": tree(decays, sliced=False), "scale": tree(scale), "unfreeze": tree(unfreeze), "stacked": stacked}
 
 
 def gate(unfreeze: dict, scale: dict | None = None) -> optax.GradientTransformation:
@@ -150,7 +152,7 @@ def make_optimizer(cfg, total_steps: int, kinds: dict, settings: dict | None = N
     if cfg.name == "adamw":
         base = functools.partial(optax.adamw, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mask=mask)
     elif cfg.name == "adafactor":
-        base = functools.partial(_adafactor, mask=mask)
+        base = functools.partial(_adafactor, mask=mask, stacked=settings.get("stacked"))
     elif cfg.name == "sgd":
         base = functools.partial(_sgd, momentum=cfg.momentum or None, mask=mask)
     else:
@@ -169,9 +171,25 @@ def make_optimizer(cfg, total_steps: int, kinds: dict, settings: dict | None = N
     return tx, make_schedule(cfg, total_steps)
 
 
-def _adafactor(learning_rate, weight_decay, mask):
-    return optax.adafactor(learning_rate, weight_decay_rate=weight_decay, weight_decay_mask=mask,
-                           multiply_by_parameter_scale=False)
+def _adafactor(learning_rate, weight_decay, mask, stacked=None):
+    """``optax.adafactor`` without parameter scaling, its update clipping (each update's RMS at most 1) done per layer
+    of a parameter of stacked layers (``stacked``: a tree of bools like the parameters), as the unrolled model's
+    parameters are clipped one by one; its factored moments are per layer already (over the last two axes)."""
+    return optax.chain(optax.scale_by_factored_rms(), _clip_by_block_rms(1.0, stacked),
+                       optax.scale_by_learning_rate(learning_rate, flip_sign=False),
+                       optax.add_decayed_weights(weight_decay, mask), optax.scale(-1))
+
+
+def _clip_by_block_rms(threshold: float, stacked) -> optax.GradientTransformation:
+    """``optax.clip_by_block_rms``, the RMS taken per slice ``[i, ...]`` of a leaf ``stacked`` marks."""
+    def clip(u, sliced=False):
+        axes = tuple(range(1, u.ndim)) if sliced and u.ndim > 1 else None
+        return u / jnp.maximum(1.0, jnp.sqrt(jnp.mean(jnp.square(jnp.abs(u)), axis=axes, keepdims=True)) / threshold)
+
+    def update(updates, state, params=None):
+        return (jax.tree.map(clip, updates) if stacked is None else jax.tree.map(clip, updates, stacked)), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
 
 
 def _sgd(learning_rate, weight_decay, momentum, mask):

@@ -134,3 +134,33 @@ def test_weight_decay_skips_excluded_kinds(name):
     with pytest.raises(ConfigError, match="optimizer.name='adam'"):
         optim.make_optimizer(_opt(name="adam"), 10, kinds)
     assert isinstance(cfg, ml_collections.ConfigDict)
+
+
+def test_adafactor_is_optax_s_and_clips_a_stacked_parameter_layer_by_layer():
+    """Adafactor (no parameter scaling) equals ``optax.adafactor``, and on a parameter of stacked layers
+    (``model.scan_layers``, marked in the settings) each layer's slice moves as that layer would alone, though the
+    layers' gradients differ 100x in scale (optax would clip the whole stack's RMS at once)."""
+    import optax
+
+    cfg = _opt(name="adafactor", learning_rate=0.1, weight_decay=0.1, schedule="constant", clip_norm=0.0,
+               decay_exclude=())
+    rng = np.random.RandomState(0)
+    params = {"w": jnp.asarray(rng.randn(3, 160, 130), jnp.float32), "b": jnp.ones(5)}  # w factored: [L, 160, 130]
+    settings = {"stacked": {"w": True, "b": False}}
+    tx, _ = optim.make_optimizer(cfg, 10, {"w": "weight", "b": "bias"}, settings)
+    alone = [optax.adafactor(0.1, weight_decay_rate=0.1, multiply_by_parameter_scale=False) for _ in range(4)]
+    state, states = tx.init(params), [a.init(p) for a, p in zip(alone, [params["w"][i] for i in range(3)] +
+                                                                  [params["b"]])]
+    for step in range(4):
+        grads = {"w": jnp.asarray(rng.randn(3, 160, 130) * np.array([0.01, 1.0, 1.0])[:, None, None] * (step + 1)
+                                  ** 3, jnp.float32), "b": jnp.asarray(rng.randn(5), jnp.float32)}
+        updates, state = tx.update(grads, state, params)
+        for i, g in enumerate([grads["w"][i] for i in range(3)] + [grads["b"]]):
+            p = params["w"][i] if i < 3 else params["b"]
+            want, states[i] = alone[i].update(g, states[i], p)
+            np.testing.assert_allclose(updates["w"][i] if i < 3 else updates["b"], want, rtol=1e-5, atol=1e-7)
+        params = optax.apply_updates(params, updates)
+    whole = optax.adafactor(0.1, weight_decay_rate=0.1, multiply_by_parameter_scale=False)  # the stack at once
+    u, _ = whole.update(grads["w"], whole.init(params["w"]), params["w"])
+    ours, _ = optim.make_optimizer(cfg, 10, {"w": "weight", "b": "bias"}, {"stacked": {"w": False, "b": False}})
+    np.testing.assert_allclose(ours.update(grads, ours.init(params), params)[0]["w"], u, rtol=1e-6)  # unmarked
