@@ -43,8 +43,9 @@ def relayout(abstract, saved):
     """``saved`` (a checkpoint's tree as restored without a target) in the layout of ``abstract`` (the tree
     expected, ``ShapeDtypeStruct`` leaves with their shardings), where the two differ only in how the transformer
     layers are held (``model.scan_layers``): a leaf ``[L, ...]`` of stacked layers is the stack of the saved
-    leaves at its path with a layer number 0..L-1 inserted, and a numbered leaf is a slice of the saved stacked one
-    at its path without the number. None when some leaf is found neither way or its shape differs."""
+    leaves at its path with a layer number 0..L-1 inserted, a numbered leaf is a slice of the saved stacked one at
+    its path without the number, and a leaf every layer shares (saved once, under layer 0's path when unrolled) is
+    the saved one. None when some leaf is found none of these ways or its shape differs."""
     found = {tuple(map(_key, path)): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
     wanted, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     out = []
@@ -58,8 +59,16 @@ def relayout(abstract, saved):
                 break
         for k in range(len(path)) if value is None else ():  # a numbered layer sliced from stacked ones
             stacked = found.get(path[:k] + path[k + 1:])
-            if path[k].isdigit() and stacked is not None and stacked.ndim and int(path[k]) < stacked.shape[0]:
+            if path[k].isdigit() and stacked is not None and tuple(np.shape(stacked)[1:]) == tuple(want.shape) \
+                    and int(path[k]) < stacked.shape[0]:
                 value = np.asarray(stacked)[int(path[k])]
+                break
+        for k in range(len(path) + 1) if value is None else ():  # a leaf every layer shares (prefix tuning's
+            # encoder): under layer 0's path unrolled, under the stack's without a number
+            for other in (path[:k] + ("0",) + path[k:], path[:k] + path[k + 1:] if path[k:k + 1] == ("0",) else ()):
+                if other in found and tuple(np.shape(found[other])) == tuple(want.shape):
+                    value = found[other]
+            if value is not None:
                 break
         if value is None or tuple(np.shape(value)) != tuple(want.shape):
             return None

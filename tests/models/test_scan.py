@@ -388,16 +388,23 @@ def test_l2sp_penalty_is_the_unrolled_one(tiny_bert):
     assert penalties[0] > 0 and penalties[1] == pytest.approx(penalties[0], rel=1e-6)
 
 
-def test_a_run_resumes_across_layouts_from_its_checkpoint(tiny_llama, tmp_path):
+RESUMED = {"full": {"name": "full"},  # prefix tuning's projection: an encoder every layer shares, saved once
+           "prefix_projection": {"name": "prefix_tuning", "projection": True, "projection_dim": 16,
+                                 "num_virtual_tokens": 3}}
+
+
+@pytest.mark.parametrize("method", ["full", pytest.param("prefix_projection", marks=pytest.mark.slow)])
+def test_a_run_resumes_across_layouts_from_its_checkpoint(tiny_llama, tmp_path, method):
     """Stopped after 2 of 4 steps and resumed, a scanned run ends where an uninterrupted one does, and so does a run
     saved unrolled and resumed scanned, or the other way round (the checkpoint's layers restacked); a checkpoint of
     another model is still refused."""
+    knobs = RESUMED[method]
     rng = np.random.RandomState(0)
     data = {"input_ids": rng.randint(0, 128, (32, 16)).astype(np.int32), "attention_mask": np.ones((32, 16), np.int32)}
 
-    def fit(folder, steps, scan=True, method="full"):
+    def fit(folder, steps, scan=True, knobs=knobs):
         model = from_pretrained(tiny_llama, scan_layers=scan)
-        spec = methods.build({"name": method})
+        spec = methods.build(knobs)
         model = spec.apply(model, nnx.Rngs(params=0))
         cfg = _cfg(steps=steps, checkpoint_every=2)
         cfg.mesh.shape = (1, -1, 1)
@@ -405,15 +412,17 @@ def test_a_run_resumes_across_layouts_from_its_checkpoint(tiny_llama, tmp_path):
         return Trainer(model, CausalLM(), cfg, str(tmp_path / folder), method=spec).fit(
             array_batches(data, 8, seed=0)).state.params
 
-    whole = fit("whole", 4)
+    whole = _shared(jax.tree.map(np.asarray, fit("whole", 4)))
     for folder, first, then in (("scanned", True, True), ("to-scanned", False, True), ("to-unrolled", True, False)):
         fit(folder, 2, scan=first)
-        params = fit(folder, 4, scan=then)
-        _assert_trees_close(params if then else _stacked(jax.tree.map(np.asarray, params)), whole, tol=1e-6)
+        params, encoder = _shared(jax.tree.map(np.asarray, fit(folder, 4, scan=then)))
+        _assert_trees_close(params if then else _stacked(params), whole[0], tol=1e-6)
+        if encoder is not None:
+            _assert_trees_close(encoder, whole[1], tol=1e-6)
         with open(tmp_path / folder / "metrics.jsonl") as f:
             assert [r["step"] for r in map(json.loads, f) if "train/loss" in r] == [1, 2, 3, 4]  # 3, 4 resumed
     with pytest.raises(CheckpointError, match="does not match this model and optimizer"):
-        fit("scanned", 6, method="lora")
+        fit("scanned", 6, knobs={"name": "lora"})
 
 
 def test_what_does_not_stack_yet_refuses(tiny_gpt2, monkeypatch):
