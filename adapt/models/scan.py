@@ -87,10 +87,11 @@ def apply(stack: nnx.Module, call: Callable, x: jax.Array, rngs: nnx.Rngs | None
 
 
 def apply_cached(stack: nnx.Module, call: Callable, x: jax.Array, per_layer: Sequence, cache):
-    """Generation's pass (no dropout): ``x = call(layer, x, per_layer[i], view)`` through every layer, ``view``
-    layer i's part of ``cache`` (a :class:`adapt.models.kv_cache.KVCache`), into which its attention writes. On a
-    stacked module the cache's stacked buffers ``[L, B, K, S, H]`` are scanned with the layers: each step's
-    slices go in, the written slices come out, stacked back into the cache."""
+    """Generation's pass (no dropout): ``x = call(layer, x, per_layer[i], view)`` through every layer (its number
+    set, :func:`adapt.models.layers.layer_number`), ``view`` layer i's part of ``cache`` (a
+    :class:`adapt.models.kv_cache.KVCache`), into which its attention writes. On a stacked module the cache's
+    stacked buffers ``[L, B, K, S, H]`` are scanned with the layers: each step's slices go in, the written slices
+    come out, stacked back into the cache."""
     if not is_stacked(stack):
         for i, layer in enumerate(stack):
             with L.layer_number(i):
