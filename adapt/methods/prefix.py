@@ -177,7 +177,7 @@ class PrefixTuning(VirtualTokens):
         info = model_info(model)
         found, p, (k, h) = info.attentions(model), int(self.num_virtual_tokens), info.family.kv_shape(model.cfg)
         if not self.projection:  # in stacked layers: one stacked attention, its prefixes [L, P, K, H] drawn in turn
-            for path, attn in nnx.iter_modules(model):
+            for path, attn in list(nnx.iter_modules(model)):  # listed first: each gains a prefix module
                 if isinstance(attn, info.family.attention):
                     attn.prefix = per_layer_module(model, tuple(path), lambda: Prefix(p, k, h, rngs))
             return model
