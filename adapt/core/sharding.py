@@ -25,6 +25,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
+#: The logical axis of stacked layers (``model.scan_layers``: :mod:`adapt.models.scan`, the KV cache), their ``[L, ...]``.
+LAYERS = "layers"
+
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 #: The default rules: logical axis name -> mesh axes (None: replicated); a name the table does not list is replicated.
@@ -41,7 +44,7 @@ DEFAULT_RULES: Rules = (
     ("position", None),
     ("labels", None),
     ("adapter", None),  # the small inner dimension of adaptation methods (LoRA rank, adapter bottleneck)
-    ("layers", None),  # the stacked layers of a scanned model (model.scan_layers, adapt.models.scan)
+    (LAYERS, None),  # the stacked layers of a scanned model (model.scan_layers, adapt.models.scan)
     ("trial", None),  # a population's members (adapt.training.population); "data" spreads them over that axis
 )
 

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adapt.core.sharding import shard
-from adapt.models.scan import AXIS
+from adapt.core.sharding import LAYERS, shard
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=("keys", "values", "segments", "index"),
@@ -48,7 +47,7 @@ class KVCache:
         k, h = kv_shape
         if stacked:
             def buffer():
-                return shard(jnp.zeros((layers, batch, k, length, h), dtype), (AXIS, *_CACHE_AXES))
+                return shard(jnp.zeros((layers, batch, k, length, h), dtype), (LAYERS, *_CACHE_AXES))
 
             keys, values = buffer(), buffer()
         else:

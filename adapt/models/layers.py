@@ -23,7 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from adapt.core.sharding import shard
 
-if TYPE_CHECKING:  # kv_cache imports nothing from here; the name is for the annotation only
+if TYPE_CHECKING:  # the name is for the annotation only: kv_cache needs nothing from here
     from adapt.models import kv_cache
 
 ACTIVATIONS = {

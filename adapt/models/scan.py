@@ -12,7 +12,8 @@ unless its config says ``scan_layers``::
 
 The stacked module is the layer module itself, its parameters ``[L, ...]`` under the path of the list
 (``model.layers.self_attn.q_proj.kernel [L, D, N*H]`` where the list has ``model.layers.3.self_attn...``), their
-logical axes led by :data:`AXIS` (a rule of :data:`adapt.core.sharding.DEFAULT_RULES`, replicated by default).
+logical axes led by :data:`adapt.core.sharding.LAYERS` (a rule of :data:`~adapt.core.sharding.DEFAULT_RULES`,
+replicated by default).
 Checkpoint loading and export map slice i to layer i's HF name (:func:`adapt.models.registry.hf_keys`).
 
 The stack is built from L layers constructed one after another and stacked, not with ``nnx.vmap`` over split
@@ -31,11 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adapt.core.sharding import variable_axes
+from adapt.core.sharding import LAYERS, variable_axes
 from adapt.models import layers as L
 
-#: The logical axis name of the stacked layers (the leading axis of every stacked parameter).
-AXIS = "layers"
 #: How a scan takes the stacked module: its variables sliced along the leading axis, a shared adapter's whole.
 STACK_AXES = nnx.StateAxes({L.SharedAdapter: None, ...: 0})
 
@@ -49,14 +48,14 @@ def layers(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rn
 
 def stack(built: Sequence[nnx.Module]) -> nnx.Module:
     """One module of the class of ``built`` (L modules alike, one per layer, in layer order) whose variables are
-    theirs stacked ``[L, ...]``, their logical axes led by :data:`AXIS`: what a method adds to stacked layers."""
+    theirs stacked ``[L, ...]``, their logical axes led by :data:`~adapt.core.sharding.LAYERS`: what a method adds to stacked layers."""
     graphdef, first = nnx.split(built[0])
     states = [first] + [nnx.state(layer) for layer in built[1:]]
     module = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))  # every leaf [L, ...]
     axes = {path: variable_axes(v) for path, v in nnx.iter_graph(built[0]) if isinstance(v, nnx.Variable)}
     for path, var in nnx.iter_graph(module):
         if isinstance(var, nnx.Variable):
-            var.set_metadata(logical_axes=(AXIS, *axes[path]))
+            var.set_metadata(logical_axes=(LAYERS, *axes[path]))
     return module
 
 
