@@ -25,7 +25,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-#: The logical axis of stacked layers (``model.scan_layers``: :mod:`adapt.models.scan`, the KV cache), their ``[L, ...]``.
+#: The logical axis of stacked layers' ``[L, ...]`` (``model.scan_layers``: :mod:`adapt.models.scan`, the KV cache).
 LAYERS = "layers"
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]

@@ -48,7 +48,8 @@ def layers(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rn
 
 def stack(built: Sequence[nnx.Module]) -> nnx.Module:
     """One module of the class of ``built`` (L modules alike, one per layer, in layer order) whose variables are
-    theirs stacked ``[L, ...]``, their logical axes led by :data:`~adapt.core.sharding.LAYERS`: what a method adds to stacked layers."""
+    theirs stacked ``[L, ...]``, their logical axes led by :data:`~adapt.core.sharding.LAYERS`: what a method adds
+    to stacked layers."""
     graphdef, first = nnx.split(built[0])
     states = [first] + [nnx.state(layer) for layer in built[1:]]
     module = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))  # every leaf [L, ...]
