@@ -207,10 +207,12 @@ def _numbers(tree, path=""):
     return {path: tree}
 
 
-DATA_ONLY = ("augment", "mixture", "quality")  # they never read the model: a run of each is in the slow tier
+# In the slow tier: the features that never read the model, and multi-task heads and DP-SGD, which have no code of
+# their own for stacked layers (their fast tests run them unrolled; the step they extend runs stacked in test_scan.py)
+STACKED_SLOW = ("augment", "mixture", "quality", "multitask", "privacy")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in DATA_ONLY else n
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in STACKED_SLOW else n
                                   for n in sorted(OVERLAYS)])
 def test_each_feature_with_stacked_layers_gives_the_unrolled_results_or_refuses(world, tmp_path, name):
     """``model.scan_layers``: a trial with the feature on (two steps, dev evaluated) ends with the unrolled

@@ -205,7 +205,8 @@ def _set_params(model, pure):
     nnx.update(model, state)
 
 
-@pytest.mark.parametrize("method, case", [("lora", "llama"), ("dora", "bert-sequence"), ("qlora", "llama")])
+@pytest.mark.parametrize("method, case", [("lora", "llama"), pytest.param("dora", "bert-sequence", marks=pytest.mark.slow),
+                                          pytest.param("qlora", "llama", marks=pytest.mark.slow)])
 def test_lora_on_stacked_layers_equals_lora_unrolled(method, case, tmp_path):
     """LoRA, DoRA and QLoRA (dropout on; QLoRA's base quantised layer by layer) on stacked layers are stacked
     factors A [L, in, r], B [L, r, out]: drawn as the unrolled model draws them, the same logits and gradients once
@@ -303,7 +304,13 @@ TRAINED = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(TRAINED))
+# The fast tier trains the methods whose stacking is its own code path: full, LoRA, freezing slices, the shared prefix
+# encoder, and prefix tuning's stacked prefixes; the rest in the slow tier
+TRAINED_FAST = ("full", "lora", "freeze", "prefix_tuning", "prefix_tuning-projection")
+
+
+@pytest.mark.parametrize("method", [m if m in TRAINED_FAST else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in sorted(TRAINED)])
 def test_training_scanned_equals_unrolled(method, request, tmp_path):
     """A few steps of each method (a tiny Llama causal LM or BERT classifier, dropout on, LoRA's too) on a
     2 x 2 x 2 mesh, the scanned model rematerialised: the same losses and the same model after them (what the
