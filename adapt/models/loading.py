@@ -47,8 +47,10 @@ class Source:
 
 
 def locate(name_or_path: str, *, revision: str | None = None, allow_pickle: bool = False) -> Source:
-    """Find the files of a bundled name, local folder, local ``.gguf`` file or Hub id."""
+    """Find the files of a bundled name, named architecture, local folder, local ``.gguf`` file or Hub id."""
     name = str(name_or_path)
+    if bundled.is_architecture(name):
+        return Source(name, bundled.architecture_path(name))
     path = bundled.bundled_path(name) if bundled.is_bundled(name) else os.path.expanduser(name)
     if os.path.isdir(path):
         return Source(name, path)
@@ -110,7 +112,45 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     ``scan_layers``: the transformer layers stacked ``[L, ...]`` and applied with a scan (:mod:`adapt.models.scan`;
     a family that does not declare ``stack_layers`` refuses, before any weight is read); the same checkpoint and
     the same numbers.
+    A named architecture (``arch:...``, :mod:`adapt.models.bundled`) has no weights: it is refused, in one line.
     """
+    blueprint = model_blueprint(name_or_path, task, num_labels=num_labels, labels=labels, dtype=dtype,
+                                hidden_dropout=hidden_dropout, attention_dropout=attention_dropout,
+                                allow_pickle=allow_pickle, revision=revision, config_overrides=config_overrides,
+                                scan_layers=scan_layers)
+    source = blueprint.source
+    _not_an_architecture(source.name)
+    if random_init:
+        refs = {}
+    elif source.gguf_file:
+        refs = gguf_refs(os.path.join(source.folder, source.gguf_file), blueprint.hf)
+    else:
+        refs = weight_refs(source.folder, allow_pickle=allow_pickle)
+    return build(blueprint.family, blueprint.head, blueprint.cfg, refs, source.name, mesh=mesh, rules=rules,
+                 seed=seed, all_fresh=random_init)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blueprint:
+    """What a model is built from, before any weight: where it comes from, its HF config (the arguments applied),
+    its family, the head and the family's config. ``construct(rngs)`` builds it with fresh parameters."""
+    source: Source
+    hf: object
+    family: Family
+    head: str
+    cfg: object
+
+    def construct(self, rngs: nnx.Rngs) -> nnx.Module:
+        return self.family.heads[self.head](self.cfg, rngs=rngs)
+
+
+def model_blueprint(name_or_path: str, task: str | None = None, *, num_labels: int | None = None,
+                    labels: list[str] | None = None, dtype: str = "float32", hidden_dropout: float | None = None,
+                    attention_dropout: float | None = None, allow_pickle: bool = False,
+                    revision: str | None = None, config_overrides: dict | None = None,
+                    scan_layers: bool = False) -> Blueprint:
+    """The :class:`Blueprint` :func:`from_pretrained` builds from (its arguments, the same checks); reads the
+    config only, so a named architecture has one too: what :mod:`adapt.plan` builds abstractly."""
     source = locate(name_or_path, revision=revision, allow_pickle=allow_pickle)
     hf = read_config(source)
     family = family_for(hf.model_type)
@@ -133,14 +173,13 @@ def from_pretrained(name_or_path: str, task: str | None = None, *, num_labels: i
     if scan_layers:
         _check_stacks(family)
         cfg = dataclasses.replace(cfg, scan_layers=True)
-    if random_init:
-        refs = {}
-    elif source.gguf_file:
-        refs = gguf_refs(os.path.join(source.folder, source.gguf_file), hf)
-    else:
-        refs = weight_refs(source.folder, allow_pickle=allow_pickle)
-    return build(family, head, cfg, refs, source.name, mesh=mesh, rules=rules, seed=seed,
-                 all_fresh=random_init)
+    return Blueprint(source, hf, family, head, cfg)
+
+
+def _not_an_architecture(name: str) -> None:
+    if bundled.is_architecture(name):
+        raise CheckpointError(f"{name} is an architecture without weights or tokenizer: plan a run of it "
+                              "(scripts/plan.py), or train from its checkpoint (a Hub id or a local folder)")
 
 
 def check_stackable(name_or_path: str, *, revision: str | None = None) -> None:
@@ -267,6 +306,7 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None):
     """The tokenizer stored with a checkpoint (for GGUF files, the one embedded in the file)."""
     from transformers import AutoTokenizer
 
+    _not_an_architecture(str(name_or_path))
     source = locate(name_or_path, revision=revision)
     try:
         if source.gguf_file:

@@ -34,6 +34,7 @@ from adapt.training import optim
 from adapt.training.checkpoints import Checkpointer
 from adapt.training.state import (
     TrainState,
+    abstract_state,
     batch_sharding,
     create_state,
     global_batch,
@@ -173,9 +174,11 @@ class Trainer:
         t = self.cfg.train
         return int(t.steps or math.ceil(t.epochs * train_data.steps_per_epoch))
 
-    def _setup(self, total: int):
+    def _setup(self, total: int, abstract: bool = False):
         """The optimizer for ``total`` steps, the sharded train state and the jitted steps; returns (state,
-        the learning-rate schedule)."""
+        the learning-rate schedule). ``abstract``: the model is ``nnx.eval_shape``'s and the state is its
+        ``ShapeDtypeStruct``s on their shardings (:func:`adapt.training.state.abstract_state`), nothing allocated:
+        the steps can be lowered and compiled for the mesh's devices without owning them (:mod:`adapt.plan`)."""
         t = self.cfg.train
         trainable = nnx.state(self.model, self.method.trainable(self.model))
         if not jax.tree.leaves(trainable):
@@ -185,12 +188,22 @@ class Trainer:
                                          head_warmup_steps=t.get("head_warmup_steps", 0))
         tx, schedule = optim.make_optimizer(self.cfg.optimizer, total, optim.param_kinds(trainable), settings)
         self.tx = tx
-        self.static, state, self.shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules,
-                                                          seed=t.seed, method=self.method)
+        if abstract:
+            self.static, state, self.shardings = abstract_state(self.model, tx, mesh=self.mesh, rules=self.rules,
+                                                                method=self.method)
+        else:
+            self.static, state, self.shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules,
+                                                              seed=t.seed, method=self.method)
         self.steps = Steps(self.static, self.objective, tx, self.shardings, self.batch_sharding, rules=self.rules,
                            accum=t.grad_accum, remat=t.remat, method=self.method, extension=self.extension)
         self.state = state
         return state, schedule
+
+    def abstract_setup(self, total: int) -> TrainState:
+        """What :meth:`fit` sets up for ``total`` steps (the optimizer, the state's shardings, ``self.steps``) for a
+        model from ``nnx.eval_shape``: the state as ``ShapeDtypeStruct``s, nothing allocated (:mod:`adapt.plan`
+        lowers and compiles ``self.steps`` with it for a mesh of devices this machine does not own)."""
+        return self._setup(total, abstract=True)[0]
 
     def load(self, checkpoint: str = "best") -> TrainState:
         """The state saved in this run folder (``workdir``) by an earlier :meth:`fit`: the parameters of its best

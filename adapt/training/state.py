@@ -87,26 +87,46 @@ def mirror_shardings(abstract, params: dict, param_sh: dict, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(pick, abstract)
 
 
+def _layout(model: nnx.Module, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules, method: Method,
+            abstract: bool = False):
+    """(static model, params, frozen, anchors, shardings) of ``model``; ``abstract``: ``model`` is
+    ``nnx.eval_shape``'s, and params, frozen and anchors are ``ShapeDtypeStruct`` trees."""
+    static, params_state, frozen_state = split_model(model, method.trainable(model))
+    params, frozen = nnx.to_pure_dict(params_state), nnx.to_pure_dict(frozen_state)
+    p_sh = _pure_shardings(params_state, mesh, rules)
+    o_sh = mirror_shardings(jax.eval_shape(tx.init, params), params, p_sh, mesh)
+    anchors = (jax.eval_shape(lambda p: method.anchors(model, p), params) if abstract
+               else method.anchors(model, params))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = TrainState(step=replicated, params=p_sh, frozen=_pure_shardings(frozen_state, mesh, rules),
+                           opt_state=o_sh, rng=replicated, anchors=mirror_shardings(anchors, params, p_sh, mesh))
+    return static, params, frozen, anchors, shardings
+
+
 def create_state(model: nnx.Module, tx: optax.GradientTransformation, *, mesh: Mesh, rules: Rules, seed: int,
                  method: Method | None = None) -> tuple[Model, TrainState, TrainState]:
     """Split ``model`` into what ``method`` trains and the rest, place its parameters on their shardings,
     create the optimizer state sharded. Returns (static model, state, the state's shardings)."""
-    method = method or Method()
-    static, params_state, frozen_state = split_model(model, method.trainable(model))
-    p_sh = _pure_shardings(params_state, mesh, rules)
-    f_sh = _pure_shardings(frozen_state, mesh, rules)
-    params = jax.device_put(nnx.to_pure_dict(params_state), p_sh)
-    frozen = jax.device_put(nnx.to_pure_dict(frozen_state), f_sh)
-    o_sh = mirror_shardings(jax.eval_shape(tx.init, params), params, p_sh, mesh)
-    anchors = method.anchors(model, params)
-    a_sh = mirror_shardings(anchors, params, p_sh, mesh)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    shardings = TrainState(step=replicated, params=p_sh, frozen=f_sh, opt_state=o_sh, rng=replicated, anchors=a_sh)
+    static, params, frozen, anchors, sh = _layout(model, tx, mesh, rules, method or Method())
+    params = jax.device_put(params, sh.params)
     state = TrainState(
-        step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params, frozen=frozen,
-        opt_state=jax.jit(tx.init, out_shardings=o_sh)(params),
-        rng=jax.device_put(jax.random.PRNGKey(seed), replicated), anchors=jax.device_put(anchors, a_sh))
-    return static, state, shardings
+        step=jax.device_put(jnp.zeros((), jnp.int32), sh.step), params=params, frozen=jax.device_put(frozen, sh.frozen),
+        opt_state=jax.jit(tx.init, out_shardings=sh.opt_state)(params),
+        rng=jax.device_put(jax.random.PRNGKey(seed), sh.rng), anchors=jax.device_put(anchors, sh.anchors))
+    return static, state, sh
+
+
+def abstract_state(model: nnx.Module, tx: optax.GradientTransformation, *, mesh: Mesh, rules: Rules,
+                   method: Method | None = None) -> tuple[Model, TrainState, TrainState]:
+    """:func:`create_state` of an abstract ``model`` (``nnx.eval_shape``'s): the state as ``ShapeDtypeStruct``s on
+    the shardings ``create_state`` would place it on (nothing allocated: what a step is lowered with to compile it
+    for a mesh of devices this machine does not own, :mod:`adapt.plan`). ``mesh`` may be such a mesh."""
+    static, params, frozen, anchors, sh = _layout(model, tx, mesh, rules, method or Method(), abstract=True)
+    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, frozen=frozen,
+                        opt_state=jax.eval_shape(tx.init, params), rng=jax.eval_shape(jax.random.PRNGKey, 0),
+                        anchors=anchors)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
+    return static, state, sh
 
 
 STACKED = ("step", "params", "opt_state", "rng", "anchors")  #: a population's per-member fields: all but frozen

@@ -201,6 +201,15 @@ class Steps:
         stack.enter_context(layers.remat(self.remat))
         return stack
 
+    def lower(self, step: str, state: TrainState, batch: dict, *rest) -> jax.stages.Lowered:
+        """The ``"train"`` or ``"eval"`` step lowered for ``state`` and ``batch`` (arrays, or ``ShapeDtypeStruct``s
+        with shardings, e.g. on a mesh of devices this machine does not own: :mod:`adapt.plan`), under the context
+        it runs in; ``rest``: the eval step's index, a population's ``active``."""
+        if step not in ("train", "eval"):
+            raise ValueError(f"step={step!r}; expected 'train' or 'eval'")
+        with self.context(self._train_rules if step == "train" else None):
+            return (self._train if step == "train" else self._eval).lower(state, batch, *rest)
+
     def train(self, state: TrainState, batch: dict, *active) -> tuple[TrainState, dict]:
         """One train step; a population's also takes ``active`` (bool ``[N]``, see :func:`make_population_step`)."""
         with self.context(self._train_rules):

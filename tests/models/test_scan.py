@@ -205,7 +205,8 @@ def _set_params(model, pure):
     nnx.update(model, state)
 
 
-@pytest.mark.parametrize("method, case", [("lora", "llama"), pytest.param("dora", "bert-sequence", marks=pytest.mark.slow),
+@pytest.mark.parametrize("method, case", [("lora", "llama"),
+                                          pytest.param("dora", "bert-sequence", marks=pytest.mark.slow),
                                           pytest.param("qlora", "llama", marks=pytest.mark.slow)])
 def test_lora_on_stacked_layers_equals_lora_unrolled(method, case, tmp_path):
     """LoRA, DoRA and QLoRA (dropout on; QLoRA's base quantised layer by layer) on stacked layers are stacked

@@ -1,0 +1,9 @@
+"""Plan a trial for an accelerator slice without the accelerator: its steps compiled for the slice (a TPU topology
+through libtpu's compiler on this CPU), memory per chip against HBM, and a cost-model prediction of the step's time
+(:mod:`adapt.plan.planner`); the chips' specifications and topology names (:mod:`adapt.plan.chips`); the collectives
+of a compiled program and their time on the ICI (:mod:`adapt.plan.hlo`)."""
+
+from adapt.plan.chips import CHIPS, Topology, parse
+from adapt.plan.planner import Plan, plan
+
+__all__ = ["CHIPS", "Plan", "Topology", "parse", "plan"]

@@ -1,0 +1,247 @@
+"""A plan: does a config's trial fit a slice, how is it sharded, and how fast should its train step run there.
+
+    p = plan(config, "v5p:2x2x1")     # compiles the train and eval steps for 4 v5p chips, from this CPU
+    p.fits, p.markdown(), p.to_json()
+
+Memory per chip is XLA's for the compiled train step (arguments + outputs - donated aliases + temporaries), with the
+arguments split into what they are (trained parameters, optimizer state, frozen weights, anchors, the batch) from the
+state's shardings, against the chip's usable HBM (:data:`adapt.plan.chips.USABLE_HBM`). The step's time is a
+**cost-model prediction, not a measurement**: per chip, max(XLA's FLOPs / the chip's peak bf16 FLOP/s, XLA's bytes
+accessed / HBM bandwidth), plus every collective's ring time over the ICI (:mod:`adapt.plan.hlo`) counted as exposed
+(none overlapped with compute: an upper bound where XLA overlaps them); XLA's own ``optimal_seconds`` beside it only
+when positive. Model FLOPs count what the step must compute: 6 per trained matmul weight and token, 4 per frozen one
+(its forward pass and its input's gradient, under LoRA and adapters), plus attention, 12 L H d_h T per token (PaLM's
+appendix B count, Chowdhery et al. 2022, arXiv:2204.02311, causal masking not discounted); the predicted MFU is those
+over the slice's peak for the predicted time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+
+import jax
+import ml_collections
+from flax import nnx
+
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import LAYERS, make_mesh
+from adapt.models.registry import model_info
+from adapt.plan import hlo
+from adapt.plan.build import Program, build, check, compile_steps
+from adapt.plan.chips import GiB, Topology, parse
+from adapt.training.state import split_model
+
+EMBEDDING_LEAVES = ("embedding",)  # lookups, not matmuls (a tied head's matmul is added apart)
+
+
+def devices_for(topology: Topology) -> list:
+    """The devices of ``topology``: a TPU slice's from libtpu's topology description (no TPU needed), or this
+    process's CPU devices (``cpu:<n>`` needs n of them: ``scripts/plan.py`` starts JAX with them)."""
+    if not topology.is_tpu:
+        cpus = jax.devices("cpu")
+        if len(cpus) != topology.chips:
+            raise ConfigError(f"--topology={topology.name}: this process has {len(cpus)} CPU devices; start it with "
+                              f"XLA_FLAGS=--xla_force_host_platform_device_count={topology.chips} "
+                              "(scripts/plan.py does)")
+        return cpus
+    if importlib.util.find_spec("libtpu") is None:
+        raise ConfigError(f"--topology={topology.name}: compiling for a TPU needs libtpu, the tpu extra: "
+                          "pip install -e '.[tpu]'")
+    # libtpu locks a file so that one process at a time drives a TPU; a plan only compiles, so several may load it
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies  # libtpu's compiler and topology descriptions: only for a TPU plan
+
+    name = f"{topology.chip.name}:{'x'.join(map(str, topology.shape))}"
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+
+
+def _per_chip(tree) -> float:
+    """Bytes per chip of a tree of ``ShapeDtypeStruct``s with shardings (the largest shard of each leaf)."""
+    return float(sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def _matmul_weights(model: nnx.Module, method, blueprint) -> tuple[int, int]:
+    """(trained, frozen) weights that multiply every token: the parameters with 2 or more dimensions per layer but
+    the embeddings' lookups, a quantised kernel (QLoRA's codes and scales) by its shape, a tied output head by the
+    embedding's size."""
+    _, trained_state, frozen_state = split_model(model, method.trainable(model))
+
+    def count(state) -> int:
+        total = 0
+        for path, var in nnx.to_flat_state(state):
+            axes = var.get_metadata().get("logical_axes") or ()
+            per_layer = var.shape[1:] if axes[:1] == (LAYERS,) else var.shape
+            if len(per_layer) >= 2 and str(path[-1]) not in EMBEDDING_LEAVES:
+                total += math.prod(var.shape)
+        return total
+
+    trained, frozen = count(trained_state), count(frozen_state)
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "codes") and hasattr(module, "shape"):  # QLoRA: the kernel its codes and scales stand for
+            codes, scales = module.codes, module.scales
+            layers = codes.shape[0] if len(codes.shape) == 3 else 1
+            frozen += layers * math.prod(module.shape) - math.prod(codes.shape) - math.prod(scales.shape)
+    hf = blueprint.hf
+    if getattr(hf, "tie_word_embeddings", False) and blueprint.head == "causal_lm":
+        tied = hf.vocab_size * hf.hidden_size
+        embedding_trained = any(str(p[-1]) in EMBEDDING_LEAVES for p, _ in nnx.to_flat_state(trained_state))
+        trained, frozen = (trained + tied, frozen) if embedding_trained else (trained, frozen + tied)
+    return trained, frozen
+
+
+def attention_flops_per_token(blueprint, length: int) -> float:
+    """Training FLOPs of attention's two sequence matmuls per token (PaLM's 12 L H d_h T)."""
+    hf = blueprint.hf
+    heads = hf.num_attention_heads
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
+    return 12.0 * hf.num_hidden_layers * heads * head_dim * length
+
+
+@dataclasses.dataclass
+class Plan:
+    """A trial's plan on a topology (see the module doc); ``programs``: the real depth's compiled steps."""
+    config: str
+    topology: Topology
+    mesh: dict
+    model: str
+    method: str
+    scan_layers: bool
+    layers: int
+    tokens: int  # per train step, the whole slice's
+    trained_params: int
+    frozen_params: int
+    memory: dict  # per chip, bytes: params, opt_state, frozen, anchors, batch, temporaries, total, usable
+    programs: list
+    costs: dict | None  # the train step per chip: flops, bytes_accessed, collective_s, collectives ({kind: count,
+    #                     bytes}); None when it does not fit
+    model_flops: float  # the train step's, the whole slice's
+
+    @property
+    def fits(self) -> bool | None:
+        usable = self.memory.get("usable")
+        if any(p.out_of_memory for p in self.programs):
+            return False
+        return None if usable is None else self.memory["total"] <= usable
+
+    def predicted(self) -> dict:
+        """compute_s, memory_s, collective_s, step_s, optimal_s, tokens_per_s_per_chip, mfu (None on a CPU)."""
+        chip = self.topology.chip
+        if chip is None or self.costs is None:
+            return {}
+        compute = self.costs["flops"] / chip.peak_bf16_flops
+        traffic = self.costs["bytes_accessed"] / chip.hbm_bandwidth
+        step = max(compute, traffic) + self.costs["collective_s"]
+        optimal = self.programs[0].optimal_seconds
+        return {"compute_s": compute, "memory_s": traffic, "collective_s": self.costs["collective_s"],
+                "step_s": step, "xla_optimal_s": optimal if self.layers_exact else None,
+                "tokens_per_s_per_chip": self.tokens / step / self.topology.chips,
+                "mfu": self.model_flops / (step * self.topology.chips * chip.peak_bf16_flops)}
+
+    @property
+    def layers_exact(self) -> bool:
+        """XLA's counts are the real program's (not extrapolated over depth)."""
+        return not self.scan_layers
+
+    def to_json(self) -> dict:
+        return {"config": self.config, "topology": self.topology.name, "slice": self.topology.marketing_name(),
+                "chips": self.topology.chips, "mesh": self.mesh, "model": self.model, "method": self.method,
+                "scan_layers": self.scan_layers, "layers": self.layers, "tokens_per_step": self.tokens,
+                "trained_params": self.trained_params, "frozen_params": self.frozen_params, "fits": self.fits,
+                "memory_per_chip_bytes": self.memory, "costs_per_chip": self.costs, "model_flops": self.model_flops,
+                "predicted": self.predicted(), "prediction_is": "a cost-model prediction, not a measurement",
+                "programs": [{"name": p.name, "lower_s": p.lower_s, "compile_s": p.compile_s,
+                              "temp_bytes": p.memory.temp_size_in_bytes if p.memory else p.temporaries_needed,
+                              "out_of_memory": p.out_of_memory} for p in self.programs]}
+
+    def markdown(self) -> str:
+        t, m = self.topology, self.memory
+        gib = {k: f"{v / GiB:.2f}" for k, v in m.items()}
+        lines = [f"## Plan: {self.model}, {self.method}, on {t.name} ({t.chips} chips, {t.marketing_name()})", "",
+                 f"config {self.config}; mesh {self.mesh}; {self.layers} layers "
+                 f"{'scanned' if self.scan_layers else 'unrolled'}; {self.tokens:,} tokens per step; "
+                 f"{self.trained_params / 1e6:,.1f}M trained and {self.frozen_params / 1e6:,.1f}M frozen matmul "
+                 "weights",
+                 "", "| per chip, GiB | params | optimizer | frozen | anchors | batch | temporaries | total | usable |",
+                 "|---|---|---|---|---|---|---|---|---|",
+                 "| train step | " + " | ".join(gib.get(k, "-") for k in ("params", "opt_state", "frozen", "anchors",
+                                                                           "batch", "temporaries", "total", "usable"))
+                 + " |", ""]
+        fits = self.fits
+        lines.append("fits: " + ("n/a (CPU)" if fits is None else "yes" if fits else
+                                 f"**no**: {m['total'] / GiB:.2f} GiB per chip over {m['usable'] / GiB:.2f} usable"))
+        if p := self.predicted():
+            lines += ["", "Predicted (a cost-model prediction, not a measurement): step "
+                      f"{p['step_s'] * 1e3:.1f} ms = max(compute {p['compute_s'] * 1e3:.1f}, HBM "
+                      f"{p['memory_s'] * 1e3:.1f}) + collectives {p['collective_s'] * 1e3:.1f} ms; "
+                      f"{p['tokens_per_s_per_chip']:,.0f} tokens/s per chip; MFU {p['mfu']:.1%}"
+                      + (f"; XLA's optimal_seconds {p['xla_optimal_s'] * 1e3:.1f} ms" if p["xla_optimal_s"] else "")]
+        coll = self.costs["collectives"] if self.costs else {}
+        lines += ["", "collectives per train step: " + (", ".join(
+            f"{k} {v['count']:.0f} ({v['bytes'] / 2**20:,.1f} MiB)" for k, v in coll.items()) or "-"),
+            *(f"{p.name} step: XLA: {p.out_of_memory}" for p in self.programs if p.out_of_memory),
+            "compile: " + ", ".join(f"{p.name} {p.lower_s:.1f} s lower + {p.compile_s:.1f} s compile"
+                                    for p in self.programs)]
+        return "\n".join(lines)
+
+
+def _costs(program: Program, topology: Topology, coords) -> dict:
+    return {"flops": program.flops, "bytes_accessed": program.bytes_accessed,
+            "collective_s": sum(hlo.seconds(c, topology, coords) for c in program.collectives),
+            "collectives": hlo.summary(program.collectives)}
+
+
+def _extrapolate(one: dict, two: dict, layers: int) -> dict:
+    """Costs at ``layers`` from those at 1 and 2 layers: the first layer's, plus each further one's."""
+    def line(a, b):
+        return a + (layers - 1) * (b - a)
+
+    kinds = {k for k in (*one["collectives"], *two["collectives"])}
+    empty = {"count": 0, "bytes": 0.0}
+    return {"flops": line(one["flops"], two["flops"]), "bytes_accessed": line(one["bytes_accessed"],
+                                                                              two["bytes_accessed"]),
+            "collective_s": line(one["collective_s"], two["collective_s"]),
+            "collectives": {k: {f: line(one["collectives"].get(k, empty)[f], two["collectives"].get(k, empty)[f])
+                                for f in ("count", "bytes")} for k in hlo.KINDS if k in kinds}}
+
+
+def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, name: str = "",
+         scan: bool | None = None) -> Plan:
+    """Plan ``config``'s trial on ``topology`` (see the module doc); ``scan`` overrides ``model.scan_layers``."""
+    top = parse(topology)
+    shape = check(config, top.chips)  # bad input: one line, before libtpu starts
+    devices = devices_for(top)
+    mesh = make_mesh(shape, devices=devices)
+    built = build(config, mesh, labels=labels, scan=scan)
+    programs = compile_steps(built, top)
+    coords = [tuple(getattr(d, "coords", (i,))) for i, d in enumerate(devices)]
+    info = model_info(built.model)
+    layers, stacked = info.dims.num_layers, info.stacked
+    state, train = built.state, programs[0]
+    memory = {"params": _per_chip(state.params), "opt_state": _per_chip(state.opt_state),
+              "frozen": _per_chip(state.frozen), "anchors": _per_chip(state.anchors), "batch": _per_chip(built.batch)}
+    if train.memory is None:  # XLA refused it: over the chip's HBM by its temporaries alone
+        memory["temporaries"] = train.temporaries_needed
+        memory["total"] = sum(memory.values())
+        costs = None
+    else:
+        m = train.memory
+        memory["temporaries"] = float(m.temp_size_in_bytes)
+        memory["total"] = float(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+                                + m.temp_size_in_bytes)
+        if stacked and layers > 1:
+            one, two = (_costs(compile_steps(build(config, mesh, labels=labels, layers=n, scan=False), top,
+                                             ("train",))[0], top, coords) for n in (1, 2))
+            costs = _extrapolate(one, two, layers)
+        else:
+            costs = _costs(train, top, coords)
+    if top.chip is not None:
+        memory["usable"] = top.chip.usable_hbm
+    trained, frozen = _matmul_weights(built.model, built.trainer.method, built.blueprint)
+    tokens = int(config.train.batch_size) * int(config.data.max_length)
+    model_flops = tokens * (6.0 * trained + 4.0 * frozen + attention_flops_per_token(built.blueprint,
+                                                                                     config.data.max_length))
+    return Plan(name, top, dict(mesh.shape), str(built.blueprint.source.name), config.method.name, stacked, layers,
+                tokens, trained, frozen, memory, programs, costs, model_flops)

@@ -1,0 +1,59 @@
+"""Plan an experiment config's trial on an accelerator slice, from this machine: compile its train and eval steps for
+the slice, and print memory per chip against HBM, the collectives, and a cost-model prediction of the step's time.
+
+    .venv/bin/python scripts/plan.py --config=configs/plan.py:llama-3.1-8b --topology=v5p:2x2x1 \
+        [--config.method.name=lora ...] [--labels=N] [--scan | --no-scan] [--json=FILE]
+
+``--topology``: ``v4:AxBxC``, ``v5e:AxB``, ``v5p:AxBxC``, ``v6e:AxB`` (chips; compiled by libtpu, the tpu extra:
+``pip install -e '.[tpu]'``), or ``cpu:N`` (N fake CPU devices: memory and collectives, no prediction).
+``model.name`` may be a named architecture (``arch:llama-3.1-8b``, ...: adapt/models/architectures/). Exit 0 when the
+train step fits in the chips' usable HBM, 1 when it does not, 2 for bad input. The times are predictions of a cost
+model, not measurements (adapt/plan/planner.py says how they are made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from adapt.core import cli, files
+from adapt.core.errors import ConfigError
+from adapt.experiment import configs
+
+
+def main():
+    spec, overrides, rest = configs.parse_argv(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topology", required=True)
+    parser.add_argument("--labels", type=int, default=2, help="a classifier's outputs (default 2)")
+    parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
+                        help="stack the layers (model.scan_layers) or not; default: the config's")
+    parser.add_argument("--json", help="also write the plan here, as JSON")
+    args = parser.parse_args(rest)
+    if args.json:
+        files.output_files(args.json, "--json")
+    config = configs.load(spec, overrides)
+    from adapt.plan import chips  # no JAX yet: a CPU topology sets the device count before JAX starts
+
+    topology = chips.parse(args.topology)
+    if topology.is_tpu:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu compiles for the slice; nothing runs on a TPU here
+    else:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={topology.chips}".strip()
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    if args.labels < 1:
+        raise ConfigError(f"--labels={args.labels}; expected a positive count")
+    from adapt.plan import plan  # imports JAX
+
+    result = plan(config, args.topology, labels=args.labels, name=spec, scan=args.scan)
+    print(result.markdown())
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        files.write_json(args.json, result.to_json(), indent=1)
+    sys.exit(0 if result.fits in (True, None) else 1)
+
+
+if __name__ == "__main__":
+    cli.run(main)

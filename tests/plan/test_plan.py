@@ -1,0 +1,189 @@
+"""Planning compiled for a TPU slice by libtpu's compiler on this CPU (the tpu extra, which the test extra installs):
+the abstract state is create_state's, FSDP splits what it should on the slice, every family and method compiles
+there, and scripts/plan.py answers 0 (fits), 1 (does not) and 2 (bad input)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from adapt import methods
+from adapt.core.errors import ConfigError
+from adapt.core.sharding import DEFAULT_RULES, make_mesh
+from adapt.experiment import configs
+from adapt.models import from_pretrained
+from adapt.plan import build as plan_build
+from adapt.plan import plan
+from adapt.plan.chips import parse
+from adapt.plan.planner import devices_for
+from adapt.training import defaults, optim
+from adapt.training.state import abstract_state, create_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLAN = os.path.join(ROOT, "configs", "plan.py")
+# A tiny decoder and encoder whose widths divide over 4 chips (FSDP splits every matrix), in bf16 as on a TPU
+DECODER = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=128)
+ENCODER = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+               max_position_embeddings=128)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """name -> folder of a tiny random HF model of each family (its config only is read)."""
+    import transformers
+
+    out = {}
+    for name, cls, cfg in (("llama", transformers.LlamaConfig, DECODER), ("bert", transformers.BertConfig, ENCODER),
+                           ("roberta", transformers.RobertaConfig, dict(ENCODER, max_position_embeddings=130)),
+                           ("gpt2", transformers.GPT2Config, dict(vocab_size=256, n_embd=128, n_layer=2, n_head=4,
+                                                                  n_positions=128)),
+                           ("qwen3", transformers.Qwen3Config, dict(DECODER, head_dim=32))):
+        folder = tmp_path_factory.mktemp(name)
+        cls(**cfg).save_pretrained(folder)
+        out[name] = str(folder)
+    return out
+
+
+def config_for(folder: str, *, encoder: bool = False, method: str = "full", **overrides):
+    """configs/plan.py's decoder SFT (or an encoder's classification) shrunk onto ``folder``: batch 8 x 64, the
+    layers unrolled (one compile of each step; the scanned plan's extrapolation has its own test)."""
+    c = configs.load(f"{PLAN}:llama-3.1-8b", {"model.name": folder, "train.batch_size": 8, "eval.batch_size": 8,
+                                              "data.max_length": 64, "model.scan_layers": False,
+                                              "method": methods.method_config(method).to_dict()})
+    if encoder:
+        c.model.task, c.data.format = "sequence_classification", "classification"
+    for key, value in overrides.items():
+        configs.apply_overrides(c, {key: value})
+    return c
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "mixout"])
+def test_the_abstract_state_is_create_state_s_shapes_and_shardings(tiny_llama, method):
+    mesh = make_mesh((1, 4, 2))
+    m = methods.build(methods.method_config(method))
+    model = m.apply(from_pretrained(tiny_llama, mesh=mesh), nnx.Rngs(0))
+    cfg = defaults()
+    tx, _ = optim.make_optimizer(cfg.optimizer, 10, optim.param_kinds(nnx.state(model, m.trainable(model))))
+    _, real, real_sh = create_state(model, tx, mesh=mesh, rules=DEFAULT_RULES, seed=0, method=m)
+    abstract = nnx.eval_shape(lambda: m.apply(from_pretrained(tiny_llama), nnx.Rngs(0)))
+    _, shapes, shapes_sh = abstract_state(abstract, tx, mesh=mesh, rules=DEFAULT_RULES, method=m)
+    assert jax.tree.structure(real) == jax.tree.structure(shapes)
+    for x, s, sh in zip(jax.tree.leaves(real), jax.tree.leaves(shapes), jax.tree.leaves(real_sh)):
+        assert (x.shape, x.dtype) == (s.shape, s.dtype) and s.sharding == sh and x.sharding.spec == sh.spec
+    assert jax.tree.leaves(shapes_sh) == jax.tree.leaves(real_sh)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_fsdp_on_a_tpu_slice_splits_every_large_array_four_ways(models, method):
+    """On v5e:2x2 with FSDP over its 4 chips: every parameter, frozen weight (LoRA's and QLoRA's base) and optimizer
+    moment of 4,096 elements or more holds at most a quarter of itself (+5%) on each chip; nothing large is
+    replicated."""
+    devices = devices_for(parse("v5e:2x2"))
+    built = plan_build.build(config_for(models["llama"], method=method), make_mesh((1, 4, 1), devices=devices))
+    state, checked = built.state, 0
+    for part in ("params", "frozen", "opt_state"):
+        for x in jax.tree.leaves(getattr(state, part)):
+            if x.size >= 4096:
+                held = np.prod(x.sharding.shard_shape(x.shape))
+                assert held <= x.size / 4 * 1.05, (part, x.shape, x.sharding.spec)
+                checked += 1
+    assert checked >= 10 and jax.tree.leaves(state.frozen) if method != "full" else checked >= 10
+    assert all(d.platform == "tpu" for d in built.trainer.mesh.devices.flat)
+
+
+FAST_FAMILIES = (("llama", "full"), ("llama", "lora"), ("bert", "full"))  # the rest in the slow tier
+FAMILY_CASES = [pytest.param(f, m, marks=() if (f, m) in FAST_FAMILIES else pytest.mark.slow, id=f"{f}-{m}")
+                for f in ("llama", "bert", "roberta", "gpt2", "qwen3") for m in ("full", "lora")]
+
+
+@pytest.mark.parametrize("family, method", FAMILY_CASES)
+def test_every_family_compiles_for_a_tpu_slice(models, family, method):
+    encoder = family in ("bert", "roberta")
+    p = plan(config_for(models[family], encoder=encoder, method=method), "v5e:2x2")
+    assert [q.name for q in p.programs] == ["train", "eval"] and p.fits
+    assert p.memory["total"] < 2**30 and p.costs["flops"] > 0 and p.predicted()["step_s"] > 0
+    assert p.costs["collectives"]["all-gather"]["count"] > 0  # FSDP gathers the weights it multiplies
+
+
+METHODS = sorted(set(methods.METHODS) - {"full", "lora"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", ["gpt2", "bert"])  # GPT-2: a decoder with biases (BitFit's)
+def test_every_method_compiles_for_a_tpu_slice(models, family, method):
+    p = plan(config_for(models[family], encoder=family == "bert", method=method), "v5e:2x2")
+    assert p.fits and p.costs["flops"] > 0
+
+
+@pytest.mark.slow
+def test_a_scanned_model_s_costs_are_the_unrolled_model_s(tmp_path):
+    """XLA counts a loop's body once: the plan of a scanned 3-layer model extrapolates 1 and 2 layers' costs to its
+    depth, which must give the unrolled model's own counts."""
+    import transformers
+
+    transformers.LlamaConfig(**dict(DECODER, num_hidden_layers=3)).save_pretrained(tmp_path)
+    scanned, unrolled = (plan(config_for(str(tmp_path)), "v5e:2x2", scan=s) for s in (True, False))
+    assert scanned.scan_layers and not unrolled.scan_layers and scanned.layers == unrolled.layers == 3
+    for key in ("flops", "bytes_accessed", "collective_s"):
+        assert scanned.costs[key] == pytest.approx(unrolled.costs[key], rel=0.05), key
+    assert scanned.model_flops == unrolled.model_flops
+
+
+def _script(*args, env=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plan.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=600)
+
+
+def test_the_script_plans_a_fake_cpu_mesh_and_writes_its_json(models, tmp_path):
+    out = tmp_path / "plan" / "p.json"
+    r = _script(f"--config={PLAN}:llama-3.1-8b", "--topology=cpu:4", f"--config.model.name={models['llama']}",
+                "--no-scan",
+                "--config.train.batch_size=8", "--config.eval.batch_size=8", "--config.data.max_length=64",
+                f"--json={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = json.loads(out.read_text())
+    assert saved["chips"] == 4 and saved["fits"] is None and saved["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert saved["memory_per_chip_bytes"]["params"] > 0 and "| train step |" in r.stdout
+
+
+@pytest.mark.slow
+def test_the_script_exits_1_when_the_step_does_not_fit(models):
+    """A batch whose activations need more than a v5e chip's 16 GiB: XLA refuses it, and the plan says so."""
+    r = _script(f"--config={PLAN}:llama-3.1-8b", "--topology=v5e:2x2", f"--config.model.name={models['llama']}",
+                "--config.train.batch_size=512", "--config.data.max_length=8192", "--config.eval.batch_size=4")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "fits: **no**" in r.stdout and "RESOURCE_EXHAUSTED" in r.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--topology=v9:2x2"], "unknown generation 'v9'; expected <generation>:<AxB[xC]>"),
+    (["--topology=v5e:2x2", "--config.mesh.shape=(1,3,1)"], "mesh.shape=(1, 3, 1)"),
+    (["--topology=v5e:2x2", "--config.train.batch_size=6"], "train.batch_size=6 is not divisible by the 4 batch"),
+    (["--topology=v5e:2x2", "--config.data.format=conll"], "data.format='conll' does not fit model.task='causal_lm'"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_compiling(args, says):
+    r = _script(f"--config={PLAN}:llama-3.1-8b", *args)
+    assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+
+
+def test_without_libtpu_a_tpu_plan_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs libtpu, the tpu extra: pip install -e '\.\[tpu\]'"):
+        devices_for(parse("v5p:2x2x1"))
+
+
+def test_training_a_named_architecture_is_one_line_and_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--config={PLAN}:qwen2.5-7b",
+                        f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "arch:qwen2.5-7b is an architecture without weights or tokenizer" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
