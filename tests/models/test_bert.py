@@ -70,7 +70,8 @@ def _max_err(ours, expected, mask):
     return float(np.abs(ours[keep] - expected[keep]).max())
 
 
-@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])  # model.scan_layers
+# model.scan_layers: the scanned cases in the slow tier (test_scan.py's parity tests run BERT and RoBERTa scanned fast)
+@pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["unrolled", "scanned"])
 @pytest.mark.parametrize("family, task", CASES)
 def test_parity_and_export(family, task, scan, tmp_path):
     reference = _reference(family, task, tmp_path / "hf")

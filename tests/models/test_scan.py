@@ -401,7 +401,8 @@ RESUMED = {"full": {"name": "full"},  # prefix tuning's projection: an encoder e
                                  "num_virtual_tokens": 3}}
 
 
-@pytest.mark.parametrize("method", ["full", pytest.param("prefix_projection", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow),
+                                    pytest.param("prefix_projection", marks=pytest.mark.slow)])
 def test_a_run_resumes_across_layouts_from_its_checkpoint(tiny_llama, tmp_path, method):
     """Stopped after 2 of 4 steps and resumed, a scanned run ends where an uninterrupted one does, and so does a run
     saved unrolled and resumed scanned, or the other way round (the checkpoint's layers restacked); a checkpoint of
