@@ -49,7 +49,9 @@ def environment(root: str) -> dict[str, str]:
     folders = {"ADAPT_DATA_DIR": os.path.join(root, "data"), "HOME": home, "TMPDIR": os.path.join(root, "tmp"),
                "XDG_CACHE_HOME": os.path.join(home, ".cache"), "XDG_CONFIG_HOME": os.path.join(home, ".config"),
                "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
-               "HF_HOME": os.path.join(home, ".cache", "huggingface")}
+               "HF_HOME": os.path.join(home, ".cache", "huggingface"),
+               # libtpu's logs (a plan's compiles for a TPU), which Ray links into its own and reads: not /tmp/tpu_logs
+               "TPU_LOG_DIR": os.path.join(root, "tpu_logs")}
     for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
     # and no usage reports: Ray's dashboard would send one to usage-stats.ray.io a minute after it starts

@@ -53,9 +53,10 @@ def models(tmp_path_factory):
 def config_for(folder: str, *, encoder: bool = False, method: str = "full", **overrides):
     """configs/plan.py's decoder SFT (or an encoder's classification) shrunk onto ``folder``: batch 8 x 64, the
     layers unrolled (one compile of each step; the scanned plan's extrapolation has its own test)."""
+    knobs = {"patterns": ("embed",)} if method == "freeze" else {}
     c = configs.load(f"{PLAN}:llama-3.1-8b", {"model.name": folder, "train.batch_size": 8, "eval.batch_size": 8,
                                               "data.max_length": 64, "model.scan_layers": False,
-                                              "method": methods.method_config(method).to_dict()})
+                                              "method": methods.method_config(method, **knobs).to_dict()})
     if encoder:
         c.model.task, c.data.format = "sequence_classification", "classification"
     for key, value in overrides.items():
