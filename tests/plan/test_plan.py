@@ -98,7 +98,7 @@ def test_fsdp_on_a_tpu_slice_splits_every_large_array_four_ways(models, method):
     assert all(d.platform == "tpu" for d in built.trainer.mesh.devices.flat)
 
 
-FAST_FAMILIES = (("llama", "full"), ("llama", "lora"))  # the rest in the slow tier (CI's 20 minutes)
+FAST_FAMILIES = (("llama", "lora"),)  # the rest in the slow tier (CI's 20 minutes)
 FAMILY_CASES = [pytest.param(f, m, marks=() if (f, m) in FAST_FAMILIES else pytest.mark.slow, id=f"{f}-{m}")
                 for f in ("llama", "bert", "roberta", "gpt2", "qwen3") for m in ("full", "lora")]
 

@@ -293,6 +293,7 @@ def sweep_cli(tmp_path, *args):
                           capture_output=True, text=True, check=False, env=env)
 
 
+@pytest.mark.slow  # the command line's bad-input test below runs scripts/sweep.py in the fast tier
 def test_sweep_command_line(tmp_path):
     (tmp_path / "cfg.py").write_text(CONFIG)
     out = sweep_cli(tmp_path, "--config.train.steps=7")

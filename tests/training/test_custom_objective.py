@@ -59,6 +59,7 @@ def _data(folder, n, seed):
     return str(path), np.asarray([x["score"] for x in lines])
 
 
+@pytest.mark.slow  # the registry's extension point; the built-in task kinds take it in the fast tier
 def test_a_regression_objective_defined_here_runs_through_run_trial(tmp_path):
     tok = load_tokenizer("bundled:minilm-l6")
     model = tmp_path / "model"
