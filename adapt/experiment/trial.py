@@ -112,11 +112,7 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     on = registry.check(config)  # pairs that do not combine, then each feature's values: one line each
     task = tasks.get(config.model.task)
     if not provider(on, "data"):  # a feature's own data (a multi-task trial's tasks) is checked by the feature
-        if config.data.format not in task.formats:
-            raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task.name!r}; expected "
-                              f"one of {task.formats}")
-        if task.objective is None:
-            raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
+        check_format(config, task)
     mesh, rules = run_mesh(config), normalize_rules(config.mesh.rules)
     batch_sharding(mesh, rules, config.train.batch_size)  # a batch the data axes do not divide: one line, now
     source = model_source(config)
@@ -146,6 +142,15 @@ def build_trial(config: ml_collections.ConfigDict, workdir: str) -> TrialSetup:
     trainer = Trainer(b.model, b.objective, config, workdir, method=method, mesh=mesh, fresh=fresh,
                       extension=b.extension)
     return TrialSetup(config, tokenizer, b.splits, method, trainer, b.sets, on, b.parts, source, fresh_heads)
+
+
+def check_format(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
+    """``data.format`` fits ``task`` and the task trains: else a one-line error naming the key."""
+    if config.data.format not in task.formats:
+        raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task.name!r}; expected "
+                          f"one of {task.formats}")
+    if task.objective is None:
+        raise ConfigError(f"model.task={task.name!r} has no training objective; pick a task with a head to train")
 
 
 def check_scan_layers(config: ml_collections.ConfigDict, on: list[Feature], source: str) -> None:

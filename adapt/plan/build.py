@@ -30,6 +30,7 @@ from adapt import methods
 from adapt.core.errors import ConfigError
 from adapt.core.sharding import MESH_AXES, normalize_rules
 from adapt.experiment import base
+from adapt.experiment.trial import check_format
 from adapt.features import base as registry  # the features, registered as adapt.features imports
 from adapt.features.base import model_source
 from adapt.models.loading import Blueprint, model_blueprint
@@ -95,10 +96,7 @@ def check(config: ml_collections.ConfigDict, chips: int) -> tuple[int, ...]:
     if on := registry.check(config):
         raise ConfigError(f"plan: {', '.join(f.key for f in on)} on: planning a trial with a feature is not built "
                           "yet; plan it without")
-    task = tasks.get(config.model.task)
-    if config.data.format not in task.formats or task.objective is None:
-        raise ConfigError(f"data.format={config.data.format!r} does not fit model.task={task.name!r}; expected one "
-                          f"of {task.formats}")
+    check_format(config, tasks.get(config.model.task))
     if config.data.format not in BATCH_LAYOUT:
         raise ConfigError(f"data.format={config.data.format!r}: plan knows the batches of {', '.join(BATCH_LAYOUT)}")
     shape = [int(n) for n in config.mesh.shape]

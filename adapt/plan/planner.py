@@ -136,14 +136,9 @@ class Plan:
         step = max(compute, traffic) + self.costs["collective_s"]
         optimal = self.programs[0].optimal_seconds
         return {"compute_s": compute, "memory_s": traffic, "collective_s": self.costs["collective_s"],
-                "step_s": step, "xla_optimal_s": optimal if self.layers_exact else None,
+                "step_s": step, "xla_optimal_s": None if self.scan_layers else optimal,  # XLA: a loop's body once
                 "tokens_per_s_per_chip": self.tokens / step / self.topology.chips,
                 "mfu": self.model_flops / (step * self.topology.chips * chip.peak_bf16_flops)}
-
-    @property
-    def layers_exact(self) -> bool:
-        """XLA's counts are the real program's (not extrapolated over depth)."""
-        return not self.scan_layers
 
     def to_json(self) -> dict:
         return {"config": self.config, "topology": self.topology.name, "slice": self.topology.marketing_name(),
@@ -198,7 +193,7 @@ def _extrapolate(one: dict, two: dict, layers: int) -> dict:
     def line(a, b):
         return a + (layers - 1) * (b - a)
 
-    kinds = {k for k in (*one["collectives"], *two["collectives"])}
+    kinds = set(one["collectives"]) | set(two["collectives"])
     empty = {"count": 0, "bytes": 0.0}
     return {"flops": line(one["flops"], two["flops"]), "bytes_accessed": line(one["bytes_accessed"],
                                                                               two["bytes_accessed"]),
