@@ -1,11 +1,10 @@
 """Scanned layers (``model.scan_layers``, :mod:`adapt.models.scan`): the Llama and BERT families with their layers
 stacked ``[L, ...]`` and scanned give the unrolled model's logits and gradients (float32, dropout on or off, with
 and without remat) and transformers' logits, load and export the same HF tensors byte for byte, shard the stacked
-axis by its rule, train ``full`` to the same losses, and everything that does not handle them yet refuses in one
-line."""
+axis by its rule, and everything that does not handle them yet refuses in one
+line. Training stacked: ``tests/training/test_scan_training.py``."""
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -17,18 +16,16 @@ import transformers
 from conftest import TINY_LLAMA
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from stacked_trees import assert_trees_close, stacked
 
 from adapt import methods
-from adapt.core.errors import CheckpointError, ConfigError
+from adapt.core.errors import ConfigError
 from adapt.core.sharding import DEFAULT_RULES, make_mesh
-from adapt.data.batches import array_batches
 from adapt.features.base import FEATURES, Feature
 from adapt.methods.peft_io import save_peft
 from adapt.models import from_pretrained, save_pretrained
 from adapt.models import layers as L
 from adapt.models.registry import hf_keys, model_info
-from adapt.training import CausalLM, SequenceClassification, Trainer, defaults, optim
-from adapt.training.state import merge_model
 
 TINY_DECODER = {**TINY_LLAMA, "num_hidden_layers": 3}
 DECODERS = {
@@ -60,16 +57,6 @@ def _batch(vocab, pad=0, seed=0):
     return ids, mask
 
 
-def _stacked(tree):
-    """A pure-dict parameter tree with every numbered list ``{0: ..., 1: ...}`` stacked as the scanned model holds
-    it (``[L, ...]``)."""
-    if not isinstance(tree, dict):
-        return np.asarray(tree)
-    if tree and all(isinstance(k, int) for k in tree):
-        return jax.tree.map(lambda *xs: np.stack(xs), *[_stacked(tree[i]) for i in range(len(tree))])
-    return {k: _stacked(v) for k, v in tree.items()}
-
-
 @nnx.jit
 def _logits_and_grads(model, ids, mask, step_key=None):
     """The logits, and the gradient of a fixed functional of them (every output matters) with respect to every
@@ -85,45 +72,13 @@ def _logits_and_grads(model, ids, mask, step_key=None):
     return logits, grads
 
 
-def _shared(tree):
-    """A pure-dict parameter tree without the prefix projection's encoder, which every layer shares (NNX keeps it
-    under the first layer's path, a stack under its own), and that encoder's subtree (None when there is none)."""
-    if not isinstance(tree, dict):
-        return tree, None
-    out, found = {}, None
-    for key, sub in tree.items():
-        if key == "encoder" and isinstance(sub, dict) and "embedding" in sub:
-            found = sub
-            continue
-        rest, inner = _shared(sub)
-        if inner is None or rest:  # a module left empty without the encoder goes too
-            out[key] = rest
-        found = found if inner is None else inner
-    return out, found
-
-
-def _stacked_shared(tree):
-    """:func:`_stacked` of ``tree`` with the shared encoder set aside: (stacked rest, encoder)."""
-    rest, encoder = _shared(tree)
-    return _stacked(rest), None if encoder is None else jax.tree.map(np.asarray, encoder)
-
-
 def _check_scanned(scanned, unrolled, ids, mask, step_key=None):
     """The scanned model's logits and gradients equal the unrolled model's; returns its logits."""
     ours, grads = _logits_and_grads(scanned, ids, mask, step_key)
     logits, expected = _logits_and_grads(unrolled, ids, mask, step_key)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(logits), atol=1e-6, rtol=0)
-    _assert_trees_close(nnx.to_pure_dict(grads), _stacked(nnx.to_pure_dict(expected)), tol=1e-6)
+    assert_trees_close(nnx.to_pure_dict(grads), stacked(nnx.to_pure_dict(expected)), tol=1e-6)
     return np.asarray(ours)
-
-
-def _assert_trees_close(ours, expected, tol):
-    """Every leaf within ``tol`` of the expected one's largest magnitude (float32 sums in another order)."""
-    assert jax.tree.structure(ours) == jax.tree.structure(expected)
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ours)[0], jax.tree.leaves(expected)):
-        b = np.asarray(b)
-        np.testing.assert_allclose(np.asarray(a), b, atol=tol * max(1.0, float(np.abs(b).max())), rtol=0,
-                                   err_msg=jax.tree_util.keystr(path))
 
 
 def _same_export(unrolled, scanned, tmp_path):
@@ -193,10 +148,10 @@ def test_dropout_and_remat_give_the_unrolled_numbers(tiny_llama):
     logits = {s: np.asarray(forward(m, True)) for s, m in models.items()}
     assert not np.allclose(logits[True], np.asarray(forward(models[True], False)))  # dropout is on
     np.testing.assert_allclose(logits[True], logits[False], atol=1e-6, rtol=0)
-    expected = _stacked(grads(models[False]))
+    expected = stacked(grads(models[False]))
     for policy in ("none", "full", "dots"):
         with L.remat(policy):
-            _assert_trees_close(grads(models[True]), expected, tol=1e-6)
+            assert_trees_close(grads(models[True]), expected, tol=1e-6)
 
 
 def _set_params(model, pure):
@@ -226,12 +181,12 @@ def test_lora_on_stacked_layers_equals_lora_unrolled(method, case, tmp_path):
         models[scan] = spec.apply(model, nnx.Rngs(params=7)), spec
     (unrolled, spec), (scanned, _) = models[False], models[True]
     params = nnx.to_pure_dict(nnx.state(unrolled, nnx.Param))
-    _assert_trees_close(nnx.to_pure_dict(nnx.state(scanned, nnx.Param)), _stacked(params), tol=0)
+    assert_trees_close(nnx.to_pure_dict(nnx.state(scanned, nnx.Param)), stacked(params), tol=0)
     rng = np.random.RandomState(0)  # B away from zero, so that A's gradient and the update matter
     params = methods.base.map_with_path(
         lambda path, x: rng.standard_normal(x.shape).astype(np.float32) * 0.1 if path[-1] == "lora_b" else x, params)
     _set_params(unrolled, params)
-    _set_params(scanned, _stacked(params))
+    _set_params(scanned, stacked(params))
     ids, mask = _batch(reference.config.vocab_size, reference.config.pad_token_id or 0)
     logits = _check_scanned(scanned, unrolled, ids, mask, step_key=jax.random.key(3))
     assert not np.allclose(logits, np.asarray(_logits_and_grads(scanned, ids, mask)[0]))  # LoRA's dropout is on
@@ -256,7 +211,7 @@ def test_fresh_heads_and_random_init_draw_the_unrolled_numbers(base_bert, tiny_l
                          (tiny_llama, dict(random_init=True, config_overrides={"num_hidden_layers": 3}))):
         models = [from_pretrained(name, seed=5, scan_layers=scan, **kwargs) for scan in (False, True)]
         unrolled, scanned = (nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in models)
-        _assert_trees_close(scanned, _stacked(unrolled), tol=0)
+        assert_trees_close(scanned, stacked(unrolled), tol=0)
 
 
 def test_stacked_parameters_shard_by_the_layers_rule(tiny_llama):
@@ -284,155 +239,6 @@ def test_hf_names_of_a_stacked_parameter(tiny_llama):
     assert hf_keys(info.family, ("model", "layers", 1, "mlp", "up_proj", "bias"), 2) == (
         ["model.layers.1.mlp.up_proj.bias"], False, False)
     assert hf_keys(info.family, ("layers", "input_layernorm", "scale"), 2)[0][1] == "layers.1.input_layernorm.weight"
-
-
-def _cfg(**train):
-    cfg = defaults()
-    cfg.mesh.shape = (2, 2, 2)
-    cfg.optimizer.update(learning_rate=1e-3, warmup_steps=1)
-    cfg.train.update(dict(batch_size=8, steps=3, log_every=1), **train)
-    return cfg
-
-
-# method -> (its knobs, the model it trains): every method but llrd and l2sp (their settings and penalty below)
-TRAINED = {
-    "full": ({}, "llama"), "bitfit": ({}, "bert"), "lora": ({"dropout": 0.1}, "llama"),
-    "gradual_unfreezing": ({"every": 1}, "bert"), "qlora": ({"rank": 4, "bits": 4, "block_size": 16}, "llama"),
-    "ia3": ({}, "llama"), "houlsby": ({"size": 8}, "bert"), "mixout": ({"p": 0.3}, "bert"),
-    "freeze": ({"patterns": (r"layer\.0\.", "embeddings")}, "bert"),  # layer 0: a slice of each stacked parameter
-    "prefix_tuning": ({"num_virtual_tokens": 3}, "llama"), "prompt_tuning": ({"num_virtual_tokens": 3}, "bert"),
-    "prefix_tuning-projection": ({"num_virtual_tokens": 3, "projection": True, "projection_dim": 16}, "bert"),
-}
-
-
-# The fast tier trains full fine-tuning, freezing slices and the shared prefix encoder stacked (code paths of their
-# own); the rest in the slow tier (stacked LoRA: test_lora_on_stacked_layers_equals_lora_unrolled; stacked prefixes:
-# test_generate.py's scanned prefix decoding)
-TRAINED_FAST = ("full", "freeze", "prefix_tuning-projection")
-
-
-@pytest.mark.parametrize("method", [m if m in TRAINED_FAST else pytest.param(m, marks=pytest.mark.slow)
-                                    for m in sorted(TRAINED)])
-def test_training_scanned_equals_unrolled(method, request, tmp_path):
-    """A few steps of each method (a tiny Llama causal LM or BERT classifier, dropout on, LoRA's too) on a
-    2 x 2 x 2 mesh, the scanned model rematerialised: the same losses and the same model after them (what the
-    method added, stacked; frozen layers' slices as loaded), as the unrolled model's."""
-    knobs, kind = TRAINED[method]
-    rng = np.random.RandomState(0)
-    data = {"input_ids": rng.randint(0, 99, (24, 16)).astype(np.int32), "attention_mask": np.ones((24, 16), np.int32)}
-    if kind == "llama":
-        checkpoint, objective = request.getfixturevalue("tiny_llama"), CausalLM()
-    else:
-        checkpoint, objective = request.getfixturevalue("tiny_bert"), SequenceClassification(num_labels=3)
-        data["labels"] = rng.randint(0, 3, 24).astype(np.int32)
-    mesh, runs = make_mesh((2, 2, 2)), {}
-    for name, scan, remat in (("unrolled", False, "none"), ("scanned", True, "full")):  # remat per scanned layer
-        model = from_pretrained(checkpoint, mesh=mesh, hidden_dropout=0.1, scan_layers=scan)
-        spec = methods.build({"name": method.partition("-")[0], **knobs})
-        model = spec.apply(model, nnx.Rngs(params=0))
-        before = _stacked_shared(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-        trainer = Trainer(model, objective, _cfg(remat=remat), str(tmp_path / name), mesh=mesh, method=spec)
-        state = trainer.fit(array_batches(data, 8, seed=0)).state
-        with open(os.path.join(tmp_path / name, "metrics.jsonl")) as f:
-            losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
-        after = nnx.state(merge_model(trainer.static, state.params, state.frozen), nnx.Param)
-        runs[name] = losses, _stacked_shared(jax.tree.map(np.asarray, nnx.to_pure_dict(after))), before
-    losses, (params, encoder), (before, start) = runs["unrolled"]
-    assert len(losses) == 3
-    np.testing.assert_allclose(runs["scanned"][0], losses, rtol=1e-6)
-    _assert_trees_close(runs["scanned"][1][0], params, tol=1e-6)
-    _assert_trees_close(runs["scanned"][2][0], before, tol=0)  # what the method added: drawn alike
-    assert (encoder is None) == (method != "prefix_tuning-projection")  # prefix projection's shared encoder
-    if encoder is not None:
-        _assert_trees_close(runs["scanned"][2][1], start, tol=0)
-        _assert_trees_close(runs["scanned"][1][1], encoder, tol=1e-6)
-    query = ("bert", "encoder", "layer", "attention", "self", "query")
-    if method == "bitfit":  # only biases (and the head) trained: the stacked kernels are as loaded
-        kernel = _get(params, query)
-        assert np.array_equal(kernel["kernel"], _get(before, query)["kernel"])
-        assert not np.array_equal(kernel["bias"], _get(before, query)["bias"])
-    if method == "freeze":  # layer 0's slice as loaded, layer 1's trained
-        moved = _get(params, query)["kernel"] != _get(before, query)["kernel"]  # [L, in, out]
-        assert not moved[0].any() and moved[1].mean() > 0.9
-
-
-def _get(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-@pytest.mark.parametrize("method", [{"name": "llrd", "decay": 0.5}, {"name": "gradual_unfreezing", "every": 2}],
-                         ids=["llrd", "gradual_unfreezing"])
-def test_per_layer_rates_and_unfreezing_steps_are_per_slice(method, tiny_bert):
-    """Layer-wise learning rates and gradual unfreezing ask about each slice of a stacked parameter as about the
-    unrolled model's layer: its scale and unfreeze step are the unrolled layers' stacked [L, 1, ...]."""
-    spec = methods.build(method)
-    settings = {}
-    for scan in (False, True):
-        model = from_pretrained(tiny_bert, scan_layers=scan)
-        settings[scan] = optim.method_settings(spec, model, nnx.state(model, nnx.Param))
-    for name in ("scale", "unfreeze"):
-        expected = dict(methods.base.leaf_paths(_stacked(settings[False][name])))  # per layer [L], else one value
-        ours = dict(methods.base.leaf_paths(settings[True][name]))
-        assert ours.keys() == expected.keys()
-        for path, value in ours.items():
-            value, want = np.asarray(value), np.asarray(expected[path])
-            np.testing.assert_array_equal(value.reshape(want.shape) if value.ndim else value, want, err_msg=path)
-    what = "scale" if method["name"] == "llrd" else "unfreeze"  # what the method sets: one value per layer
-    layered = np.asarray(settings[True][what]["bert"]["encoder"]["layer"]["attention"]["self"]["query"]["kernel"])
-    assert layered.shape == (2, 1, 1) and len(set(layered.ravel())) == 2
-
-
-def test_l2sp_penalty_is_the_unrolled_one(tiny_bert):
-    """L2-SP's pull to the start and its head penalty: the same sums over stacked parameters."""
-    spec, penalties = methods.build({"name": "l2sp", "alpha": 0.3, "beta": 0.2}), []
-    rng = np.random.RandomState(0)
-    start = nnx.to_pure_dict(nnx.state(from_pretrained(tiny_bert), nnx.Param))
-    moved = jax.tree.map(lambda w: w + 0.01 * rng.standard_normal(w.shape).astype(np.float32), start)
-    for scan in (False, True):
-        model = from_pretrained(tiny_bert, scan_layers=scan)
-        anchors = spec.anchors(model, _stacked(start) if scan else start)
-        penalties.append(float(spec.penalty(_stacked(moved) if scan else moved, anchors)))
-    assert penalties[0] > 0 and penalties[1] == pytest.approx(penalties[0], rel=1e-6)
-
-
-RESUMED = {"full": {"name": "full"},  # prefix tuning's projection: an encoder every layer shares, saved once
-           "prefix_projection": {"name": "prefix_tuning", "projection": True, "projection_dim": 16,
-                                 "num_virtual_tokens": 3}}
-
-
-@pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow),
-                                    pytest.param("prefix_projection", marks=pytest.mark.slow)])
-def test_a_run_resumes_across_layouts_from_its_checkpoint(tiny_llama, tmp_path, method):
-    """Stopped after 2 of 4 steps and resumed, a scanned run ends where an uninterrupted one does, and so does a run
-    saved unrolled and resumed scanned, or the other way round (the checkpoint's layers restacked); a checkpoint of
-    another model is still refused."""
-    knobs = RESUMED[method]
-    rng = np.random.RandomState(0)
-    data = {"input_ids": rng.randint(0, 128, (32, 16)).astype(np.int32), "attention_mask": np.ones((32, 16), np.int32)}
-
-    def fit(folder, steps, scan=True, knobs=knobs):
-        model = from_pretrained(tiny_llama, scan_layers=scan)
-        spec = methods.build(knobs)
-        model = spec.apply(model, nnx.Rngs(params=0))
-        cfg = _cfg(steps=steps, checkpoint_every=2)
-        cfg.mesh.shape = (1, -1, 1)
-        cfg.optimizer.schedule = "constant"  # the same learning rates whatever the number of steps
-        return Trainer(model, CausalLM(), cfg, str(tmp_path / folder), method=spec).fit(
-            array_batches(data, 8, seed=0)).state.params
-
-    whole = _shared(jax.tree.map(np.asarray, fit("whole", 4)))
-    for folder, first, then in (("scanned", True, True), ("to-scanned", False, True), ("to-unrolled", True, False)):
-        fit(folder, 2, scan=first)
-        params, encoder = _shared(jax.tree.map(np.asarray, fit(folder, 4, scan=then)))
-        _assert_trees_close(params if then else _stacked(params), whole[0], tol=1e-6)
-        if encoder is not None:
-            _assert_trees_close(encoder, whole[1], tol=1e-6)
-        with open(tmp_path / folder / "metrics.jsonl") as f:
-            assert [r["step"] for r in map(json.loads, f) if "train/loss" in r] == [1, 2, 3, 4]  # 3, 4 resumed
-    with pytest.raises(CheckpointError, match="does not match this model and optimizer"):
-        fit("scanned", 6, knobs={"name": "lora"})
 
 
 def test_what_does_not_stack_yet_refuses(tiny_gpt2, monkeypatch):
