@@ -2,13 +2,15 @@
 the slice, and print memory per chip against HBM, the collectives, and a cost-model prediction of the step's time.
 
     .venv/bin/python scripts/plan.py --config=configs/plan.py:llama-3.1-8b --topology=v5p:2x2x1 \
-        [--config.method.name=lora ...] [--labels=N] [--scan | --no-scan] [--json=FILE]
+        [--config.method.name=lora ...] [--labels=N] [--scan | --no-scan] [--json=FILE] [--search [--search-budget=N]]
 
 ``--topology``: ``v4:AxBxC``, ``v5e:AxB``, ``v5p:AxBxC``, ``v6e:AxB`` (chips; compiled by libtpu, the tpu extra:
 ``pip install -e '.[tpu]'``), or ``cpu:N`` (N fake CPU devices: memory and collectives, no prediction).
 ``model.name`` may be a named architecture (``arch:llama-3.1-8b``, ...: adapt/models/architectures/). Exit 0 when the
 train step fits in the chips' usable HBM, 1 when it does not, 2 for bad input. The times are predictions of a cost
-model, not measurements (adapt/plan/planner.py says how they are made).
+model, not measurements (adapt/plan/planner.py says how they are made). ``--search``: over the mesh's factorisations,
+remat policies and grad_accum for the same global batch, the fastest predicted step that fits (adapt/plan/variants.py);
+exit 1 when none does.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ def main():
     parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                         help="stack the layers (model.scan_layers) or not; default: the config's")
     parser.add_argument("--json", help="also write the plan here, as JSON")
+    parser.add_argument("--search", action="store_true",
+                        help="the fastest predicted step that fits, over meshes, remat and grad_accum (top 5 printed)")
+    parser.add_argument("--search-budget", type=int, default=None,
+                        help="compile at most this many of the search's variants (default: all not pruned)")
     args = parser.parse_args(rest)
     if args.json:
         files.output_files(args.json, "--json")
@@ -45,14 +51,26 @@ def main():
         os.environ["JAX_PLATFORMS"] = "cpu"
     if args.labels < 1:
         raise ConfigError(f"--labels={args.labels}; expected a positive count")
-    from adapt.plan import plan  # imports JAX
+    if args.search_budget is not None and args.search_budget < 1:
+        raise ConfigError(f"--search-budget={args.search_budget}; expected a positive count")
+    if args.search and not topology.is_tpu:
+        raise ConfigError(f"--search --topology={args.topology}: a search ranks predicted step times, which needs a "
+                          "TPU topology")
+    from adapt.plan import plan, search  # imports JAX
 
-    result = plan(config, args.topology, labels=args.labels, name=spec, scan=args.scan)
+    if args.search:
+        if args.scan is not None:
+            config.model.scan_layers = args.scan
+        result = search(config, args.topology, labels=args.labels, budget=args.search_budget, name=spec)
+        fits = result.best is not None
+    else:
+        result = plan(config, args.topology, labels=args.labels, name=spec, scan=args.scan)
+        fits = result.fits in (True, None)
     print(result.markdown())
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         files.write_json(args.json, result.to_json(), indent=1)
-    sys.exit(0 if result.fits in (True, None) else 1)
+    sys.exit(0 if fits else 1)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ from adapt.core.sharding import axis_rules, current_rules
 from adapt.models import kv_cache
 from adapt.models.registry import model_info
 
+STOP_SLOTS = 8  # the stop ids' array holds 8 (or the power of two above their count): -1 fills it
+
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
@@ -183,6 +185,29 @@ def _check(model, prompts, config: GenerationConfig, batch_size: int, max_length
                                   f"{config.max_new_tokens} that exceeds {what} ({limit})")
 
 
+def _sampler(config: GenerationConfig) -> tuple:
+    return float(config.temperature), int(config.top_k), float(config.top_p)
+
+
+def lower(model: nnx.Module, rows: int, prompt_length: int, config: GenerationConfig) -> jax.stages.Lowered:
+    """The program :func:`generate_ids` runs for a batch of ``rows`` prompts of ``prompt_length`` tokens, lowered,
+    not run: the rows and length bucketed as it buckets them, on the model's mesh and the axis rules in force. The
+    model's parameters may be ``ShapeDtypeStruct``s with shardings (:mod:`adapt.plan` compiles this for a slice)."""
+    _check(model, [[0] * prompt_length], config, rows, None)
+    graphdef, state = nnx.split(model)
+    mesh = _mesh(state)
+    b, p = _bucket(rows), _bucket(prompt_length, 16)
+    replicated = {"sharding": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())} if mesh else {}
+
+    def arg(shape, dtype=jnp.int32):
+        return jax.ShapeDtypeStruct(shape, dtype, **replicated)
+
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        return _program.lower(graphdef, state, arg((b, p)), arg((b, p)), arg((b,)), arg(()), arg((STOP_SLOTS,)),
+                              arg((), jnp.uint32), new=_bucket(config.max_new_tokens, 16), sampler=_sampler(config),
+                              rules=current_rules())
+
+
 def generate_ids(model: nnx.Module, prompts: list[list[int]], config: GenerationConfig, *, eos_ids=(),
                  pad_id: int = 0, batch_size: int = 8, max_length: int | None = None) -> list[list[int]]:
     """The new token ids of each prompt (the prompt excluded), cut before its first stop token (``eos_ids`` and
@@ -190,9 +215,9 @@ def generate_ids(model: nnx.Module, prompts: list[list[int]], config: Generation
     prompt + ``max_new_tokens`` above it is an error, as above the family's maximum positions (GPT-2)."""
     _check(model, prompts, config, batch_size, max_length)
     stop_ids = sorted({int(i) for i in eos_ids if i is not None} | {s for s in config.stop if not isinstance(s, str)})
-    stops = np.full(_bucket(len(stop_ids), 8), -1, np.int32)  # [M]: -1 never matches a token
+    stops = np.full(_bucket(len(stop_ids), STOP_SLOTS), -1, np.int32)  # [M]: -1 never matches a token
     stops[:len(stop_ids)] = stop_ids
-    sampler = (float(config.temperature), int(config.top_k), float(config.top_p))
+    sampler = _sampler(config)
     new = _bucket(config.max_new_tokens, 16)
     graphdef, state = nnx.split(model)
     mesh = _mesh(state)

@@ -29,11 +29,14 @@ from flax import nnx
 from adapt import methods
 from adapt.core.errors import ConfigError
 from adapt.core.sharding import MESH_AXES, normalize_rules
+from adapt.evaluation.generation import generation_config
 from adapt.experiment import base
 from adapt.experiment.trial import check_format
 from adapt.features import base as registry  # the features, registered as adapt.features imports
 from adapt.features.base import model_source
+from adapt.models import generate
 from adapt.models.loading import Blueprint, model_blueprint
+from adapt.models.registry import model_info
 from adapt.plan import hlo
 from adapt.plan.chips import Topology
 from adapt.training import Trainer, tasks
@@ -65,7 +68,7 @@ class PlanTokenizer:
 @dataclasses.dataclass
 class Program:
     """One step compiled for the mesh: XLA's per-chip figures."""
-    name: str  # "train" | "eval"
+    name: str  # "train" | "eval" | "generate"
     lower_s: float
     compile_s: float
     memory: object  # the executable's memory_analysis() (argument, output, alias, temporary bytes per chip); None
@@ -75,6 +78,14 @@ class Program:
     collectives: list  # adapt.plan.hlo.Collective, each once
     out_of_memory: str = ""  # XLA's refusal when the program does not fit the chip (then memory is None)
     temporaries_needed: float = 0.0  # the temporaries' bytes per chip that refusal names
+
+    @property
+    def total_bytes(self) -> float:
+        """Per chip: arguments + outputs - donated aliases + temporaries (what XLA refused: its temporaries)."""
+        m = self.memory
+        if m is None:
+            return self.temporaries_needed
+        return float(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
 @dataclasses.dataclass
@@ -146,15 +157,49 @@ def batch_of(fmt: str, rows: int, length: int, trainer: Trainer) -> dict:
             for k, dims in BATCH_LAYOUT[fmt].items()}
 
 
+def generates(built: Built) -> bool:
+    """Whether the trial's model generates (a causal LM of a family with a KV-cache path)."""
+    info = model_info(built.model)
+    return info.head == "causal_lm" and bool(info.family.kv_cache)
+
+
+def _generation_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    section = config.generation.copy_and_resolve_references()
+    with section.unlocked():
+        section.max_new_tokens = section.max_new_tokens or generate.GenerationConfig.max_new_tokens
+    return section
+
+
+def generation_shape(config: ml_collections.ConfigDict) -> str:
+    """What :func:`lower_generation` plans, in words."""
+    section = _generation_section(config)
+    return (f"{section.batch_size} prompts of {config.data.max_length:,} tokens + {section.max_new_tokens} new "
+            "(generation.batch_size, data.max_length, generation.max_new_tokens)")
+
+
+def lower_generation(built: Built) -> jax.stages.Lowered:
+    """Generation's program (the prefill, then a loop of one-token decode steps over the KV cache;
+    :mod:`adapt.models.generate`) for ``generation.batch_size`` prompts of ``data.max_length`` tokens and
+    ``generation.max_new_tokens`` new ones (the generation default when the section's 0 leaves it off), with the
+    trial's sampler, on the trial's mesh and rules."""
+    trainer = built.trainer
+    config, section = trainer.cfg, _generation_section(trainer.cfg)
+    with trainer.steps.context():
+        return generate.lower(trainer.best_model(built.state), section.batch_size, config.data.max_length,
+                              generation_config(section))
+
+
 def compile_steps(built: Built, topology: Topology, which: tuple[str, ...] = ("train", "eval")) -> list[Program]:
-    """The train and eval steps (``which`` of them) of ``built`` lowered and compiled (timed), with XLA's per-chip
-    figures."""
+    """The programs ``which`` of ``built`` (``"train"``, ``"eval"``: its steps; ``"generate"``:
+    :func:`lower_generation`) lowered and compiled (timed), with XLA's per-chip figures. XLA counts a loop's body
+    once: generation's cost is its prefill and one decode step."""
     steps, out = built.trainer.steps, []
-    args = {"train": (built.state, built.batch),
-            "eval": (built.state, built.eval_batch, jax.ShapeDtypeStruct((), jnp.int32))}
+    lowerers = {"train": lambda: steps.lower("train", built.state, built.batch),
+                "eval": lambda: steps.lower("eval", built.state, built.eval_batch, jax.ShapeDtypeStruct((), jnp.int32)),
+                "generate": lambda: lower_generation(built)}
     for name in which:
         start = time.perf_counter()
-        lowered = steps.lower(name, *args[name])
+        lowered = lowerers[name]()
         lowered_s = time.perf_counter() - start
         start = time.perf_counter()
         try:

@@ -30,7 +30,7 @@ from adapt.core.errors import ConfigError
 from adapt.core.sharding import LAYERS, make_mesh
 from adapt.models.registry import model_info
 from adapt.plan import hlo
-from adapt.plan.build import Program, build, check, compile_steps
+from adapt.plan.build import Program, build, check, compile_steps, generates, generation_shape
 from adapt.plan.chips import GiB, Topology, parse
 from adapt.training.state import split_model
 
@@ -58,12 +58,12 @@ def devices_for(topology: Topology) -> list:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
 
 
-def _per_chip(tree) -> float:
+def per_chip_bytes(tree) -> float:
     """Bytes per chip of a tree of ``ShapeDtypeStruct``s with shardings (the largest shard of each leaf)."""
     return float(sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
-def _matmul_weights(model: nnx.Module, method, blueprint) -> tuple[int, int]:
+def matmul_weights(model: nnx.Module, method, blueprint) -> tuple[int, int]:
     """(trained, frozen) weights that multiply every token: the parameters with 2 or more dimensions per layer but
     the embeddings' lookups, a quantised kernel (QLoRA's codes and scales) by its shape, a tied output head by the
     embedding's size."""
@@ -92,12 +92,14 @@ def _matmul_weights(model: nnx.Module, method, blueprint) -> tuple[int, int]:
     return trained, frozen
 
 
-def attention_flops_per_token(blueprint, length: int) -> float:
-    """Training FLOPs of attention's two sequence matmuls per token (PaLM's 12 L H d_h T)."""
-    hf = blueprint.hf
-    heads = hf.num_attention_heads
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
-    return 12.0 * hf.num_hidden_layers * heads * head_dim * length
+def model_flops(built) -> float:
+    """The model FLOPs of ``built``'s train step, the whole slice's (see the module doc)."""
+    config, hf = built.trainer.cfg, built.blueprint.hf
+    trained, frozen = matmul_weights(built.model, built.trainer.method, built.blueprint)
+    length = int(config.data.max_length)
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    attention = 12.0 * hf.num_hidden_layers * hf.num_attention_heads * head_dim * length  # per token (PaLM)
+    return int(config.train.batch_size) * length * (6.0 * trained + 4.0 * frozen + attention)
 
 
 @dataclasses.dataclass
@@ -118,27 +120,21 @@ class Plan:
     costs: dict | None  # the train step per chip: flops, bytes_accessed, collective_s, collectives ({kind: count,
     #                     bytes}); None when it does not fit
     model_flops: float  # the train step's, the whole slice's
+    generation: str = ""  # the generation program's shape, when the model generates
 
     @property
     def fits(self) -> bool | None:
         usable = self.memory.get("usable")
         if any(p.out_of_memory for p in self.programs):
             return False
-        return None if usable is None else self.memory["total"] <= usable
+        return None if usable is None else max(p.total_bytes for p in self.programs) <= usable
 
     def predicted(self) -> dict:
-        """compute_s, memory_s, collective_s, step_s, optimal_s, tokens_per_s_per_chip, mfu (None on a CPU)."""
-        chip = self.topology.chip
-        if chip is None or self.costs is None:
+        """compute_s, memory_s, collective_s, step_s, xla_optimal_s, tokens_per_s_per_chip, mfu (empty on a CPU)."""
+        if self.topology.chip is None or self.costs is None:
             return {}
-        compute = self.costs["flops"] / chip.peak_bf16_flops
-        traffic = self.costs["bytes_accessed"] / chip.hbm_bandwidth
-        step = max(compute, traffic) + self.costs["collective_s"]
-        optimal = self.programs[0].optimal_seconds
-        return {"compute_s": compute, "memory_s": traffic, "collective_s": self.costs["collective_s"],
-                "step_s": step, "xla_optimal_s": None if self.scan_layers else optimal,  # XLA: a loop's body once
-                "tokens_per_s_per_chip": self.tokens / step / self.topology.chips,
-                "mfu": self.model_flops / (step * self.topology.chips * chip.peak_bf16_flops)}
+        optimal = None if self.scan_layers else self.programs[0].optimal_seconds  # XLA: a loop's body once
+        return dict(predict(self.costs, self.topology, self.tokens, self.model_flops), xla_optimal_s=optimal)
 
     def to_json(self) -> dict:
         return {"config": self.config, "topology": self.topology.name, "slice": self.topology.marketing_name(),
@@ -149,7 +145,8 @@ class Plan:
                 "predicted": self.predicted(), "prediction_is": "a cost-model prediction, not a measurement",
                 "programs": [{"name": p.name, "lower_s": p.lower_s, "compile_s": p.compile_s,
                               "temp_bytes": p.memory.temp_size_in_bytes if p.memory else p.temporaries_needed,
-                              "out_of_memory": p.out_of_memory} for p in self.programs]}
+                              "total_bytes": p.total_bytes, "out_of_memory": p.out_of_memory}
+                             for p in self.programs]}
 
     def markdown(self) -> str:
         t, m = self.topology, self.memory
@@ -164,9 +161,15 @@ class Plan:
                  "| train step | " + " | ".join(gib.get(k, "-") for k in ("params", "opt_state", "frozen", "anchors",
                                                                            "batch", "temporaries", "total", "usable"))
                  + " |", ""]
+        lines += [f"{p.name} {'step' if p.name != 'generate' else 'program'}: {p.total_bytes / GiB:.2f} GiB per "
+                  f"chip ({p.temporaries_needed / GiB if p.memory is None else p.memory.temp_size_in_bytes / GiB:.2f}"
+                  " temporaries)" + (f", {self.generation}" if p.name == "generate" else "")
+                  for p in self.programs[1:]]
         fits = self.fits
+        over = max(self.programs, key=lambda p: p.total_bytes)
         lines.append("fits: " + ("n/a (CPU)" if fits is None else "yes" if fits else
-                                 f"**no**: {m['total'] / GiB:.2f} GiB per chip over {m['usable'] / GiB:.2f} usable"))
+                                 f"**no**: the {over.name} program needs {over.total_bytes / GiB:.2f} GiB per chip, "
+                                 f"over {m['usable'] / GiB:.2f} usable"))
         if p := self.predicted():
             lines += ["", "Predicted (a cost-model prediction, not a measurement): step "
                       f"{p['step_s'] * 1e3:.1f} ms = max(compute {p['compute_s'] * 1e3:.1f}, HBM "
@@ -178,28 +181,67 @@ class Plan:
             f"{k} {v['count']:.0f} ({v['bytes'] / 2**20:,.1f} MiB)" for k, v in coll.items()) or "-"),
             *(f"{p.name} step: XLA: {p.out_of_memory}" for p in self.programs if p.out_of_memory),
             "compile: " + ", ".join(f"{p.name} {p.lower_s:.1f} s lower + {p.compile_s:.1f} s compile"
-                                    for p in self.programs)]
+                                    for p in self.programs)
+            + (f"; the costs' 1- and 2-layer programs {self.costs['compile_s']:.1f} s"
+               if self.scan_layers and self.costs else "")]
         return "\n".join(lines)
+
+
+def predict(costs: dict, topology: Topology, tokens: int, model_flops: float) -> dict:
+    """The step's predicted time per chip from its ``costs`` (see the module doc), tokens/s per chip and MFU."""
+    chip = topology.chip
+    compute = costs["flops"] / chip.peak_bf16_flops
+    traffic = costs["bytes_accessed"] / chip.hbm_bandwidth
+    step = max(compute, traffic) + costs["collective_s"]
+    return {"compute_s": compute, "memory_s": traffic, "collective_s": costs["collective_s"], "step_s": step,
+            "tokens_per_s_per_chip": tokens / step / topology.chips,
+            "mfu": model_flops / (step * topology.chips * chip.peak_bf16_flops)}
+
+
+def _coords(mesh) -> list[tuple[int, ...]]:
+    """The chips' physical coordinates in the order of the SPMD program's partitions (its collectives' replica
+    groups number them so): the mesh's devices, flattened."""
+    return [tuple(getattr(d, "coords", (i,))) for i, d in enumerate(mesh.devices.flat)]
 
 
 def _costs(program: Program, topology: Topology, coords) -> dict:
     return {"flops": program.flops, "bytes_accessed": program.bytes_accessed,
             "collective_s": sum(hlo.seconds(c, topology, coords) for c in program.collectives),
-            "collectives": hlo.summary(program.collectives)}
+            "collectives": hlo.summary(program.collectives), "memory": program.total_bytes,
+            "compile_s": program.lower_s + program.compile_s}
 
 
 def _extrapolate(one: dict, two: dict, layers: int) -> dict:
-    """Costs at ``layers`` from those at 1 and 2 layers: the first layer's, plus each further one's."""
+    """Costs (and memory per chip) at ``layers`` from those at 1 and 2 layers: the first layer's, plus each further
+    one's; ``compile_s``: the two compiles'."""
     def line(a, b):
         return a + (layers - 1) * (b - a)
 
     kinds = set(one["collectives"]) | set(two["collectives"])
     empty = {"count": 0, "bytes": 0.0}
-    return {"flops": line(one["flops"], two["flops"]), "bytes_accessed": line(one["bytes_accessed"],
-                                                                              two["bytes_accessed"]),
-            "collective_s": line(one["collective_s"], two["collective_s"]),
+    return {**{k: line(one[k], two[k]) for k in ("flops", "bytes_accessed", "collective_s", "memory")},
             "collectives": {k: {f: line(one["collectives"].get(k, empty)[f], two["collectives"].get(k, empty)[f])
-                                for f in ("count", "bytes")} for k in hlo.KINDS if k in kinds}}
+                                for f in ("count", "bytes")} for k in hlo.KINDS if k in kinds},
+            "compile_s": one["compile_s"] + two["compile_s"]}
+
+
+_LAYER_COSTS: dict = {}  # (config, mesh, topology, layers, labels) -> layer_costs: a search plans its best again
+
+
+def layer_costs(config: ml_collections.ConfigDict, mesh, topology: Topology, layers: int, *, labels: int = 2) -> dict:
+    """The train step's costs per chip at ``layers`` deep, extrapolated from its programs at 1 and 2 layers
+    (unrolled): XLA counts a loop's body once, so a scanned program's own counts are one layer's. Its memory is an
+    estimate too (the real program's is XLA's: :func:`plan`). Computed once per process for the same arguments."""
+    key = (config.to_json(), tuple(mesh.shape.items()), topology.name, layers, labels)
+    if key not in _LAYER_COSTS:
+        _LAYER_COSTS[key] = _layer_costs(config, mesh, topology, layers, labels)
+    return dict(_LAYER_COSTS[key])
+
+
+def _layer_costs(config, mesh, topology: Topology, layers: int, labels: int) -> dict:
+    one, two = (_costs(compile_steps(build(config, mesh, labels=labels, layers=n, scan=False), topology,
+                                     ("train",))[0], topology, _coords(mesh)) for n in (1, 2))
+    return _extrapolate(one, two, layers)
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, name: str = "",
@@ -210,33 +252,28 @@ def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, n
     devices = devices_for(top)
     mesh = make_mesh(shape, devices=devices)
     built = build(config, mesh, labels=labels, scan=scan)
-    programs = compile_steps(built, top)
-    coords = [tuple(getattr(d, "coords", (i,))) for i, d in enumerate(devices)]
+    programs = compile_steps(built, top, ("train", "eval", "generate") if generates(built) else ("train", "eval"))
     info = model_info(built.model)
     layers, stacked = info.dims.num_layers, info.stacked
     state, train = built.state, programs[0]
-    memory = {"params": _per_chip(state.params), "opt_state": _per_chip(state.opt_state),
-              "frozen": _per_chip(state.frozen), "anchors": _per_chip(state.anchors), "batch": _per_chip(built.batch)}
+    memory = {k: per_chip_bytes(getattr(state, k)) for k in ("params", "opt_state", "frozen", "anchors")}
+    memory["batch"] = per_chip_bytes(built.batch)
     if train.memory is None:  # XLA refused it: over the chip's HBM by its temporaries alone
         memory["temporaries"] = train.temporaries_needed
         memory["total"] = sum(memory.values())
         costs = None
     else:
-        m = train.memory
-        memory["temporaries"] = float(m.temp_size_in_bytes)
-        memory["total"] = float(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-                                + m.temp_size_in_bytes)
+        memory["temporaries"] = float(train.memory.temp_size_in_bytes)
+        memory["total"] = train.total_bytes
         if stacked and layers > 1:
-            one, two = (_costs(compile_steps(build(config, mesh, labels=labels, layers=n, scan=False), top,
-                                             ("train",))[0], top, coords) for n in (1, 2))
-            costs = _extrapolate(one, two, layers)
+            costs = layer_costs(config, mesh, top, layers, labels=labels)
+            costs["memory"] = train.total_bytes
         else:
-            costs = _costs(train, top, coords)
+            costs = _costs(train, top, _coords(mesh))
     if top.chip is not None:
         memory["usable"] = top.chip.usable_hbm
-    trained, frozen = _matmul_weights(built.model, built.trainer.method, built.blueprint)
+    trained, frozen = matmul_weights(built.model, built.trainer.method, built.blueprint)
     tokens = int(config.train.batch_size) * int(config.data.max_length)
-    model_flops = tokens * (6.0 * trained + 4.0 * frozen + attention_flops_per_token(built.blueprint,
-                                                                                     config.data.max_length))
+    generation = generation_shape(config) if generates(built) else ""
     return Plan(name, top, dict(mesh.shape), str(built.blueprint.source.name), config.method.name, stacked, layers,
-                tokens, trained, frozen, memory, programs, costs, model_flops)
+                tokens, trained, frozen, memory, programs, costs, model_flops(built), generation)

@@ -107,7 +107,7 @@ FAMILY_CASES = [pytest.param(f, m, marks=() if (f, m) in FAST_FAMILIES else pyte
 def test_every_family_compiles_for_a_tpu_slice(models, family, method):
     encoder = family in ("bert", "roberta")
     p = plan(config_for(models[family], encoder=encoder, method=method), "v5e:2x2")
-    assert [q.name for q in p.programs] == ["train", "eval"] and p.fits
+    assert [q.name for q in p.programs] == ["train", "eval"] + (["generate"] if not encoder else []) and p.fits
     assert p.memory["total"] < 2**30 and p.costs["flops"] > 0 and p.predicted()["step_s"] > 0
     assert p.costs["collectives"]["all-gather"]["count"] > 0  # FSDP gathers the weights it multiplies
 
@@ -188,3 +188,60 @@ def test_training_a_named_architecture_is_one_line_and_exit_2(tmp_path):
                         f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 2 and "arch:qwen2.5-7b is an architecture without weights or tokenizer" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_search_s_variants_are_the_ones_the_plan_accepts(models):
+    """Meshes whose product is the chips and whose tensor ways divide the heads (the tiny decoder's 2 key/value
+    heads rule out 4), every remat policy, power-of-two micro-batches the batch shards divide; cheapest first."""
+    from transformers import AutoConfig
+
+    from adapt.plan.variants import variants
+
+    found = variants(config_for(models["llama"]), 4, AutoConfig.from_pretrained(models["llama"]))
+    meshes = {v.mesh for v in found}
+    assert meshes == {(1, 4, 1), (2, 2, 1), (4, 1, 1), (1, 2, 2), (2, 1, 2)}
+    assert {v.remat for v in found} == {"none", "dots", "full"}
+    assert all((8 // v.grad_accum) % (v.mesh[0] * v.mesh[1]) == 0 for v in found)  # batch 8 over data x fsdp
+    assert {v.grad_accum for v in found if v.mesh == (1, 2, 2)} == {1, 2, 4}
+    assert found[0].remat == "none" and found[0].grad_accum == 1 and found[-1].remat == "full"
+
+
+def test_a_search_prunes_what_cannot_fit_without_compiling(models, monkeypatch):
+    """The quick estimate orders the variants' memory as remat and micro-batching do (no remat over dots over full,
+    two micro-batches under one); a variant over the prune line is not compiled, and a search where none is left
+    finds nothing."""
+    from adapt.plan import variants as searching
+
+    config = config_for(models["llama"], **{"data.max_length": 128})
+    devices = devices_for(parse("v5e:2x2"))
+
+    def estimate(remat, accum):
+        v = searching.Variant((1, 4, 1), remat, accum)
+        c = searching._with(config, v)
+        return searching.estimate(c, v, plan_build.build(c, make_mesh(v.mesh, devices=devices), scan=True))
+
+    assert estimate("none", 1) > estimate("dots", 1) > estimate("full", 1) > 0
+    assert estimate("none", 2) < estimate("none", 1)
+    monkeypatch.setattr(searching, "PRUNE", 1e-9)  # every estimate over the line
+    monkeypatch.setattr(searching, "layer_costs", lambda *a, **k: pytest.fail("a pruned variant was compiled"))
+    result = searching.search(config, "v5e:2x2")
+    assert len(result.variants) > 10 and all(v.status == "pruned" for v in result.variants)
+    assert result.best is None and result.plan is None and "best: **none fits**" in result.markdown()
+
+
+@pytest.mark.slow  # the search's compiles; its variants and pruning are fast tests above
+def test_a_search_ranks_compiled_variants_and_plans_the_best_at_its_depth(models, tmp_path):
+    out = tmp_path / "search.json"
+    r = _script(f"--config={PLAN}:llama-3.1-8b", "--topology=v5e:2x2", f"--config.model.name={models['llama']}",
+                "--config.train.batch_size=8", "--config.eval.batch_size=8", "--config.data.max_length=64",
+                "--search", "--search-budget=3", f"--json={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = json.loads(out.read_text())
+    compiled = [v for v in saved["variants"] if v["status"] == "compiled"]
+    assert len(compiled) == 3 and all(v["compile_s"] > 0 for v in compiled)
+    steps = [v["predicted"]["step_s"] for v in compiled]
+    assert steps == sorted(steps) and saved["best"] == {k: compiled[0][k] for k in saved["best"]}
+    best = saved["plan"]
+    assert tuple(best["mesh"].values()) == tuple(saved["best"]["mesh.shape"]) and best["fits"]
+    assert [p["name"] for p in best["programs"]] == ["train", "eval", "generate"]
+    assert "| 1 |" in r.stdout and "not compiled" in r.stdout
