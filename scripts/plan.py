@@ -17,11 +17,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 
 from adapt.core import cli, files
 from adapt.core.errors import ConfigError
 from adapt.experiment import configs
+
+CHILD = "ADAPT_PLAN_CHILD"  # set in the child that plans (see compile_in_child)
+
+
+def compile_in_child(config, spec: str, topology: str):
+    """Plan in a child process, this command again, and exit with its code: libtpu's compiler can crash outright
+    (a segmentation fault) on some programs, which no Python handler survives; the parent turns that into one line."""
+    r = subprocess.run([sys.executable, *sys.argv], env={**os.environ, CHILD: "1"})
+    if r.returncode >= 0:
+        sys.exit(r.returncode)
+    dropout = [k for k in ("hidden_dropout", "attention_dropout") if config.model[k] != 0]
+    hint = (f"; libtpu 0.0.42 is known to crash on some steps with dropout on (model.{dropout[0]}="
+            f"{config.model[dropout[0]]}, -1 is the model's own): plan with --config.model.hidden_dropout=0 "
+            "--config.model.attention_dropout=0 (docs/guides/planning.md)" if dropout else "")
+    raise ConfigError(f"plan: libtpu's compiler crashed ({signal.Signals(-r.returncode).name}) compiling "
+                      f"{spec} for {topology}{hint}")
 
 
 def main():
@@ -56,6 +74,8 @@ def main():
     if args.search and not topology.is_tpu:
         raise ConfigError(f"--search --topology={args.topology}: a search ranks predicted step times, which needs a "
                           "TPU topology")
+    if topology.is_tpu and not os.environ.get(CHILD):
+        compile_in_child(config, spec, args.topology)
     from adapt.plan import plan, search  # imports JAX
 
     if args.search:

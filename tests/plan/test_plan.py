@@ -245,3 +245,14 @@ def test_a_search_ranks_compiled_variants_and_plans_the_best_at_its_depth(models
     assert tuple(best["mesh"].values()) == tuple(saved["best"]["mesh.shape"]) and best["fits"]
     assert [p["name"] for p in best["programs"]] == ["train", "eval", "generate"]
     assert "| 1 |" in r.stdout and "not compiled" in r.stdout
+
+
+def test_a_compiler_crash_is_one_line_and_exit_2(tmp_path):
+    """libtpu's compiler can die by a segmentation fault (it does on some steps with dropout on): the script plans in
+    a child process, and a child killed by a signal is one line naming the crash and the dropout workaround."""
+    (tmp_path / "sitecustomize.py").write_text(  # the planning child dies as libtpu's crash kills it
+        "import os, signal\nif os.environ.get('ADAPT_PLAN_CHILD'):\n    os.kill(os.getpid(), signal.SIGSEGV)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    r = _script(f"--config={PLAN}:llama-3.1-8b", "--topology=v5e:2x2", "--config.model.hidden_dropout=0.1", env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "libtpu's compiler crashed (SIGSEGV) compiling" in r.stderr and "model.hidden_dropout=0.1" in r.stderr
