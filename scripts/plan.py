@@ -61,8 +61,8 @@ def main():
     from adapt.plan import chips  # no JAX yet: a CPU topology sets the device count before JAX starts
 
     topology = chips.parse(args.topology)
-    if topology.is_tpu:
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu compiles for the slice; nothing runs on a TPU here
+    if topology.chip is not None:  # libtpu or the CUDA plugin compiles for the slice; nothing runs on it here
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     else:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={topology.chips}".strip()
@@ -71,10 +71,10 @@ def main():
         raise ConfigError(f"--labels={args.labels}; expected a positive count")
     if args.search_budget is not None and args.search_budget < 1:
         raise ConfigError(f"--search-budget={args.search_budget}; expected a positive count")
-    if args.search and not topology.is_tpu:
+    if args.search and topology.chip is None:
         raise ConfigError(f"--search --topology={args.topology}: a search ranks predicted step times, which needs a "
-                          "TPU topology")
-    if topology.is_tpu and not os.environ.get(CHILD):
+                          "TPU or GPU topology")
+    if topology.chip is not None and not os.environ.get(CHILD):
         compile_in_child(config, spec, args.topology)
     from adapt.plan import plan, search  # imports JAX
 

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax._src import xla_bridge  # the CPU client, for XLA's HLO cost analysis of a GPU program
+from jax._src.lib import _jax
 
 from adapt import methods
 from adapt.core.errors import ConfigError
@@ -189,6 +191,18 @@ def lower_generation(built: Built) -> jax.stages.Lowered:
                               generation_config(section))
 
 
+def _cost_analysis(compiled) -> dict:
+    """XLA's cost analysis of ``compiled`` (per chip); XLA:GPU compiling for a GPU it does not see gives none, so its
+    optimized HLO module is analysed by XLA's HLO cost analysis on the CPU client (a cuBLAS call counts no FLOPs
+    there: :func:`adapt.plan.planner.predict` never counts fewer than the model's)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    if cost is None:
+        cost = _jax.hlo_module_cost_analysis(xla_bridge.get_backend("cpu"),
+                                             compiled.runtime_executable().hlo_modules()[0])
+    return cost
+
+
 def compile_steps(built: Built, topology: Topology, which: tuple[str, ...] = ("train", "eval")) -> list[Program]:
     """The programs ``which`` of ``built`` (``"train"``, ``"eval"``: its steps; ``"generate"``:
     :func:`lower_generation`) lowered and compiled (timed), with XLA's per-chip figures. XLA counts a loop's body
@@ -213,8 +227,7 @@ def compile_steps(built: Built, topology: Topology, which: tuple[str, ...] = ("t
                                str(e).splitlines()[0], temporaries))
             continue
         compile_s = time.perf_counter() - start
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
+        cost = _cost_analysis(compiled)
         optimal = cost.get("optimal_seconds")
         out.append(Program(name, lowered_s, compile_s, compiled.memory_analysis(), float(cost.get("flops", 0.0)),
                            float(cost.get("bytes accessed", 0.0)), optimal if optimal and optimal > 0 else None,

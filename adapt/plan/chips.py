@@ -1,7 +1,8 @@
-"""The accelerators a plan targets: each TPU generation's chip specifications, and topology names parsed into chips.
+"""The accelerators a plan targets: each TPU generation's and GPU's specifications, and topology names parsed.
 
-A topology is ``<generation>:<shape>`` as libtpu names it (``v5e:2x4``, ``v5p:2x2x1``, ``v4:2x2x2``, ``v6e:4x4``), or
-``cpu:<n>`` for n fake CPU devices (the suite's mesh: nothing is predicted for it). Chips are counted as chips: for v4
+A topology is ``<generation>:<shape>`` as libtpu names it (``v5e:2x4``, ``v5p:2x2x1``, ``v4:2x2x2``, ``v6e:4x4``),
+``h100:<n>`` for n H100 GPUs of one host (one NVSwitch domain), or ``cpu:<n>`` for n fake CPU devices (the suite's
+mesh: nothing is predicted for it). Chips are counted as chips: for v4
 and v5p Google's marketing count is TensorCores, so ``v5p-8`` is 4 chips (``v5p:2x2x1``);
 :meth:`Topology.marketing_name` gives that name beside the chip count.
 
@@ -45,6 +46,7 @@ class Chip:
     cores_per_chip: int  # TensorCores: Google's marketing count of v4 and v5p slices is cores
     torus_every: int  # an axis of a slice this many chips long (or a multiple) wraps around; 0: only a full pod's
     pod_side: int  # the side of a full pod's 2D torus (v5e, v6e), where their axes wrap around
+    platform: str = "tpu"  # "tpu" (libtpu compiles) or "gpu" (the CUDA plugin compiles, its GPUS target config)
 
     @property
     def usable_hbm(self) -> float:
@@ -60,7 +62,23 @@ CHIPS = {
     "v5p": Chip("v5p", 459e12, 95 * GiB, 2765e9, 9e10, 6, 2, 4, 0),
     # v6e: 918 TFLOP/s, 32 GB, 1638 GB/s, 800 GB/s bidirectional over 4 ports (cloud.google.com/tpu/docs/v6e).
     "v6e": Chip("v6e", 918e12, 32 * GiB, 1638e9, 9e10, 4, 1, 0, 16),
+    # H100 SXM: 989 TFLOP/s dense bf16, 3.35 TB/s HBM3 (nvidia.com/en-us/data-center/h100, datasheet), 79.1 GiB as
+    # CUDA reports its 80 GB (GPUS["h100"]); NVLink 4: 900 GB/s bidirectional per GPU through NVSwitch, 450 one way.
+    "h100": Chip("h100", 989e12, 84929347584, 3.35e12, 4.5e11, 1, 1, 0, 0, "gpu"),
 }
+
+#: What XLA's GPU compiler needs to compile for a GPU it does not see (its GpuTargetConfigProto, text format): the
+#: values CUDA reports for an H100 SXM 80GB (compute capability 9.0), as jax-ml/jax issue #28376 lists them.
+GPUS = {"h100": """gpu_device_info { threads_per_block_limit: 1024 threads_per_warp: 32
+ shared_memory_per_block: 49152 shared_memory_per_core: 233472 threads_per_core_limit: 2048
+ core_count: 132 fpus_per_core: 128 block_dim_limit_x: 2147483647 block_dim_limit_y: 65535
+ block_dim_limit_z: 65535 memory_bandwidth: 3352320000000 l2_cache_size: 52428800
+ clock_rate_ghz: 1.98 device_memory_size: 84929347584 shared_memory_per_block_optin: 232448
+ cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536 }
+platform_name: "CUDA" dnn_version_info { major: 9 minor: 7 } runtime_version { major: 12 minor: 8 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""}
+GPUS_PER_HOST = 8  # one NVSwitch domain: a plan for GPUs stays inside one host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +93,14 @@ class Topology:
         return math.prod(self.shape)
 
     @property
-    def is_tpu(self) -> bool:
-        return self.chip is not None
+    def platform(self) -> str:
+        """"tpu", "gpu" or "cpu"."""
+        return self.chip.platform if self.chip else "cpu"
 
     def wraps(self, side: int) -> bool:
         """Whether an axis of the slice ``side`` chips long is a ring (wraparound links), not a line."""
         c = self.chip
-        if c is None or side < 2:
+        if c is None or side < 2 or c.platform != "tpu":
             return False
         return (c.torus_every and side % c.torus_every == 0) or (c.pod_side and side == c.pod_side)
 
@@ -89,10 +108,14 @@ class Topology:
         """Google's name of the slice (``v5p-8`` for 4 chips: v4 and v5p count TensorCores)."""
         if self.chip is None:
             return f"{self.chips} CPU devices"
+        if self.chip.platform == "gpu":
+            return f"{self.chips}x {self.chip.name.upper()}"
         return f"{self.chip.name}-{self.chips * self.chip.cores_per_chip}"
 
 
-SYNTAX = "<generation>:<AxB[xC]> (generations: " + ", ".join(CHIPS) + "; e.g. v5e:2x4, v5p:2x2x1) or cpu:<n>"
+SYNTAX = ("<generation>:<AxB[xC]> (generations: " + ", ".join(c for c in CHIPS if CHIPS[c].platform == "tpu")
+          + "; e.g. v5e:2x4, v5p:2x2x1), <gpu>:<n> GPUs of one host (" + ", ".join(GPUS) + "; e.g. h100:8) "
+          "or cpu:<n>")
 
 
 def parse(name: str) -> Topology:
@@ -108,6 +131,10 @@ def parse(name: str) -> Topology:
         return Topology(name, None, dims)
     if kind not in CHIPS:
         raise ConfigError(f"--topology={name!r}: unknown generation {kind!r}; expected {SYNTAX}")
+    if CHIPS[kind].platform == "gpu":
+        if len(dims) != 1 or not 1 <= dims[0] <= GPUS_PER_HOST:
+            raise ConfigError(f"--topology={name!r}: {kind} takes the GPUs of one host, {kind}:<1-{GPUS_PER_HOST}>")
+        return Topology(name, CHIPS[kind], dims)
     want = 3 if CHIPS[kind].torus_every else 2  # v4/v5p slices are 3D, v5e/v6e 2D
     if len(dims) != want or min(dims) < 1:
         raise ConfigError(f"--topology={name!r}: a {kind} slice has {want} dimensions (e.g. "

@@ -111,6 +111,8 @@ def seconds(c: Collective, topology: Topology, coords: list[tuple[int, ...]]) ->
     n = 2 if c.kind == "collective-permute" else len(group)
     if chip is None or len(group) < 2:
         return 0.0
+    if chip.platform == "gpu":  # NVSwitch: every GPU of the host reaches every other at its NVLink bandwidth
+        return c.bytes * RING_FACTOR[c.kind](n) / chip.ici_link_bandwidth
     points = np.asarray([coords[i] for i in group])
     bandwidth = 0.0
     for axis in range(points.shape[1]):

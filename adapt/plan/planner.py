@@ -7,12 +7,18 @@ Memory per chip is XLA's for the compiled train step (arguments + outputs - dona
 arguments split into what they are (trained parameters, optimizer state, frozen weights, anchors, the batch) from the
 state's shardings, against the chip's usable HBM (:data:`adapt.plan.chips.USABLE_HBM`). The step's time is a
 **cost-model prediction, not a measurement**: per chip, max(XLA's FLOPs / the chip's peak bf16 FLOP/s, XLA's bytes
-accessed / HBM bandwidth), plus every collective's ring time over the ICI (:mod:`adapt.plan.hlo`) counted as exposed
+accessed / HBM bandwidth), plus every collective's ring time over the ICI or NVLink (:mod:`adapt.plan.hlo`) counted
+as exposed
 (none overlapped with compute: an upper bound where XLA overlaps them); XLA's own ``optimal_seconds`` beside it only
 when positive. Model FLOPs count what the step must compute: 6 per trained matmul weight and token, 4 per frozen one
 (its forward pass and its input's gradient, under LoRA and adapters), plus attention, 12 L H d_h T per token (PaLM's
 appendix B count, Chowdhery et al. 2022, arXiv:2204.02311, causal masking not discounted); the predicted MFU is those
-over the slice's peak for the predicted time.
+over the slice's peak for the predicted time. XLA counts a custom call (a Pallas kernel, a cuBLAS matmul) as about
+no FLOPs, so the compute time never counts fewer FLOPs than the model's share of each chip.
+
+For GPUs (``h100:<n>``, JAX's CUDA plugin) the program is compiled without the GPU and without autotuning: XLA picks
+its kernels' tiles blind, so the memory and collectives are the program's, and its speed on a real H100 may be below
+the prediction.
 """
 
 from __future__ import annotations
@@ -31,29 +37,43 @@ from adapt.core.sharding import LAYERS, make_mesh
 from adapt.models.registry import model_info
 from adapt.plan import hlo
 from adapt.plan.build import Program, build, check, compile_steps, generates, generation_shape
-from adapt.plan.chips import GiB, Topology, parse
+from adapt.plan.chips import GPUS, GiB, Topology, parse
 from adapt.training.state import split_model
 
 EMBEDDING_LEAVES = ("embedding",)  # lookups, not matmuls (a tied head's matmul is added apart)
 
 
+def cuda_plugin() -> bool:
+    """Whether JAX's CUDA plugin (``jax[cuda12]``) is installed."""
+    find = importlib.util.find_spec
+    return find("jax_plugins") is not None and find("jax_plugins.xla_cuda12") is not None
+
+
 def devices_for(topology: Topology) -> list:
-    """The devices of ``topology``: a TPU slice's from libtpu's topology description (no TPU needed), or this
-    process's CPU devices (``cpu:<n>`` needs n of them: ``scripts/plan.py`` starts JAX with them)."""
-    if not topology.is_tpu:
+    """The devices of ``topology``: a TPU slice's from libtpu's topology description, GPUs' from the CUDA plugin's
+    (with their target config: no TPU or GPU needed), or this process's CPU devices (``cpu:<n>`` needs n of them:
+    ``scripts/plan.py`` starts JAX with them)."""
+    if topology.platform == "cpu":
         cpus = jax.devices("cpu")
         if len(cpus) != topology.chips:
             raise ConfigError(f"--topology={topology.name}: this process has {len(cpus)} CPU devices; start it with "
                               f"XLA_FLAGS=--xla_force_host_platform_device_count={topology.chips} "
                               "(scripts/plan.py does)")
         return cpus
+    from jax.experimental import topologies  # the compilers' topology descriptions: only for an accelerator plan
+
+    if topology.platform == "gpu":
+        if not cuda_plugin():
+            raise ConfigError(f"--topology={topology.name}: compiling for a GPU needs JAX's CUDA plugin (about 5.5 GB "
+                              "with CUDA's libraries; not in the test extra): pip install 'jax[cuda12]'")
+        # XLA's GPU compiler for a target it does not see: its config, and the shape partitions x hosts x devices
+        return list(topologies.get_topology_desc(platform="cuda", target_config=GPUS[topology.chip.name],
+                                                 topology=f"1x1x{topology.chips}").devices)
     if importlib.util.find_spec("libtpu") is None:
         raise ConfigError(f"--topology={topology.name}: compiling for a TPU needs libtpu, the tpu extra: "
                           "pip install -e '.[tpu]'")
     # libtpu locks a file so that one process at a time drives a TPU; a plan only compiles, so several may load it
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    from jax.experimental import topologies  # libtpu's compiler and topology descriptions: only for a TPU plan
-
     name = f"{topology.chip.name}:{'x'.join(map(str, topology.shape))}"
     return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
 
@@ -190,7 +210,7 @@ class Plan:
 def predict(costs: dict, topology: Topology, tokens: int, model_flops: float) -> dict:
     """The step's predicted time per chip from its ``costs`` (see the module doc), tokens/s per chip and MFU."""
     chip = topology.chip
-    compute = costs["flops"] / chip.peak_bf16_flops
+    compute = max(costs["flops"], model_flops / topology.chips) / chip.peak_bf16_flops  # custom calls count 0 in XLA
     traffic = costs["bytes_accessed"] / chip.hbm_bandwidth
     step = max(compute, traffic) + costs["collective_s"]
     return {"compute_s": compute, "memory_s": traffic, "collective_s": costs["collective_s"], "step_s": step,

@@ -10,14 +10,15 @@ from adapt.plan.chips import CHIPS, parse
 
 @pytest.mark.parametrize("name, chips, marketing", [("v5e:2x4", 8, "v5e-8"), ("v5p:2x2x1", 4, "v5p-8"),
                                                     ("v4:2x2x2", 8, "v4-16"), ("v6e:16x16", 256, "v6e-256"),
-                                                    ("cpu:8", 8, "8 CPU devices")])
+                                                    ("cpu:8", 8, "8 CPU devices"), ("h100:8", 8, "8x H100")])
 def test_a_topology_counts_chips_and_says_its_marketing_name(name, chips, marketing):
     t = parse(name)
     assert (t.chips, t.marketing_name()) == (chips, marketing)
 
 
 @pytest.mark.parametrize("name, says", [("v7x:2x2", "unknown generation 'v7x'"), ("v5e-8", "is not a topology"),
-                                        ("v5p:2x2", "a v5p slice has 3 dimensions"), ("cpu:2x2", "cpu:<n>")])
+                                        ("v5p:2x2", "a v5p slice has 3 dimensions"), ("cpu:2x2", "cpu:<n>"),
+                                        ("h100:16", "h100 takes the GPUs of one host, h100:<1-8>")])
 def test_a_bad_topology_is_one_line_naming_the_syntax(name, says):
     with pytest.raises(ConfigError) as e:
         parse(name)
@@ -103,3 +104,6 @@ def test_a_collective_takes_its_ring_time_over_the_links_it_spans():
     pair = hlo.Collective("all-gather", 1e6, ((0, 2, 4, 6),))  # the 4 chips of x = 0: y's axis, not a ring
     assert hlo.seconds(pair, parse("v5e:2x4"), line) == pytest.approx(1e6 * 3 / 4 / CHIPS["v5e"].ici_link_bandwidth)
     assert hlo.seconds(gather, parse("cpu:4"), [(i,) for i in range(4)]) == 0.0
+    # H100s of one host: NVSwitch, every GPU at its NVLink bandwidth whatever the group
+    assert hlo.seconds(gather, parse("h100:8"), [(0, 0, i) for i in range(8)]) == pytest.approx(
+        4e6 * 3 / 4 / CHIPS["h100"].ici_link_bandwidth)

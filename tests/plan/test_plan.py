@@ -20,7 +20,7 @@ from adapt.models import from_pretrained
 from adapt.plan import build as plan_build
 from adapt.plan import plan
 from adapt.plan.chips import parse
-from adapt.plan.planner import devices_for
+from adapt.plan.planner import cuda_plugin, devices_for
 from adapt.training import defaults, optim
 from adapt.training.state import abstract_state, create_state
 
@@ -183,6 +183,27 @@ def test_without_libtpu_a_tpu_plan_names_the_extra(monkeypatch):
         devices_for(parse("v5p:2x2x1"))
 
 
+def test_without_the_cuda_plugin_a_gpu_plan_names_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "jax_plugins.xla_cuda12" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs JAX's CUDA plugin .*: pip install 'jax\[cuda12\]'"):
+        devices_for(parse("h100:8"))
+
+
+@pytest.mark.skipif(not cuda_plugin(),
+                    reason="JAX's CUDA plugin (pip install 'jax[cuda12]', 5.5 GB) is not in the test extra")
+def test_a_gpu_plan_compiles_for_h100s_without_one(models):
+    """XLA's GPU compiler for 8 H100s it does not see (their target config): the train, eval and generation programs
+    compile, FSDP gathers the weights over NVLink, and the costs are XLA's HLO cost analysis of the GPU program."""
+    p = plan(config_for(models["llama"], method="lora"), "h100:8")
+    assert [q.name for q in p.programs] == ["train", "eval", "generate"] and p.fits
+    assert all(d.platform == "gpu" for d in devices_for(parse("h100:2")))
+    assert p.costs["flops"] > 0 and p.predicted()["step_s"] > 0 and p.costs["collectives"]["all-gather"]["count"] > 0
+
+
 def test_training_a_named_architecture_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), f"--config={PLAN}:qwen2.5-7b",
                         f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -222,10 +243,12 @@ def test_a_search_prunes_what_cannot_fit_without_compiling(models, monkeypatch):
 
     assert estimate("none", 1) > estimate("dots", 1) > estimate("full", 1) > 0
     assert estimate("none", 2) < estimate("none", 1)
+    every = searching.variants
+    monkeypatch.setattr(searching, "variants", lambda *a: every(*a)[::8])  # a few of them (CI's time)
     monkeypatch.setattr(searching, "PRUNE", 1e-9)  # every estimate over the line
     monkeypatch.setattr(searching, "layer_costs", lambda *a, **k: pytest.fail("a pruned variant was compiled"))
     result = searching.search(config, "v5e:2x2")
-    assert len(result.variants) > 10 and all(v.status == "pruned" for v in result.variants)
+    assert len(result.variants) >= 3 and all(v.status == "pruned" for v in result.variants)
     assert result.best is None and result.plan is None and "best: **none fits**" in result.markdown()
 
 
