@@ -231,7 +231,7 @@ def _costs(program: Program, topology: Topology, coords) -> dict:
             "compile_s": program.lower_s + program.compile_s}
 
 
-def _extrapolate(one: dict, two: dict, layers: int) -> dict:
+def extrapolate(one: dict, two: dict, layers: int) -> dict:
     """Costs (and memory per chip) at ``layers`` from those at 1 and 2 layers: the first layer's, plus each further
     one's; ``compile_s``: the two compiles'."""
     def line(a, b):
@@ -261,7 +261,7 @@ def layer_costs(config: ml_collections.ConfigDict, mesh, topology: Topology, lay
 def _layer_costs(config, mesh, topology: Topology, layers: int, labels: int) -> dict:
     one, two = (_costs(compile_steps(build(config, mesh, labels=labels, layers=n, scan=False), topology,
                                      ("train",))[0], topology, _coords(mesh)) for n in (1, 2))
-    return _extrapolate(one, two, layers)
+    return extrapolate(one, two, layers)
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, name: str = "",
