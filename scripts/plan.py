@@ -74,9 +74,12 @@ def main():
     if args.search and topology.chip is None:
         raise ConfigError(f"--search --topology={args.topology}: a search ranks predicted step times, which needs a "
                           "TPU or GPU topology")
+    from adapt.plan import plan, search  # imports JAX
+    from adapt.plan.build import check
+
+    check(config, topology.chips)  # bad input: one line, before a child or libtpu starts
     if topology.chip is not None and not os.environ.get(CHILD):
         compile_in_child(config, spec, args.topology)
-    from adapt.plan import plan, search  # imports JAX
 
     if args.search:
         if args.scan is not None:
