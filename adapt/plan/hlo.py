@@ -1,11 +1,12 @@
 """The collectives of a compiled program, read from its HLO text, and how long the slice's ICI takes for them.
 
-Each ``all-gather``, ``reduce-scatter``, ``all-reduce``, ``all-to-all`` and ``collective-permute`` instruction (or
-its ``-start`` half, when XLA made it asynchronous) is one collective: its bytes are those of its result (for
-``reduce-scatter``, of its operand: the result times the group), its group the devices of its ``replica_groups``
-(XLA writes them as explicit lists, as an iota ``[G,N]<=[...]``, or as the mesh axes they run over). A collective in a
-loop's body is counted once, as XLA's own cost analysis counts it: :mod:`adapt.plan.build` extrapolates the layers'
-share over depth.
+Each ``all-gather``, ``reduce-scatter``, ``all-reduce``, ``all-to-all`` and ``collective-permute`` instruction (or its
+``-start`` half, when XLA made it asynchronous) is one collective: its bytes are those of its result (for
+``reduce-scatter``, of its operand: the result times the group; libtpu writes most reduce-scatters as a fusion
+``all-reduce-scatter`` of an all-reduce and each chip's slice of it, counted as the reduce-scatter it is), its group the
+devices of its ``replica_groups`` (XLA writes them as explicit lists, as an iota ``[G,N]<=[...]``, or as the mesh axes
+they run over). A collective in a loop's body is counted once, as XLA's own cost analysis counts it:
+:func:`adapt.plan.planner.layer_costs` extrapolates the layers' share over depth.
 
 The time of a collective of ``b`` bytes over a group of ``n`` chips is the ring algorithm's: an all-gather or a
 reduce-scatter moves ``b (n-1)/n`` through each chip's links, an all-reduce twice that (a reduce-scatter, then an
@@ -34,6 +35,9 @@ RING_FACTOR = {"all-gather": lambda n: (n - 1) / n, "reduce-scatter": lambda n: 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
                 "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5}
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) (" + "|".join(KINDS) + r")(-start)?\((.*)$")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) \(")  # a computation's first line: its name and parameters
+#: libtpu's reduce-scatter: a fusion computation of this name, an all-reduce whose result each chip slices its shard of
+FUSED_REDUCE_SCATTER = "all-reduce-scatter"
 _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 
 
@@ -75,8 +79,10 @@ def _groups(attrs: str, devices: int) -> tuple[tuple[int, ...], ...]:
 
 def collectives(hlo_text: str, devices: int) -> list[Collective]:
     """Every collective instruction of ``hlo_text`` (a compiled program's ``as_text()``) over ``devices`` devices."""
-    out = []
+    out, computation = [], ""
     for line in hlo_text.splitlines():
+        if head := _COMPUTATION.match(line):
+            computation = head.group(1)
         m = _INSTRUCTION.match(line)
         if not m:
             continue
@@ -91,6 +97,8 @@ def collectives(hlo_text: str, devices: int) -> list[Collective]:
         groups = _groups(attrs, devices)
         if kind == "reduce-scatter":
             size *= len(groups[0]) if groups else devices
+        elif kind == "all-reduce" and computation.startswith(FUSED_REDUCE_SCATTER):
+            kind = "reduce-scatter"  # its all-reduce's result is the whole operand: the bytes a reduce-scatter counts
         out.append(Collective(kind, size, groups))
     return out
 

@@ -90,6 +90,25 @@ def test_collectives_are_read_with_their_bytes_and_groups():
     assert hlo.summary(found)["all-gather"] == {"count": 2, "bytes": 2048.0}
 
 
+def test_libtpu_s_fused_reduce_scatter_is_a_reduce_scatter():
+    """libtpu writes a reduce-scatter as a fusion calling ``%all-reduce-scatter``: an all-reduce of the whole operand
+    and each chip's slice of it (as in MaxText's compiled Llama step); it is one reduce-scatter of the operand's
+    bytes, not an all-reduce (which would cost twice the time)."""
+    text = """%all-reduce-scatter.2 (input.2: bf16[4096,512]) -> bf16[1024,512] {
+  %input.2 = bf16[4096,512]{1,0:T(8,128)(2,1)} parameter(0)
+  %all-reduce.49 = bf16[4096,512]{1,0:T(8,128)(2,1)} all-reduce(%input.2), channel_id=33, replica_groups={{0,1,2,3}}, use_global_device_ids=true, to_apply=%add.1.clone
+  ROOT %dynamic-slice.65 = bf16[1024,512]{1,0} dynamic-slice(%all-reduce.49, %m, %z), dynamic_slice_sizes={1024,512}
+}
+
+ENTRY %main.1 (p: bf16[4096,512]) -> bf16[1024,512] {
+  %all-reduce.50 = f32[8]{0} all-reduce(%q), channel_id=34, replica_groups={{0,1,2,3}}, to_apply=%add.1.clone
+  ROOT %fusion.7 = bf16[1024,512]{1,0} fusion(%p), kind=kCustom, calls=%all-reduce-scatter.2
+}
+"""  # noqa: E501 (HLO's own lines)
+    found = hlo.collectives(text, 4)
+    assert [(c.kind, c.bytes) for c in found] == [("reduce-scatter", 4096 * 512 * 2), ("all-reduce", 8 * 4)]
+
+
 def test_a_collective_takes_its_ring_time_over_the_links_it_spans():
     """On v5p:4x4x4 (every axis a ring): an all-gather of B bytes over 4 chips along one axis moves 3B/4 over both
     directions of that axis's links; an all-reduce over all 64 chips twice 63B/64 over three axes' links; on v5e:2x4
