@@ -192,7 +192,8 @@ def _sampler(config: GenerationConfig) -> tuple:
 def lower(model: nnx.Module, rows: int, prompt_length: int, config: GenerationConfig) -> jax.stages.Lowered:
     """The program :func:`generate_ids` runs for a batch of ``rows`` prompts of ``prompt_length`` tokens, lowered,
     not run: the rows and length bucketed as it buckets them, on the model's mesh and the axis rules in force. The
-    model's parameters may be ``ShapeDtypeStruct``s with shardings (:mod:`adapt.plan` compiles this for a slice)."""
+    model's parameters may be abstract, ``ShapeDtypeStruct`` values with shardings (:mod:`adapt.plan` compiles this
+    for a slice)."""
     _check(model, [[0] * prompt_length], config, rows, None)
     graphdef, state = nnx.split(model)
     mesh = _mesh(state)

@@ -79,7 +79,7 @@ def devices_for(topology: Topology) -> list:
 
 
 def per_chip_bytes(tree) -> float:
-    """Bytes per chip of a tree of ``ShapeDtypeStruct``s with shardings (the largest shard of each leaf)."""
+    """Bytes per chip of a tree of ``ShapeDtypeStruct`` values with shardings (the largest shard of each leaf)."""
     return float(sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 

@@ -8,7 +8,7 @@ the attention heads, the key/value heads and the MLP width), a remat policy (``t
 (``train.grad_accum``, powers of two) of the same global batch; those the plan's own checks refuse (a batch the
 data axes do not divide) are left out. Compiling is the cost, so:
 
-- **pruned**: a variant whose quick memory estimate per chip is over :data:`PRUNE` x the usable HBM is not compiled.
+- **pruned**: a variant whose quick memory estimate per chip is over ``PRUNE`` (1.5) x the usable HBM is not compiled.
   The estimate is the state's exact bytes per chip (its shardings, abstractly: no compile), gradients as large as the
   trained parameters, the activations of one micro-batch (Korthikanti et al. 2022, arXiv:2205.05198, section 4:
   s b h (34 + 5 a s / h) bytes per layer kept for the backward pass, 2 s b h under full remat, about half of the
