@@ -11,7 +11,8 @@ Llama-3.1-70B LoRA and QLoRA, Qwen2.5-7B and 32B LoRA; SFT (64 x 2,048 tokens a 
 config's mesh; ``scripts/plan.py --search`` looks for a better one, at the cost of its compiles). A row already in
 ``--out`` (its JSON) is read, not planned again, so the table fills in over several sittings.
 
-Every time in it is a cost-model prediction, not a measurement; the wall time is this machine's (its CPU printed).
+Every time in it is a cost-model prediction, not a measurement; the wall time is this machine's, beside its CPU's
+float32 matmul peak measured right after the row.
 Not a test: run it by hand.
 """
 
@@ -25,7 +26,8 @@ import subprocess
 import sys
 import time
 
-from train_throughput import cpu_name
+import jax.numpy as jnp
+from train_throughput import cpu_name, matmul_peak
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GiB = 2**30
@@ -62,14 +64,16 @@ def run(row, out: str) -> dict:
             plan = json.load(f)
         os.remove(path + ".plan")
         with open(path, "w") as f:
-            json.dump({"plan": plan, "wall_s": wall, "exit": r.returncode, "cpu": cpu_name()}, f, indent=1)
+            json.dump({"plan": plan, "wall_s": wall, "exit": r.returncode, "cpu": cpu_name(),
+                       "matmul_peak_gflops": matmul_peak(jnp.float32) / 1e9}, f, indent=1)  # right after the row
     with open(path) as f:
         return json.load(f)
 
 
 def markdown(rows, results) -> str:
     lines = ["| model | method | shape | slice (chips) | fits | GiB per chip (train; eval; generate) | "
-             "predicted step, s | tokens/s per chip | predicted MFU | mesh | command | wall, min |", "|" + "---|" * 12]
+             "predicted step, s | tokens/s per chip | predicted MFU | mesh | command | wall, min (CPU peak) |",
+             "|" + "---|" * 12]
     for row, r in zip(rows, results):
         p = r["plan"]
         totals = "; ".join(f"{q['total_bytes'] / GiB:.1f}" for q in p["programs"])
@@ -80,7 +84,8 @@ def markdown(rows, results) -> str:
         mesh = "x".join(str(v) for v in p["mesh"].values())
         lines.append(f"| {row[0]} | {row[1]} | {row[2]} | {p['slice']} ({p['chips']}) | "
                      f"{'yes' if p['fits'] else '**no**'} | {totals} | {step} | {tps} | {mfu} | {mesh} | "
-                     f"`{' '.join(command(row))}` | {r['wall_s'] / 60:.1f} |")
+                     f"`{' '.join(command(row))}` | {r['wall_s'] / 60:.1f} "
+                     f"({r.get('matmul_peak_gflops', float('nan')):.0f} GFLOP/s) |")
     return "\n".join(lines)
 
 

@@ -112,10 +112,10 @@ def matmul_weights(model: nnx.Module, method, blueprint) -> tuple[int, int]:
     return trained, frozen
 
 
-def model_flops(built) -> float:
-    """The model FLOPs of ``built``'s train step, the whole slice's (see the module doc)."""
+def model_flops(built, trained: int, frozen: int) -> float:
+    """The model FLOPs of ``built``'s train step, the whole slice's (see the module doc), from its
+    :func:`matmul_weights`."""
     config, hf = built.trainer.cfg, built.blueprint.hf
-    trained, frozen = matmul_weights(built.model, built.trainer.method, built.blueprint)
     length = int(config.data.max_length)
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     attention = 12.0 * hf.num_hidden_layers * hf.num_attention_heads * head_dim * length  # per token (PaLM)
@@ -272,7 +272,8 @@ def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, n
     devices = devices_for(top)
     mesh = make_mesh(shape, devices=devices)
     built = build(config, mesh, labels=labels, scan=scan)
-    programs = compile_steps(built, top, ("train", "eval", "generate") if generates(built) else ("train", "eval"))
+    generating = generates(built)
+    programs = compile_steps(built, top, ("train", "eval", "generate") if generating else ("train", "eval"))
     info = model_info(built.model)
     layers, stacked = info.dims.num_layers, info.stacked
     state, train = built.state, programs[0]
@@ -294,6 +295,6 @@ def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, n
         memory["usable"] = top.chip.usable_hbm
     trained, frozen = matmul_weights(built.model, built.trainer.method, built.blueprint)
     tokens = int(config.train.batch_size) * int(config.data.max_length)
-    generation = generation_shape(config) if generates(built) else ""
+    generation = generation_shape(config) if generating else ""
     return Plan(name, top, dict(mesh.shape), str(built.blueprint.source.name), config.method.name, stacked, layers,
-                tokens, trained, frozen, memory, programs, costs, model_flops(built), generation)
+                tokens, trained, frozen, memory, programs, costs, model_flops(built, trained, frozen), generation)

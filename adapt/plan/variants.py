@@ -36,7 +36,16 @@ from adapt.core.sharding import make_mesh
 from adapt.models.layers import REMAT_POLICIES
 from adapt.plan.build import build, check
 from adapt.plan.chips import GiB, parse
-from adapt.plan.planner import Plan, devices_for, layer_costs, model_flops, per_chip_bytes, plan, predict
+from adapt.plan.planner import (
+    Plan,
+    devices_for,
+    layer_costs,
+    matmul_weights,
+    model_flops,
+    per_chip_bytes,
+    plan,
+    predict,
+)
 
 PRUNE = 1.5  # the quick estimate is rough: prune only what it puts well over the chip
 ACTIVATION_SHARE = {"none": 1.0, "dots": 0.5}  # of the per-layer activations kept for the backward pass
@@ -154,10 +163,11 @@ def search(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2,
     top = parse(topology)
     if top.chip is None:
         raise ConfigError(f"--topology={topology}: a search predicts step times, which needs a TPU topology")
-    check(config, top.chips)  # the config itself: one line before anything starts
+    shape = check(config, top.chips)  # the config itself: one line before anything starts
     devices = devices_for(top)
-    probe = build(config, make_mesh(check(config, top.chips), devices=devices), labels=labels, scan=True)
-    hf, flops = probe.blueprint.hf, model_flops(probe)
+    probe = build(config, make_mesh(shape, devices=devices), labels=labels, scan=True)
+    hf = probe.blueprint.hf
+    flops = model_flops(probe, *matmul_weights(probe.model, probe.trainer.method, probe.blueprint))
     candidates = variants(config, top.chips, hf)
     tokens, usable = int(config.train.batch_size) * int(config.data.max_length), top.chip.usable_hbm
     compiled = 0
