@@ -7,7 +7,9 @@ and slice: memory per chip, XLA's FLOPs and bytes, collectives, predicted step t
 layers scanned; its memory) and ``layers1/``, ``layers2/`` (the step with 1 and 2 layers unrolled, whose costs are
 extrapolated to ``--layers``, as :func:`adapt.plan.planner.layer_costs` does for ours). ``--plan``: our plan's JSON
 (``scripts/plan.py --json``) of the same model and shape. The model FLOPs behind both MFUs are our plan's count for
-the model (both train every weight of the same model on the same tokens). Everything predicted is a cost model's
+the model (both train every weight of the same model on the same tokens). MaxText's attention is TPU's splash kernel,
+a custom call XLA counts as no FLOPs: its FLOPs are counted as the planner counts ours (``--maxtext-remat``: full
+remat recomputes its forward, :func:`adapt.plan.planner.kernel_flops`). Everything predicted is a cost model's
 prediction, not a measurement. Not a test: run it by hand.
 """
 
@@ -44,6 +46,7 @@ def main():
     p.add_argument("--plan", required=True)
     p.add_argument("--topology", default="v5p:2x2x1")
     p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--maxtext-remat", default="full", help="the remat policy MaxText's step was compiled with")
     args = p.parse_args()
     with open(args.plan) as f:
         ours = json.load(f)
@@ -55,19 +58,22 @@ def main():
     theirs = extrapolate(*(program_costs(os.path.join(args.maxtext, f"layers{n}"), top, coords) for n in (1, 2)),
                           args.layers)
     tokens, model_flops = ours["tokens_per_step"], ours["model_flops"]
+    theirs["kernel_flops"] = ours["attention_flops"] * (1.0 if args.maxtext_remat == "none" else 4 / 3) / top.chips
     rows = {"MaxText": (scanned["arguments"], scanned["temporaries"], scanned["memory"], theirs),
             "adapt": (ours["memory_per_chip_bytes"]["params"] + ours["memory_per_chip_bytes"]["opt_state"],
                       ours["memory_per_chip_bytes"]["temporaries"], ours["memory_per_chip_bytes"]["total"],
                       ours["costs_per_chip"])}
     print(f"{ours['model']} on {top.name} ({top.chips} chips), {tokens:,} tokens per step; predictions of a cost "
           "model, not measurements\n")
-    print("| | arguments, GiB | temporaries, GiB | total, GiB | XLA TFLOP per chip | XLA GB accessed | collectives "
+    print("| | arguments, GiB | temporaries, GiB | total, GiB | TFLOP per chip (XLA's + kernels') | XLA GB accessed "
+          "| collectives "
           "(count, GiB) | predicted step, s | MFU |\n|" + "---|" * 9)
     for name, (arguments, temporaries, total, costs) in rows.items():
         pred = predict(costs, top, tokens, model_flops)
         coll = ", ".join(f"{k} {v['count']:.0f} ({v['bytes'] / GiB:.1f})" for k, v in costs["collectives"].items())
         print(f"| {name} | {arguments / GiB:.1f} | {temporaries / GiB:.1f} | {total / GiB:.1f} | "
-              f"{costs['flops'] / 1e12:,.0f} | {costs['bytes_accessed'] / 1e9:,.0f} | {coll} | {pred['step_s']:.2f} "
+              f"{(costs['flops'] + costs.get('kernel_flops', 0)) / 1e12:,.0f} | {costs['bytes_accessed'] / 1e9:,.0f} | "
+              f"{coll} | {pred['step_s']:.2f} "
               f"| {pred['mfu']:.1%} |")
 
 

@@ -31,7 +31,8 @@ DEFERRED = {
     "dp_accounting": "DP-SGD accounting, when privacy is on",
     "datasets": "Parquet files and Hub datasets as sources, when a config names one",
     "jax": "adapt.core imports no JAX at its top, so a script sets the platform and XLA flags before JAX starts "
-           "(core.cli, core.distributed.initialize)",
+           "(core.cli, core.distributed.initialize); Pallas' TPU kernels (models.splash) half a second, only when a "
+           "step runs one",
 }
 
 # Imports of adapt modules inside a function: (the importing file, the imported module) -> why.

@@ -98,6 +98,9 @@ def check(config) -> None:
         if layers or overrides:
             raise ConfigError("distill.student is set but distill.teacher is empty; name the teacher to distil from")
         return
+    if config.train.loss_chunks > 1:
+        raise ConfigError(f"train.loss_chunks={config.train.loss_chunks} with distill.teacher: distillation's KL reads "
+                          f"every logit at once; set train.loss_chunks=1")
     if layers and overrides:
         raise ConfigError("distill.student.layers and distill.student.config are both set; a student is the "
                           "teacher's layers or a random-init model, not both")

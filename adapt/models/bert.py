@@ -18,7 +18,7 @@ from flax import nnx
 from adapt.core.errors import CheckpointError
 from adapt.core.sharding import shard
 from adapt.models import layers as L
-from adapt.models import scan
+from adapt.models import scan, vocab
 from adapt.models.registry import Dims, Family, MethodTargets, register
 
 
@@ -218,12 +218,13 @@ class VocabProjection(nnx.Module):
         if not cfg.tie_embeddings:
             self.decoder = bert_dense(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs)
 
-    def project(self, x, embeddings: nnx.Embed):  # [B, T, D] -> float32 [B, T, V]
-        if hasattr(self, "decoder"):
-            logits = self.decoder(x).astype(jnp.float32)
-        else:
-            logits = embeddings.attend(x).astype(jnp.float32) + self.bias[...]
-        return shard(logits, ("batch", "length", "vocab"))
+    def project(self, x, embeddings: nnx.Embed):  # [B, T, D] -> float32 [B, T, V] (adapt.models.vocab.logits)
+        def head(x):
+            if hasattr(self, "decoder"):
+                return shard(self.decoder(x).astype(jnp.float32), ("batch", "length", "vocab"))
+            return shard(embeddings.attend(x).astype(jnp.float32) + self.bias[...], ("batch", "length", "vocab"))
+
+        return vocab.logits(x, head)
 
 
 class BertLMPredictionHead(VocabProjection):
@@ -241,7 +242,8 @@ class BertOnlyMLMHead(nnx.Module):
 
 
 class BertForMaskedLM(nnx.Module):
-    """``input_ids [B, T]`` -> token logits ``[B, T, V]`` (float32)."""
+    """``input_ids [B, T]`` -> token logits ``[B, T, V]`` (float32; in a step with ``train.loss_chunks`` > 1,
+    :class:`adapt.models.vocab.HeadInputs`)."""
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.core.sharding import shard
-from adapt.models import kv_cache, scan
+from adapt.models import kv_cache, scan, vocab
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
 
@@ -131,8 +131,9 @@ class GPT2Model(nnx.Module):
 
 
 class GPT2LMHeadModel(nnx.Module):
-    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32), head tied to ``wte``; with a ``cache``
-    (generation) those after the last token only, ``[B, 1, V]``."""
+    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32; in a step with ``train.loss_chunks`` > 1,
+    :class:`adapt.models.vocab.HeadInputs`), head tied to ``wte``; with a ``cache`` (generation) those after the
+    last token only, ``[B, 1, V]``."""
 
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -143,7 +144,8 @@ class GPT2LMHeadModel(nnx.Module):
         x = self.transformer(input_ids, attention_mask, positions, rngs=rngs, cache=cache)
         if cache is not None:
             x = x[:, -1:]  # generation reads the next token only (left padding puts every row's last token here)
-        return shard(self.transformer.wte.attend(x).astype(jnp.float32), ("batch", "length", "vocab"))
+        return vocab.logits(x, lambda x: shard(self.transformer.wte.attend(x).astype(jnp.float32),
+                                               ("batch", "length", "vocab")))
 
 
 FAMILY = register(Family(

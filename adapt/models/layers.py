@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 from jax.ad_checkpoint import checkpoint_name
 
 from adapt.core.sharding import shard
+from adapt.models import splash
 
 if TYPE_CHECKING:  # the name is for the annotation only: kv_cache needs nothing from here
     from adapt.models import kv_cache
@@ -277,9 +278,23 @@ def module_dropout(x: jax.Array, rate: float, name: str) -> jax.Array:
     return dropout(x, rate, nnx.Rngs(dropout=key))
 
 
+@struct.dataclass
+class SegmentMask:
+    """The mask :func:`attention_mask` stands for, as its segment ids: what the splash kernel reads
+    (:mod:`adapt.models.splash`); :func:`dense` makes the ``[B, T, T]`` mask of it."""
+    segments: jax.Array  # [B, T]
+    causal: bool = struct.field(pytree_node=False)
+
+
+def dense(mask) -> jax.Array:
+    """``[B, T, S]``: a :class:`SegmentMask` made whole, any other mask as it is."""
+    return _mask(mask.segments, causal=mask.causal) if isinstance(mask, SegmentMask) else mask
+
+
 def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None = None,
-                   virtual: int = 0) -> jax.Array:
-    """``[B, T]`` segment ids (0 = padding, equal ids = same document) -> ``[B, T, T]`` boolean mask.
+                   virtual: int = 0) -> jax.Array | SegmentMask:
+    """``[B, T]`` segment ids (0 = padding, equal ids = same document) -> ``[B, T, T]`` boolean mask (inside
+    :func:`adapt.models.splash.use`, without a window or virtual tokens: a :class:`SegmentMask`).
 
     A 0/1 padding mask is the one-document case, so the HF ``attention_mask`` is accepted as is; packed
     rows number their documents 1, 2, ... so documents never attend to each other. ``virtual``: the rows
@@ -287,6 +302,12 @@ def attention_mask(segment_ids: jax.Array, *, causal: bool, window: int | None =
     every real token sees whatever its document and window, and which see each other (causally in a
     decoder) and, in an encoder, every real token.
     """
+    if splash.active() and window is None and not virtual:
+        return SegmentMask(segment_ids, causal)
+    return _mask(segment_ids, causal=causal, window=window, virtual=virtual)
+
+
+def _mask(segment_ids, *, causal: bool, window: int | None = None, virtual: int = 0) -> jax.Array:
     seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
     mask = (seg_q == seg_k) & (seg_k != 0)
     t = segment_ids.shape[1]
@@ -341,6 +362,7 @@ def prepend_prefix(attn: nnx.Module, k: jax.Array, v: jax.Array, mask: jax.Array
     prefix = getattr(attn, "prefix", None)
     if prefix is None:
         return k, v, mask
+    mask = dense(mask)
     pk, pv = prefix()  # [P, K, H] each
     b, n = k.shape[0], pk.shape[0]
     k, v = (shard(jnp.concatenate([jnp.broadcast_to(p.astype(y.dtype), (b, *p.shape)), y], axis=1),
@@ -361,11 +383,13 @@ def _query_blocks(t: int, s: int, causal: bool) -> list[tuple[int, int]]:
 
 
 def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, rngs: nnx.Rngs | None,
-                          causal: bool = False):
+                          causal: bool = False, softcap: float | None = None):
     """q ``[B, T, N, H]``, k/v ``[B, S, K, H]`` (N a multiple of K: grouped-query attention), mask
-    ``[B, T, S]`` -> ``[B, T, N, H]``. Softmax in float32. ``causal`` says the mask is (at least) causal,
+    ``[B, T, S]`` (or a :class:`SegmentMask`: see :mod:`adapt.models.splash`) -> ``[B, T, N, H]``. Softmax in
+    float32. ``causal`` says the mask is (at least) causal,
     query i seeing no key after ``S - T + i`` (any extra keys sit in front: a prefix), which lets query
-    blocks skip the keys after them; the result is the same.
+    blocks skip the keys after them; the result is the same. ``softcap``: the scaled scores become
+    ``softcap * tanh(scores / softcap)`` before the mask (Gemma 2's soft-capping).
 
     Heads are laid out ``[B*K, G*T, H]``: dots with one batch dimension run about twice as fast on
     XLA:CPU as the ``[B, K]``-batched einsum, and the G query heads sharing a key head form one matrix."""
@@ -373,6 +397,12 @@ def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, r
     s, kv = k.shape[1], k.shape[2]
     g = n // kv
     rate = dropout_rate if rngs is not None else 0.0
+    if isinstance(mask, SegmentMask):  # inside splash.use: the kernel, where it applies
+        out = None if rate else splash.attend(q, k, v, mask.segments, causal=mask.causal, scale=scale,
+                                              softcap=softcap)
+        if out is not None:
+            return shard(out, ("batch", "length", "heads", "head_dim"))
+        mask = dense(mask)
     drop = _values(rate) if isinstance(rate, Rate) else None  # a rate that is data enters as an operand
     q = q.reshape(b, t, kv, g, h).transpose(0, 2, 3, 1, 4).reshape(b * kv, g, t, h)
     k = k.transpose(0, 2, 1, 3).reshape(b * kv, s, h)
@@ -382,7 +412,8 @@ def dot_product_attention(q, k, v, mask, *, scale: float, dropout_rate: float, r
         rows, keys = stop - start, (stop + s - t if causal and t <= s else s)
         block = q[:, :, start:stop].reshape(b * kv, g * rows, h)
         key = _draw(rngs, rate) if rate else None
-        out = _attend(block, k[:, :keys], v[:, :keys], mask[:, start:stop, :keys], key, drop, scale, rate, (b, kv, g))
+        out = _attend(block, k[:, :keys], v[:, :keys], mask[:, start:stop, :keys], key, drop, scale, rate, (b, kv, g),
+                      softcap)
         outs.append(out.reshape(b, kv, g, rows, h))  # out [B*K, G*rows, H]
     out = jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
     return shard(out, ("batch", "length", "heads", "head_dim"))
@@ -393,36 +424,41 @@ def _given(rate, drop):
     return dropout_rates({rate.name: drop}) if isinstance(rate, Rate) else contextlib.nullcontext()
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _attend(q, k, v, mask, key, drop, scale: float, rate, heads: tuple[int, int, int]):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _attend(q, k, v, mask, key, drop, scale: float, rate, heads: tuple[int, int, int], softcap: float | None):
     """One query block: q ``[B*K, G*R, H]``, k/v ``[B*K, S, H]``, mask ``[B, R, S]``, ``heads`` = (B, K, G)
     -> ``[B*K, G*R, H]``; attention dropout at ``rate`` with masks drawn from ``key`` (``drop``: a
-    :class:`Rate`'s values, else None)."""
-    return _attend_fwd(q, k, v, mask, key, drop, scale, rate, heads)[0]
+    :class:`Rate`'s values, else None); scores soft-capped at ``softcap`` (None: not)."""
+    return _attend_fwd(q, k, v, mask, key, drop, scale, rate, heads, softcap)[0]
 
 
-def _attend_fwd(q, k, v, mask, key, drop, scale, rate, heads):
+def _attend_fwd(q, k, v, mask, key, drop, scale, rate, heads, softcap):
     b, kv, g = heads
     logits = jnp.matmul(q, k.swapaxes(1, 2), preferred_element_type=jnp.float32)
     logits = logits.reshape(b, kv, g, -1, k.shape[1]) * scale  # [B, K, G, R, S]
+    capped = None
+    if softcap:
+        capped = jnp.tanh(logits / softcap)  # kept: the backward pass scales by its derivative, 1 - tanh^2
+        logits = capped * softcap
     probs = jax.nn.softmax(jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min), axis=-1)
     with _given(rate, drop):
         keep = keep_mask(key, probs.shape, rate) if rate else None
         out = jnp.matmul(_drop(probs, keep, rate).reshape(*q.shape[:2], -1).astype(v.dtype), v)
-    return out, (q, k, v, mask, keep, probs, out, drop)
+    return out, (q, k, v, mask, keep, probs, out, drop, capped)
 
 
-def _attend_bwd(scale, rate, heads, residuals, d_out):
+def _attend_bwd(scale, rate, heads, softcap, residuals, d_out):
     """FlashAttention's backward: d_logits = P * (dP - rowsum(dO * O)), which skips the softmax's own
     autodiff graph (its max, exp and normalisation) and reuses the saved dropout mask."""
-    q, k, v, mask, keep, probs, out, drop = residuals
+    q, k, v, mask, keep, probs, out, drop, capped = residuals
     flat = (*q.shape[:2], k.shape[1])  # [B*K, G*R, S]
     d_dropped = jnp.matmul(d_out, v.swapaxes(1, 2), preferred_element_type=jnp.float32).reshape(probs.shape)
     with _given(rate, drop):
         d_v = jnp.matmul(_drop(probs, keep, rate).reshape(flat).swapaxes(1, 2).astype(d_out.dtype), d_out)
         d_probs = _drop(d_dropped, keep, rate)
     row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).reshape(*probs.shape[:-1], 1)
-    d_logits = jnp.where(mask[:, None, None], probs * (d_probs - row) * scale, 0).reshape(flat).astype(q.dtype)
+    d_scores = probs * (d_probs - row) * (scale if capped is None else scale * (1 - capped * capped))
+    d_logits = jnp.where(mask[:, None, None], d_scores, 0).reshape(flat).astype(q.dtype)
     return jnp.matmul(d_logits, k), jnp.matmul(d_logits.swapaxes(1, 2), q), d_v, None, None, None
 
 

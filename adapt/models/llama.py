@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adapt.core.sharding import shard
-from adapt.models import kv_cache, scan
+from adapt.models import kv_cache, scan, vocab
 from adapt.models import layers as L
 from adapt.models.registry import Dims, Family, MethodTargets, register
 
@@ -167,8 +167,9 @@ class LlamaModel(nnx.Module):
 
 
 class LlamaForCausalLM(nnx.Module):
-    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32); with a ``cache`` (generation, see
-    ``LlamaModel``) those after the last token only, ``[B, 1, V]``."""
+    """``input_ids [B, T]`` -> next-token logits ``[B, T, V]`` (float32; in a step with ``train.loss_chunks`` > 1,
+    :class:`adapt.models.vocab.HeadInputs`); with a ``cache`` (generation, see ``LlamaModel``) those after the last
+    token only, ``[B, 1, V]``."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -182,8 +183,8 @@ class LlamaForCausalLM(nnx.Module):
         x = self.model(input_ids, attention_mask, positions, rngs=rngs, cache=cache)
         if cache is not None:
             x = x[:, -1:]  # generation reads the next token only (left padding puts every row's last token here)
-        logits = self.model.embed_tokens.attend(x) if self.cfg.tie_embeddings else self.lm_head(x)
-        return shard(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        head = self.model.embed_tokens.attend if self.cfg.tie_embeddings else self.lm_head
+        return vocab.logits(x, lambda x: shard(head(x).astype(jnp.float32), ("batch", "length", "vocab")))
 
 
 FAMILY = register(Family(

@@ -113,8 +113,8 @@ def apply_cached(stack: nnx.Module, call: Callable, x: jax.Array, per_layer: Seq
 
 def _per_layer(stack: nnx.Module, per_layer: Sequence | None):
     """For a scan over ``stack``'s L layers: ``(extra, order)``, ``order [L]`` each layer's index among the
-    distinct arrays of ``per_layer`` (by identity) and ``extra(w)`` the array of index w: with one array (or
-    none), closed over; with W, a row of their stack ``[W, ...]``."""
+    distinct entries of ``per_layer`` (arrays or tuples of them, by identity) and ``extra(w)`` the entry of index w:
+    with one entry (or none), closed over; with W, a row of their stack ``[W, ...]`` (masks made whole)."""
     num_layers = jax.tree.leaves(nnx.state(stack, nnx.Not(L.SharedAdapter)))[0].shape[0]  # [L, ...]
     distinct, index = [], []
     for extra in per_layer or [None] * num_layers:
@@ -126,5 +126,6 @@ def _per_layer(stack: nnx.Module, per_layer: Sequence | None):
     order = jnp.asarray(np.asarray(index, np.int32))  # [L]
     if len(distinct) == 1:
         return (lambda w: distinct[0]), order
-    table = jnp.stack(distinct)  # [W, ...]
-    return (lambda w: table[w]), order
+    whole = [jax.tree.map(L.dense, d, is_leaf=lambda x: isinstance(x, L.SegmentMask)) for d in distinct]
+    table = jax.tree.map(lambda *xs: jnp.stack(xs), *whole)  # [W, ...] (a sliding window's mask beside a whole one)
+    return (lambda w: jax.tree.map(lambda x: x[w], table)), order

@@ -14,7 +14,9 @@ when positive. Model FLOPs count what the step must compute: 6 per trained matmu
 (its forward pass and its input's gradient, under LoRA and adapters), plus attention, 12 L H d_h T per token (PaLM's
 appendix B count, Chowdhery et al. 2022, arXiv:2204.02311, causal masking not discounted); the predicted MFU is those
 over the slice's peak for the predicted time. XLA counts a custom call (a Pallas kernel, a cuBLAS matmul) as about
-no FLOPs, so the compute time never counts fewer FLOPs than the model's share of each chip.
+no FLOPs, so the compute time never counts fewer FLOPs than the model's share of each chip, and TPU's splash
+attention kernel (``train.attention``) is counted analytically beside XLA's count: attention's model FLOPs, and the
+forward's third again under remat (:func:`kernel_flops`).
 
 For GPUs (``h100:<n>``, JAX's CUDA plugin) the program is compiled without the GPU and without autotuning: XLA picks
 its kernels' tiles blind, so the memory and collectives are the program's, and its speed on a real H100 may be below
@@ -112,14 +114,30 @@ def matmul_weights(model: nnx.Module, method, blueprint) -> tuple[int, int]:
     return trained, frozen
 
 
-def model_flops(built, trained: int, frozen: int) -> float:
-    """The model FLOPs of ``built``'s train step, the whole slice's (see the module doc), from its
-    :func:`matmul_weights`."""
+def attention_flops(built) -> float:
+    """Attention's FLOPs in ``built``'s train step, forward and backward, the whole slice's: PaLM's 12 L N H T per
+    token (its score and value matmuls, every key counted: a causal kernel's skipped blocks are not credited)."""
     config, hf = built.trainer.cfg, built.blueprint.hf
     length = int(config.data.max_length)
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    attention = 12.0 * hf.num_hidden_layers * hf.num_attention_heads * head_dim * length  # per token (PaLM)
-    return int(config.train.batch_size) * length * (6.0 * trained + 4.0 * frozen + attention)
+    per_token = 12.0 * hf.num_hidden_layers * hf.num_attention_heads * head_dim * length
+    return int(config.train.batch_size) * length * per_token
+
+
+def kernel_flops(built) -> float:
+    """The FLOPs of the step's custom calls, which XLA counts as none, the whole slice's: with TPU's splash kernel
+    (``train.attention``), :func:`attention_flops`, plus the forward's third again when remat recomputes it."""
+    if not built.trainer.steps.splash:
+        return 0.0
+    return attention_flops(built) * (1.0 if built.trainer.cfg.train.remat == "none" else 4.0 / 3.0)
+
+
+def model_flops(built, trained: int, frozen: int) -> float:
+    """The model FLOPs of ``built``'s train step, the whole slice's (see the module doc), from its
+    :func:`matmul_weights`."""
+    config = built.trainer.cfg
+    tokens = int(config.train.batch_size) * int(config.data.max_length)
+    return tokens * (6.0 * trained + 4.0 * frozen) + attention_flops(built)
 
 
 @dataclasses.dataclass
@@ -141,6 +159,8 @@ class Plan:
     #                     bytes}); None when it does not fit
     model_flops: float  # the train step's, the whole slice's
     generation: str = ""  # the generation program's shape, when the model generates
+    step: str = ""  # how the train step runs: remat, micro-batches, attention kernel, logits whole or in chunks
+    attention_flops: float = 0.0  # attention's share of model_flops (attention_flops)
 
     @property
     def fits(self) -> bool | None:
@@ -160,8 +180,10 @@ class Plan:
         return {"config": self.config, "topology": self.topology.name, "slice": self.topology.marketing_name(),
                 "chips": self.topology.chips, "mesh": self.mesh, "model": self.model, "method": self.method,
                 "scan_layers": self.scan_layers, "layers": self.layers, "tokens_per_step": self.tokens,
-                "trained_params": self.trained_params, "frozen_params": self.frozen_params, "fits": self.fits,
+                "step": self.step, "trained_params": self.trained_params, "frozen_params": self.frozen_params,
+                "fits": self.fits,
                 "memory_per_chip_bytes": self.memory, "costs_per_chip": self.costs, "model_flops": self.model_flops,
+                "attention_flops": self.attention_flops,
                 "predicted": self.predicted(), "prediction_is": "a cost-model prediction, not a measurement",
                 "programs": [{"name": p.name, "lower_s": p.lower_s, "compile_s": p.compile_s,
                               "temp_bytes": p.memory.temp_size_in_bytes if p.memory else p.temporaries_needed,
@@ -175,7 +197,7 @@ class Plan:
                  f"config {self.config}; mesh {self.mesh}; {self.layers} layers "
                  f"{'scanned' if self.scan_layers else 'unrolled'}; {self.tokens:,} tokens per step; "
                  f"{self.trained_params / 1e6:,.1f}M trained and {self.frozen_params / 1e6:,.1f}M frozen matmul "
-                 "weights",
+                 f"weights; {self.step}",
                  "", "| per chip, GiB | params | optimizer | frozen | anchors | batch | temporaries | total | usable |",
                  "|---|---|---|---|---|---|---|---|---|",
                  "| train step | " + " | ".join(gib.get(k, "-") for k in ("params", "opt_state", "frozen", "anchors",
@@ -210,7 +232,8 @@ class Plan:
 def predict(costs: dict, topology: Topology, tokens: int, model_flops: float) -> dict:
     """The step's predicted time per chip from its ``costs`` (see the module doc), tokens/s per chip and MFU."""
     chip = topology.chip
-    compute = max(costs["flops"], model_flops / topology.chips) / chip.peak_bf16_flops  # custom calls count 0 in XLA
+    counted = costs["flops"] + costs.get("kernel_flops", 0.0)  # XLA's, and its custom calls' (none to XLA)
+    compute = max(counted, model_flops / topology.chips) / chip.peak_bf16_flops
     traffic = costs["bytes_accessed"] / chip.hbm_bandwidth
     step = max(compute, traffic) + costs["collective_s"]
     return {"compute_s": compute, "memory_s": traffic, "collective_s": costs["collective_s"], "step_s": step,
@@ -291,10 +314,16 @@ def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, n
             costs["memory"] = train.total_bytes
         else:
             costs = _costs(train, top, _coords(mesh))
+        costs["kernel_flops"] = kernel_flops(built) / top.chips
     if top.chip is not None:
         memory["usable"] = top.chip.usable_hbm
     trained, frozen = matmul_weights(built.model, built.trainer.method, built.blueprint)
     tokens = int(config.train.batch_size) * int(config.data.max_length)
     generation = generation_shape(config) if generating else ""
+    chunks = int(config.train.loss_chunks)
+    step = (f"remat {config.train.remat}, grad_accum {config.train.grad_accum}; attention: "
+            f"{'the splash kernel' if built.trainer.steps.splash else 'ours'}; logits "
+            f"{'whole' if chunks == 1 else f'in {chunks} chunks'}")
     return Plan(name, top, dict(mesh.shape), str(built.blueprint.source.name), config.method.name, stacked, layers,
-                tokens, trained, frozen, memory, programs, costs, model_flops(built, trained, frozen), generation)
+                tokens, trained, frozen, memory, programs, costs, model_flops(built, trained, frozen), generation, step,
+                attention_flops(built))

@@ -11,8 +11,10 @@ data axes do not divide) are left out. Compiling is the cost, so:
 - **pruned**: a variant whose quick memory estimate per chip is over ``PRUNE`` (1.5) x the usable HBM is not compiled.
   The estimate is the state's exact bytes per chip (its shardings, abstractly: no compile), gradients as large as the
   trained parameters, the activations of one micro-batch (Korthikanti et al. 2022, arXiv:2205.05198, section 4:
-  s b h (34 + 5 a s / h) bytes per layer kept for the backward pass, 2 s b h under full remat, about half of the
-  first under ``dots``; over the tensor ways) and its float32 logits and their gradient;
+  s b h (34 + 5 a s / h) bytes per layer kept for the backward pass, the second term the attention scores, which
+  TPU's splash kernel does not keep (``train.attention``); 2 s b h under full remat, about half of the first under
+  ``dots``; over the tensor ways) and its float32 logits and their gradient (one chunk's of
+  ``train.loss_chunks``);
 - **compiled**: the rest, each at 1 and 2 layers unrolled (small programs), their costs and memory extrapolated to
   the model's depth (:func:`adapt.plan.planner.layer_costs`), and ranked by predicted step time;
 - the best whose extrapolated memory fits is then **planned at its real depth** (:func:`adapt.plan.plan`: its memory
@@ -39,6 +41,7 @@ from adapt.plan.chips import GiB, parse
 from adapt.plan.planner import (
     Plan,
     devices_for,
+    kernel_flops,
     layer_costs,
     matmul_weights,
     model_flops,
@@ -150,9 +153,9 @@ def estimate(config: ml_collections.ConfigDict, v: Variant, built) -> float:
     data, fsdp, tensor = v.mesh
     s, b = int(config.data.max_length), int(config.train.batch_size) // v.grad_accum / (data * fsdp)
     h, a, layers = hf.hidden_size, hf.num_attention_heads, hf.num_hidden_layers
-    per_layer = (2 * s * b * h if v.remat == "full"
-                 else ACTIVATION_SHARE[v.remat] * s * b * h * (34 + 5 * a * s / h) / tensor)
-    logits = 2 * 4 * s * b * hf.vocab_size / tensor
+    scores = 0 if built.trainer.steps.splash else 5 * a * s / h  # the splash kernel keeps no scores
+    per_layer = (2 * s * b * h if v.remat == "full" else ACTIVATION_SHARE[v.remat] * s * b * h * (34 + scores) / tensor)
+    logits = 2 * 4 * s * b * hf.vocab_size / tensor / int(config.train.loss_chunks)  # one chunk's (train.loss_chunks)
     return exact + grads + layers * per_layer + logits
 
 
@@ -174,13 +177,15 @@ def search(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2,
     for v in candidates:
         c = _with(config, v)
         mesh = make_mesh(v.mesh, devices=devices)
-        v.estimate = estimate(c, v, build(c, mesh, labels=labels, scan=True))  # abstract: no compile
+        built = build(c, mesh, labels=labels, scan=True)  # abstract: no compile
+        v.estimate = estimate(c, v, built)
         if v.estimate > PRUNE * usable:
             v.status = "pruned"
             continue
         if budget is not None and compiled >= budget:
             continue
-        costs = layer_costs(c, mesh, top, hf.num_hidden_layers, labels=labels)
+        costs = dict(layer_costs(c, mesh, top, hf.num_hidden_layers, labels=labels),
+                     kernel_flops=kernel_flops(built) / top.chips)
         compiled += 1
         v.status, v.memory, v.compile_s = "compiled", costs["memory"], costs["compile_s"]
         v.predicted = predict(costs, top, tokens, flops)

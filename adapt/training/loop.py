@@ -195,7 +195,8 @@ class Trainer:
             self.static, state, self.shardings = create_state(self.model, tx, mesh=self.mesh, rules=self.rules,
                                                               seed=t.seed, method=self.method)
         self.steps = Steps(self.static, self.objective, tx, self.shardings, self.batch_sharding, rules=self.rules,
-                           accum=t.grad_accum, remat=t.remat, method=self.method, extension=self.extension)
+                           accum=t.grad_accum, remat=t.remat, method=self.method, extension=self.extension,
+                           loss_chunks=t.loss_chunks, attention=t.attention)
         self.state = state
         return state, schedule
 

@@ -33,6 +33,7 @@ import optax
 
 from adapt.core.errors import ConfigError
 from adapt.data.formats import IGNORE, spans
+from adapt.models import vocab
 from adapt.training import tasks
 
 
@@ -51,6 +52,14 @@ def _token_sums(logits, targets, valid):
     valid = valid.astype(jnp.float32)
     return {"loss_sum": jnp.sum(nll * valid), "weight": jnp.sum(valid),
             "correct": jnp.sum((argmax(logits) == targets) * valid)}
+
+
+def _vocab_sums(outputs, targets, valid):
+    """:func:`_token_sums` of a language model's head outputs: logits ``[B, T, V]``, or
+    :class:`~adapt.models.vocab.HeadInputs` reduced chunk by chunk (``train.loss_chunks``)."""
+    if isinstance(outputs, vocab.HeadInputs):
+        return outputs.reduce(_token_sums, targets, valid)
+    return _token_sums(outputs, targets, valid)
 
 
 def _confusion(logits, labels, num_labels):  # -> [C, C] counts, rows gold, columns predicted
@@ -115,8 +124,8 @@ class CausalLM(_LanguageModel):
         shift = ((0, 0), (0, 1))  # [B, T-1] -> [B, T]: a last column of target 0, not valid
         return jnp.pad(ids[:, 1:], shift), jnp.pad(valid, shift)
 
-    def loss(self, logits, batch):  # logits [B, T, V]
-        return _token_sums(logits, *self.targets(batch)), None
+    def loss(self, logits, batch):  # logits [B, T, V] or HeadInputs
+        return _vocab_sums(logits, *self.targets(batch)), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +155,8 @@ class MaskedLM(_LanguageModel):
         masked = jnp.where(selected & (u >= 0.8) & (u < 0.9), random_ids, masked)
         return {**batch, "input_ids": masked, "labels": jnp.where(selected, ids, IGNORE)}
 
-    def loss(self, logits, batch):  # logits [B, T, V], labels [B, T]
-        return _token_sums(logits, *self.targets(batch)), None
+    def loss(self, logits, batch):  # logits [B, T, V] or HeadInputs, labels [B, T]
+        return _vocab_sums(logits, *self.targets(batch)), None
 
 
 def _f1_from_confusion(conf: np.ndarray, label_ids=None) -> tuple[float, float]:

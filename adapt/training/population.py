@@ -156,7 +156,8 @@ def fit_population(trainers: list[Trainer], train_data: list, eval_data: list[di
     model, rates = _rates_as_data(trainers)
     t = first.cfg.train
     steps = Steps(model, first.objective, first.tx, first.shardings, first.batch_sharding, rules=first.rules,
-                  accum=t.grad_accum, remat=t.remat, method=first.method,
+                  accum=t.grad_accum, remat=t.remat, method=first.method, loss_chunks=t.loss_chunks,
+                  attention=t.attention,
                   population=(n, members_batch, frozen_axes, rates))
     for trainer, run in zip(trainers, runs):  # one compiled program for all: member 0's (evaluation included)
         trainer.steps = run.steps = steps

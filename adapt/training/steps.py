@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from adapt.core.host_memory import KeptHeap
 from adapt.core.sharding import Rules, axis_rules, without_axes
 from adapt.methods.base import Method
-from adapt.models import layers
+from adapt.models import layers, splash, vocab
 from adapt.training.state import (
     STACKED,
     Model,
@@ -74,14 +74,17 @@ class PlainStep:
 
 
 def make_train_step(model: Model, objective, tx: optax.GradientTransformation, accum: int = 1,
-                    method: Method | None = None, extension: StepExtension | None = None):
+                    method: Method | None = None, extension: StepExtension | None = None, loss_chunks: int = 1):
+    """``loss_chunks``: a language model's vocabulary head and loss run over that many chunks of the length
+    (:mod:`adapt.models.vocab`)."""
     method = method or Method()
     extension = extension or PlainStep()
 
     def micro_loss(params, frozen, anchors, batch, key):
         batch = objective.prepare(batch, jax.random.fold_in(key, 1))
         seen = method.perturb(params, anchors, jax.random.fold_in(key, 2))
-        outputs = model(seen, frozen, batch, key)
+        with vocab.chunks(loss_chunks):
+            outputs = model(seen, frozen, batch, key)
         sums, _ = objective.loss(outputs, batch)
         return sums["loss_sum"], sums
 
@@ -145,14 +148,15 @@ def make_population_step(train_step, spmd_axes: tuple = (), frozen_axes=None, ra
     return population_step
 
 
-def make_eval_step(model: Model, objective):
+def make_eval_step(model: Model, objective, loss_chunks: int = 1):
     """-> ``eval_step(state, batch, index) -> (sums, predictions, outputs)``: the objective's loss and its
     per-example ``outputs`` (None for an objective without them); only evaluation computes these."""
     per_example = getattr(objective, "outputs", None)
 
     def eval_step(state: TrainState, batch: dict, index: jax.Array):
         batch = objective.prepare(batch, jax.random.fold_in(jax.random.PRNGKey(0), index))
-        outputs = model(state.params, state.frozen, batch, None)
+        with vocab.chunks(loss_chunks):
+            outputs = model(state.params, state.frozen, batch, None)
         sums, predictions = objective.loss(outputs, batch)
         return sums, predictions, per_example(outputs, batch) if per_example else None
 
@@ -166,15 +170,21 @@ class Steps:
     and rematerialisation are baked into the compiled steps. With ``population`` (the number of members, their
     batches' sharding, which frozen leaves they stack, and their dropout rates that are data) the train step is
     the population's (:func:`make_population_step`) over the stacked state; evaluation is always one member's.
-    ``extension``: what changes the train step (:class:`StepExtension`, e.g. DP-SGD's).
+    ``extension``: what changes the train step (:class:`StepExtension`, e.g. DP-SGD's). ``loss_chunks``: see
+    :func:`make_train_step`. ``attention``: ``train.attention`` (:data:`adapt.models.splash.KERNELS`): whether the
+    steps run TPU's splash kernel where it applies (``auto``: on a TPU mesh).
     """
 
     def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
                  *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None,
-                 population: tuple | None = None, extension: StepExtension | None = None):
+                 population: tuple | None = None, extension: StepExtension | None = None, loss_chunks: int = 1,
+                 attention: str = "auto"):
         self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
+        platform = self.mesh.devices.flat[0].platform
+        self.splash = splash.chosen(attention, platform)
+        self._interpret = platform != "tpu"
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        train_step = make_train_step(model, objective, tx, accum, method, extension)
+        train_step = make_train_step(model, objective, tx, accum, method, extension, loss_chunks)
         self._train_rules = rules
         if population is None:
             self._train = jax.jit(train_step, in_shardings=(shardings, batch_sharding),
@@ -187,18 +197,21 @@ class Steps:
             self._train = jax.jit(make_population_step(train_step, axes, frozen_axes, rates),
                                   in_shardings=(stacked, members_batch, replicated),
                                   out_shardings=(stacked, replicated), donate_argnums=0)
-        self._eval = jax.jit(make_eval_step(model, objective), in_shardings=(shardings, batch_sharding, replicated))
+        self._eval = jax.jit(make_eval_step(model, objective, loss_chunks),
+                             in_shardings=(shardings, batch_sharding, replicated))
         # Enter it around a loop of train steps on the CPU: see adapt/core/host_memory.py.
         self.heap, self._compiled = KeptHeap(self.mesh.devices.flat[0].platform == "cpu"), {}
         self._last_eval = None  # the last eval step's outputs, waited for before the next step in the heap
 
     def context(self, rules: Rules | None = None):
-        """The mesh, sharding rules (default the run's) and remat policy the steps are traced under (a probe
-        evaluates in it too)."""
+        """The mesh, sharding rules (default the run's), remat policy and attention kernel the steps are traced under
+        (a probe evaluates in it too)."""
         stack = contextlib.ExitStack()
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(axis_rules(self.rules if rules is None else rules))
         stack.enter_context(layers.remat(self.remat))
+        if self.splash:
+            stack.enter_context(splash.use(interpret=self._interpret))
         return stack
 
     def lower(self, step: str, state: TrainState, batch: dict, *rest) -> jax.stages.Lowered:

@@ -188,12 +188,13 @@ BAD = [({"distill.alpha": 1.5}, r"^distill.alpha=1.5: expected a number in \[0, 
        ({"distill.student.layers": (2, 1)}, r"^distill.student.layers=\(2, 1\); expected distinct teacher layer"),
        ({"distill.student.layers": (0,), "distill.student.config": {"hidden_size": 16}},
         r"^distill.student.layers and distill.student.config are both set"),
+       ({"train.loss_chunks": 4}, r"^train.loss_chunks=4 with distill.teacher: distillation's KL reads every logit"),
        ({"distill.student.layers": (0, 5)}, r"^distill.student.layers=\(0, 5\): the teacher has 3 layers \(0..2\)"),
        ({"distill.student.config": {"vocab_size": 64, "num_hidden_layers": 1}},
         r"^the student's vocabulary has 64 entries, the teacher's 30522")]
 
 
-@pytest.mark.parametrize("over,message", BAD, ids=["alpha", "temperature", "order", "both", "range", "vocab"])
+@pytest.mark.parametrize("over,message", BAD, ids=["alpha", "temperature", "order", "both", "chunks", "range", "vocab"])
 def test_bad_settings_are_one_line_errors(deep_teacher, data, tmp_path, over, message):
     with pytest.raises(ConfigError, match=message) as e:
         build_trial(_config(deep_teacher, data, **{"distill.teacher": deep_teacher, **over}), str(tmp_path))
