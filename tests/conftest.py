@@ -92,6 +92,12 @@ def benchmark_data(monkeypatch):
 
 TINY_LLAMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64)
+# Gemma 2 and 3 (text): local layers of a 4-token window, so a 12-token batch crosses it
+GEMMA = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=16, sliding_window=4, max_position_embeddings=64)
+# Gemma 3's RoPE per layer type, with linear scaling on the global layers as its larger models have
+GEMMA3_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+               "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}}
 TINY_GPT2 = dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)
 TINY_BERT = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                  max_position_embeddings=64, num_labels=3)
@@ -113,6 +119,17 @@ def tiny_llama(tmp_path_factory):
 
     return random_hf_model(tmp_path_factory.mktemp("tiny_llama"), transformers.LlamaForCausalLM,
                            transformers.LlamaConfig, **TINY_LLAMA)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory):
+    """A random-init HF Gemma 3 text causal LM (a local and a global layer, q/k norms, tied head) saved by
+    transformers; returns its folder."""
+    import transformers
+
+    return random_hf_model(tmp_path_factory.mktemp("tiny_gemma"), transformers.Gemma3ForCausalLM,
+                           transformers.Gemma3TextConfig, **GEMMA, num_hidden_layers=2,
+                           layer_types=["sliding_attention", "full_attention"], rope_parameters=GEMMA3_ROPE)
 
 
 @pytest.fixture(scope="session")

@@ -92,12 +92,13 @@ class LayerCache:
     cache: KVCache
     i: int
 
-    def attention(self, attn: nnx.Module, q, k, v, mask, *, scale: float):
+    def attention(self, attn: nnx.Module, q, k, v, mask, *, scale: float, softcap: float | None = None):
         """The cache path of an attention module ``attn``: this call's keys and values ``[B, T, K, H]`` (after
         RoPE) go into the slots :meth:`KVCache.attend` reserved, then q ``[B, T, N, H]`` attends over every slot
         (``mask [B, T, S]``) and over ``attn``'s prefix (prefix tuning, as
         :func:`~adapt.models.layers.prepend_prefix`: seen by every query) -> ``[B, T, N, H]``.
-        :func:`~adapt.models.layers.dot_product_attention` without dropout, on the cache's layout."""
+        :func:`~adapt.models.layers.dot_product_attention` without dropout (``softcap`` as there), on the cache's
+        layout."""
         c, start = self.cache, (0, 0, self.cache.index - k.shape[1], 0)
         for buffers, new in ((c.keys, k), (c.values, v)):
             update = new.transpose(0, 2, 1, 3).astype(buffers[self.i].dtype)  # [B, K, T, H]
@@ -113,7 +114,10 @@ class LayerCache:
         kv, s = k.shape[1], k.shape[2]
         q = q.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, -1, h)  # [B, K, G*T, H]
         logits = jnp.matmul(q, k.swapaxes(2, 3), preferred_element_type=jnp.float32).reshape(b, kv, -1, t, s)
-        probs = jax.nn.softmax(jnp.where(mask[:, None, None], logits * scale, jnp.finfo(jnp.float32).min), axis=-1)
+        logits = logits * scale
+        if softcap:
+            logits = jnp.tanh(logits / softcap) * softcap
+        probs = jax.nn.softmax(jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min), axis=-1)
         out = jnp.matmul(probs.reshape(b, kv, -1, s).astype(v.dtype), v)  # [B, K, G*T, H]
         out = out.reshape(b, kv, n // kv, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
         return shard(out, ("batch", "length", "heads", "head_dim"))

@@ -169,7 +169,10 @@ def model_blueprint(name_or_path: str, task: str | None = None, *, num_labels: i
             raise CheckpointError(f"{source.name}: its {type(hf).__name__} has no key {key!r} to override")
         setattr(hf, key, value)
     hf.architectures = None
-    cfg = family.config_from_hf(hf, dtype)
+    try:
+        cfg = family.config_from_hf(hf, dtype)
+    except CheckpointError as e:  # a config the family refuses (a multimodal Gemma 3): say whose
+        raise CheckpointError(f"{source.name}: {e}") from None
     if scan_layers:
         _check_stacks(family)
         cfg = dataclasses.replace(cfg, scan_layers=True)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import GEMMA, GEMMA3_ROPE
 from conftest import TINY_LLAMA as TINY
 from flax import nnx
 
@@ -23,6 +24,12 @@ VARIANTS = {
     "mistral-sliding": lambda: transformers.MistralConfig(**TINY, sliding_window=4, head_dim=16),
     "qwen2": lambda: transformers.Qwen2Config(**TINY, tie_word_embeddings=True),
     "qwen3": lambda: transformers.Qwen3Config(**TINY, head_dim=24),
+    # Gemma 2: local and global layers alternating, scores and logits soft-capped (low caps, so they bite); Gemma 3:
+    # five local layers to one global, q/k norms, its own RoPE per layer type (linear scaling on the global ones)
+    "gemma2": lambda: transformers.Gemma2Config(**GEMMA, num_hidden_layers=3, query_pre_attn_scalar=12,
+                                                attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
+    "gemma3": lambda: transformers.Gemma3TextConfig(**GEMMA, num_hidden_layers=7, query_pre_attn_scalar=24,
+                                                    rope_parameters=GEMMA3_ROPE),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=4),
     "gpt2-scale-by-layer": lambda: transformers.GPT2Config(vocab_size=128, n_positions=64, n_embd=64, n_layer=3,
                                                            n_head=4, scale_attn_by_inverse_layer_idx=True),

@@ -5,6 +5,7 @@ the attention's own backward equals autodiff."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from jax.ad_checkpoint import print_saved_residuals
 from jax.sharding import NamedSharding
@@ -80,9 +81,11 @@ def test_blocked_causal_attention_equals_plain_attention():
         np.testing.assert_allclose(ours, ref, atol=2e-5)
 
 
-def test_attention_backward_with_dropout_equals_autodiff():
-    """The attention's own backward (rowsum(dO * O), the saved dropout mask) gives autodiff's gradients
-    of the same masked, dropped-out softmax attention, grouped heads and padding included."""
+@pytest.mark.parametrize("softcap", [None, 1.5], ids=["plain", "softcap"])
+def test_attention_backward_with_dropout_equals_autodiff(softcap):
+    """The attention's own backward (rowsum(dO * O), the saved dropout mask, soft-capping's derivative) gives
+    autodiff's gradients of the same masked, dropped-out softmax attention, grouped heads and padding included;
+    soft-capped at 1.5 (Gemma 2's attention), so the cap bites."""
     b, t, n, kv, h, rate = 2, 48, 4, 2, 8, 0.25
     rng = np.random.default_rng(1)
     q, k, v = (jnp.asarray(rng.normal(size=(b, t, heads, h)), jnp.float32) for heads in (n, kv, kv))
@@ -94,13 +97,16 @@ def test_attention_backward_with_dropout_equals_autodiff():
     def plain(q, k, v):
         kk, vv = (jnp.repeat(x, n // kv, axis=2) for x in (k, v))
         logits = jnp.einsum("btnh,bsnh->bnts", q, kk) * h ** -0.5
+        if softcap:
+            logits = jnp.tanh(logits / softcap) * softcap
         probs = jax.nn.softmax(jnp.where(mask[:, None], logits, jnp.finfo(jnp.float32).min), axis=-1)
         # the kernel's mask is drawn over [B, K, G, T, S]: the same layout, heads n = k * G + g
         keep = keep_mask(key, (b, kv, n // kv, t, t), rate).reshape(b, n, t, t)
         return jnp.einsum("bnts,bsnh->btnh", jnp.where(keep, probs / (1 - rate), 0), vv)
 
     def ours(q, k, v):
-        return dot_product_attention(q, k, v, mask, scale=h ** -0.5, dropout_rate=rate, rngs=nnx.Rngs(dropout=3))
+        return dot_product_attention(q, k, v, mask, scale=h ** -0.5, dropout_rate=rate, rngs=nnx.Rngs(dropout=3),
+                                     softcap=softcap)
 
     np.testing.assert_allclose(ours(q, k, v), plain(q, k, v), atol=2e-6)
     weights = jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32)

@@ -96,3 +96,14 @@ def test_pickle_weights_need_an_explicit_opt_in(copy, tiny_llama):
 
 def test_unknown_task(tiny_llama):
     _fails(tiny_llama, "task 'masked_lm' is not available for llama; available: base, causal_lm", task="masked_lm")
+
+
+def test_a_multimodal_gemma_3_is_refused_in_one_line(tmp_path):
+    """Gemma 3 of 4B and up is a vision tower beside its text model (model_type gemma3): refused, naming the folder."""
+    import transformers
+
+    config = transformers.Gemma3Config()
+    config.architectures = ["Gemma3ForConditionalGeneration"]
+    config.save_pretrained(tmp_path)
+    message = _fails(tmp_path, r"model_type 'gemma3' is a multimodal Gemma 3 .* only Gemma 3's text models load")
+    assert message.startswith(str(tmp_path))
