@@ -26,7 +26,8 @@ from jax.sharding import PartitionSpec
 
 from adapt.core.sharding import logical_to_spec
 
-KERNELS = ("auto", "xla", "splash")  # train.attention: auto = splash on a TPU mesh, ours elsewhere
+#: ``train.attention``'s values: ``auto`` (the kernel on a TPU mesh, ours elsewhere), ``xla`` (ours), ``splash``.
+KERNELS = ("auto", "xla", "splash")
 _INTERPRET: contextvars.ContextVar[bool | None] = contextvars.ContextVar("adapt_splash", default=None)
 
 
