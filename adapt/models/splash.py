@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from adapt.core.sharding import logical_to_spec
@@ -57,13 +58,19 @@ def _block(length: int) -> int:
     return next(b for b in (512, 256, 128) if length % b == 0)
 
 
+def _float32_dots() -> bool:
+    """Whether ``jax_default_matmul_precision`` asks float32 of every matmul: Mosaic then refuses to compile the
+    kernel's bf16 matmuls ("Bad lhs type"), read when the step is lowered, so ours runs instead."""
+    return str(jax.config.jax_default_matmul_precision).lower() in ("highest", "float32")
+
+
 def attend(q, k, v, segments, *, causal: bool, scale: float, softcap: float | None = None):
     """q ``[B, T, N, H]``, k/v ``[B, T, K, H]`` (N a multiple of K), ``segments [B, T]`` -> ``[B, T, N, H]``, or None
     where the kernel does not apply (no mesh set, a length not a multiple of 128, keys of another length, the length
-    sharded)."""
+    sharded, bf16 under float32 matmul precision). ``softcap``: the scores soft-capped as ours are."""
     t, s = q.shape[1], k.shape[1]
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or t != s or t % 128:
+    if mesh.empty or t != s or t % 128 or (q.dtype == jnp.bfloat16 and _float32_dots() and not _INTERPRET.get()):
         return None
     q_spec = logical_to_spec(("batch", "length", "heads", "head_dim"), q.shape, mesh)
     kv_spec = logical_to_spec(("batch", "length", "kv_heads", "head_dim"), k.shape, mesh)

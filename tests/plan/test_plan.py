@@ -43,7 +43,10 @@ def models(tmp_path_factory):
                            ("roberta", transformers.RobertaConfig, dict(ENCODER, max_position_embeddings=130)),
                            ("gpt2", transformers.GPT2Config, dict(vocab_size=256, n_embd=128, n_layer=2, n_head=4,
                                                                   n_positions=128)),
-                           ("qwen3", transformers.Qwen3Config, dict(DECODER, head_dim=32))):
+                           ("qwen3", transformers.Qwen3Config, dict(DECODER, head_dim=32)),
+                           ("gemma", transformers.Gemma3TextConfig, dict(DECODER, head_dim=32, sliding_window=16,
+                                                                         layer_types=["sliding_attention",
+                                                                                      "full_attention"]))):
         folder = tmp_path_factory.mktemp(name)
         cls(**cfg).save_pretrained(folder)
         out[name] = str(folder)
@@ -59,9 +62,7 @@ def config_for(folder: str, *, encoder: bool = False, method: str = "full", **ov
                                               "method": methods.method_config(method, **knobs).to_dict()})
     if encoder:
         c.model.task, c.data.format = "sequence_classification", "classification"
-    for key, value in overrides.items():
-        configs.apply_overrides(c, {key: value})
-    return c
+    return configs.apply_overrides(c, overrides)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "mixout"])
@@ -100,7 +101,7 @@ def test_fsdp_on_a_tpu_slice_splits_every_large_array_four_ways(models, method):
 
 FAST_FAMILIES = (("llama", "lora"),)  # the rest in the slow tier (CI's 20 minutes)
 FAMILY_CASES = [pytest.param(f, m, marks=() if (f, m) in FAST_FAMILIES else pytest.mark.slow, id=f"{f}-{m}")
-                for f in ("llama", "bert", "roberta", "gpt2", "qwen3") for m in ("full", "lora")]
+                for f in ("llama", "bert", "roberta", "gpt2", "qwen3", "gemma") for m in ("full", "lora")]
 
 
 @pytest.mark.parametrize("family, method", FAMILY_CASES)
@@ -121,6 +122,20 @@ METHODS = sorted(set(methods.METHODS) - {"full", "lora"})
 def test_every_method_compiles_for_a_tpu_slice(models, family, method):
     p = plan(config_for(models[family], encoder=family == "bert", method=method), "v5e:2x2")
     assert p.fits and p.costs["flops"] > 0
+
+
+@pytest.mark.slow
+def test_the_splash_kernel_compiles_for_a_tpu_slice_and_its_flops_are_counted(models):
+    """At 128 tokens the step runs TPU's splash kernel (train.attention=auto on a TPU mesh): it compiles for v5e:2x2
+    and the planner adds attention's FLOPs (XLA counts the kernel as none) under full remat: 4/3 of its model FLOPs,
+    per chip; with train.attention=xla, none."""
+    with jax.default_matmul_precision("default"):  # the suite's "highest" leaves bf16 to ours (splash._float32_dots)
+        plans = {a: plan(config_for(models["llama"], **{"data.max_length": 128, "train.attention": a,
+                                                        "train.remat": "full"}), "v5e:2x2") for a in ("auto", "xla")}
+    kernel, ours = plans["auto"], plans["xla"]
+    assert kernel.step.endswith("attention: the splash kernel; logits whole") and "attention: ours" in ours.step
+    assert ours.costs["kernel_flops"] == 0
+    assert kernel.costs["kernel_flops"] == pytest.approx(kernel.attention_flops * 4 / 3 / 4)
 
 
 @pytest.mark.slow
