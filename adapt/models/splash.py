@@ -6,7 +6,8 @@ against every key, ``[B, N, R, S]``, in memory: at 2,048 tokens that is most of 
 (the train and eval steps enter it for ``train.attention``: ``auto`` on a TPU mesh, or ``splash``),
 :func:`adapt.models.layers.attention_mask` gives a :class:`~adapt.models.layers.SegmentMask` (the segment ids, not
 the ``[B, T, S]`` mask) and attention runs :func:`attend` where the kernel applies: self-attention over a length
-that is a multiple of 128, without dropout, a sliding window, a prompt or a prefix, with the length unsharded.
+that is a multiple of 128, without dropout, a sliding window, a prompt or a prefix, with the length unsharded (and
+not bf16 under a float32 default matmul precision, which Mosaic cannot compile).
 Elsewhere the mask is made whole and ours runs.
 
 The kernel runs per device (``jax.shard_map`` over the batch and head axes that the sharding rules give
