@@ -133,6 +133,18 @@ def tiny_gemma(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_modernbert(tmp_path_factory):
+    """A random-init HF ModernBERT sequence classifier (3 labels; a global, two local and a global layer) saved by
+    transformers; returns its folder."""
+    import transformers
+
+    return random_hf_model(tmp_path_factory.mktemp("tiny_modernbert"), transformers.ModernBertForSequenceClassification,
+                           transformers.ModernBertConfig, vocab_size=128, hidden_size=64, intermediate_size=96,
+                           num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=64, local_attention=4,
+                           num_labels=3, pad_token_id=0)
+
+
+@pytest.fixture(scope="session")
 def smollm2_stand_in(tmp_path_factory):
     """A 1-layer random-init Llama with SmolLM2's tokenizer and chat template, in SmolLM2's place where a study's
     smoke run checks the pipeline, not the model; returns its folder."""

@@ -131,9 +131,9 @@ def embed(num: int, features: int, axes: tuple[str, str], *, std: float, dtype, 
                      embedding_metadata={"logical_axes": axes}, rngs=rngs)
 
 
-def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs):
+def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs, bias: bool = True):
     # use_fast_variance=False: E[(x-mean)^2], as PyTorch computes it, keeps float32 parity at 1e-6.
-    return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, use_fast_variance=False,
+    return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, use_fast_variance=False, use_bias=bias,
                          scale_metadata={"logical_axes": ("norm",)},
                          bias_metadata={"logical_axes": ("norm",)}, rngs=rngs)
 
@@ -314,8 +314,8 @@ def _mask(segment_ids, *, causal: bool, window: int | None = None, virtual: int 
     q_idx, k_idx = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
     if causal:
         mask &= (k_idx <= q_idx)[None]
-    if window is not None:
-        mask &= (q_idx - k_idx < window)[None]
+    if window is not None:  # a decoder's last `window` keys; an encoder's keys within `window` either side
+        mask &= ((q_idx - k_idx < window) if causal else (jnp.abs(q_idx - k_idx) <= window))[None]
     if virtual:
         seen = (seg_k < 0) & (seg_q != 0)  # every token but padding sees the prompt...
         if causal:

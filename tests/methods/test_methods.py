@@ -135,7 +135,8 @@ def test_merged_lora_exports_as_a_plain_hf_checkpoint(tiny_llama, tmp_path):
 
 @pytest.mark.parametrize("name,folder,task,vocab", [
     ("lora", "tiny_llama", "causal_lm", 128), ("dora", "tiny_llama", "causal_lm", 128),
-    ("lora", "tiny_gemma", "causal_lm", 128), ("lora", "tiny_bert", "sequence_classification", 64)])
+    ("lora", "tiny_gemma", "causal_lm", 128), ("lora", "tiny_bert", "sequence_classification", 64),
+    ("lora", "tiny_modernbert", "sequence_classification", 64)])
 def test_peft_export_loads_in_peft_with_the_same_logits(name, folder, task, vocab, request, tmp_path):
     import peft
     import torch
@@ -327,6 +328,12 @@ def test_lora_trains_gemma_on_fsdp_and_tensor_mesh(tiny_gemma, tmp_path):
     """A family beside Llama's (Gemma 3: its own norms, q/k norms, local and global layers): LoRA moves only its
     adapters and the loss falls."""
     _train("lora", tiny_gemma, "causal_lm", (1, 2, 4), tmp_path)
+
+
+def test_lora_trains_modernbert_on_fsdp_and_tensor_mesh(tiny_modernbert, tmp_path):
+    """ModernBERT (a fused Wqkv, local and global layers, a pooled classifier behind its own head): LoRA on Wqkv and
+    the fresh classifier move, nothing else, and the loss falls."""
+    _train("lora", tiny_modernbert, "sequence_classification", (1, 2, 4), tmp_path)
 
 
 @pytest.mark.parametrize("name", ENCODER_METHODS)
