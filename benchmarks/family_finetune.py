@@ -1,11 +1,12 @@
-"""A short causal-LM fine-tune of a family that has no small checkpoint offline: a random-init model of the family (a
-small config of its transformers class), with the bundled SmolLM2 tokenizer, trained on a benchmark's train sentences
-and evaluated on its dev sentences (packed rows), to show the loss falling. Not a test: run it by hand.
+"""A short fine-tune of a family that has no small checkpoint offline: a random-init model of the family (a small
+config of its transformers class) trained on a benchmark's train sentences and evaluated on its dev sentences (packed
+rows), to show the loss falling: decoders as causal LMs with the bundled SmolLM2 tokenizer, encoders as masked LMs
+with the bundled MiniLM's. Not a test: run it by hand.
 
     ADAPT_DATA_DIR=../shared/data .venv/bin/python benchmarks/family_finetune.py --family=gemma3 [--steps 200]
 
-``--family``: ``gemma2`` or ``gemma3`` (text). The data: ChemProt's sentences (``scibert/chemprot``), its relation
-markers left in. Prints the dev loss before training and after, and the train loss every 20 steps, with the CPU.
+``--family``: ``gemma2``, ``gemma3`` (text) or ``modernbert``. The data: ChemProt's sentences (``scibert/chemprot``),
+its relation markers left in. Prints the dev loss before training and after, and the train loss every 20 steps.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import numpy as np
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # a CPU run: libtpu, when installed, is not probed
 
-CONFIGS = {  # a small model of each family: 4 layers, 256 wide, the family's own layer pattern
-    "gemma2": ("Gemma2Config", dict(num_hidden_layers=4, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)),
-    "gemma3": ("Gemma3TextConfig", dict(num_hidden_layers=6)),  # five local layers, one global
+CONFIGS = {  # a small model of each family, 256 wide, the family's own layer pattern
+    "gemma2": ("Gemma2Config", dict(num_hidden_layers=4, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                                    num_key_value_heads=2, head_dim=64, sliding_window=32)),
+    "gemma3": ("Gemma3TextConfig", dict(num_hidden_layers=6, num_key_value_heads=2, head_dim=64,  # 5 local, 1 global
+                                        sliding_window=32)),
+    "modernbert": ("ModernBertConfig", dict(num_hidden_layers=6, local_attention=64)),  # global every third layer
 }
 
 
@@ -33,7 +37,8 @@ def sentences(split: str) -> list[str]:
 
 
 def packed(tok, texts: list[str], length: int) -> np.ndarray:  # [N, length] rows of the concatenated documents
-    ids = [t for text in texts for t in tok(text)["input_ids"] + [tok.eos_token_id]]
+    ids = [t for text in texts for t in tok(text)["input_ids"] + ([tok.eos_token_id] if tok.eos_token_id is not None
+                                                                   else [])]
     n = len(ids) // length
     return np.asarray(ids[:n * length], np.int32).reshape(n, length)
 
@@ -64,21 +69,24 @@ def main():
 
     from adapt.data.batches import array_batches, eval_batches
     from adapt.models import from_pretrained, load_tokenizer
-    from adapt.training import CausalLM, Trainer, defaults
+    from adapt.training import CausalLM, MaskedLM, Trainer, defaults
 
-    tok = load_tokenizer("bundled:smollm2-135m")
+    encoder = args.family == "modernbert"
+    tok = load_tokenizer("bundled:minilm-l6" if encoder else "bundled:smollm2-135m")
     cls, extra = CONFIGS[args.family]
     config = getattr(transformers, cls)(vocab_size=len(tok), hidden_size=256, intermediate_size=768,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=64, sliding_window=32,
-                                        max_position_embeddings=args.length, **extra)
+                                        num_attention_heads=4, max_position_embeddings=args.length,
+                                        pad_token_id=tok.pad_token_id, **extra)
     folder = tempfile.mkdtemp()
     config.save_pretrained(folder)
-    model = from_pretrained(folder, "causal_lm", random_init=True)
+    model = from_pretrained(folder, "masked_lm" if encoder else "causal_lm", random_init=True)
+    objective = (MaskedLM(mask_token_id=tok.mask_token_id, vocab_size=len(tok), special_ids=tuple(tok.all_special_ids))
+                 if encoder else CausalLM())
     train, dev = packed(tok, sentences("train"), args.length), packed(tok, sentences("dev"), args.length)
     cfg = defaults()
     cfg.optimizer.update(learning_rate=1e-3, warmup_steps=20, schedule="cosine")
     cfg.train.update(batch_size=16, steps=args.steps, log_every=20, eval_every=args.steps)
-    trainer = Trainer(model, CausalLM(), cfg, args.out)
+    trainer = Trainer(model, objective, cfg, args.out)
     start = time.perf_counter()
     batches = {"input_ids": train, "attention_mask": np.ones_like(train)}
     dev_batches = {"input_ids": dev, "attention_mask": np.ones_like(dev)}
