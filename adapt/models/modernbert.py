@@ -213,15 +213,19 @@ class ModernBertForMaskedLM(nnx.Module):
         return vocab.logits(x, lambda x: self.decoder(x, self.model.embeddings.tok_embeddings))
 
 
-class ModernBertForSequenceClassification(nnx.Module):
-    """``input_ids [B, T]`` -> class logits ``[B, C]`` (float32) from the first token or the mean of the real tokens
-    (``classifier_pooling``), through ``head``."""
+class _Classifier(nnx.Module):
+    """The backbone, ``head`` and ``classifier`` that the classification heads share."""
 
     def __init__(self, cfg: ModernBertConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.model = ModernBertModel(cfg, rngs=rngs)
         self.head = ModernBertPredictionHead(cfg, rngs=rngs)
         self.classifier = _dense(cfg, cfg.hidden_size, cfg.num_labels, ("embed", "labels"), True, rngs)
+
+
+class ModernBertForSequenceClassification(_Classifier):
+    """``input_ids [B, T]`` -> class logits ``[B, C]`` (float32) from the first token or the mean of the real tokens
+    (``classifier_pooling``), through ``head``."""
 
     def __call__(self, input_ids, attention_mask=None, *, rngs: nnx.Rngs | None = None):
         x = self.model(input_ids, attention_mask, rngs=rngs)
@@ -234,14 +238,8 @@ class ModernBertForSequenceClassification(nnx.Module):
         return shard(logits.astype(jnp.float32), ("batch", "labels"))
 
 
-class ModernBertForTokenClassification(nnx.Module):
+class ModernBertForTokenClassification(_Classifier):
     """``input_ids [B, T]`` -> per-token class logits ``[B, T, C]`` (float32), through ``head``."""
-
-    def __init__(self, cfg: ModernBertConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        self.model = ModernBertModel(cfg, rngs=rngs)
-        self.head = ModernBertPredictionHead(cfg, rngs=rngs)
-        self.classifier = _dense(cfg, cfg.hidden_size, cfg.num_labels, ("embed", "labels"), True, rngs)
 
     def __call__(self, input_ids, attention_mask=None, *, rngs: nnx.Rngs | None = None):
         x = self.head(self.model(input_ids, attention_mask, rngs=rngs))
