@@ -80,6 +80,7 @@ class Program:
     collectives: list  # adapt.plan.hlo.Collective, each once
     out_of_memory: str = ""  # XLA's refusal when the program does not fit the chip (then memory is None)
     temporaries_needed: float = 0.0  # the temporaries' bytes per chip that refusal names
+    kernels: int = 0  # Pallas (Mosaic) kernels in the compiled program: the splash attention's, which XLA counts as 0
 
     @property
     def total_bytes(self) -> float:
@@ -229,7 +230,8 @@ def compile_steps(built: Built, topology: Topology, which: tuple[str, ...] = ("t
         compile_s = time.perf_counter() - start
         cost = _cost_analysis(compiled)
         optimal = cost.get("optimal_seconds")
+        text = compiled.as_text()
         out.append(Program(name, lowered_s, compile_s, compiled.memory_analysis(), float(cost.get("flops", 0.0)),
                            float(cost.get("bytes accessed", 0.0)), optimal if optimal and optimal > 0 else None,
-                           hlo.collectives(compiled.as_text(), topology.chips)))
+                           hlo.collectives(text, topology.chips), kernels=text.count('"tpu_custom_call"')))
     return out

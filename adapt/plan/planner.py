@@ -124,10 +124,12 @@ def attention_flops(built) -> float:
     return int(config.train.batch_size) * length * per_token
 
 
-def kernel_flops(built) -> float:
-    """The FLOPs of the step's custom calls, which XLA counts as none, the whole slice's: with TPU's splash kernel
-    (``train.attention``), :func:`attention_flops`, plus the forward's third again when remat recomputes it."""
-    if not built.trainer.steps.splash:
+def kernel_flops(built, costs: dict) -> float:
+    """The FLOPs of the step's custom calls, which XLA counts as none, the whole slice's: where TPU's splash kernel
+    ran (``train.attention``; ``costs["kernels"]``: the compiled programs' Mosaic kernels), :func:`attention_flops`,
+    plus the forward's third again when remat recomputes it. (A step whose kernel runs in some layers only, global
+    layers beside windowed ones unrolled, is counted as if it ran in every layer.)"""
+    if not built.trainer.steps.splash or not costs.get("kernels"):
         return 0.0
     return attention_flops(built) * (1.0 if built.trainer.cfg.train.remat == "none" else 4.0 / 3.0)
 
@@ -251,7 +253,7 @@ def _costs(program: Program, topology: Topology, coords) -> dict:
     return {"flops": program.flops, "bytes_accessed": program.bytes_accessed,
             "collective_s": sum(hlo.seconds(c, topology, coords) for c in program.collectives),
             "collectives": hlo.summary(program.collectives), "memory": program.total_bytes,
-            "compile_s": program.lower_s + program.compile_s}
+            "compile_s": program.lower_s + program.compile_s, "kernels": program.kernels}
 
 
 def extrapolate(one: dict, two: dict, layers: int) -> dict:
@@ -265,7 +267,7 @@ def extrapolate(one: dict, two: dict, layers: int) -> dict:
     return {**{k: line(one[k], two[k]) for k in ("flops", "bytes_accessed", "collective_s", "memory")},
             "collectives": {k: {f: line(one["collectives"].get(k, empty)[f], two["collectives"].get(k, empty)[f])
                                 for f in ("count", "bytes")} for k in hlo.KINDS if k in kinds},
-            "compile_s": one["compile_s"] + two["compile_s"]}
+            "compile_s": one["compile_s"] + two["compile_s"], "kernels": one.get("kernels", 0) + two.get("kernels", 0)}
 
 
 _LAYER_COSTS: dict = {}  # (config, mesh, topology, layers, labels) -> layer_costs: a search plans its best again
@@ -314,15 +316,16 @@ def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, n
             costs["memory"] = train.total_bytes
         else:
             costs = _costs(train, top, _coords(mesh))
-        costs["kernel_flops"] = kernel_flops(built) / top.chips
+        costs["kernel_flops"] = kernel_flops(built, {"kernels": train.kernels}) / top.chips  # the real program's
     if top.chip is not None:
         memory["usable"] = top.chip.usable_hbm
     trained, frozen = matmul_weights(built.model, built.trainer.method, built.blueprint)
     tokens = int(config.train.batch_size) * int(config.data.max_length)
     generation = generation_shape(config) if generating else ""
     chunks = int(config.train.loss_chunks)
-    step = (f"remat {config.train.remat}, grad_accum {config.train.grad_accum}; attention: "
-            f"{'the splash kernel' if built.trainer.steps.splash else 'ours'}; logits "
+    attention = ("the splash kernel" if train.kernels else "ours (the splash kernel does not apply)"
+                 if built.trainer.steps.splash else "ours")
+    step = (f"remat {config.train.remat}, grad_accum {config.train.grad_accum}; attention: {attention}; logits "
             f"{'whole' if chunks == 1 else f'in {chunks} chunks'}")
     return Plan(name, top, dict(mesh.shape), str(built.blueprint.source.name), config.method.name, stacked, layers,
                 tokens, trained, frozen, memory, programs, costs, model_flops(built, trained, frozen), generation, step,

@@ -184,8 +184,8 @@ def search(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2,
             continue
         if budget is not None and compiled >= budget:
             continue
-        costs = dict(layer_costs(c, mesh, top, hf.num_hidden_layers, labels=labels),
-                     kernel_flops=kernel_flops(built) / top.chips)
+        costs = layer_costs(c, mesh, top, hf.num_hidden_layers, labels=labels)
+        costs["kernel_flops"] = kernel_flops(built, costs) / top.chips
         compiled += 1
         v.status, v.memory, v.compile_s = "compiled", costs["memory"], costs["compile_s"]
         v.predicted = predict(costs, top, tokens, flops)

@@ -111,6 +111,7 @@ def test_every_family_compiles_for_a_tpu_slice(models, family, method):
     assert [q.name for q in p.programs] == ["train", "eval"] + (["generate"] if not encoder else []) and p.fits
     assert p.memory["total"] < 2**30 and p.costs["flops"] > 0 and p.predicted()["step_s"] > 0
     assert p.costs["collectives"]["all-gather"]["count"] > 0  # FSDP gathers the weights it multiplies
+    assert p.costs["kernel_flops"] == 0 and "the splash kernel does not apply" in p.step  # 64 tokens: ours runs
 
 
 METHODS = sorted(set(methods.METHODS) - {"full", "lora"})
