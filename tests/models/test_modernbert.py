@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_bert import _max_err  # the encoders' parity measure: non-pad positions
 
 from adapt.core.errors import ConfigError
 from adapt.models import from_pretrained, save_pretrained
@@ -49,13 +50,6 @@ def _out(model, ids, mask):
     with torch.no_grad():
         out = model(torch.tensor(ids), attention_mask=torch.tensor(mask))
     return (out.logits if hasattr(out, "logits") else out.last_hidden_state).numpy()
-
-
-def _max_err(ours, expected, mask):
-    ours = np.asarray(ours)
-    assert ours.shape == expected.shape
-    keep = mask.astype(bool) if ours.ndim == 3 else slice(None)
-    return float(np.abs(ours[keep] - expected[keep]).max())
 
 
 # the bare backbone and the biased variant in the slow tier: every head's case runs the backbone already
