@@ -7,8 +7,10 @@ Rows (``--list`` prints them with their numbers): Llama-3.1-8B full fine-tuning,
 Llama-3.1-70B LoRA and QLoRA, Qwen2.5-7B and 32B LoRA; SFT (64 x 2,048 tokens a step) and continued pretraining
 (512 x 2,048, about 1M tokens, in 8 micro-batches) from ``configs/plan.py``; on v5e-8 (``v5e:2x4``), v5p-8
 (``v5p:2x2x1``, 4 chips), v6e-8 (``v6e:2x4``) and v5p-128 (``v5p:4x4x4``, 64 chips). Every row remats each layer
-(``train.remat=full``: none of these batches' activations fit without it) and shards by FSDP over every chip (the
-config's mesh; ``scripts/plan.py --search`` looks for a better one, at the cost of its compiles). A row already in
+(``train.remat=full``: none of these batches' activations fit without it), reduces the logits in 8 chunks
+(``train.loss_chunks=8``), runs the splash kernel (the default on TPU) and shards by FSDP over every chip (the
+config's mesh; ``scripts/plan.py --search`` looks for a better one, at the cost of its compiles); only the train step
+is compiled (``--train-only``: what fits and how fast is the train step's). A row already in
 ``--out`` (its JSON) is read, not planned again, so the table fills in over several sittings.
 
 Every time in it is a cost-model prediction, not a measurement; the wall time is this machine's, beside its CPU's
@@ -47,7 +49,7 @@ ROWS = [(arch, method, shape, topology) for (arch, methods), shape, topology
 def command(row) -> list[str]:
     arch, method, shape, topology = row
     return ["scripts/plan.py", f"--config=configs/plan.py:{arch},{shape}", f"--topology={topology}",
-            "--config.train.remat=full", *METHOD_ARGS[method]]
+            "--config.train.remat=full", "--config.train.loss_chunks=8", "--train-only", *METHOD_ARGS[method]]
 
 
 def run(row, out: str) -> dict:

@@ -2,7 +2,8 @@
 the slice, and print memory per chip against HBM, the collectives, and a cost-model prediction of the step's time.
 
     .venv/bin/python scripts/plan.py --config=configs/plan.py:llama-3.1-8b --topology=v5p:2x2x1 \
-        [--config.method.name=lora ...] [--labels=N] [--scan | --no-scan] [--json=FILE] [--search [--search-budget=N]]
+        [--config.method.name=lora ...] [--labels=N] [--scan | --no-scan] [--json=FILE] [--train-only]
+        [--search [--search-budget=N]]
 
 ``--topology``: ``v4:AxBxC``, ``v5e:AxB``, ``v5p:AxBxC``, ``v6e:AxB`` (chips; compiled by libtpu, the tpu extra:
 ``pip install -e '.[tpu]'``), or ``cpu:N`` (N fake CPU devices: memory and collectives, no prediction).
@@ -50,6 +51,8 @@ def main():
     parser.add_argument("--scan", action=argparse.BooleanOptionalAction, default=None,
                         help="stack the layers (model.scan_layers) or not; default: the config's")
     parser.add_argument("--json", help="also write the plan here, as JSON")
+    parser.add_argument("--train-only", action="store_true",
+                        help="compile the train step only (not eval and generation): what fits and how fast")
     parser.add_argument("--search", action="store_true",
                         help="the fastest predicted step that fits, over meshes, remat and grad_accum (top 5 printed)")
     parser.add_argument("--search-budget", type=int, default=None,
@@ -87,7 +90,8 @@ def main():
         result = search(config, args.topology, labels=args.labels, budget=args.search_budget, name=spec)
         fits = result.best is not None
     else:
-        result = plan(config, args.topology, labels=args.labels, name=spec, scan=args.scan)
+        result = plan(config, args.topology, labels=args.labels, name=spec, scan=args.scan,
+                      train_only=args.train_only)
         fits = result.fits in (True, None)
     print(result.markdown())
     if args.json:

@@ -290,15 +290,17 @@ def _layer_costs(config, mesh, topology: Topology, layers: int, labels: int) -> 
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, name: str = "",
-         scan: bool | None = None) -> Plan:
-    """Plan ``config``'s trial on ``topology`` (see the module doc); ``scan`` overrides ``model.scan_layers``."""
+         scan: bool | None = None, train_only: bool = False) -> Plan:
+    """Plan ``config``'s trial on ``topology`` (see the module doc); ``scan`` overrides ``model.scan_layers``;
+    ``train_only``: the train step's program alone (eval's and generation's not compiled)."""
     top = parse(topology)
     shape = check(config, top.chips)  # bad input: one line, before libtpu starts
     devices = devices_for(top)
     mesh = make_mesh(shape, devices=devices)
     built = build(config, mesh, labels=labels, scan=scan)
     generating = generates(built)
-    programs = compile_steps(built, top, ("train", "eval", "generate") if generating else ("train", "eval"))
+    steps = ("train",) if train_only else ("train", "eval", "generate") if generating else ("train", "eval")
+    programs = compile_steps(built, top, steps)
     info = model_info(built.model)
     layers, stacked = info.dims.num_layers, info.stacked
     state, train = built.state, programs[0]
@@ -321,7 +323,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, *, labels: int = 2, n
         memory["usable"] = top.chip.usable_hbm
     trained, frozen = matmul_weights(built.model, built.trainer.method, built.blueprint)
     tokens = int(config.train.batch_size) * int(config.data.max_length)
-    generation = generation_shape(config) if generating else ""
+    generation = generation_shape(config) if "generate" in steps else ""
     chunks = int(config.train.loss_chunks)
     attention = ("the splash kernel" if train.kernels else "ours (the splash kernel does not apply)"
                  if built.trainer.steps.splash else "ours")
