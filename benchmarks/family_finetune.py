@@ -5,8 +5,9 @@ with the bundled MiniLM's. Not a test: run it by hand.
 
     ADAPT_DATA_DIR=../shared/data .venv/bin/python benchmarks/family_finetune.py --family=gemma3 [--steps 200]
 
-``--family``: ``gemma2``, ``gemma3`` (text) or ``modernbert``. The data: ChemProt's sentences (``scibert/chemprot``),
-its relation markers left in. Prints the dev loss before training and after, and the train loss every 20 steps.
+``--family``: ``gemma2``, ``gemma3`` (text), ``modernbert`` or ``deberta-v3``. The data: ChemProt's sentences
+(``scibert/chemprot``), its relation markers left in. Prints the dev loss before training and after, and the train
+loss every 20 steps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ CONFIGS = {  # a small model of each family, 256 wide, the family's own layer pa
     "gemma3": ("Gemma3TextConfig", dict(num_hidden_layers=6, num_key_value_heads=2, head_dim=64,  # 5 local, 1 global
                                         sliding_window=32)),
     "modernbert": ("ModernBertConfig", dict(num_hidden_layers=6, local_attention=64)),  # global every third layer
+    "deberta-v3": ("DebertaV2Config", dict(num_hidden_layers=6, relative_attention=True, position_buckets=64,
+                                           pos_att_type="p2c|c2p", share_att_key=True, norm_rel_ebd="layer_norm",
+                                           position_biased_input=False, type_vocab_size=0)),  # v3's layout
 }
 
 
@@ -71,7 +75,7 @@ def main():
     from adapt.models import from_pretrained, load_tokenizer
     from adapt.training import CausalLM, MaskedLM, Trainer, defaults
 
-    encoder = args.family == "modernbert"
+    encoder = args.family in ("modernbert", "deberta-v3")
     tok = load_tokenizer("bundled:minilm-l6" if encoder else "bundled:smollm2-135m")
     cls, extra = CONFIGS[args.family]
     config = getattr(transformers, cls)(vocab_size=len(tok), hidden_size=256, intermediate_size=768,

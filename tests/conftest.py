@@ -145,6 +145,18 @@ def tiny_modernbert(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_deberta(tmp_path_factory):
+    """A random-init HF DeBERTa-v3-style sequence classifier (3 labels; shared attention keys, 8 log buckets over
+    distances up to 16, LayerNormed relative embeddings) saved by transformers; returns its folder."""
+    import transformers
+
+    return random_hf_model(tmp_path_factory.mktemp("tiny_deberta"), transformers.DebertaV2ForSequenceClassification,
+                           transformers.DebertaV2Config, **TINY_BERT, relative_attention=True, position_buckets=8,
+                           max_relative_positions=16, pos_att_type="p2c|c2p", share_att_key=True,
+                           norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0)
+
+
+@pytest.fixture(scope="session")
 def smollm2_stand_in(tmp_path_factory):
     """A 1-layer random-init Llama with SmolLM2's tokenizer and chat template, in SmolLM2's place where a study's
     smoke run checks the pipeline, not the model; returns its folder."""

@@ -175,6 +175,9 @@ class PrefixTuning(VirtualTokens):
 
     def apply(self, model, rngs):
         info = model_info(model)
+        if info.family.no_prefix:
+            raise ConfigError(f"method.name=prefix_tuning: the {info.family.name} family refuses it: "
+                              f"{info.family.no_prefix}")
         found, p, (k, h) = info.attentions(model), int(self.num_virtual_tokens), info.family.kv_shape(model.cfg)
         if not self.projection:  # in stacked layers: one stacked attention, its prefixes [L, P, K, H] drawn in turn
             for path, attn in list(nnx.iter_modules(model)):  # listed first: each gains a prefix module

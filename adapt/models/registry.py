@@ -83,6 +83,7 @@ class Family:
     input_states: Callable  # (backbone, ids [B, T]) -> [B, T, D]: the first layer's input at positions 0..T-1
     layers: str  # dotted path of the numbered transformer layers under the backbone ("layers", "encoder.layer")
     embeddings: tuple[str, ...]  # dotted paths of the input embeddings under the backbone ("embed_tokens")
+    no_prefix: str = ""  # why prefix tuning cannot give this family's attentions keys ("": it can)
     # ---- what generation (adapt.models.generate) reads
     # The causal-LM head takes ``cache=`` (an adapt.models.kv_cache.KVCache of kv_shape per layer) and fills it.
     kv_cache: bool = False

@@ -46,7 +46,11 @@ def models(tmp_path_factory):
                            ("qwen3", transformers.Qwen3Config, dict(DECODER, head_dim=32)),
                            ("gemma", transformers.Gemma3TextConfig, dict(DECODER, head_dim=32, sliding_window=16,
                                                                          layer_types=["sliding_attention",
-                                                                                      "full_attention"]))):
+                                                                                      "full_attention"])),
+                           ("modernbert", transformers.ModernBertConfig, dict(ENCODER, local_attention=16)),
+                           ("deberta", transformers.DebertaV2Config,
+                            dict(ENCODER, relative_attention=True, position_buckets=32, pos_att_type="p2c|c2p",
+                                 share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False))):
         folder = tmp_path_factory.mktemp(name)
         cls(**cfg).save_pretrained(folder)
         out[name] = str(folder)
@@ -101,12 +105,14 @@ def test_fsdp_on_a_tpu_slice_splits_every_large_array_four_ways(models, method):
 
 FAST_FAMILIES = (("llama", "lora"),)  # the rest in the slow tier (CI's 20 minutes)
 FAMILY_CASES = [pytest.param(f, m, marks=() if (f, m) in FAST_FAMILIES else pytest.mark.slow, id=f"{f}-{m}")
-                for f in ("llama", "bert", "roberta", "gpt2", "qwen3", "gemma") for m in ("full", "lora")]
+                for f in ("llama", "bert", "roberta", "gpt2", "qwen3", "gemma", "modernbert", "deberta")
+                for m in ("full", "lora")]
+ENCODERS = ("bert", "roberta", "modernbert", "deberta")
 
 
 @pytest.mark.parametrize("family, method", FAMILY_CASES)
 def test_every_family_compiles_for_a_tpu_slice(models, family, method):
-    encoder = family in ("bert", "roberta")
+    encoder = family in ENCODERS
     p = plan(config_for(models[family], encoder=encoder, method=method), "v5e:2x2")
     assert [q.name for q in p.programs] == ["train", "eval"] + (["generate"] if not encoder else []) and p.fits
     assert p.memory["total"] < 2**30 and p.costs["flops"] > 0 and p.predicted()["step_s"] > 0
