@@ -143,7 +143,8 @@ class ModernBertEncoderLayer(nnx.Module):
 
 class ModernBertModel(nnx.Module):
     """``input_ids [B, T]`` -> final hidden states ``[B, T, D]``; ``attention_mask [B, T]``: 0 for padding, else a
-    document id (packed documents do not attend to each other; positions restart per document)."""
+    document id (packed documents do not attend to each other; positions restart per document). ``token_type_ids``
+    (what classification batches hold for every encoder) are taken and unused: ModernBERT has no token types."""
 
     def __init__(self, cfg: ModernBertConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -151,7 +152,7 @@ class ModernBertModel(nnx.Module):
         self.layers = nnx.List([ModernBertEncoderLayer(cfg, i == 0, rngs=rngs) for i in range(cfg.num_layers)])
         self.final_norm = _norm(cfg, rngs)
 
-    def __call__(self, input_ids, attention_mask=None, *, rngs: nnx.Rngs | None = None):
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None):
         cfg = self.cfg
         segments = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
         positions = L.default_positions(segments)
@@ -208,7 +209,7 @@ class ModernBertForMaskedLM(nnx.Module):
         self.head = ModernBertPredictionHead(cfg, rngs=rngs)
         self.decoder = ModernBertDecoder(cfg, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None, *, rngs: nnx.Rngs | None = None):
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None):
         x = self.head(self.model(input_ids, attention_mask, rngs=rngs))
         return vocab.logits(x, lambda x: self.decoder(x, self.model.embeddings.tok_embeddings))
 
@@ -227,7 +228,7 @@ class ModernBertForSequenceClassification(_Classifier):
     """``input_ids [B, T]`` -> class logits ``[B, C]`` (float32) from the first token or the mean of the real tokens
     (``classifier_pooling``), through ``head``."""
 
-    def __call__(self, input_ids, attention_mask=None, *, rngs: nnx.Rngs | None = None):
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None):
         x = self.model(input_ids, attention_mask, rngs=rngs)
         real = jnp.ones(input_ids.shape, x.dtype) if attention_mask is None else (attention_mask != 0).astype(x.dtype)
         if self.cfg.pooling == "cls":
@@ -241,7 +242,7 @@ class ModernBertForSequenceClassification(_Classifier):
 class ModernBertForTokenClassification(_Classifier):
     """``input_ids [B, T]`` -> per-token class logits ``[B, T, C]`` (float32), through ``head``."""
 
-    def __call__(self, input_ids, attention_mask=None, *, rngs: nnx.Rngs | None = None):
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, rngs: nnx.Rngs | None = None):
         x = self.head(self.model(input_ids, attention_mask, rngs=rngs))
         logits = self.classifier(L.dropout(x, self.cfg.classifier_dropout, rngs))
         return shard(logits.astype(jnp.float32), ("batch", "length", "labels"))
