@@ -5,9 +5,10 @@ with the bundled MiniLM's. Not a test: run it by hand.
 
     ADAPT_DATA_DIR=../shared/data .venv/bin/python benchmarks/family_finetune.py --family=gemma3 [--steps 200]
 
-``--family``: ``gemma2``, ``gemma3`` (text), ``modernbert`` or ``deberta-v3``. The data: ChemProt's sentences
-(``scibert/chemprot``), its relation markers left in. Prints the dev loss before training and after, and the train
-loss every 20 steps.
+``--family``: ``gemma2``, ``gemma3`` (text), ``mixtral``, ``qwen3_moe``, ``modernbert`` or ``deberta-v3``. The data:
+ChemProt's sentences (``scibert/chemprot``), its relation markers left in. Prints the dev loss before training and
+after, and the train loss every 20 steps (and a mixture's load-balancing loss: 1 when the experts share the tokens
+evenly).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ CONFIGS = {  # a small model of each family, 256 wide, the family's own layer pa
     "gemma3": ("Gemma3TextConfig", dict(num_hidden_layers=6, num_key_value_heads=2, head_dim=64,  # 5 local, 1 global
                                         sliding_window=32)),
     "modernbert": ("ModernBertConfig", dict(num_hidden_layers=6, local_attention=64)),  # global every third layer
+    "mixtral": ("MixtralConfig", dict(num_hidden_layers=4, num_key_value_heads=2, num_local_experts=8,
+                                      num_experts_per_tok=2, intermediate_size=384)),  # 8 experts of half width
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_hidden_layers=4, num_key_value_heads=2, head_dim=64, num_experts=16,
+                                         num_experts_per_tok=4, moe_intermediate_size=192)),  # finer experts
     "deberta-v3": ("DebertaV2Config", dict(num_hidden_layers=6, relative_attention=True, position_buckets=64,
                                            pos_att_type="p2c|c2p", share_att_key=True, norm_rel_ebd="layer_norm",
                                            position_biased_input=False, type_vocab_size=0)),  # v3's layout
@@ -106,6 +111,8 @@ def main():
           f"dev {len(dev)} rows of {args.length} tokens; {args.steps} steps of 16 rows in {wall:.0f} s")
     print("train loss:", [(r["step"], round(r["train/loss"], 3)) for r in rows if "train/loss" in r])
     print("dev loss:", [(s, round(v, 3)) for s, v in dev_loss])
+    if any("train/router_loss" in r for r in rows):
+        print("router loss:", [(r["step"], round(r["train/router_loss"], 3)) for r in rows if "train/router_loss" in r])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
         --config.method.name=lora --config.method.rank=16
 
 ``arg``: a named architecture (adapt/models/architectures/: llama-3.1-8b, llama-3.1-70b, qwen2.5-7b, qwen2.5-32b,
-mistral-7b-v0.3, smollm2-1.7b, roberta-large, gemma-3-12b: the language model of the multimodal checkpoint), then
+mistral-7b-v0.3, smollm2-1.7b, roberta-large, gemma-3-12b: the language model of the multimodal checkpoint;
+the mixtures of experts mixtral-8x7b and qwen3-30b-a3b), then
 ``,sft`` (the default: supervised fine-tuning, 64 sequences of 2,048 tokens a step) or ``,cpt`` (continued
 pretraining: 512 packed rows of 2,048 tokens, about 1M tokens a step, in 8 micro-batches). Decoders train as causal
 LMs, encoders (RoBERTa) with masked LM on 512-token rows. Full fine-tuning, bf16 compute, the layers scanned, FSDP

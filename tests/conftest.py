@@ -145,6 +145,16 @@ def tiny_modernbert(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_mixtral(tmp_path_factory):
+    """A random-init HF Mixtral causal LM (4 experts, 2 per token, GQA) saved by transformers (per-expert tensors);
+    returns its folder."""
+    import transformers
+
+    return random_hf_model(tmp_path_factory.mktemp("tiny_mixtral"), transformers.MixtralForCausalLM,
+                           transformers.MixtralConfig, **TINY_LLAMA, num_local_experts=4, num_experts_per_tok=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_deberta(tmp_path_factory):
     """A random-init HF DeBERTa-v3-style sequence classifier (3 labels; shared attention keys, 8 log buckets over
     distances up to 16, LayerNormed relative embeddings) saved by transformers; returns its folder."""

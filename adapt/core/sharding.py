@@ -43,6 +43,7 @@ DEFAULT_RULES: Rules = (
     ("norm", None),
     ("position", None),
     ("labels", None),
+    ("expert", None),  # a mixture's experts (adapt.models.moe): all on every chip unless a rule spreads them
     ("adapter", None),  # the small inner dimension of adaptation methods (LoRA rank, adapter bottleneck)
     (LAYERS, None),  # the stacked layers of a scanned model (model.scan_layers, adapt.models.scan)
     ("trial", None),  # a population's members (adapt.training.population); "data" spreads them over that axis

@@ -116,12 +116,14 @@ class LlamaMLP(nnx.Module):
 
 
 class LlamaDecoderLayer(nnx.Module):
+    feed_forward = LlamaMLP  # its mlp's class (a mixture of experts in adapt.models.mixtral)
+
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.input_layernorm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
         self.self_attn = LlamaAttention(cfg, rngs=rngs)
         self.post_attention_layernorm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
-        self.mlp = LlamaMLP(cfg, rngs=rngs)
+        self.mlp = self.feed_forward(cfg, rngs=rngs)
 
     def __call__(self, x, mask, positions, inv_freq, rngs, cache: kv_cache.LayerCache | None = None):
         p = self.cfg.hidden_dropout
@@ -131,13 +133,16 @@ class LlamaDecoderLayer(nnx.Module):
 
 
 class LlamaModel(nnx.Module):
-    """The decoder stack: ``input_ids [B, T]`` -> final hidden states ``[B, T, D]``."""
+    """The decoder stack: ``input_ids [B, T]`` -> final hidden states ``[B, T, D]``. What the layers pass each other
+    is :meth:`carry` of the hidden states (``[B, T, D]`` itself here; a mixture of experts adds its routing counts)."""
+
+    layer = LlamaDecoderLayer
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed_tokens = L.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), std=cfg.init_std,
                                     dtype=cfg.dtype, rngs=rngs)
-        self.layers = scan.layers(lambda rngs: LlamaDecoderLayer(cfg, rngs=rngs), cfg.num_layers, rngs,
+        self.layers = scan.layers(lambda rngs: self.layer(cfg, rngs=rngs), cfg.num_layers, rngs,
                                   stacked=cfg.scan_layers)
         self.norm = L.rms_norm(cfg.hidden_size, cfg.rms_eps, dtype=cfg.dtype, rngs=rngs)
 
@@ -152,6 +157,7 @@ class LlamaModel(nnx.Module):
         inv_freq = L.rope_inverse_frequencies(self.cfg.head_dim, dict(self.cfg.rope))
         x = shard(self.embed_tokens(input_ids), ("batch", "length", "embed"))
         x, segments, positions, virtual = L.prepend_prompt(self, x, segments, positions, cache)  # prompt tuning
+        x = self.carry(x, segments)
         windows = set(self.cfg.windows)
         if cache is None:
             masks = {w: L.attention_mask(segments, causal=True, window=w, virtual=virtual) for w in windows}
@@ -163,7 +169,13 @@ class LlamaModel(nnx.Module):
             x = scan.apply_cached(self.layers, lambda layer, x, mask, view: layer(x, mask, positions, inv_freq, rngs,
                                                                                    view),
                                   x, [masks[w] for w in self.cfg.windows], cache)
-        return self.norm(L.drop_prompt(x, virtual))
+        return self.norm(L.drop_prompt(self.hidden(x), virtual))
+
+    def carry(self, x, segments):  # x [B, T, D], segments [B, T] -> what the first layer takes
+        return x
+
+    def hidden(self, carry):  # what the last layer gives -> its hidden states [B, T, D]
+        return carry
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -171,9 +183,11 @@ class LlamaForCausalLM(nnx.Module):
     :class:`adapt.models.vocab.HeadInputs`); with a ``cache`` (generation, see ``LlamaModel``) those after the last
     token only, ``[B, 1, V]``."""
 
+    backbone = LlamaModel
+
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.model = LlamaModel(cfg, rngs=rngs)
+        self.model = self.backbone(cfg, rngs=rngs)
         if not cfg.tie_embeddings:
             self.lm_head = L.linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=False,
                                     std=cfg.init_std, dtype=cfg.dtype, rngs=rngs)

@@ -217,7 +217,7 @@ def build(family: Family, head: str, cfg, refs: dict, where: str, *, mesh=None, 
         return key[len(prefix):] if key.startswith(prefix) else key
 
     available = {}
-    for key, ref in refs.items():
+    for key, ref in (family.stored_layout(refs) if family.stored_layout else refs).items():
         available.setdefault(canon(key), (key, ref))
     fresh_ok = ("",) if all_fresh else family.head_paths.get(head, ()) + family.may_lack
     roots = {canon(hf_key(family, p)[0]).split(".")[0] for p, _ in leaves}

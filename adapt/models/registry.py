@@ -103,6 +103,8 @@ class Family:
     # head): initialised fresh, like a missing task head.
     may_lack: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()  # regexes of HF keys that are not parameters (buffers, tied copies)
+    # the checkpoint's tensors as they are stored -> as the modules name them (per-expert tensors fused), or None
+    stored_layout: Callable | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

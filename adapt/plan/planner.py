@@ -88,8 +88,9 @@ def per_chip_bytes(tree) -> float:
 def matmul_weights(model: nnx.Module, method, blueprint) -> tuple[int, int]:
     """(trained, frozen) weights that multiply every token: the parameters with 2 or more dimensions per layer but
     the embeddings' lookups, a quantised kernel (QLoRA's codes and scales) by its shape, a tied output head by the
-    embedding's size."""
+    embedding's size; of a mixture's experts (logical axis ``expert``), the k of E that each token reaches."""
     _, trained_state, frozen_state = split_model(model, method.trainable(model))
+    per_token = getattr(model.cfg, "experts_per_token", None)  # a mixture of experts' k
 
     def count(state) -> int:
         total = 0
@@ -97,8 +98,9 @@ def matmul_weights(model: nnx.Module, method, blueprint) -> tuple[int, int]:
             axes = var.get_metadata().get("logical_axes") or ()
             per_layer = var.shape[1:] if axes[:1] == (LAYERS,) else var.shape
             if len(per_layer) >= 2 and str(path[-1]) not in EMBEDDING_LEAVES:
-                total += math.prod(var.shape)
-        return total
+                share = per_token / var.shape[axes.index("expert")] if "expert" in axes else 1
+                total += math.prod(var.shape) * share
+        return round(total)
 
     trained, frozen = count(trained_state), count(frozen_state)
     for _, module in nnx.iter_modules(model):

@@ -16,6 +16,7 @@ from adapt import methods
 from adapt.core.schema import Choice, Either, Float, Int, Str, Tuple
 from adapt.core.sharding import DEFAULT_RULES, MESH_AXES
 from adapt.models.layers import REMAT_POLICIES
+from adapt.models.moe import DISPATCH
 from adapt.models.splash import KERNELS
 from adapt.training.optim import DECAY_KINDS, OPTIMIZERS, SCHEDULES
 
@@ -48,6 +49,7 @@ def defaults() -> ml_collections.ConfigDict:
         remat="none",  # none | full | dots: rematerialise each transformer layer
         loss_chunks=1,  # the vocabulary head and loss over this many chunks of the length (adapt/models/vocab.py)
         attention="auto",  # auto | xla | splash: TPU's flash kernel where it applies (adapt/models/splash.py)
+        moe_dispatch="sorted",  # sorted | dense: how a mixture of experts reaches its experts (adapt/models/moe.py)
         # The first N steps (of train.steps: the schedule spans both phases) train only the parameters loading
         # initialised fresh (a missing MLM head or classifier), then everything the method trains; 0 = off.
         head_warmup_steps=0,
@@ -100,6 +102,8 @@ SCHEMA = dict(  # the sections of defaults(), as adapt.core.schema declares them
                         "run over, one chunk's logits at a time"),
         attention=Choice(*KERNELS, doc="the attention kernel: auto (TPU's splash kernel on a TPU mesh, where it "
                          "applies), xla (ours), splash (off a TPU: interpreted, slow)"),
+        moe_dispatch=Choice(*DISPATCH, doc="a mixture of experts' dispatch: sorted (tokens grouped by expert, "
+                            "ragged matmuls) or dense (every expert on every token, unchosen ones weighted 0)"),
         head_warmup_steps=Int(min=0, hint="0: off", doc="steps training only freshly initialised parameters first"),
         log_every=Int(min=1, doc="steps between train-metric logs"),
         eval_every=Int(min=0, hint="0: once per epoch", doc="steps between evaluations"),

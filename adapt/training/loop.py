@@ -42,7 +42,7 @@ from adapt.training.state import (
 )
 from adapt.training.steps import Steps
 
-_NOT_SUMS = ("grad_norm", "tokens", "penalty")  # step metrics that are not objective sums
+_NOT_SUMS = ("grad_norm", "tokens", "penalty", "router_loss")  # step metrics that are not objective sums
 
 
 class EarlyStopping:
@@ -196,7 +196,7 @@ class Trainer:
                                                               seed=t.seed, method=self.method)
         self.steps = Steps(self.static, self.objective, tx, self.shardings, self.batch_sharding, rules=self.rules,
                            accum=t.grad_accum, remat=t.remat, method=self.method, extension=self.extension,
-                           loss_chunks=t.loss_chunks, attention=t.attention)
+                           loss_chunks=t.loss_chunks, attention=t.attention, moe_dispatch=t.moe_dispatch)
         self.state = state
         return state, schedule
 
@@ -332,8 +332,9 @@ class _Run:
         sums = {k: host[k] for k in host if k not in _NOT_SUMS}
         w["sums"] = sums if w["sums"] is None else jax.tree.map(np.add, w["sums"], sums)
         w["grad_norm"] += float(host["grad_norm"])
-        if "penalty" in host:  # the adaptation method's regulariser
-            w["penalty"] = w.get("penalty", 0.0) + float(host["penalty"])
+        for name in ("penalty", "router_loss"):  # the method's regulariser, a mixture of experts' balance loss
+            if name in host:
+                w[name] = w.get(name, 0.0) + float(host[name])
         w["steps"] += 1
         if self.since is None:  # the run's first step compiled the step: its time does not count
             self.since = time.time()
@@ -349,8 +350,7 @@ class _Run:
         now = time.time()
         elapsed, self.since = max(now - self.since, 1e-9), now
         metrics = {f"train/{k}": v for k, v in self.trainer.objective.summarize(w["sums"]).items()}
-        if "penalty" in w:
-            metrics["train/penalty"] = w["penalty"] / w["steps"]
+        metrics.update({f"train/{name}": w[name] / w["steps"] for name in ("penalty", "router_loss") if name in w})
         metrics.update({"train/grad_norm": w["grad_norm"] / w["steps"],
                         "train/learning_rate": float(self.schedule(step - 1)),  # the last step's rate
                         "train/tokens_per_second": w["tokens"] / elapsed,

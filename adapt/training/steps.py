@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from adapt.core.host_memory import KeptHeap
 from adapt.core.sharding import Rules, axis_rules, without_axes
 from adapt.methods.base import Method
-from adapt.models import layers, splash, vocab
+from adapt.models import layers, moe, splash, vocab
 from adapt.training.state import (
     STACKED,
     Model,
@@ -83,10 +83,14 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
     def micro_loss(params, frozen, anchors, batch, key):
         batch = objective.prepare(batch, jax.random.fold_in(key, 1))
         seen = method.perturb(params, anchors, jax.random.fold_in(key, 2))
-        with vocab.chunks(loss_chunks):
+        with vocab.chunks(loss_chunks), moe.collect() as balance:
             outputs = model(seen, frozen, batch, key)
         sums, _ = objective.loss(outputs, batch)
-        return sums["loss_sum"], sums
+        loss_sum = sums["loss_sum"]
+        if balance:  # a mixture of experts' load-balancing loss: coefficient x loss on top of the objective's mean
+            loss_sum = loss_sum + balance[0].coefficient * balance[0].loss * sums["weight"]
+            sums = {**sums, "router_loss": balance[0].loss}
+        return loss_sum, sums
 
     grad_fn = extension.grad_fn(micro_loss)
 
@@ -107,7 +111,7 @@ def make_train_step(model: Model, objective, tx: optax.GradientTransformation, a
                                  jax.eval_shape(grad_fn, state.params, state.frozen, state.anchors, first, key))
             (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
         grads = extension.combine(grads, sums, key)
-        extra = {}
+        extra = {"router_loss": sums.pop("router_loss") / accum} if "router_loss" in sums else {}
         if type(method).penalty is not Method.penalty:  # once per step, not per token
             extra["penalty"], penalty_grads = jax.value_and_grad(method.penalty)(state.params, state.anchors)
             grads = jax.tree.map(jnp.add, grads, penalty_grads)
@@ -172,14 +176,15 @@ class Steps:
     the population's (:func:`make_population_step`) over the stacked state; evaluation is always one member's.
     ``extension``: what changes the train step (:class:`StepExtension`, e.g. DP-SGD's). ``loss_chunks``: see
     :func:`make_train_step`. ``attention``: ``train.attention`` (:data:`adapt.models.splash.KERNELS`): whether the
-    steps run TPU's splash kernel where it applies (``auto``: on a TPU mesh).
+    steps run TPU's splash kernel where it applies (``auto``: on a TPU mesh). ``moe_dispatch``: ``train.moe_dispatch``
+    (:data:`adapt.models.moe.DISPATCH`), how a mixture of experts reaches its experts.
     """
 
     def __init__(self, model: Model, objective, tx, shardings: TrainState, batch_sharding: NamedSharding,
                  *, rules: Rules, accum: int = 1, remat: str = "none", method: Method | None = None,
                  population: tuple | None = None, extension: StepExtension | None = None, loss_chunks: int = 1,
-                 attention: str = "auto"):
-        self.mesh, self.rules, self.remat = batch_sharding.mesh, rules, remat
+                 attention: str = "auto", moe_dispatch: str = "sorted"):
+        self.mesh, self.rules, self.remat, self.moe_dispatch = batch_sharding.mesh, rules, remat, moe_dispatch
         platform = self.mesh.devices.flat[0].platform
         self.splash = splash.chosen(attention, platform)
         self._interpret = platform != "tpu"
@@ -210,6 +215,7 @@ class Steps:
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(axis_rules(self.rules if rules is None else rules))
         stack.enter_context(layers.remat(self.remat))
+        stack.enter_context(moe.dispatching(self.moe_dispatch))
         if self.splash:
             stack.enter_context(splash.use(interpret=self._interpret))
         return stack

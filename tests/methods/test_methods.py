@@ -79,6 +79,12 @@ def test_trainable_count_decoder(name, tiny_llama):
     assert _count(*_build(name, tiny_llama, "causal_lm")) == _llama_counts()[name]
 
 
+def test_lora_trains_mixtral_on_fsdp_and_tensor_mesh(tiny_mixtral, tmp_path):
+    """A mixture of experts (its router's balance loss in the objective): LoRA on the attention moves only its
+    adapters (the router and the experts stay), and the loss falls."""
+    _train("lora", tiny_mixtral, "causal_lm", (1, 2, 4), tmp_path)
+
+
 def test_lora_trains_deberta_on_fsdp_and_tensor_mesh(tiny_deberta, tmp_path):
     """DeBERTa-v3 (disentangled attention: LoRA on query_proj also projects the relative embeddings, as in PEFT): the
     adapters and the fresh pooler and classifier move, nothing else, and the loss falls."""
@@ -143,7 +149,7 @@ def test_merged_lora_exports_as_a_plain_hf_checkpoint(tiny_llama, tmp_path):
     ("lora", "tiny_llama", "causal_lm", 128), ("dora", "tiny_llama", "causal_lm", 128),
     ("lora", "tiny_gemma", "causal_lm", 128), ("lora", "tiny_bert", "sequence_classification", 64),
     ("lora", "tiny_modernbert", "sequence_classification", 64),
-    ("lora", "tiny_deberta", "sequence_classification", 64)])
+    ("lora", "tiny_deberta", "sequence_classification", 64), ("lora", "tiny_mixtral", "causal_lm", 128)])
 def test_peft_export_loads_in_peft_with_the_same_logits(name, folder, task, vocab, request, tmp_path):
     import peft
     import torch

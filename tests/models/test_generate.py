@@ -34,6 +34,11 @@ VARIANTS = {
     "mistral-sliding": lambda: transformers.MistralConfig(**TINY, sliding_window=4, head_dim=16),
     "qwen2": lambda: transformers.Qwen2Config(**TINY, tie_word_embeddings=False),
     "qwen3": lambda: transformers.Qwen3Config(**TINY, head_dim=24),
+    # the mixtures of experts: routing per token in every decoding step
+    "mixtral-sliding": lambda: transformers.MixtralConfig(**TINY, sliding_window=4, num_local_experts=4,
+                                                          num_experts_per_tok=2),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**TINY, head_dim=24, num_experts=4, num_experts_per_tok=2,
+                                                     moe_intermediate_size=40),
 }
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34]]  # left-padded to 7 by both sides
 NEW = 10  # > the sliding window, so Mistral's and Gemma's windows cut off the prompt's first tokens

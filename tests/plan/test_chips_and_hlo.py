@@ -38,7 +38,8 @@ def test_wraparound_follows_the_generation():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) for n in ("llama-3.1-8b", "llama-3.1-70b",
                                                                                      "qwen2.5-7b", "qwen2.5-32b")]
                          + [pytest.param(n, marks=pytest.mark.slow) for n in ("mistral-7b-v0.3", "roberta-large",
-                                                                              "gemma-3-12b")]
+                                                                              "gemma-3-12b", "mixtral-8x7b",
+                                                                              "qwen3-30b-a3b")]
                          + ["smollm2-1.7b"])
 def test_a_named_architecture_is_transformers_model_of_the_same_size(name):
     import jax

@@ -47,6 +47,8 @@ def models(tmp_path_factory):
                            ("gemma", transformers.Gemma3TextConfig, dict(DECODER, head_dim=32, sliding_window=16,
                                                                          layer_types=["sliding_attention",
                                                                                       "full_attention"])),
+                           ("mixtral", transformers.MixtralConfig, dict(DECODER, num_local_experts=4,
+                                                                        num_experts_per_tok=2)),
                            ("modernbert", transformers.ModernBertConfig, dict(ENCODER, local_attention=16)),
                            ("deberta", transformers.DebertaV2Config,
                             dict(ENCODER, relative_attention=True, position_buckets=32, pos_att_type="p2c|c2p",
@@ -105,7 +107,7 @@ def test_fsdp_on_a_tpu_slice_splits_every_large_array_four_ways(models, method):
 
 FAST_FAMILIES = (("llama", "lora"),)  # the rest in the slow tier (CI's 20 minutes)
 FAMILY_CASES = [pytest.param(f, m, marks=() if (f, m) in FAST_FAMILIES else pytest.mark.slow, id=f"{f}-{m}")
-                for f in ("llama", "bert", "roberta", "gpt2", "qwen3", "gemma", "modernbert", "deberta")
+                for f in ("llama", "bert", "roberta", "gpt2", "qwen3", "gemma", "mixtral", "modernbert", "deberta")
                 for m in ("full", "lora")]
 ENCODERS = ("bert", "roberta", "modernbert", "deberta")
 
