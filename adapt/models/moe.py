@@ -32,6 +32,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+#: The dispatches (``train.moe_dispatch``): tokens sorted by expert and ragged matmuls, or every expert on every token.
 DISPATCH = ("sorted", "dense")
 _DISPATCH: contextvars.ContextVar[str] = contextvars.ContextVar("adapt_moe_dispatch", default="sorted")
 
