@@ -322,7 +322,8 @@ def evaluate_run(workdir: str, splits=("test",), overrides=(), checkpoint: str =
 
 def export_run(workdir: str, out: str, *, peft: bool = False, checkpoint: str = "best") -> str:
     """Write a run folder's trained model to ``out``: merged into plain weights in HF layout (with the
-    tokenizer), or with ``peft`` as a PEFT adapter folder (LoRA/DoRA). Returns the folder."""
+    tokenizer), or with ``peft`` as a PEFT adapter folder (the methods PEFT has: LoRA, DoRA, (IA)^3). Returns the
+    folder."""
     trial, state = load_run(workdir, checkpoint=checkpoint)
     return _export(trial, trial.trainer.best_model(state), out, peft=peft)
 

@@ -18,6 +18,12 @@ overrides only what it changes:
 ``anchors(model)`` gives constants a penalty or perturbation needs (the pretrained weights); they travel in
 the train state. ``merge(model)`` folds what the method added into plain layers for export.
 
+(f) A method PEFT has declares its PEFT form next to it (:mod:`adapt.methods.peft_io` reads it, for every such method
+alike): ``peft_type`` and the ``injected`` layer class, ``peft_tensors(layer)`` and ``set_peft_tensors(layer,
+tensors)`` (one injected layer's tensors in PEFT's names and layouts, both ways), ``peft_config(layers)`` (its entries
+of ``adapter_config.json``) and ``knobs_from_peft(config)`` (its knobs from one, or None where the file is another
+method's).
+
 Methods know a model only through what its family declares (:func:`adapt.models.registry.model_info`:
 default targets, attention modules, depths, heads); no method imports a family.
 
@@ -31,10 +37,11 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from adapt.core import schema
-from adapt.core.errors import ConfigError
+from adapt.core.errors import CheckpointError, ConfigError
 from adapt.models import scan
 from adapt.models.layers import Adapter, dense_dot_general
 from adapt.models.registry import model_info, per_layer_paths
@@ -86,6 +93,29 @@ class Method:
     def merge(self, model: nnx.Module) -> nnx.Module:
         """The model with what the method added folded into plain layers (in place; returned)."""
         return model
+
+    # (f) PEFT's form of the method: None where PEFT has none
+    peft_type: str | None = None  # PEFT's peft_type ("LORA", "IA3")
+    injected: type | None = None  # the module the method puts in place of each target linear layer
+
+    def peft_tensors(self, layer: nnx.Module) -> dict[str, np.ndarray]:
+        """One injected ``layer``'s tensors by PEFT's suffix (``lora_A.weight``), in PEFT's layout, float32 on the host;
+        in stacked layers each with a leading ``[L]``."""
+        raise NotImplementedError
+
+    def set_peft_tensors(self, layer: nnx.Module, tensors: dict[str, np.ndarray]) -> None:
+        """Set one injected ``layer``'s values from PEFT's ``tensors`` (:meth:`peft_tensors`' inverse)."""
+        raise NotImplementedError
+
+    def peft_config(self, layers: dict[str, nnx.Module]) -> dict:
+        """The method's entries of ``adapter_config.json``; ``layers``: the injected layers by HF module name."""
+        raise NotImplementedError
+
+    @classmethod
+    def knobs_from_peft(cls, config: dict) -> dict | None:
+        """The method's knobs for PEFT's ``adapter_config.json`` of its ``peft_type``, or None where it is another
+        method's (DoRA's file is LoRA's with ``use_dora``); an option the method does not have is a ConfigError."""
+        raise NotImplementedError
 
 
 # ---- helpers the method files share -------------------------------------------------------------------
@@ -227,3 +257,32 @@ def merge_injected(model: nnx.Module, cls: type) -> nnx.Module:
         if isinstance(layer, cls):
             replace_module(model, tuple(path), layer.merged())
     return model
+
+
+def host(x) -> np.ndarray:
+    """``x`` as a float32 numpy array on the host (a tensor of a PEFT folder)."""
+    return np.ascontiguousarray(np.asarray(jax.device_get(x), np.float32))
+
+
+def set_value(var: nnx.Variable, array: np.ndarray, name: str) -> None:
+    """``var`` set to ``array`` (PEFT's tensor ``name``) on its sharding; another shape is a one-line
+    CheckpointError."""
+    if tuple(array.shape) != tuple(var.shape):
+        raise CheckpointError(f"{name} has shape {list(array.shape)}; expected {list(var.shape)}")
+    old = var[...]
+    var.set_value(jax.device_put(np.asarray(array).astype(old.dtype), old.sharding))
+
+
+def peft_targets(config: dict, key: str = "target_modules"):
+    """PEFT's module list (names matched as suffixes, or one regex) as the methods' ``targets`` knob: () for None."""
+    value = config.get(key)
+    return value if isinstance(value, str) else tuple(value or ())
+
+
+def refuse_peft_options(config: dict, options: tuple[str, ...], method: str) -> None:
+    """A one-line ConfigError for the first of PEFT's ``options`` that ``config`` sets (not None, empty or false;
+    ``bias`` not "none") and method ``method`` does not have."""
+    for option in options:
+        value = config.get(option)
+        if value not in (None, False, {}, [], "", "none"):
+            raise ConfigError(f"{option}={value!r}: adapt's {method} has no such option")

@@ -14,12 +14,16 @@ from adapt.methods.base import (
     Method,
     adapters_and_head,
     compute_dtype,
+    host,
     linear_axes,
     linear_modules,
     merge_injected,
+    peft_targets,
     plain_linear,
+    refuse_peft_options,
     replace_module,
     selects,
+    set_value,
 )
 from adapt.methods.lora import TARGETS
 from adapt.methods.registry import register
@@ -80,3 +84,27 @@ class IA3(Method):
 
     def merge(self, model):
         return merge_injected(model, IA3Linear)
+
+    # PEFT's IA3Config: ia3_l [out, 1] scales an output, [1, in] a feed-forward layer's input
+    peft_type = "IA3"
+    injected = IA3Linear
+
+    def peft_tensors(self, layer):
+        scale = host(layer.ia3_l[...])  # [(L,) in | out]
+        return {"ia3_l": scale[..., None, :] if layer.feedforward else scale[..., :, None]}
+
+    def set_peft_tensors(self, layer, tensors):
+        if set(tensors) != {"ia3_l"}:
+            raise ValueError(f"tensors {sorted(tensors)}; expected ['ia3_l']")
+        scale = tensors["ia3_l"]
+        set_value(layer.ia3_l, scale[..., 0, :] if layer.feedforward else scale[..., :, 0], "ia3_l")
+
+    def peft_config(self, layers):
+        return {"target_modules": sorted(layers), "init_ia3_weights": True,
+                "feedforward_modules": sorted(name for name, layer in layers.items() if layer.feedforward)}
+
+    @classmethod
+    def knobs_from_peft(cls, config):
+        refuse_peft_options(config, ("exclude_modules",), cls.name)
+        return dict(targets=peft_targets(config), feedforward=peft_targets(config, "feedforward_modules"),
+                    train_head=bool(config.get("modules_to_save")))

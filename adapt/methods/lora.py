@@ -15,7 +15,8 @@ Targets follow PEFT's ``target_modules``: names matched as suffixes of the modul
 matched against the whole path; empty means the family's default (``MethodTargets.lora``, PEFT's:
 attention query and value).
 The task head (a classifier the base checkpoint lacks) trains fully, as PEFT's ``modules_to_save``.
-:func:`~adapt.methods.peft_io.save_peft` writes the adapter as a PEFT folder.
+:func:`~adapt.methods.peft_io.save_peft` writes the adapter as a PEFT folder and
+:func:`~adapt.methods.peft_io.load_peft` reads one (the hooks below declare PEFT's names and layouts).
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ from adapt.methods.base import (
     compute_dtype,
     dotted,
     draws_per_layer,
+    host,
     linear_axes,
     linear_modules,
     merge_injected,
+    peft_targets,
     plain_linear,
+    refuse_peft_options,
     replace_module,
+    set_value,
 )
 from adapt.methods.registry import register
 from adapt.models import layers as L
@@ -140,6 +145,41 @@ class LoRA(Method):
 
     def merge(self, model):
         return merge_injected(model, LoRALinear)
+
+    # PEFT's LoraConfig: lora_A.weight [r, in], lora_B.weight [out, r], DoRA's lora_magnitude_vector [out]
+    peft_type = "LORA"
+    injected = LoRALinear
+
+    def peft_tensors(self, layer):
+        out = {"lora_A.weight": host(layer.lora_a[...]).swapaxes(-1, -2),  # [(L,) r, in]
+               "lora_B.weight": host(layer.lora_b[...]).swapaxes(-1, -2)}  # [(L,) out, r]
+        if layer.dora:
+            out["lora_magnitude_vector"] = host(layer.magnitude[...])  # [(L,) out]
+        return out
+
+    def set_peft_tensors(self, layer, tensors):
+        expected = {"lora_A.weight", "lora_B.weight"} | ({"lora_magnitude_vector"} if layer.dora else set())
+        if set(tensors) != expected:
+            raise ValueError(f"tensors {sorted(tensors)}; expected {sorted(expected)}")
+        set_value(layer.lora_a, tensors["lora_A.weight"].swapaxes(-1, -2), "lora_A.weight")
+        set_value(layer.lora_b, tensors["lora_B.weight"].swapaxes(-1, -2), "lora_B.weight")
+        if layer.dora:
+            set_value(layer.magnitude, tensors["lora_magnitude_vector"], "lora_magnitude_vector")
+
+    def peft_config(self, layers):
+        return {"r": self.rank, "lora_alpha": self.alpha, "lora_dropout": self.dropout, "use_rslora": self.rslora,
+                "use_dora": self.dora, "target_modules": sorted(layers), "bias": "none"}
+
+    @classmethod
+    def knobs_from_peft(cls, config):
+        if bool(config.get("use_dora")) != cls.dora:
+            return None
+        refuse_peft_options(config, ("rank_pattern", "alpha_pattern", "layers_to_transform", "bias", "lora_bias",
+                                     "target_parameters", "exclude_modules", "layer_replication", "use_qalora",
+                                     "trainable_token_indices"), cls.name)
+        return dict(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
+                    dropout=float(config.get("lora_dropout") or 0.0), rslora=bool(config.get("use_rslora")),
+                    targets=peft_targets(config), train_head=bool(config.get("modules_to_save")))
 
 
 @register

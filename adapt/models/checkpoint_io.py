@@ -36,7 +36,7 @@ class TensorRef:
     read: Callable[[], np.ndarray]
 
 
-def _safetensors_refs(path: str) -> dict[str, TensorRef]:
+def safetensors_refs(path: str) -> dict[str, TensorRef]:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -104,10 +104,10 @@ def weight_refs(folder: str, allow_pickle: bool = False) -> dict[str, TensorRef]
             path = os.path.join(folder, shard)
             if not os.path.exists(path):
                 raise CheckpointError(f"{index}: lists shard {shard!r}, which is missing from {folder}")
-            refs.update(_safetensors_refs(path))
+            refs.update(safetensors_refs(path))
         return refs
     if os.path.exists(single):
-        return _safetensors_refs(single)
+        return safetensors_refs(single)
     for name in ("pytorch_model.bin.index.json", "pytorch_model.bin"):
         if os.path.exists(os.path.join(folder, name)):
             if not allow_pickle:

@@ -147,6 +147,7 @@ def test_merged_lora_exports_as_a_plain_hf_checkpoint(tiny_llama, tmp_path):
 
 @pytest.mark.parametrize("name,folder,task,vocab", [
     ("lora", "tiny_llama", "causal_lm", 128), ("dora", "tiny_llama", "causal_lm", 128),
+    ("ia3", "tiny_llama", "causal_lm", 128),
     ("lora", "tiny_gemma", "causal_lm", 128), ("lora", "tiny_bert", "sequence_classification", 64),
     ("lora", "tiny_modernbert", "sequence_classification", 64),
     ("lora", "tiny_deberta", "sequence_classification", 64), ("lora", "tiny_mixtral", "causal_lm", 128)])
