@@ -18,6 +18,7 @@ from adapt.methods import (  # noqa: F401
     l2sp,
     llrd,
     lora,
+    lora_plus,
     mixout,
     prefix,
     qlora,
