@@ -20,6 +20,7 @@ from adapt.methods import (  # noqa: F401
     lora,
     lora_plus,
     mixout,
+    pissa,
     prefix,
     qlora,
 )

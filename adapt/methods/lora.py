@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adapt.core.errors import ConfigError
 from adapt.core.schema import Bool, Either, Float, Int, Str, Tuple
 from adapt.methods.base import (
     Adapter,
@@ -174,6 +175,10 @@ class LoRA(Method):
     def knobs_from_peft(cls, config):
         if bool(config.get("use_dora")) != cls.dora:
             return None
+        init = config.get("init_lora_weights", True)
+        if init not in (True, False, "gaussian"):  # PiSSA, OLoRA, LoftQ, ...: factors of a changed base weight
+            raise ConfigError(f"init_lora_weights={init!r}: the adapter applies to PEFT's residual base weight, not "
+                              f"the checkpoint's; save it with PEFT's path_initial_model_for_weight_conversion")
         refuse_peft_options(config, ("rank_pattern", "alpha_pattern", "layers_to_transform", "bias", "lora_bias",
                                      "target_parameters", "exclude_modules", "layer_replication", "use_qalora",
                                      "trainable_token_indices"), cls.name)
