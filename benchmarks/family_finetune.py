@@ -83,9 +83,9 @@ def main():
     encoder = args.family in ("modernbert", "deberta-v3")
     tok = load_tokenizer("bundled:minilm-l6" if encoder else "bundled:smollm2-135m")
     cls, extra = CONFIGS[args.family]
-    config = getattr(transformers, cls)(vocab_size=len(tok), hidden_size=256, intermediate_size=768,
-                                        num_attention_heads=4, max_position_embeddings=args.length,
-                                        pad_token_id=tok.pad_token_id, **extra)
+    config = getattr(transformers, cls)(**{**dict(vocab_size=len(tok), hidden_size=256, intermediate_size=768,
+                                                  num_attention_heads=4, max_position_embeddings=args.length,
+                                                  pad_token_id=tok.pad_token_id), **extra})
     folder = tempfile.mkdtemp()
     config.save_pretrained(folder)
     model = from_pretrained(folder, "masked_lm" if encoder else "causal_lm", random_init=True)
