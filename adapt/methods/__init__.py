@@ -23,6 +23,7 @@ from adapt.methods import (  # noqa: F401
     pissa,
     prefix,
     qlora,
+    vera,
 )
 from adapt.methods.base import Adapter, Method
 from adapt.methods.registry import METHODS, SCHEMA, build, method_config, register

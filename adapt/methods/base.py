@@ -20,7 +20,8 @@ the train state. ``merge(model)`` folds what the method added into plain layers 
 
 (f) A method PEFT has declares its PEFT form next to it (:mod:`adapt.methods.peft_io` reads it, for every such method
 alike): ``peft_type`` and the ``injected`` layer class, ``peft_tensors(layer)`` and ``set_peft_tensors(layer,
-tensors)`` (one injected layer's tensors in PEFT's names and layouts, both ways), ``peft_config(layers)`` (its entries
+tensors)`` (one injected layer's tensors in PEFT's names and layouts, both ways; ``peft_shared`` and
+``set_peft_shared`` for what the layers share), ``peft_config(layers)`` (its entries
 of ``adapter_config.json``) and ``knobs_from_peft(config)`` (its knobs from one, or None where the file is another
 method's).
 
@@ -106,6 +107,15 @@ class Method:
     def set_peft_tensors(self, layer: nnx.Module, tensors: dict[str, np.ndarray]) -> None:
         """Set one injected ``layer``'s values from PEFT's ``tensors`` (:meth:`peft_tensors`' inverse)."""
         raise NotImplementedError
+
+    def peft_shared(self, layers: list[nnx.Module]) -> dict[str, np.ndarray]:
+        """Tensors the injected ``layers`` share (VeRA's projections), by their name under ``base_model.``."""
+        return {}
+
+    def set_peft_shared(self, layers: list[nnx.Module], tensors: dict[str, np.ndarray]) -> None:
+        """Set what the injected ``layers`` share from PEFT's ``tensors`` (:meth:`peft_shared`'s inverse)."""
+        if tensors:
+            raise ValueError(f"tensors {sorted(tensors)} that {self.name} does not take")
 
     def peft_config(self, layers: dict[str, nnx.Module]) -> dict:
         """The method's entries of ``adapter_config.json``; ``layers``: the injected layers by HF module name."""

@@ -58,6 +58,8 @@ def save_peft(model: nnx.Module, method: Method, folder: str, *, base_model: str
             per_layer[id(layer)] = method.peft_tensors(layer)
         for suffix, array in per_layer[id(layer)].items():
             tensors[f"{PREFIX}{name}.{suffix}"] = np.ascontiguousarray(array if i is None else array[i])
+    unique = list({id(layer): layer for layer, _ in layers.values()}.values())
+    tensors.update({f"base_model.{name}": array for name, array in method.peft_shared(unique).items()})
     trained_heads = info.heads if getattr(method, "train_head", False) else ()
     for path, var in param_paths(nnx.state(model, nnx.Param)):
         if under(path, trained_heads):
@@ -131,6 +133,8 @@ def load_peft(model: nnx.Module, folder: str, *, seed: int = 0) -> tuple[nnx.Mod
                      if ".".join(parts[:cut]) in layers), None)
         if name is not None:
             found.setdefault(name, {})[key[len(PREFIX + name) + 1:]] = refs.pop(key).read()
+    shared = {k[len("base_model."):]: refs.pop(k).read() for k in list(refs)
+              if k.startswith("base_model.") and not k.startswith(PREFIX)}
     if missing := [name for name in layers if name not in found]:
         raise CheckpointError(f"{weights}: no tensors of {len(missing)} modules the config's targets reach: "
                               f"{', '.join(missing[:3])}")
@@ -145,6 +149,10 @@ def load_peft(model: nnx.Module, folder: str, *, seed: int = 0) -> tuple[nnx.Mod
             method.set_peft_tensors(layer, tensors)
         except (ValueError, CheckpointError) as e:
             raise CheckpointError(f"{weights}: {names[0]}: {e}") from None
+    try:
+        method.set_peft_shared([layers[names[0]][0] for names in slices.values()], shared)
+    except (ValueError, CheckpointError) as e:
+        raise CheckpointError(f"{weights}: {e}") from None
     info = model_info(model)
     for path, var in param_paths(nnx.state(model, nnx.Param)):
         key, transpose = hf_key(info.family, path)
