@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-DEFAULT = ["full", "lora", "lora_plus", "pissa", "olora", "vera", "dora", "qlora", "ia3", "houlsby", "pfeiffer",
+DEFAULT = ["full", "lora", "lora_plus", "pissa", "olora", "vera", "loha", "dora", "qlora", "ia3", "houlsby", "pfeiffer",
            "prompt_tuning", "prefix_tuning", "bitfit", "freeze", "llrd", "gradual_unfreezing", "l2sp", "mixout"]
 KNOBS = {"freeze": {"patterns": (r"embed_tokens", r"layers\.([0-9]|1[0-9])\.")},  # bottom 20 of 30 layers
          "gradual_unfreezing": {"every": 1}, "qlora": {"bits": 4}}

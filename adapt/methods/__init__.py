@@ -17,6 +17,7 @@ from adapt.methods import (  # noqa: F401
     ia3,
     l2sp,
     llrd,
+    loha,
     lora,
     lora_plus,
     mixout,
