@@ -38,7 +38,9 @@ def _llama_counts(r=8, m=64):
             "dora": n_layers * (r * (2 * d + q + kv) + q + kv),
             "ia3": n_layers * (2 * kv + f), "houlsby": 2 * n_layers * adapter + norms, "pfeiffer": n_layers * adapter,
             "freeze": full - v * d, "llrd": full, "l2sp": full, "mixout": full, "gradual_unfreezing": full,
-            "qlora": n_layers * r * ((d + q) + 2 * (d + kv) + (q + d) + 2 * (d + f) + (f + d))}
+            "qlora": n_layers * r * ((d + q) + 2 * (d + kv) + (q + d) + 2 * (d + f) + (f + d)),
+            **dict.fromkeys(("lora_plus", "pissa", "olora"), n_layers * r * ((d + q) + (d + kv))),
+            "vera": n_layers * (2 * r + q + kv), "loha": n_layers * 2 * r * ((d + q) + (d + kv))}
 
 
 def _bert_counts(r=8, m=64):
@@ -54,13 +56,22 @@ def _bert_counts(r=8, m=64):
             "houlsby": n_layers * 2 * adapter + 2 * d + n_layers * 4 * d + head,
             "pfeiffer": n_layers * adapter + head, "bitfit": n_layers * (4 * d + f + d + 2 * d) + d + head,
             "freeze": full - v * d, "llrd": full, "l2sp": full, "mixout": full, "gradual_unfreezing": full,
-            "qlora": n_layers * r * (4 * 2 * d + 2 * (d + f)) + head}  # query, key, value, dense; intermediate, output
+            "qlora": n_layers * r * (4 * 2 * d + 2 * (d + f)) + head,  # query, key, value, dense; intermediate, output
+            **dict.fromkeys(("lora_plus", "pissa", "olora"), n_layers * 2 * r * 2 * d + head),
+            "vera": n_layers * 2 * (r + d) + head, "loha": n_layers * 2 * 2 * r * 2 * d + head}
 
 
-KNOBS = {"freeze": {"patterns": ("word_embeddings|embed_tokens",)}, "gradual_unfreezing": {"every": 2}}
+KNOBS = {"freeze": {"patterns": ("word_embeddings|embed_tokens",)}, "gradual_unfreezing": {"every": 2},
+         "vera": {"rank": 8}}
+NEWER = ["lora_plus", "pissa", "olora", "vera", "loha"]  # their training runs in the slow tier (CI's 20 minutes);
+# their own files test them against PEFT in the fast one
 DECODER_METHODS = ["full", "lora", "dora", "qlora", "ia3", "houlsby", "pfeiffer", "freeze", "llrd", "l2sp",
-                   "mixout", "gradual_unfreezing"]
+                   "mixout", "gradual_unfreezing"] + NEWER
 ENCODER_METHODS = DECODER_METHODS + ["bitfit"]
+
+
+def _trained(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in NEWER else n for n in names]
 IDENTITY_AT_INIT = ["lora", "dora", "ia3", "houlsby", "pfeiffer"]
 
 
@@ -333,7 +344,7 @@ def _train(name, folder, task, shape, tmp_path, steps=8):
     assert losses[-1] < 0.98 * losses[0] and np.mean(losses[-3:]) < np.mean(losses[:3]), (name, losses)
 
 
-@pytest.mark.parametrize("name", DECODER_METHODS)
+@pytest.mark.parametrize("name", _trained(DECODER_METHODS))
 def test_every_method_trains_decoder_on_fsdp_and_tensor_mesh(name, tiny_llama, tmp_path):
     _train(name, tiny_llama, "causal_lm", (1, 2, 4), tmp_path)
 
@@ -350,6 +361,6 @@ def test_lora_trains_modernbert_on_fsdp_and_tensor_mesh(tiny_modernbert, tmp_pat
     _train("lora", tiny_modernbert, "sequence_classification", (1, 2, 4), tmp_path)
 
 
-@pytest.mark.parametrize("name", ENCODER_METHODS)
+@pytest.mark.parametrize("name", _trained(ENCODER_METHODS))
 def test_every_method_trains_encoder_on_fsdp_and_tensor_mesh(name, tiny_bert, tmp_path):
     _train(name, tiny_bert, "sequence_classification", (1, 2, 4), tmp_path)
