@@ -47,7 +47,9 @@ class PrincipalLoRA(LoRA):
                 layer.kernel.set_value((weight - s * (b @ a)).swapaxes(-1, -2).astype(layer.kernel.dtype))
                 layer.lora_a.set_value(a.swapaxes(-1, -2))  # ours: [(L,) in, r], [(L,) r, out]
                 layer.lora_b.set_value(b.swapaxes(-1, -2))
-                layer.lora_a0, layer.lora_b0 = LoRAInit(layer.lora_a[...]), LoRAInit(layer.lora_b[...])
+                # copies, not the trained factors' buffers: the train step donates its state, and would free them twice
+                layer.lora_a0 = LoRAInit(jnp.array(layer.lora_a[...], copy=True))
+                layer.lora_b0 = LoRAInit(jnp.array(layer.lora_b[...], copy=True))
         return model
 
     def peft_tensors(self, layer):

@@ -52,8 +52,9 @@ class VeRALinear(nnx.Module):
         *stack, d_in, d_out = base.kernel.shape  # stack: [] or [L]
         *lead, ax_in, ax_out = linear_axes(base)
         r = a.shape[-1]
-        self.vera_a = VeRAProjection(jnp.broadcast_to(a[:d_in], (*stack, d_in, r)))
-        self.vera_b = VeRAProjection(jnp.broadcast_to(b[:, :d_out], (*stack, r, d_out)))
+        # copies: layers of one shape would share a buffer, which the train step, donating its state, frees twice
+        self.vera_a = VeRAProjection(jnp.array(jnp.broadcast_to(a[:d_in], (*stack, d_in, r)), copy=True))
+        self.vera_b = VeRAProjection(jnp.array(jnp.broadcast_to(b[:, :d_out], (*stack, r, d_out)), copy=True))
         self.lambda_d = Adapter(jnp.full((*stack, r), d_initial, jnp.float32), logical_axes=(*lead, "adapter"))
         self.lambda_b = Adapter(jnp.zeros((*stack, d_out), jnp.float32), logical_axes=(*lead, ax_out))
         self.name, self.dropout = name, dropout

@@ -304,8 +304,9 @@ def test_lora_parameters_shard_by_the_rules(tiny_llama):
 
 # a memorisable batch in 8 steps: methods that train every weight need a smaller rate than added parameters
 LEARNING_RATES = {
-    "causal_lm": {"every": 3e-3, "added": 3e-2, "ia3": 3e-1, "bitfit": 3e-1, "qlora": 3e-2},
-    "sequence_classification": {"every": 1e-2, "added": 3e-2, "ia3": 3e-1, "bitfit": 3e-2, "qlora": 1e-2},
+    "causal_lm": {"every": 3e-3, "added": 3e-2, "ia3": 3e-1, "bitfit": 3e-1, "qlora": 3e-2, "vera": 3e-1},
+    "sequence_classification": {"every": 1e-2, "added": 3e-2, "ia3": 3e-1, "bitfit": 3e-2, "qlora": 1e-2,
+                                "vera": 3e-1},  # (IA)^3's and VeRA's scaling vectors take large steps
 }
 
 
@@ -324,7 +325,7 @@ def _train(name, folder, task, shape, tmp_path, steps=8):
     cfg = defaults()
     cfg.mesh.shape = shape
     kind = ("every" if methods.METHODS[name].trains_every_weight
-            else name if name in ("ia3", "bitfit", "qlora") else "added")
+            else name if name in ("ia3", "bitfit", "qlora", "vera") else "added")
     lr = LEARNING_RATES[task][kind]
     cfg.optimizer.update(learning_rate=lr,
                          schedule="constant", weight_decay=0.0 if name == "l2sp" else 0.01)
