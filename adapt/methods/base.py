@@ -128,6 +128,20 @@ class Method:
         raise NotImplementedError
 
 
+class Injection(Method):
+    """A method that puts its ``injected`` layers in place of target linear layers (LoRA, (IA)^3, VeRA, LoHa): what
+    they add trains with the task head (``train_head``), and merging folds each back into a plain layer (its
+    ``merged()``)."""
+
+    trains_every_weight = False
+
+    def trainable(self, model):
+        return adapters_and_head(model, self.train_head)
+
+    def merge(self, model):
+        return merge_injected(model, self.injected)
+
+
 # ---- helpers the method files share -------------------------------------------------------------------
 
 def dotted(path: tuple) -> str:

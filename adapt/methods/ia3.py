@@ -11,13 +11,11 @@ from flax import nnx
 from adapt.core.schema import Bool, Either, Str, Tuple
 from adapt.methods.base import (
     Adapter,
-    Method,
-    adapters_and_head,
+    Injection,
     compute_dtype,
     host,
     linear_axes,
     linear_modules,
-    merge_injected,
     peft_targets,
     plain_linear,
     refuse_peft_options,
@@ -59,14 +57,13 @@ class IA3Linear(nnx.Module):
 
 
 @register
-class IA3(Method):
+class IA3(Injection):
     name = "ia3"
     defaults = dict(targets=(), feedforward=(), train_head=True)
     schema = dict(targets=TARGETS, train_head=Bool(doc="the task head trains too"),
                   feedforward=Either(Str(), Tuple(of=Str(empty=False)),
                                      doc="which targets are feed-forward layers (their input is scaled); "
                                          "empty: the family's"))
-    trains_every_weight = False
     stacked_layers_ok = True  # a stacked kernel [L, in, out] gets stacked vectors [L, in | out]
 
     def apply(self, model, rngs):
@@ -79,11 +76,6 @@ class IA3(Method):
             replace_module(model, path, IA3Linear(layer, feedforward=ff))
         return model
 
-    def trainable(self, model):
-        return adapters_and_head(model, self.train_head)
-
-    def merge(self, model):
-        return merge_injected(model, IA3Linear)
 
     # PEFT's IA3Config: ia3_l [out, 1] scales an output, [1, in] a feed-forward layer's input
     peft_type = "IA3"

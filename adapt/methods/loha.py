@@ -15,14 +15,12 @@ from flax import nnx
 from adapt.core.schema import Bool, Float, Int
 from adapt.methods.base import (
     Adapter,
-    Method,
-    adapters_and_head,
+    Injection,
     compute_dtype,
     draws_per_layer,
     host,
     linear_axes,
     linear_modules,
-    merge_injected,
     peft_targets,
     plain_linear,
     refuse_peft_options,
@@ -73,13 +71,12 @@ class LoHaLinear(nnx.Module):
 
 
 @register
-class LoHa(Method):
+class LoHa(Injection):
     name = "loha"
     defaults = dict(rank=8, alpha=8.0, targets=(), train_head=True)
     schema = dict(rank=Int(min=1, doc="r, the rank of each of the two products"),
                   alpha=Float(gt=0, doc="the update's scale s = alpha / r"), targets=TARGETS,
                   train_head=Bool(doc="the task head trains too"))
-    trains_every_weight = False
     stacked_layers_ok = True
 
     def apply(self, model, rngs):
@@ -89,11 +86,6 @@ class LoHa(Method):
             replace_module(model, path, LoHaLinear(layer, rank=self.rank, scaling=self.alpha / self.rank, keys=keys))
         return model
 
-    def trainable(self, model):
-        return adapters_and_head(model, self.train_head)
-
-    def merge(self, model):
-        return merge_injected(model, LoHaLinear)
 
     peft_type = "LOHA"
     injected = LoHaLinear

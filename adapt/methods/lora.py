@@ -31,15 +31,13 @@ from adapt.core.errors import ConfigError
 from adapt.core.schema import Bool, Either, Float, Int, Str, Tuple
 from adapt.methods.base import (
     Adapter,
-    Method,
-    adapters_and_head,
+    Injection,
     compute_dtype,
     dotted,
     draws_per_layer,
     host,
     linear_axes,
     linear_modules,
-    merge_injected,
     peft_targets,
     plain_linear,
     refuse_peft_options,
@@ -112,7 +110,7 @@ class LoRALinear(nnx.Module):
 
 
 @register
-class LoRA(Method):
+class LoRA(Injection):
     name = "lora"
     defaults = dict(rank=8, alpha=16.0, dropout=0.0, targets=(), rslora=False, train_head=True)
     schema = dict(rank=Int(min=1, doc="r, the rank of the update A [in, r] B [r, out]"),
@@ -120,7 +118,6 @@ class LoRA(Method):
                   dropout=Float(ge=0, lt=1, doc="dropout on the update's input"),
                   targets=TARGETS, rslora=Bool(doc="scale by alpha / sqrt(r) (rsLoRA)"),
                   train_head=Bool(doc="the task head trains too"))
-    trains_every_weight = False
     stacked_layers_ok = True  # a LoRA on a stacked kernel [L, in, out] is a stacked LoRA: A [L, in, r], B [L, r, out]
     dora = False
 
@@ -141,11 +138,6 @@ class LoRA(Method):
             replace_module(model, path, self.wrap(layer, dotted(unnumbered(family, path)), keys))
         return model
 
-    def trainable(self, model):
-        return adapters_and_head(model, self.train_head)
-
-    def merge(self, model):
-        return merge_injected(model, LoRALinear)
 
     # PEFT's LoraConfig: lora_A.weight [r, in], lora_B.weight [out, r], DoRA's lora_magnitude_vector [out]
     peft_type = "LORA"

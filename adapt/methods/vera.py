@@ -18,14 +18,12 @@ from adapt.core.errors import ConfigError
 from adapt.core.schema import Bool, Float, Int
 from adapt.methods.base import (
     Adapter,
-    Method,
-    adapters_and_head,
+    Injection,
     compute_dtype,
     dotted,
     host,
     linear_axes,
     linear_modules,
-    merge_injected,
     peft_targets,
     plain_linear,
     refuse_peft_options,
@@ -77,14 +75,13 @@ class VeRALinear(nnx.Module):
 
 
 @register
-class VeRA(Method):
+class VeRA(Injection):
     name = "vera"
     defaults = dict(rank=256, d_initial=0.1, dropout=0.0, targets=(), train_head=True)
     schema = dict(rank=Int(min=1, doc="r, the shared projections' inner width"),
                   d_initial=Float(doc="lambda_d's start (lambda_b starts at 0)"),
                   dropout=Float(ge=0, lt=1, doc="dropout on the update's input"), targets=TARGETS,
                   train_head=Bool(doc="the task head trains too"))
-    trains_every_weight = False
     stacked_layers_ok = True  # a stacked kernel gets stacked vectors (and the projections' slices, one per layer)
 
     def apply(self, model, rngs):
@@ -100,11 +97,6 @@ class VeRA(Method):
                                                    d_initial=self.d_initial, dropout=self.dropout))
         return model
 
-    def trainable(self, model):
-        return adapters_and_head(model, self.train_head)
-
-    def merge(self, model):
-        return merge_injected(model, VeRALinear)
 
     # PEFT's VeraConfig: vera_lambda_b [out], vera_lambda_d [r] per layer; the shared vera_A, vera_B
     peft_type = "VERA"
