@@ -7,8 +7,8 @@ with the bundled MiniLM's. Not a test: run it by hand.
 
 ``--family``: ``gemma2``, ``gemma3`` (text), ``mixtral``, ``qwen3_moe``, ``modernbert`` or ``deberta-v3``. The data:
 ChemProt's sentences (``scibert/chemprot``), its relation markers left in. Prints the dev loss before training and
-after, and the train loss every 20 steps (and a mixture's load-balancing loss: 1 when the experts share the tokens
-evenly).
+after, and the train loss every 20 steps (and a mixture's load-balancing loss: k, the experts per token, when the
+experts share the tokens evenly).
 """
 
 from __future__ import annotations
