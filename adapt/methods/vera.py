@@ -79,7 +79,7 @@ class VeRA(Injection):
     name = "vera"
     defaults = dict(rank=256, d_initial=0.1, dropout=0.0, targets=(), train_head=True)
     schema = dict(rank=Int(min=1, doc="r, the shared projections' inner width"),
-                  d_initial=Float(doc="lambda_d's start (lambda_b starts at 0)"),
+                  d_initial=Float(gt=0, doc="lambda_d's start (lambda_b starts at 0)"),
                   dropout=Float(ge=0, lt=1, doc="dropout on the update's input"), targets=TARGETS,
                   train_head=Bool(doc="the task head trains too"))
     stacked_layers_ok = True  # a stacked kernel gets stacked vectors (and the projections' slices, one per layer)
