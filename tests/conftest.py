@@ -112,6 +112,20 @@ def random_hf_model(folder, model_cls, config_cls, **config) -> str:
     return str(folder)
 
 
+def perturbed_reference(make, folder):
+    """``make()`` (a transformers model, built after seeding torch with 0) with every tensor perturbed, so that each one
+    matters to a parity test, in eval mode and saved to ``folder``; returns the model."""
+    import torch
+
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     """A random-init HF Llama causal LM (GQA, untied) saved by transformers; returns its folder."""

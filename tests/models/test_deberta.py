@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import perturbed_reference
 from flax import nnx
 from test_bert import _max_err  # the encoders' parity measure: non-pad positions
 from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
@@ -38,14 +39,8 @@ FAST = ("masked_lm", "sequence_classification", "token_classification")  # every
 
 def _reference(case, folder):
     """A random HF DeBERTa-v2 (every tensor perturbed, so each one matters), saved to ``folder``."""
-    torch.manual_seed(0)
     auto, overrides = AUTO[case]
-    model = auto.from_config(transformers.DebertaV2Config(**{**TINY, **overrides})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    return model
+    return perturbed_reference(lambda: auto.from_config(transformers.DebertaV2Config(**{**TINY, **overrides})), folder)
 
 
 def _batch():

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 from conftest import TINY_LLAMA as TINY
+from conftest import perturbed_reference
 
 from adapt.core.errors import CheckpointError
 from adapt.core.sharding import make_mesh
@@ -33,15 +34,9 @@ VARIANTS = {  # 4 experts, 2 per token
 
 def _reference(variant, folder):
     """A random HF model (every tensor perturbed, so the router's choices vary), saved to ``folder``."""
-    torch.manual_seed(0)
     config = VARIANTS[variant]()
     config.output_router_logits = True
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    return model
+    return perturbed_reference(lambda: transformers.AutoModelForCausalLM.from_config(config), folder)
 
 
 def _batch():

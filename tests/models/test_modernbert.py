@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import perturbed_reference
 from test_bert import _max_err  # the encoders' parity measure: non-pad positions
 
 from adapt.core.errors import ConfigError
@@ -27,14 +28,8 @@ AUTO = {  # task -> (transformers auto class, config overrides)
 
 def _reference(task, folder):
     """A random HF ModernBERT (every tensor perturbed, so each one matters), saved to ``folder``."""
-    torch.manual_seed(0)
     auto, overrides = AUTO[task]
-    model = auto.from_config(transformers.ModernBertConfig(**TINY, **overrides)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    return model
+    return perturbed_reference(lambda: auto.from_config(transformers.ModernBertConfig(**TINY, **overrides)), folder)
 
 
 def _batch():
